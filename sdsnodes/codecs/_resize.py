@@ -1,0 +1,137 @@
+"""Size and crop arithmetic shared by the image and video codecs.
+
+Every codec that resizes follows the same rules for ``size``:
+
+- ``None``: keep the source size.
+- ``int``: resize so the short side equals ``size``, keeping the aspect ratio.
+- ``(height, width)``: resize to cover (height, width) keeping the aspect ratio, then crop to
+  exactly (height, width), centred (``Crop.CENTER``) or at an offset drawn from the caller's
+  ``numpy.random.Generator`` (``Crop.RANDOM``).
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+Size = int | tuple[int, int] | None
+
+
+class Crop(str, enum.Enum):
+    """Where a ``(height, width)`` crop is taken from the covering resize."""
+
+    CENTER = "center"
+    """The middle of the resized image (no randomness)."""
+    RANDOM = "random"
+    """Offsets drawn uniformly from the sample's random generator."""
+
+
+def check_size(size: Any) -> Size:
+    """Validate a ``size`` argument; return it normalized (tuples of two ints).
+
+    Raises:
+        ValueError: not None, a positive int, or a pair of positive ints.
+    """
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        if size < 1:
+            raise ValueError(f"{size=} must be >= 1")
+        return int(size)
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        if all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size):
+            if min(size) < 1:
+                raise ValueError(f"{size=} must be positive (height, width)")
+            return int(size[0]), int(size[1])
+    raise ValueError(f"{size=} must be None, an int (short side) or a (height, width) pair")
+
+
+def check_crop(crop: Any) -> Crop:
+    """Validate a ``crop`` argument.
+
+    Raises:
+        ValueError: not one of ``"center"``, ``"random"``.
+    """
+    try:
+        return Crop(crop)
+    except ValueError:
+        raise ValueError(f"{crop=} must be one of {[c.value for c in Crop]}") from None
+
+
+def cover_shape(height: int, width: int, size: Size) -> tuple[int, int]:
+    """The (height, width) to resize a ``height`` x ``width`` source to, before any crop.
+
+    Returns:
+        tuple[int, int]: pixels; equals the source for ``size=None``, has its short side equal to
+        ``size`` for an int, and covers ``size`` (both sides >=) for a pair.
+    """
+    if size is None:
+        return height, width
+    if isinstance(size, int):
+        if height <= width:
+            return size, max(size, round(width * size / height))
+        return max(size, round(height * size / width)), size
+    target_h, target_w = size
+    scale = max(target_h / height, target_w / width)
+    return max(target_h, round(height * scale)), max(target_w, round(width * scale))
+
+
+def draw_crop(size: Size, crop: Crop, rng: np.random.Generator) -> tuple[float, float] | None:
+    """Draw the crop position for one sample: None (centre) or fractions in [0, 1).
+
+    Draws two floats from ``rng`` only for a random crop to a (height, width) pair, so the number
+    of draws does not depend on the file (a clip's crop is drawn once, for all its frames).
+    """
+    if crop is Crop.RANDOM and isinstance(size, tuple):
+        fy, fx = rng.random(2)
+        return float(fy), float(fx)
+    return None
+
+
+def crop_box(
+    height: int, width: int, size: Size, position: tuple[float, float] | None
+) -> tuple[int, int, int, int]:
+    """The crop (top, left, height, width) in pixels of a resized ``height`` x ``width`` image.
+
+    Args:
+        height (int): resized height (from :func:`cover_shape`).
+        width (int): resized width.
+        size (Size): the requested size; only a pair crops.
+        position (tuple[float, float] | None): from :func:`draw_crop`; None centres the crop.
+    """
+    if not isinstance(size, tuple):
+        return 0, 0, height, width
+    target_h, target_w = size
+    spare_h, spare_w = height - target_h, width - target_w
+    if position is None:
+        return spare_h // 2, spare_w // 2, target_h, target_w
+    top = min(int(position[0] * (spare_h + 1)), spare_h)
+    left = min(int(position[1] * (spare_w + 1)), spare_w)
+    return top, left, target_h, target_w
+
+
+def describe(value: Any) -> str:
+    """A short name for a codec input, for error messages: the path, or ``<N bytes>``."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(os.fspath(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    return f"<{type(value).__name__}>"
+
+
+def as_source(value: Any) -> str | io.BytesIO:
+    """A local path (str) or an in-memory file for a codec input (path-like or bytes).
+
+    Raises:
+        TypeError: anything else (None included); codecs turn it into a ``DecodeError``.
+    """
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        return path.decode() if isinstance(path, bytes) else path
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(value))
+    raise TypeError(f"expected a local path or bytes, got {type(value).__name__}")

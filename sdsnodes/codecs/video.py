@@ -1,0 +1,227 @@
+"""Video clips decoded with PyAV: seek to the clip, decode only what it needs, resize in swscale."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdsnodes.codecs._resize import (
+    Size,
+    as_source,
+    check_crop,
+    check_size,
+    cover_shape,
+    crop_box,
+    describe,
+    draw_crop,
+)
+from sdsnodes.errors import DecodeError
+
+_EPS = 1e-3  # s: a frame at t_i + _EPS still counts as "at or before" target time t_i
+_DEFAULT_FPS = 25.0  # FFmpeg's own guess when a stream states no rate at all
+
+
+class _SeekMissed(Exception):
+    """Seeking failed or landed after the clip start: decode again from the start."""
+
+
+class _Unusable(Exception):
+    """The file opened but has nothing to decode (its message is the whole cause)."""
+
+
+class VideoClip:
+    """Decode a clip of ``num_frames`` frames sampled at ``fps`` from a video file.
+
+    The clip start ``t0`` is drawn uniformly from ``rng`` in [0, duration - num_frames / fps]
+    (snapped down to a source frame) and the target times are ``t0 + i / fps``; each target takes
+    the latest source frame at or before it, so ``fps`` below the source rate drops frames and
+    above it repeats them. A video shorter than the clip is padded by repeating its last frame.
+    The decoder seeks to the keyframe at or before ``t0`` and stops once the last target is
+    covered. Frames are resized by swscale while converting to RGB, then cropped.
+
+    Args:
+        num_frames (int): frames per clip, >= 1.
+        fps (float | None): output frame rate in frames/s; None keeps the source rate.
+        size (int | tuple[int, int] | None): resize the short side to ``size`` (int), or cover
+            and crop to exactly (height, width) pixels; None keeps the source size.
+        crop (str): ``"center"`` or ``"random"`` (offsets drawn from ``rng``, the same for every
+            frame of a clip); used only when ``size`` is a pair.
+        threads (int): FFmpeg decoder threads per clip; 0 lets FFmpeg choose.
+
+    Returns:
+        torch.Tensor: uint8 [T, C, H, W], T == num_frames, C == 3 (RGB).
+
+    Raises:
+        ValueError: at construction, for an invalid argument.
+        DecodeError: the input is missing, not a video, corrupt, truncated, has no video stream
+            or no decodable frame.
+    """
+
+    def __init__(
+        self,
+        num_frames: int,
+        fps: float | None = None,
+        size: Size = None,
+        crop: str = "center",
+        threads: int = 1,
+    ) -> None:
+        if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+            raise ValueError(f"{num_frames=} must be an int >= 1")
+        if fps is not None and not (isinstance(fps, numbers.Real) and math.isfinite(fps)):
+            raise ValueError(f"{fps=} must be a number > 0 or None")
+        if fps is not None and fps <= 0:
+            raise ValueError(f"{fps=} must be > 0 or None")
+        if not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"{threads=} must be an int >= 0")
+        self.num_frames = int(num_frames)
+        self.fps = None if fps is None else float(fps)
+        self.size = check_size(size)
+        self.crop = check_crop(crop)
+        self.threads = threads
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoClip(num_frames={self.num_frames}, fps={self.fps}, size={self.size}, "
+            f"crop={self.crop.value!r}, threads={self.threads})"
+        )
+
+    def __call__(self, value: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Decode one clip; see the class docstring. ``rng`` None means ``default_rng(0)``."""
+        return self.clip(value, rng)[0]
+
+    def clip(
+        self, value: Any, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Decode one clip and say where it came from.
+
+        Args:
+            value (str | os.PathLike | bytes): a local video file, or its bytes.
+            rng (numpy.random.Generator | None): draws the start (and a random crop);
+                None means ``numpy.random.default_rng(0)``.
+
+        Returns:
+            tuple[torch.Tensor, dict[str, float]]: the clip, uint8 [T, C, H, W], and
+            ``{"clip_start": s, "clip_end": s, "source_fps": frames/s}``: the clip covers
+            [clip_start, clip_end) seconds from the start of the stream,
+            clip_end == clip_start + num_frames / fps.
+        """
+        rng = np.random.default_rng(0) if rng is None else rng
+        try:
+            return self._clip(value, rng)
+        except _Unusable as error:
+            raise DecodeError(describe(value), str(error)) from error
+        except Exception as error:
+            raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
+
+    def _clip(self, value: Any, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        import av
+
+        with av.open(as_source(value), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise _Unusable("no video stream")
+            stream = container.streams.video[0]
+            rate, duration = _rate_and_duration(container, stream)
+            fps = self.fps or rate
+            span = max(0.0, duration - self.num_frames / fps)
+            t0 = math.floor(rng.random() * span * rate + _EPS) / rate  # on the source frame grid
+            targets = t0 + np.arange(self.num_frames) / fps  # [T] s from the stream start
+            position = draw_crop(self.size, self.crop, rng)
+            try:
+                frames = self._decode(container, stream, rate, targets, position, seek=t0 > 0)
+            except _SeekMissed:
+                frames = None
+        if frames is None:  # the seek failed: decode again from the start, without seeking
+            with av.open(as_source(value), metadata_errors="ignore") as container:
+                stream = container.streams.video[0]
+                frames = self._decode(container, stream, rate, targets, position, seek=False)
+        clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # [T, C, H, W]
+        info = {"clip_start": t0, "clip_end": t0 + self.num_frames / fps, "source_fps": rate}
+        return clip, info
+
+    def _decode(
+        self,
+        container: Any,
+        stream: Any,
+        rate: float,
+        targets: np.ndarray,
+        position: tuple[float, float] | None,
+        seek: bool,
+    ) -> list[np.ndarray]:
+        """The frames, uint8 [H, W, 3] each, picked for ``targets`` (seconds from the start)."""
+        stream.codec_context.thread_count = self.threads
+        if self.threads != 1:
+            stream.codec_context.thread_type = "AUTO"
+        time_base = stream.time_base
+        start = stream.start_time or 0
+        if seek:
+            try:
+                offset = start + round(targets[0] / time_base)
+                container.seek(offset, stream=stream, backward=True, any_frame=False)
+            except Exception as error:
+                raise _SeekMissed from error
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = VideoReformatter()  # one per clip: its swscale context is reused per frame
+        picked: list[np.ndarray] = []
+        converted: tuple[Any, np.ndarray] | None = None  # the last frame converted, and its pixels
+
+        def take(frame: Any) -> None:
+            nonlocal converted
+            if converted is None or converted[0] is not frame:
+                converted = (frame, self._convert(reformatter, frame, position))
+            picked.append(converted[1])
+
+        previous, previous_time = None, -math.inf
+        for frame in container.decode(stream):
+            if frame.pts is not None:
+                now = float((frame.pts - start) * time_base)
+            else:  # no timestamp: assume the stated rate
+                now = previous_time + 1.0 / rate if previous is not None else 0.0
+            if previous is None and seek and now > targets[0] + _EPS:
+                raise _SeekMissed  # landed after the clip start
+            while len(picked) < len(targets) and targets[len(picked)] + _EPS < now:
+                take(previous if previous is not None else frame)
+            if len(picked) == len(targets):
+                break
+            previous, previous_time = frame, now
+            if now + 1.0 / rate > targets[-1] + _EPS:  # the next frame would be past the clip
+                break
+        if previous is None:
+            raise _Unusable("no decodable video frame")
+        while len(picked) < len(targets):  # the rest of the clip is at or after the last frame
+            take(previous)
+        return picked
+
+    def _convert(
+        self, reformatter: Any, frame: Any, position: tuple[float, float] | None
+    ) -> np.ndarray:
+        """One frame as uint8 [H, W, 3] RGB, resized (by swscale) and cropped."""
+        height, width = cover_shape(frame.height, frame.width, self.size)
+        rgb = reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", threads=self.threads
+        ).to_ndarray()  # [H, W, 3]
+        top, left, h, w = crop_box(height, width, self.size, position)
+        return rgb[top : top + h, left : left + w]
+
+
+def _rate_and_duration(container: Any, stream: Any) -> tuple[float, float]:
+    """The stream's frame rate (frames/s) and duration (s); 0.0 where the duration is unknown."""
+    rate = 0.0
+    for candidate in (stream.average_rate, stream.guessed_rate):
+        if candidate:
+            rate = float(candidate)
+            break
+    duration = 0.0
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / 1_000_000  # AV_TIME_BASE units
+    if not rate:
+        rate = stream.frames / duration if stream.frames and duration else _DEFAULT_FPS
+    if not duration and stream.frames:
+        duration = stream.frames / rate
+    return rate, duration
