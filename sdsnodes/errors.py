@@ -1,0 +1,153 @@
+"""Errors raised by sdsnodes and the skip/raise policy shared by every node that meets bad samples."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+
+logger = logging.getLogger(__name__)
+
+
+class SdsError(Exception):
+    """Base class of every error sdsnodes raises on purpose."""
+
+
+class DecodeError(SdsError):
+    """A file could not be decoded into what its codec promises.
+
+    Args:
+        path (str): the file (or URL) that failed.
+        cause (str): what went wrong, in words.
+    """
+
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"cannot decode {path!r}: {cause}")
+        self.path = path
+        self.cause = cause
+
+
+class DownloadError(SdsError):
+    """A remote object could not be copied into the cache (after retries, where they apply)."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(f"cannot download {url!r}: {cause}")
+        self.url = url
+        self.cause = cause
+
+
+class TooManyErrors(SdsError):
+    """The fraction of skipped samples passed ``max_error_rate``: a systemic fault, not bad samples."""
+
+
+class OnError(str, enum.Enum):
+    """What a node does with a sample it cannot process."""
+
+    RAISE = "raise"
+    """Raise the error at once (the default for random access)."""
+    SKIP = "skip"
+    """Drop the sample, count it by reason, log it (the default for streaming)."""
+
+
+class ErrorPolicy:
+    """Counts skipped samples by reason and decides whether to raise.
+
+    One instance lives in each node that can meet bad samples. Counts are part of the node's
+    state, so they survive a resume.
+
+    Args:
+        on_error (OnError | str): ``"skip"`` or ``"raise"``.
+        max_error_rate (float): once at least ``min_samples`` samples were seen, raise
+            :class:`TooManyErrors` if more than this fraction of them was skipped. 1.0 never raises.
+        min_samples (int): samples to see before the rate is judged.
+        log_every_s (float): at most one log line per reason every this many seconds.
+
+    Raises:
+        ValueError: ``on_error`` is not a known policy or ``max_error_rate`` is outside [0, 1].
+    """
+
+    def __init__(
+        self,
+        on_error: OnError | str = OnError.SKIP,
+        max_error_rate: float = 0.5,
+        min_samples: int = 20,
+        log_every_s: float = 10.0,
+    ) -> None:
+        try:
+            self.on_error = OnError(on_error)
+        except ValueError:
+            raise ValueError(f"{on_error=} must be one of {[e.value for e in OnError]}") from None
+        if not 0.0 <= max_error_rate <= 1.0:
+            raise ValueError(f"{max_error_rate=} must be in [0, 1]")
+        self.max_error_rate = max_error_rate
+        self.min_samples = min_samples
+        self.log_every_s = log_every_s
+        self.seen = 0
+        self.skipped: dict[str, int] = {}
+        self._last_log: dict[str, float] = {}
+
+    def ok(self) -> None:
+        """Record a sample that went through."""
+        self.seen += 1
+
+    def skip(self, reason: str, error: BaseException, what: str) -> None:
+        """Record a bad sample; raise it under ``on_error="raise"`` or when the rate is too high.
+
+        Args:
+            reason (str): a short category (``"decode"``, ``"download"``, ``"missing"``).
+            error (BaseException): the underlying error.
+            what (str): which sample: its ``__key__`` and column.
+        """
+        if self.on_error is OnError.RAISE:
+            raise error
+        self.seen += 1
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -1e9) >= self.log_every_s:
+            self._last_log[reason] = now
+            logger.warning(
+                "skipped %s (%s, %d so far): %s", what, reason, self.skipped[reason], error
+            )
+        total = sum(self.skipped.values())
+        if self.seen >= self.min_samples and total / self.seen > self.max_error_rate:
+            raise TooManyErrors(
+                f"{total} of {self.seen} samples skipped ({self.skipped}), above "
+                f"max_error_rate={self.max_error_rate}; last error on {what}: {error}. "
+                "Check credentials, column names and the files; raise max_error_rate to tolerate it."
+            ) from error
+
+    def state(self) -> dict:
+        return {"seen": self.seen, "skipped": dict(self.skipped)}
+
+    def load(self, state: dict | None) -> None:
+        state = state or {}
+        self.seen = int(state.get("seen", 0))
+        self.skipped = {str(k): int(v) for k, v in state.get("skipped", {}).items()}
+
+
+def error_stats(state: object) -> dict[str, int]:
+    """Sum the skip counts found anywhere in a (loader or node) state dict.
+
+    Works on ``StatefulDataLoader.state_dict()`` with any number of workers, and on
+    ``torchdata.nodes.Loader.state_dict()``.
+
+    Returns:
+        dict[str, int]: skipped samples by reason, plus ``"seen"``: samples judged.
+    """
+    out: dict[str, int] = {}
+
+    def walk(x: object) -> None:
+        if isinstance(x, dict):
+            if "errors" in x and isinstance(x["errors"], dict) and "skipped" in x["errors"]:
+                err = x["errors"]
+                out["seen"] = out.get("seen", 0) + int(err.get("seen", 0))
+                for k, v in err["skipped"].items():
+                    out[k] = out.get(k, 0) + int(v)
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(state)
+    return out

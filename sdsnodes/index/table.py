@@ -1,0 +1,51 @@
+"""An index held as a pyarrow table, read row by row as sample dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from sdsnodes.sample import EPOCH, INDEX, KEY, Sample
+
+
+class IndexTable:
+    """Random access to the rows of an index as sample dicts.
+
+    Args:
+        table (pyarrow.Table): the index.
+        columns (Sequence[str] | None): columns every sample must have; those missing from the
+            table are filled with None. None keeps the table's columns.
+        name (str | None): stream name prefixed to ``__key__`` (``"name/row"``).
+    """
+
+    def __init__(self, table: pa.Table, columns: Sequence[str] | None = None, name: str | None = None):
+        self.table = table.combine_chunks()
+        self.name = name
+        present = list(self.table.column_names)
+        self.columns = list(dict.fromkeys([*present, *(columns or [])]))
+        self._arrays = {c: self.table.column(c) for c in present if c != KEY}
+        self._keys = self.table.column(KEY) if KEY in present else None
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def key(self, index: int) -> str:
+        """The ``__key__`` of row ``index``: the table's ``__key__`` column, else the row number."""
+        raw = self._keys[index].as_py() if self._keys is not None else str(index)
+        return f"{self.name}/{raw}" if self.name else str(raw)
+
+    def sample(self, index: int, epoch: int = 0) -> Sample:
+        """Row ``index`` as a sample dict with ``__key__``, ``__index__``, ``__epoch__``.
+
+        Raises:
+            IndexError: ``index`` is outside ``[0, len(self))``.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} outside an index of {len(self)} rows")
+        out: dict[str, Any] = {KEY: self.key(index), INDEX: index, EPOCH: epoch}
+        for column in self.columns:
+            array = self._arrays.get(column)
+            out[column] = array[index].as_py() if array is not None else None
+        return out

@@ -1,0 +1,130 @@
+"""fsspec helpers: telling remote from local, one filesystem per (process, protocol, options),
+and copying a remote object to a local path with retries.
+
+Every remote access of sdsnodes goes through here, so timeouts, retries and fork-safety live in
+one place. fsspec async filesystems (s3fs, gcsfs, http) are not fork-safe, so instances are kept
+per process id and created lazily inside each DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import threading
+import time
+from typing import Any
+
+import fsspec
+from fsspec.core import split_protocol
+
+from sdsnodes.errors import DownloadError
+
+logger = logging.getLogger(__name__)
+
+LOCAL_PROTOCOLS = (None, "file", "local")
+_fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
+_fs_lock = threading.Lock()
+
+
+def protocol_of(path: str) -> str | None:
+    """The fsspec protocol of ``path`` (``"s3"``, ``"gs"``, ``"https"``…), None for a plain path."""
+    return split_protocol(str(path))[0]
+
+
+def is_remote(path: object) -> bool:
+    """Whether ``path`` is a URL that needs downloading (not a local path or ``file://`` URL)."""
+    return isinstance(path, str) and protocol_of(path) not in LOCAL_PROTOCOLS
+
+
+def local_path(path: str) -> str:
+    """Strip a ``file://`` prefix: the plain local path."""
+    protocol, rest = split_protocol(path)
+    return rest if protocol in ("file", "local") else path
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``url`` and the path inside it.
+
+    One instance is kept per (process, protocol, storage_options), so threads share connection
+    pools while forked or spawned workers build their own.
+
+    Args:
+        url (str): a local path or a URL (``s3://``, ``gs://``, ``https://``, ``file://``…).
+        storage_options (dict | None): passed to the filesystem's constructor.
+
+    Returns:
+        tuple[AbstractFileSystem, str]: the filesystem and ``url`` stripped as it expects.
+    """
+    options = dict(storage_options or {})
+    protocol = protocol_of(url) or "file"
+    key = (os.getpid(), protocol, json.dumps(options, sort_keys=True, default=repr))
+    with _fs_lock:
+        fs = _fs_cache.get(key)
+        if fs is None:
+            cls = fsspec.get_filesystem_class(protocol)
+            fs = cls(**options, skip_instance_cache=True)
+            _fs_cache[key] = fs
+    return fs, fs._strip_protocol(url)
+
+
+def _is_permanent(error: BaseException) -> bool:
+    """Errors that no retry will fix: missing objects, permissions, a full disk."""
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return True
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    status = getattr(error, "status", None) or getattr(error, "code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+
+
+def fetch(
+    url: str,
+    dest: str | os.PathLike,
+    storage_options: dict[str, Any] | None = None,
+    retries: int = 3,
+    backoff_s: float = 0.5,
+    expected_size: int | None = None,
+) -> int:
+    """Copy the object at ``url`` to the local file ``dest``, retrying transient errors.
+
+    Transient errors (5xx, connection resets, timeouts) are retried ``retries`` times with
+    exponential backoff (``backoff_s * 2**attempt`` seconds, with jitter). Missing objects,
+    permission errors and a full disk are not retried.
+
+    Args:
+        url (str): the remote object.
+        dest (str | os.PathLike): local file to write (overwritten).
+        storage_options (dict | None): fsspec options for ``url``'s filesystem.
+        retries (int): retries after the first attempt.
+        backoff_s (float): first backoff, in seconds.
+        expected_size (int | None): size in bytes the object must have, if known.
+
+    Returns:
+        int: bytes written.
+
+    Raises:
+        FileNotFoundError: the object does not exist.
+        OSError: the local disk is full (``errno.ENOSPC``) or another permanent error.
+        DownloadError: transient errors outlived the retries, or the size did not match.
+    """
+    fs, path = filesystem(url, storage_options)
+    last: BaseException | None = None
+    for attempt in range(retries + 1):
+        try:
+            fs.get_file(path, os.fspath(dest))
+            size = os.path.getsize(dest)
+            if expected_size is not None and size != expected_size:
+                raise DownloadError(url, f"got {size} bytes, expected {expected_size}")
+            return size
+        except Exception as error:  # noqa: BLE001 - classified below
+            if _is_permanent(error):
+                raise
+            last = error
+            if attempt < retries:
+                delay = backoff_s * (2**attempt) * (0.5 + random.random())
+                logger.debug("retrying %s in %.2fs after %r", url, delay, error)
+                time.sleep(delay)
+    raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
