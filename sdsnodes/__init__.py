@@ -1,0 +1,53 @@
+"""sdsnodes: stream training samples from disk, S3, GCS and HTTP into PyTorch, on the fly."""
+
+from sdsnodes.codecs import ImageTensor, Text, VideoClip
+from sdsnodes.dataset import StreamingDataset
+from sdsnodes.errors import DecodeError, DownloadError, OnError, SdsError, TooManyErrors, error_stats
+from sdsnodes.nodes import (
+    Batcher,
+    CachingDownloader,
+    Decoder,
+    Evictor,
+    IndexReader,
+    Loader,
+    Mapper,
+    ParallelMapper,
+    PinMemory,
+    Prefetcher,
+    Shuffler,
+    collate,
+    set_epoch,
+    shutdown,
+)
+from sdsnodes.presets import build_image_graph, build_video_graph
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batcher",
+    "CachingDownloader",
+    "DecodeError",
+    "Decoder",
+    "DownloadError",
+    "Evictor",
+    "ImageTensor",
+    "IndexReader",
+    "Loader",
+    "Mapper",
+    "OnError",
+    "ParallelMapper",
+    "PinMemory",
+    "Prefetcher",
+    "SdsError",
+    "Shuffler",
+    "StreamingDataset",
+    "Text",
+    "TooManyErrors",
+    "VideoClip",
+    "build_image_graph",
+    "build_video_graph",
+    "collate",
+    "error_stats",
+    "set_epoch",
+    "shutdown",
+]

@@ -1,0 +1,131 @@
+"""StreamingDataset: a torch IterableDataset that runs a node graph inside each DataLoader worker."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.nodes import BaseNode
+
+from sdsnodes.nodes.graph import set_epoch, shutdown
+
+MAX_WORKERS = 1024
+
+
+class StreamingDataset(IterableDataset):
+    """Wrap a graph factory for ``torch.utils.data.DataLoader`` / ``StatefulDataLoader``.
+
+    The graph is built by ``graph_factory()`` inside each worker process (so threads, open files
+    and fsspec clients never cross a fork), and each worker reads its own shard of the index. Each
+    new iteration (``iter(dataloader)``) starts the next epoch, also with non-persistent workers:
+    the epoch counters live in shared memory created here. ``state_dict()`` /
+    ``load_state_dict()`` make ``StatefulDataLoader`` resume exactly where it stopped.
+
+    Use ``batch_size=None`` in the DataLoader: the graph batches already.
+
+    Args:
+        graph_factory (Callable[[], BaseNode]): builds the graph, e.g.
+            ``lambda: build_video_graph("index.parquet")``; must be picklable for spawned workers
+            (a lambda is fine with the default fork start method; use ``functools.partial``
+            otherwise).
+
+    State:
+        ``{"epoch": int, "graph": <root node state>}`` per worker.
+
+    Raises:
+        TypeError: ``graph_factory`` is not callable.
+    """
+
+    def __init__(self, graph_factory: Callable[[], BaseNode]) -> None:
+        super().__init__()
+        if not callable(graph_factory):
+            raise TypeError(f"graph_factory must be a callable returning a BaseNode, got {graph_factory!r}")
+        self.graph_factory = graph_factory
+        self._epochs_started = multiprocessing.Array("q", MAX_WORKERS)  # per worker id
+        self._root: BaseNode | None = None
+        self._epoch = 0
+        self._pending_state: dict[str, Any] | None = None
+        self._prepared = False  # the graph is reset for the upcoming iteration
+
+    @staticmethod
+    def _worker_id() -> int:
+        info = get_worker_info()
+        return info.id if info is not None else 0
+
+    def _build(self) -> BaseNode:
+        if self._root is None:
+            root = self.graph_factory()
+            if not isinstance(root, BaseNode):
+                raise TypeError(f"graph_factory returned {type(root).__name__}, expected a torchdata BaseNode")
+            self._root = root
+        return self._root
+
+    def _prepare(self) -> None:
+        """Reset the graph for the next iteration: the loaded state, else the next epoch."""
+        root = self._build()
+        wid = self._worker_id()
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self._epoch = int(state["epoch"])
+            root.reset(state["graph"])
+        else:
+            self._epoch = int(self._epochs_started[wid])
+            set_epoch(root, self._epoch)
+            root.reset(None)
+        self._epochs_started[wid] = self._epoch + 1
+        self._prepared = True
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._prepared:
+            self._prepare()
+        self._prepared = False
+        return _GraphIterator(self._build())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The worker's position: ``{"epoch": int, "graph": dict}`` (JSON-compatible)."""
+        if self._root is None or (self._pending_state is not None):
+            self._prepare()
+        return {"epoch": self._epoch, "graph": self._root.state_dict()}  # type: ignore[union-attr]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from ``state_dict`` at the next ``iter()``.
+
+        Raises:
+            ValueError: the state does not come from a StreamingDataset.
+        """
+        if not isinstance(state_dict, dict) or "graph" not in state_dict or "epoch" not in state_dict:
+            raise ValueError("not a StreamingDataset state: expected keys 'epoch' and 'graph'")
+        self._pending_state = state_dict
+        self._prepared = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` at the next ``iter()`` (in this process; in workers, call before they start)."""
+        for wid in range(MAX_WORKERS):
+            self._epochs_started[wid] = epoch
+        self._prepared = False
+
+    def shutdown(self) -> None:
+        """Stop the graph's threads in this process."""
+        if self._root is not None:
+            shutdown(self._root)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_root"] = None  # graphs hold threads; each process builds its own
+        state["_prepared"] = False
+        return state
+
+
+class _GraphIterator:
+    """Iterates a reset graph once; what ``StreamingDataset.__iter__`` returns."""
+
+    def __init__(self, root: BaseNode) -> None:
+        self.root = root
+
+    def __iter__(self) -> _GraphIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self.root)

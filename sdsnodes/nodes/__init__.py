@@ -1,0 +1,29 @@
+"""The chainable pieces: one ``torchdata.nodes.BaseNode`` per module."""
+
+from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
+
+from sdsnodes.nodes.collate import collate
+from sdsnodes.nodes.decoder import Decoder
+from sdsnodes.nodes.downloader import CachingDownloader
+from sdsnodes.nodes.evictor import Evictor
+from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
+from sdsnodes.nodes.index_reader import IndexReader
+from sdsnodes.nodes.shuffler import Shuffler
+
+__all__ = [
+    "Batcher",
+    "CachingDownloader",
+    "Decoder",
+    "Evictor",
+    "IndexReader",
+    "Loader",
+    "Mapper",
+    "ParallelMapper",
+    "PinMemory",
+    "Prefetcher",
+    "Shuffler",
+    "collate",
+    "iter_nodes",
+    "set_epoch",
+    "shutdown",
+]

@@ -1,0 +1,50 @@
+"""One :class:`~sdsnodes.cache.Cache` per (process, cache_dir, settings), and releasing the
+files a sample pinned — shared by CachingDownloader, Decoder (on skip) and Evictor."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from sdsnodes.cache.store import Cache
+from sdsnodes.sample import CACHE_DIR, URL_PREFIX, Sample
+from sdsnodes.storage import is_remote
+
+_caches: dict[tuple, Cache] = {}
+_lock = threading.Lock()
+
+
+def default_cache_dir() -> str:
+    """``$SDS_CACHE_DIR``, else ``~/.cache/sdsnodes``."""
+    return os.environ.get("SDS_CACHE_DIR") or str(Path.home() / ".cache" / "sdsnodes")
+
+
+def open_cache(cache_dir: str, max_bytes: int | None = None, ttl: float | None = None, policy: str = "keepset") -> Cache:
+    """The process's :class:`Cache` for ``cache_dir`` with these settings (created once)."""
+    key = (os.getpid(), os.path.abspath(cache_dir), max_bytes, ttl, str(policy))
+    with _lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = _caches[key] = Cache(cache_dir, max_bytes=max_bytes, ttl=ttl, policy=policy)
+    return cache
+
+
+def _any_cache(cache_dir: str) -> Cache:
+    path = os.path.abspath(cache_dir)
+    with _lock:
+        for key, cache in _caches.items():
+            if key[0] == os.getpid() and key[1] == path:
+                return cache
+    return open_cache(cache_dir)
+
+
+def release(sample: Sample) -> None:
+    """Unpin every file ``sample`` holds in its cache (a no-op for local files); idempotent."""
+    cache_dir = sample.pop(CACHE_DIR, None)
+    if not cache_dir:
+        return
+    cache = _any_cache(cache_dir)
+    for key, url in sample.items():
+        if key.startswith(URL_PREFIX) and is_remote(url):
+            cache.unpin(url)

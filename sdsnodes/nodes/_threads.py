@@ -1,0 +1,112 @@
+"""Ordered, bounded, resumable thread-pool mapping with the skip/raise error policy.
+
+Built on torchdata's ``ParallelMapper`` (threads, in order), which records the source's state
+with every item, so a node's state is that of the last item it yielded and resuming neither
+loses nor repeats work in flight. Failed items come back as :class:`Skipped` markers and are
+dropped (and counted) on the consumer side, so the counts line up with what was yielded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from torchdata.nodes import BaseNode, ParallelMapper
+
+from sdsnodes.errors import ErrorPolicy, OnError
+from sdsnodes.sample import Sample, describe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Skipped:
+    """A sample that could not be processed: why, and the error."""
+
+    reason: str
+    error: BaseException
+    what: str
+    sample: Sample
+
+
+class ThreadMapNode(BaseNode[Sample]):
+    """Base of nodes that apply ``self.process(sample)`` in ``num_threads`` threads, in order.
+
+    Subclasses implement ``process(sample) -> Sample`` (raising on failure) and may override
+    ``on_skip(skipped)`` to release resources held by a dropped sample. ``classify(error)``
+    names the reason of a failure.
+
+    Args:
+        source (BaseNode): upstream node.
+        num_threads (int): worker threads; 0 runs inline in the caller's thread.
+        on_error (OnError | str): ``"skip"`` or ``"raise"``.
+        max_error_rate (float): see :class:`sdsnodes.errors.ErrorPolicy`.
+
+    State:
+        ``{"source": <ParallelMapper state>, "errors": {"seen": int, "skipped": {reason: int}}}``.
+    """
+
+    SOURCE_KEY = "source"
+    ERRORS_KEY = "errors"
+    reason = "error"
+
+    def __init__(
+        self,
+        source: BaseNode,
+        num_threads: int = 4,
+        on_error: OnError | str = OnError.SKIP,
+        max_error_rate: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if num_threads < 0:
+            raise ValueError(f"{num_threads=} must be >= 0")
+        self.source = source
+        self.num_threads = num_threads
+        self.errors = ErrorPolicy(on_error, max_error_rate)
+        self._mapper = ParallelMapper(source, self._guarded, num_workers=num_threads, method="thread")
+
+    def process(self, sample: Sample) -> Sample:  # pragma: no cover - overridden
+        return sample
+
+    def classify(self, error: BaseException) -> str:
+        """The reason a failure is counted under."""
+        return self.reason
+
+    def on_skip(self, skipped: Skipped) -> None:
+        """Hook: release what a dropped sample holds."""
+
+    def _guarded(self, sample: Sample) -> Sample | Skipped:
+        try:
+            return self.process(sample)
+        except Exception as error:  # noqa: BLE001 - becomes a counted skip or re-raised
+            return Skipped(self.classify(error), error, describe(sample), sample)
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        if initial_state is None:  # a new epoch: counts go on accumulating
+            self._mapper.reset(None)
+        else:
+            self.errors.load(initial_state.get(self.ERRORS_KEY))
+            self._mapper.reset(initial_state[self.SOURCE_KEY])
+
+    def next(self) -> Sample:
+        while True:
+            item = next(self._mapper)
+            if not isinstance(item, Skipped):
+                self.errors.ok()
+                return item
+            self.on_skip(item)
+            self.errors.skip(item.reason, item.error, item.what)
+
+    def get_state(self) -> dict[str, Any]:
+        return {self.SOURCE_KEY: self._mapper.state_dict(), self.ERRORS_KEY: self.errors.state()}
+
+    def shutdown(self) -> None:
+        """Stop the worker threads (they are daemons; this frees them at once)."""
+        impl = getattr(self._mapper, "_it", None)
+        it = getattr(impl, "_it", None)
+        stop = getattr(it, "_shutdown", None)
+        if stop is not None:
+            stop()
+

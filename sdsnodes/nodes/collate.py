@@ -1,0 +1,49 @@
+"""collate: a list of samples → one batch dict (tensors stacked, everything else listed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sdsnodes.sample import Sample
+
+
+def collate(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Merge samples into a batch.
+
+    For each key: tensors of one shape are stacked (``[B, ...]``, same dtype); ints/floats/bools
+    become a 1-D tensor ``[B]``; anything else (str, None, mixed, tensors of different shapes) is
+    kept as a list of length B.
+
+    Args:
+        samples (Sequence[dict]): B >= 1 samples with the same keys.
+
+    Returns:
+        dict[str, Any]: the batch.
+
+    Raises:
+        ValueError: ``samples`` is empty or the samples do not share their keys.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    keys = list(samples[0].keys())
+    for sample in samples[1:]:
+        if sample.keys() != samples[0].keys():
+            raise ValueError(
+                f"samples do not share keys: {sorted(samples[0].keys())} vs {sorted(sample.keys())}"
+            )
+    batch: dict[str, Any] = {}
+    for key in keys:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if isinstance(first, torch.Tensor) and all(
+            isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype for v in values
+        ):
+            batch[key] = torch.stack(values)  # [B, ...]
+        elif all(type(v) in (int, float, bool) for v in values) and len({type(v) for v in values}) == 1:
+            batch[key] = torch.tensor(values)  # [B]
+        else:
+            batch[key] = values
+    return batch

@@ -1,0 +1,86 @@
+"""Decoder: turns paths or bytes in chosen columns into tensors, in a thread pool, in order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torchdata.nodes import BaseNode
+
+from sdsnodes.codecs import Codec
+from sdsnodes.errors import DecodeError, OnError
+from sdsnodes.nodes._cache_ref import release
+from sdsnodes.nodes._threads import Skipped, ThreadMapNode
+from sdsnodes.sample import EPOCH, INDEX, Sample
+
+
+def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Generator:
+    """The generator a codec gets for one column of one sample: seeded by (seed, epoch, row,
+    column), so results do not depend on thread timing and differ from epoch to epoch."""
+    return np.random.default_rng([seed, int(sample.get(EPOCH) or 0), int(sample.get(INDEX) or 0), column_index])
+
+
+class Decoder(ThreadMapNode):
+    """Apply a codec per column: ``sample[c] = codecs[c](sample[c], rng)``.
+
+    Codecs (``VideoClip``, ``ImageTensor``, ``Text``…) are pure; they run in ``num_threads``
+    threads (PyAV and Pillow release the GIL), in order. A sample whose decoding fails (a
+    :class:`~sdsnodes.errors.DecodeError`, a missing file, a None value) is skipped and counted
+    by reason (``"decode"``, ``"missing"``) under ``on_error="skip"``, or raised.
+
+    Args:
+        source (BaseNode): upstream node (paths must be local: put a CachingDownloader before).
+        codecs (Mapping[str, Codec]): column → codec.
+        num_threads (int): decoding threads; 0 decodes inline.
+        seed (int): seed of the codecs' randomness (clip starts, random crops).
+        on_error (str): ``"skip"`` or ``"raise"``.
+        max_error_rate (float): raise once more than this fraction of samples was skipped.
+
+    State:
+        as :class:`~sdsnodes.nodes._threads.ThreadMapNode`.
+
+    Raises:
+        ValueError: ``codecs`` is empty or a value is not callable.
+    """
+
+    reason = "decode"
+
+    def __init__(
+        self,
+        source: BaseNode,
+        codecs: Mapping[str, Codec],
+        num_threads: int = 4,
+        seed: int = 0,
+        on_error: OnError | str = OnError.SKIP,
+        max_error_rate: float = 0.5,
+    ) -> None:
+        if not codecs:
+            raise ValueError("codecs must map at least one column to a codec, e.g. {'video': VideoClip(16)}")
+        for column, codec in codecs.items():
+            if not callable(codec):
+                raise ValueError(f"codec for column {column!r} is not callable: {codec!r}")
+        super().__init__(source, num_threads, on_error, max_error_rate)
+        self.codecs = dict(codecs)
+        self.seed = int(seed)
+
+    def classify(self, error: BaseException) -> str:
+        if isinstance(error, (FileNotFoundError, _Missing)) or isinstance(error.__cause__, FileNotFoundError):
+            return "missing"
+        return self.reason
+
+    def process(self, sample: Sample) -> Sample:
+        out: dict[str, Any] = dict(sample)
+        for i, (column, codec) in enumerate(self.codecs.items()):
+            value = sample.get(column)
+            if value is None and not getattr(codec, "accepts_none", False):
+                raise _Missing(str(sample.get(f"__url__.{column}") or column), f"column {column!r} is None")
+            out[column] = codec(value, sample_rng(self.seed, sample, i))
+        return out
+
+    def on_skip(self, skipped: Skipped) -> None:
+        release(skipped.sample)
+
+
+class _Missing(DecodeError):
+    """A column the codec needs holds None."""

@@ -1,0 +1,104 @@
+"""CachingDownloader: copies remote files of a sample into the shared disk cache, ahead of use."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from torchdata.nodes import BaseNode
+
+from sdsnodes.errors import OnError
+from sdsnodes.nodes._cache_ref import default_cache_dir, open_cache
+from sdsnodes.nodes._threads import Skipped, ThreadMapNode
+from sdsnodes.sample import CACHE_DIR, Sample, url_key
+from sdsnodes.storage import fetch, is_remote, local_path
+
+
+class CachingDownloader(ThreadMapNode):
+    """Replace each remote URL in ``columns_to_download`` by a local, pinned file in the cache.
+
+    Downloads run in ``num_threads`` threads, at most ``2 * num_threads`` samples ahead of the
+    consumer, in order. Each file is written under a temporary name and renamed into place, so a
+    crash never leaves a half file that looks whole; the same URL is downloaded once even when
+    several workers or processes ask for it (the cache's ledger and file locks see to it).
+    Local paths (and ``file://`` URLs) are used in place. The original value is kept under
+    ``__url__.<column>``; ``__cache_dir__`` tells :class:`Evictor` where to release the files.
+
+    Args:
+        source (BaseNode): upstream node yielding sample dicts.
+        columns_to_download (Sequence[str]): columns holding paths or URLs.
+        cache_dir (str | None): the cache directory (shared by all processes on the machine);
+            None uses ``$SDS_CACHE_DIR`` or ``~/.cache/sdsnodes``.
+        max_bytes (int | None): byte budget of the whole cache directory; None is unbounded.
+        storage_options (dict | None): fsspec options for the URLs (credentials, endpoint_url…).
+        num_threads (int): concurrent downloads.
+        retries (int): retries of transient errors (5xx, resets, timeouts), with backoff.
+        policy (str): eviction policy, ``"keepset"`` (default) or ``"lru"``.
+        on_error (str): ``"skip"`` (count and drop the sample) or ``"raise"``.
+        max_error_rate (float): raise once more than this fraction of samples was skipped.
+
+    State:
+        as :class:`~sdsnodes.nodes._threads.ThreadMapNode`: the source's state at the last
+        yielded sample and the skip counts (reasons ``"missing"``, ``"download"``).
+
+    Raises:
+        ValueError: ``columns_to_download`` is empty, or an argument is out of range.
+    """
+
+    reason = "download"
+
+    def __init__(
+        self,
+        source: BaseNode,
+        columns_to_download: Sequence[str],
+        cache_dir: str | None = None,
+        max_bytes: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+        num_threads: int = 8,
+        retries: int = 3,
+        policy: str = "keepset",
+        on_error: OnError | str = OnError.SKIP,
+        max_error_rate: float = 0.5,
+    ) -> None:
+        if isinstance(columns_to_download, str) or not columns_to_download:
+            raise ValueError(f"{columns_to_download=} must be a non-empty list of column names")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"{max_bytes=} must be > 0 (or None for no budget)")
+        super().__init__(source, num_threads, on_error, max_error_rate)
+        self.columns = list(columns_to_download)
+        self.cache_dir = str(cache_dir or default_cache_dir())
+        self.max_bytes = max_bytes
+        self.storage_options = dict(storage_options or {})
+        self.retries = retries
+        self.policy = policy
+
+    def classify(self, error: BaseException) -> str:
+        return "missing" if isinstance(error, FileNotFoundError) else self.reason
+
+    def process(self, sample: Sample) -> Sample:
+        cache = open_cache(self.cache_dir, self.max_bytes, policy=self.policy)
+        out = dict(sample)
+        pinned: list[str] = []
+        try:
+            for column in self.columns:
+                value = sample.get(column)
+                out[url_key(column)] = value
+                if not is_remote(value):
+                    out[column] = local_path(value) if isinstance(value, str) else value
+                    continue
+                size = sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
+                download = functools.partial(
+                    fetch, value, storage_options=self.storage_options, retries=self.retries
+                )
+                out[column] = str(cache.get(value, download, size_hint=size))
+                pinned.append(value)
+        except BaseException:
+            for url in pinned:
+                cache.unpin(url)
+            raise
+        out[CACHE_DIR] = self.cache_dir
+        return out
+
+    def on_skip(self, skipped: Skipped) -> None:
+        """Nothing to release: ``process`` unpins its files before it fails."""

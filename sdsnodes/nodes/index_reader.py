@@ -1,0 +1,62 @@
+"""IndexReader: the leaf of every graph: rows of an index, this (rank, worker)'s share of them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from sdsnodes.index.sources import read_index
+from sdsnodes.index.table import IndexTable
+from sdsnodes.nodes._epoch import EpochReader
+
+
+class IndexReader(EpochReader):
+    """Yield the rows of an index as sample dicts, in index order, sharded over (rank, worker).
+
+    Reads parquet, CSV, JSON, JSONL, a directory of media files (one row per file, with ``path``,
+    ``size`` and a ``video``/``image``/``audio``/``latent`` column by extension), a wildcard of
+    index files, or a ``.txt`` file of paths — local or through fsspec URLs. The index is read at
+    construction, so a bad source fails at once.
+
+    Each sample holds every column (missing ones are None) plus ``__key__`` (str), ``__index__``
+    (int, the row) and ``__epoch__`` (int). The shard with id ``s`` of ``S = world_size *
+    num_workers`` reads rows ``s, s + S, …``. Each ``reset()`` without state starts the next epoch.
+
+    Args:
+        src (str | os.PathLike | pyarrow.Table): the index source, or a table already in memory.
+        columns (Sequence[str] | None): columns to add as None where the index lacks them.
+        storage_options (dict | None): fsspec options for a remote source.
+        name (str | None): prefix of ``__key__`` (``"name/row"``), e.g. the stream name.
+        rank (int | None), world_size (int | None): explicit distributed position; by default
+            from ``torch.distributed`` or ``RANK``/``WORLD_SIZE``.
+
+    State:
+        ``{"epoch": int, "position": int}`` — the next local position to read.
+
+    Raises:
+        ValueError: the source is missing, unreadable or empty (the message names it and the fix).
+    """
+
+    def __init__(
+        self,
+        src: str | os.PathLike | pa.Table,
+        columns: Sequence[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        name: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__(rank, world_size)
+        self.src = src if isinstance(src, pa.Table) else os.fspath(src)
+        table = src if isinstance(src, pa.Table) else read_index(src, storage_options)
+        if table.num_rows == 0:
+            raise ValueError("the index table has no rows: nothing to stream")
+        self._index = IndexTable(table, columns=columns, name=name)
+
+    @property
+    def column_names(self) -> list[str]:
+        """Columns present in the index file(s)."""
+        return list(self._index.table.column_names)
