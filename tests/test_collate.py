@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from sdsnodes import collate
+
+
+def test_stacks_tensors_lists_the_rest():
+    samples = [
+        {"v": torch.zeros(2, 3, dtype=torch.uint8), "c": "a", "i": 1, "n": None, "ragged": torch.zeros(i + 1)}
+        for i in range(3)
+    ]
+    batch = collate(samples)
+    assert batch["v"].shape == (3, 2, 3) and batch["v"].dtype == torch.uint8
+    assert batch["c"] == ["a"] * 3 and batch["n"] == [None] * 3
+    assert torch.equal(batch["i"], torch.tensor([1, 1, 1]))
+    assert isinstance(batch["ragged"], list) and len(batch["ragged"]) == 3
+
+
+def test_rejects_empty_and_mismatched():
+    with pytest.raises(ValueError, match="empty"):
+        collate([])
+    with pytest.raises(ValueError, match="share keys"):
+        collate([{"a": 1}, {"b": 1}])
