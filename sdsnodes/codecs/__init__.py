@@ -4,17 +4,40 @@ A codec is a small picklable object called as ``codec(value, rng)``: ``value`` i
 (str or os.PathLike) or bytes, ``rng`` a ``numpy.random.Generator`` the caller seeds per sample.
 Every failure to decode raises :class:`sdsnodes.errors.DecodeError`, with the original error as
 its ``__cause__``.
+
+Optional codec attributes the :class:`~sdsnodes.Decoder` honours:
+
+- ``source_column`` (str | None): read the value from this column of the (undecoded) sample
+  instead of the codec's own column (e.g. audio decoded from the ``video`` file).
+- ``needs_sample`` (bool): call as ``codec(value, rng, sample=out)`` where ``out`` is the sample
+  as decoded so far (codecs run in the order given), e.g. to align audio to the video clip.
+- ``accepts_none`` (bool): the codec handles a None value itself (else the sample is skipped).
+
+A codec may return :class:`Decoded` to add facts next to its value: ``Decoded(value, {"k": v})``
+puts ``value`` in the column and each ``v`` under ``"<column>.<k>"``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sdsnodes.codecs.image import ImageTensor
-from sdsnodes.codecs.text import Text
-from sdsnodes.codecs.video import VideoClip
+
+
+@dataclasses.dataclass
+class Decoded:
+    """A decoded value plus facts about it (e.g. ``clip_start`` in seconds), stored by the
+    Decoder under ``"<column>.<name>"``."""
+
+    value: Any
+    info: dict[str, Any]
+
+
+from sdsnodes.codecs.image import ImageTensor  # noqa: E402
+from sdsnodes.codecs.text import Text  # noqa: E402
+from sdsnodes.codecs.video import VideoClip  # noqa: E402
 
 
 @runtime_checkable
@@ -24,4 +47,4 @@ class Codec(Protocol):
     def __call__(self, value: Any, rng: np.random.Generator) -> Any: ...
 
 
-__all__ = ["Codec", "ImageTensor", "Text", "VideoClip"]
+__all__ = ["Codec", "Decoded", "ImageTensor", "Text", "VideoClip"]

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from torchdata.nodes import BaseNode
 
-from sdsnodes.codecs import Codec
+from sdsnodes.codecs import Codec, Decoded
 from sdsnodes.errors import DecodeError, OnError
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
-from sdsnodes.sample import EPOCH, INDEX, Sample
+from sdsnodes.sample import EPOCH, INDEX, Sample, url_key
 
 
 def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Generator:
@@ -23,6 +23,10 @@ def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Genera
 
 class Decoder(ThreadMapNode):
     """Apply a codec per column: ``sample[c] = codecs[c](sample[c], rng)``.
+
+    Codecs run in the order given; see :mod:`sdsnodes.codecs` for the optional codec attributes
+    (``source_column``, ``needs_sample``, ``accepts_none``) and :class:`~sdsnodes.codecs.Decoded`
+    results, whose facts land under ``"<column>.<name>"``.
 
     Codecs (``VideoClip``, ``ImageTensor``, ``Text``…) are pure; they run in ``num_threads``
     threads (PyAV and Pillow release the GIL), in order. A sample whose decoding fails (a
@@ -72,10 +76,17 @@ class Decoder(ThreadMapNode):
     def process(self, sample: Sample) -> Sample:
         out: dict[str, Any] = dict(sample)
         for i, (column, codec) in enumerate(self.codecs.items()):
-            value = sample.get(column)
+            source = getattr(codec, "source_column", None) or column
+            value = sample.get(source)
             if value is None and not getattr(codec, "accepts_none", False):
-                raise _Missing(str(sample.get(f"__url__.{column}") or column), f"column {column!r} is None")
-            out[column] = codec(value, sample_rng(self.seed, sample, i))
+                raise _Missing(str(sample.get(url_key(source)) or source), f"column {source!r} is None")
+            rng = sample_rng(self.seed, sample, i)
+            result = codec(value, rng, sample=out) if getattr(codec, "needs_sample", False) else codec(value, rng)
+            if isinstance(result, Decoded):
+                out[column] = result.value
+                out.update({f"{column}.{name}": v for name, v in result.info.items()})
+            else:
+                out[column] = result
         return out
 
     def on_skip(self, skipped: Skipped) -> None:
