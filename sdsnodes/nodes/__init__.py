@@ -7,7 +7,9 @@ from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
 from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
+from sdsnodes.nodes._schedule import MixStrategy
 from sdsnodes.nodes.index_reader import IndexReader
+from sdsnodes.nodes.mixer import Mixer, StopCriterion
 from sdsnodes.nodes.shuffler import Shuffler
 
 __all__ = [
@@ -18,10 +20,13 @@ __all__ = [
     "IndexReader",
     "Loader",
     "Mapper",
+    "MixStrategy",
+    "Mixer",
     "ParallelMapper",
     "PinMemory",
     "Prefetcher",
     "Shuffler",
+    "StopCriterion",
     "collate",
     "iter_nodes",
     "set_epoch",

@@ -1,0 +1,113 @@
+"""Which stream a mixer draws at a given global step: pure functions of (strategy, weights, seed,
+step), so every rank and every DataLoader worker agrees without talking to the others."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class MixStrategy(str, enum.Enum):
+    """How a :class:`~sdsnodes.Mixer` picks the stream of each item."""
+
+    WEIGHTED_RANDOM = "weighted_random"
+    """Draw a stream per item, independently, with probability proportional to its weight."""
+    ROUND_ROBIN = "round_robin"
+    """Smooth weighted round robin: each cycle holds every stream its integer count of times,
+    spread out as evenly as possible (plain alternation when the weights are equal)."""
+    FIXED_RANDOM_ORDER = "fixed_random_order"
+    """Integer counts from the weights, one shuffled order (from the seed) repeated every cycle."""
+    RANDOM_ORDER = "random_order"
+    """Integer counts from the weights, the order reshuffled every cycle."""
+    CONSECUTIVE_INTERLEAVED = "consecutive_interleaved"
+    """``count`` items from the first stream, then ``count`` from the next, and so on."""
+
+
+def uniform(seed: int, step: int) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, step) (BLAKE2b of both)."""
+    digest = hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def normalize(weights: Mapping[str, float], names: list[str]) -> list[float]:
+    """Weights in the order of ``names``, summing to 1.
+
+    Raises:
+        ValueError: a weight is negative or not finite, a name is missing or unknown, or all are 0.
+    """
+    if set(weights) != set(names):
+        raise ValueError(
+            f"weights name {sorted(weights)}, the streams are {sorted(names)}: give one per stream"
+        )
+    values = [float(weights[n]) for n in names]
+    if any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {dict(weights)}")
+    total = sum(values)
+    return [v / total for v in values]
+
+
+def integer_counts(probs: list[float], cycle_length: int | None) -> list[int]:
+    """Integer counts per stream for one cycle of an ordered strategy.
+
+    With ``cycle_length`` None, the shortest cycle (<= 1000) whose counts match the weights
+    exactly; else counts summing to ``cycle_length`` by largest remainder.
+    """
+    if cycle_length is None:
+        for length in range(1, 1001):
+            counts = [p * length for p in probs]
+            if all(abs(c - round(c)) < 1e-6 for c in counts):
+                return [round(c) for c in counts]
+        cycle_length = 1000
+    raw = [p * cycle_length for p in probs]
+    counts = [math.floor(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[
+        : cycle_length - sum(counts)
+    ]:
+        counts[i] += 1
+    return counts
+
+
+@functools.lru_cache(maxsize=64)
+def cycle_order(
+    strategy: MixStrategy, counts: tuple[int, ...], seed: int, cycle: int
+) -> tuple[int, ...]:
+    """Stream indices of one cycle of an ordered strategy (cached: a cycle is used many steps)."""
+    if strategy is MixStrategy.CONSECUTIVE_INTERLEAVED:
+        return tuple(i for i, c in enumerate(counts) for _ in range(c))
+    if strategy is MixStrategy.ROUND_ROBIN:  # smooth weighted round robin (as in nginx)
+        current, total, order = [0] * len(counts), sum(counts), []
+        for _ in range(total):
+            current = [cur + c for cur, c in zip(current, counts)]
+            best = max(range(len(counts)), key=lambda i: current[i])
+            current[best] -= total
+            order.append(best)
+        return tuple(order)
+    order = np.array([i for i, c in enumerate(counts) for _ in range(c)])
+    key = 0 if strategy is MixStrategy.FIXED_RANDOM_ORDER else cycle + 1
+    return tuple(np.random.default_rng([seed, key]).permutation(order).tolist())
+
+
+def draw(
+    strategy: MixStrategy,
+    probs: list[float],
+    seed: int,
+    step: int,
+    cycle_length: int | None = None,
+) -> int:
+    """Index of the stream drawn at global ``step``."""
+    if strategy is MixStrategy.WEIGHTED_RANDOM:
+        u, acc = uniform(seed, step), 0.0
+        for i, p in enumerate(probs):
+            acc += p
+            if u < acc:
+                return i
+        return max(i for i, p in enumerate(probs) if p > 0)
+    counts = tuple(integer_counts(probs, cycle_length))
+    length = sum(counts)
+    cycle = step // length if strategy is MixStrategy.RANDOM_ORDER else 0
+    return cycle_order(strategy, counts, seed, cycle)[step % length]
