@@ -71,7 +71,7 @@ def test_empty_wildcard_and_empty_csv(tmp_path):
 def test_shards_are_disjoint_and_cover_the_index(table):
     seen = []
     for rank in range(3):
-        reader = IndexReader(table, rank=rank, world_size=3)
+        reader = IndexReader(table, rank=rank, world_size=3, uneven="keep")
         seen.append([s["__index__"] for s in Loader(reader)])
     assert sorted(sum(seen, [])) == list(range(10))
     assert seen[1] == [1, 4, 7]
@@ -90,3 +90,22 @@ def test_bad_rank_arguments(table):
         IndexReader(table, rank=3, world_size=2)
     with pytest.raises(ValueError, match="both"):
         IndexReader(table, rank=0)
+
+
+@pytest.mark.parametrize("uneven, count", [(None, 4), ("pad", 4), ("drop", 3)])
+def test_ranks_get_equal_counts(table, uneven, count):
+    parts = [[s["__index__"] for s in Loader(IndexReader(table, rank=r, world_size=3, uneven=uneven))] for r in range(3)]
+    assert [len(p) for p in parts] == [count] * 3
+    flat = sum(parts, [])
+    assert len(set(flat)) == (10 if count == 4 else 9)  # pad repeats 2 rows, drop leaves 1 out
+
+
+def test_resume_refuses_another_layout_or_index(table):
+    reader = IndexReader(table)
+    it = iter(Loader(reader))
+    next(it)
+    state = reader.state_dict()
+    with pytest.raises(ValueError, match="load_elastic_state"):
+        IndexReader(table, rank=0, world_size=2).reset(state)
+    with pytest.raises(ValueError, match="index changed"):
+        IndexReader(table.slice(0, 5)).reset(state)

@@ -21,7 +21,7 @@ def test_permutation_per_epoch_deterministic():
 
 
 def test_shards_of_the_global_permutation_are_disjoint():
-    parts = [[s["x"] for s in Loader(Shuffler(IndexReader(TABLE, rank=r, world_size=4), seed=1))] for r in range(4)]
+    parts = [[s["x"] for s in Loader(Shuffler(IndexReader(TABLE, rank=r, world_size=4, uneven="keep"), seed=1))] for r in range(4)]
     assert sorted(sum(parts, [])) == list(range(50))
     whole = [s["x"] for s in Loader(Shuffler(IndexReader(TABLE), seed=1))]
     assert parts[2] == whole[2::4]
@@ -31,7 +31,11 @@ def test_state_is_small_and_resumes():
     shuffler = Shuffler(IndexReader(TABLE), seed=0)
     it = iter(Loader(shuffler))
     next(it)
-    assert shuffler.state_dict() == {"epoch": 0, "position": 1, "seed": 0}
+    state = shuffler.state_dict()
+    assert {k: state[k] for k in ("epoch", "position", "seed", "num_rows")} == {
+        "epoch": 0, "position": 1, "seed": 0, "num_rows": 50,
+    }  # fmt: skip
+    assert len(str(state)) < 200
     check_node_resume(lambda: Shuffler(IndexReader(TABLE), seed=7), key_fn=lambda s: s["x"])
 
 

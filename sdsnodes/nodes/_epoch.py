@@ -1,12 +1,16 @@
 """Shared base of the leaf nodes that walk an epoch of index positions (IndexReader, Shuffler).
 
 An epoch is a sequence of global positions ``0..n-1``; ``row = order(epoch, position)``. The
-(rank, worker) pair with shard ``s`` of ``S`` reads positions ``s, s + S, s + 2S, …``, so the
-state of a reader is just ``(epoch, local position)``: O(1) to store, O(1) to resume.
+(rank, worker) pair with shard ``s`` of ``S`` reads the ``r``-th remaining position for
+``r = s, s + S, s + 2S, …``, so the state of a reader is just ``(epoch, local position)``: O(1)
+to store, O(1) to resume. "Remaining" is everything from ``base`` on except a short ``skip``
+list; both are 0/empty except in an epoch resumed elastically (another world size or worker
+count: see :mod:`sdsnodes.elastic`), where they describe what the old layout had consumed.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from torchdata.nodes import BaseNode
@@ -15,22 +19,40 @@ from sdsnodes.distributed import ShardInfo, shard_info
 from sdsnodes.index.table import IndexTable
 from sdsnodes.sample import Sample
 
+UNEVEN = ("pad", "drop", "keep")
+
 
 class EpochReader(BaseNode[Sample]):
-    """Base class: iterates this shard's positions of an epoch; subclasses map position → row."""
+    """Base class: iterates this shard's positions of an epoch; subclasses map position → row.
+
+    Args:
+        rank (int | None), world_size (int | None): explicit distributed position.
+        uneven (str | None): when the rows do not split evenly over ``world_size * num_workers``
+            shards: ``"pad"`` (every shard reads ceil(n / S), repeating a few rows), ``"drop"``
+            (every shard reads floor(n / S)) or ``"keep"`` (shards differ by one). None: ``"pad"``
+            when ``world_size > 1`` (so every rank gets as many batches and DDP never hangs),
+            else ``"keep"``.
+    """
 
     EPOCH_KEY = "epoch"
     POSITION_KEY = "position"
+    LAYOUT_KEYS = ("shard", "num_shards", "num_rows", "base", "skip", "reader")
 
-    def __init__(self, rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(self, rank: int | None = None, world_size: int | None = None, uneven: str | None = None) -> None:
         super().__init__()
         shard_info(rank, world_size)  # validates the pair now, at construction
+        if uneven is not None and uneven not in UNEVEN:
+            raise ValueError(f"{uneven=} must be one of {UNEVEN} or None")
         self.rank = rank
         self.world_size = world_size
+        self.uneven = uneven
+        self.reader_id = 0  # ordinal of this reader in its graph, set by sdsnodes.elastic
         self._epoch = 0
         self._next_epoch: int | None = None
+        self._next_layout: tuple[int, list[int]] | None = None
         self._started = False
         self._position = 0
+        self._base, self._skip = 0, []
         self._shard = ShardInfo()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -48,9 +70,14 @@ class EpochReader(BaseNode[Sample]):
         """Row of the index at global ``position`` of the current epoch."""
         return position
 
-    # -- the node contract -------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
+    # -- epochs ---------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int, base: int = 0, skip: list[int] | None = None) -> None:
         """Make the next ``reset()`` without state start ``epoch`` (else it starts the next one).
+
+        Args:
+            epoch (int): the epoch, >= 0.
+            base (int), skip (list[int]): positions already consumed in that epoch: all below
+                ``base`` and those listed (for an elastic resume).
 
         Raises:
             ValueError: ``epoch`` < 0.
@@ -58,6 +85,7 @@ class EpochReader(BaseNode[Sample]):
         if epoch < 0:
             raise ValueError(f"{epoch=} must be >= 0")
         self._next_epoch = int(epoch)
+        self._next_layout = (int(base), sorted(int(p) for p in skip or []))
 
     @property
     def epoch(self) -> int:
@@ -73,29 +101,76 @@ class EpochReader(BaseNode[Sample]):
         super().reset(initial_state)
         self._shard = shard_info(self.rank, self.world_size)
         if initial_state is not None:
+            self._check_layout(initial_state)
             self._epoch = int(initial_state[self.EPOCH_KEY])
             self._position = int(initial_state[self.POSITION_KEY])
+            self._base, self._skip = int(initial_state.get("base", 0)), list(initial_state.get("skip", []))
         else:
             if self._next_epoch is not None:
                 self._epoch, self._next_epoch = self._next_epoch, None
-            elif self._started:
-                self._epoch += 1
+                self._base, self._skip = self._next_layout or (0, [])
+            else:
+                self._epoch += 1 if self._started else 0
+                self._base, self._skip = 0, []
             self._position = 0
         self._started = True
         self._begin_epoch(self._epoch)
 
+    def _check_layout(self, state: dict[str, Any]) -> None:
+        shards, rows = state.get("num_shards"), state.get("num_rows")
+        if shards is not None and shards != self._shard.num_shards:
+            raise ValueError(
+                f"the state was saved with {shards} shards (world_size * num_workers), this run has "
+                f"{self._shard.num_shards}; to resume with another layout use "
+                "sdsnodes.load_elastic_state(...) (docs/distributed.md)"
+            )
+        if rows is not None and rows != len(self.index):
+            raise ValueError(
+                f"the state was saved for an index of {rows} rows, this one has {len(self.index)}: "
+                "the index changed; resume with the index the state was saved with"
+            )
+
+    # -- positions ------------------------------------------------------------------------------
+    def _remaining(self) -> int:
+        return len(self.index) - self._base - len(self._skip)
+
     def __len__(self) -> int:
-        """Samples this shard reads per epoch (known after ``reset()``)."""
-        n, s = len(self.index), self._shard
-        return len(range(s.shard, n, s.num_shards))
+        """Samples this shard reads this epoch (known after ``reset()``)."""
+        m, s = self._remaining(), self._shard
+        if m <= 0:
+            return 0
+        mode = self.uneven or ("pad" if s.world_size > 1 else "keep")
+        if mode == "pad":
+            return -(-m // s.num_shards)
+        if mode == "drop":
+            return m // s.num_shards
+        return len(range(s.shard, m, s.num_shards))
+
+    def position_of(self, rank: int) -> int:
+        """Global position of the ``rank``-th remaining position (past ``base``, not in ``skip``)."""
+        position = self._base + rank
+        for skipped in self._skip[: bisect.bisect_right(self._skip, position + len(self._skip))]:
+            if skipped <= position:
+                position += 1
+        return position
 
     def next(self) -> Sample:
-        s = self._shard
-        global_position = s.shard + self._position * s.num_shards
-        if global_position >= len(self.index):
+        if self._position >= len(self):
             raise StopIteration
+        rank = self._shard.shard + self._position * self._shard.num_shards
         self._position += 1
-        return self.index.sample(self._row_at(global_position), self._epoch)
+        position = self.position_of(rank % self._remaining())  # past the end: pad from the start
+        return self.index.sample(self._row_at(position), self._epoch)
 
     def get_state(self) -> dict[str, Any]:
-        return {self.EPOCH_KEY: self._epoch, self.POSITION_KEY: self._position}
+        s = self._shard
+        return {
+            self.EPOCH_KEY: self._epoch,
+            self.POSITION_KEY: self._position,
+            "shard": s.shard,
+            "num_shards": s.num_shards,
+            "num_rows": len(self.index),
+            "base": self._base,
+            "skip": list(self._skip),
+            "reader": self.reader_id,
+        }

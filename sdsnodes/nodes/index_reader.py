@@ -32,9 +32,13 @@ class IndexReader(EpochReader):
         name (str | None): prefix of ``__key__`` (``"name/row"``), e.g. the stream name.
         rank (int | None), world_size (int | None): explicit distributed position; by default
             from ``torch.distributed`` or ``RANK``/``WORLD_SIZE``.
+        uneven (str | None): ``"pad"``, ``"drop"`` or ``"keep"`` when rows do not split evenly
+            over the shards; None pads when ``world_size > 1`` (equal batches on every rank).
 
     State:
-        ``{"epoch": int, "position": int}`` — the next local position to read.
+        ``{"epoch": int, "position": int}`` — the next local position to read — plus the layout
+        it was saved under (``shard``, ``num_shards``, ``num_rows``, ``base``, ``skip``,
+        ``reader``), checked on resume and used by elastic resume.
 
     Raises:
         ValueError: the source is missing, unreadable or empty (the message names it and the fix).
@@ -48,8 +52,9 @@ class IndexReader(EpochReader):
         name: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        uneven: str | None = None,
     ) -> None:
-        super().__init__(rank, world_size)
+        super().__init__(rank, world_size, uneven)
         self.src = src if isinstance(src, pa.Table) else os.fspath(src)
         table = src if isinstance(src, pa.Table) else read_index(src, storage_options)
         if table.num_rows == 0:

@@ -23,7 +23,8 @@ class Shuffler(EpochReader):
         seed (int): base seed; epoch ``e`` uses ``[seed, e]``.
 
     State:
-        ``{"epoch": int, "position": int, "seed": int}`` — O(1), whatever the index size.
+        ``{"epoch": int, "position": int, "seed": int, ...layout}`` (see :class:`IndexReader`) —
+        O(1), whatever the index size.
 
     Raises:
         TypeError: ``source`` is not an :class:`IndexReader`.
@@ -37,7 +38,7 @@ class Shuffler(EpochReader):
                 f"Shuffler needs an IndexReader source (random access to rows), got "
                 f"{type(source).__name__}; put Shuffler right after IndexReader."
             )
-        super().__init__(source.rank, source.world_size)
+        super().__init__(source.rank, source.world_size, source.uneven)
         self.source = source
         self.seed = int(seed)
         self._index = source.index
