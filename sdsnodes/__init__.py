@@ -2,6 +2,7 @@
 
 from sdsnodes.codecs import ImageTensor, Text, VideoClip
 from sdsnodes.dataset import StreamingDataset
+from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state
 from sdsnodes.errors import DecodeError, DownloadError, OnError, SdsError, TooManyErrors, error_stats
 from sdsnodes.nodes import (
     Batcher,
@@ -53,7 +54,10 @@ __all__ = [
     "build_image_graph",
     "build_video_graph",
     "collate",
+    "elastic_cursor",
     "error_stats",
+    "gather_states",
+    "load_elastic_state",
     "set_epoch",
     "shutdown",
 ]

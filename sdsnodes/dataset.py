@@ -47,6 +47,7 @@ class StreamingDataset(IterableDataset):
         self._root: BaseNode | None = None
         self._epoch = 0
         self._pending_state: dict[str, Any] | None = None
+        self._cursor: dict[str, Any] | None = None  # an elastic cursor, see sdsnodes.elastic
         self._prepared = False  # the graph is reset for the upcoming iteration
 
     @staticmethod
@@ -70,6 +71,12 @@ class StreamingDataset(IterableDataset):
             state, self._pending_state = self._pending_state, None
             self._epoch = int(state["epoch"])
             root.reset(state["graph"])
+        elif self._cursor is not None and self._epochs_started[wid] <= self._cursor["epoch"]:
+            from sdsnodes.elastic import apply_cursor
+
+            self._epoch = int(self._cursor["epoch"])
+            apply_cursor(root, self._cursor)
+            root.reset(None)
         else:
             self._epoch = int(self._epochs_started[wid])
             set_epoch(root, self._epoch)
@@ -98,6 +105,13 @@ class StreamingDataset(IterableDataset):
         if not isinstance(state_dict, dict) or "graph" not in state_dict or "epoch" not in state_dict:
             raise ValueError("not a StreamingDataset state: expected keys 'epoch' and 'graph'")
         self._pending_state = state_dict
+        self._prepared = False
+
+    def load_cursor(self, cursor: dict[str, Any]) -> None:
+        """Continue from an elastic cursor at the next ``iter()`` (see
+        :func:`sdsnodes.load_elastic_state`, which calls this)."""
+        self._cursor = cursor
+        self._pending_state = None
         self._prepared = False
 
     def set_epoch(self, epoch: int) -> None:

@@ -22,6 +22,15 @@ from sdsnodes.sample import Sample
 UNEVEN = ("pad", "drop", "keep")
 
 
+def position_of(base: int, skip: list[int], rank: int) -> int:
+    """The ``rank``-th (0-based) position from ``base`` on that is not in the sorted ``skip``."""
+    position = base + rank
+    for skipped in skip[: bisect.bisect_right(skip, position + len(skip))]:
+        if skipped <= position:
+            position += 1
+    return position
+
+
 class EpochReader(BaseNode[Sample]):
     """Base class: iterates this shard's positions of an epoch; subclasses map position → row.
 
@@ -46,7 +55,7 @@ class EpochReader(BaseNode[Sample]):
         self.rank = rank
         self.world_size = world_size
         self.uneven = uneven
-        self.reader_id = 0  # ordinal of this reader in its graph, set by sdsnodes.elastic
+        self.reader_id = "0"  # names this reader in elastic cursors; Mixer prefixes stream names
         self._epoch = 0
         self._next_epoch: int | None = None
         self._next_layout: tuple[int, list[int]] | None = None
@@ -148,11 +157,7 @@ class EpochReader(BaseNode[Sample]):
 
     def position_of(self, rank: int) -> int:
         """Global position of the ``rank``-th remaining position (past ``base``, not in ``skip``)."""
-        position = self._base + rank
-        for skipped in self._skip[: bisect.bisect_right(self._skip, position + len(self._skip))]:
-            if skipped <= position:
-                position += 1
-        return position
+        return position_of(self._base, self._skip, rank)
 
     def next(self) -> Sample:
         if self._position >= len(self):

@@ -47,7 +47,8 @@ class Mixer(BaseNode[dict]):
             shortest exact one from the weights. Required with weights that are a function.
 
     State:
-        ``{"step": int, "num_workers": int, "exhausted": [names], "streams": {name: state}}``.
+        ``{"step": int, "num_workers": int, "base_step": int, "mixer": str, "exhausted": [names],
+        "streams": {name: state}}`` (``step`` is local to the worker).
 
     Raises:
         ValueError: no streams, bad weights, unknown strategy or stop criterion, or a
@@ -93,9 +94,30 @@ class Mixer(BaseNode[dict]):
             normalize(self.weights, self.names)
         self.seed = int(seed)
         self.cycle_length = cycle_length
+        self.mixer_id = "0"
+        self._name_readers()
+        self._base_step = 0
         self._step = 0
         self._worker, self._num_workers = 0, 1
         self._exhausted: set[str] = set()
+
+    def _name_readers(self) -> None:
+        """Prefix the ids of the readers and mixers inside each stream with the stream's name, so
+        an elastic cursor can tell them apart."""
+        from sdsnodes.nodes._epoch import EpochReader
+        from sdsnodes.nodes.graph import iter_nodes
+
+        for name, stream in self.streams.items():
+            for node in iter_nodes(stream):
+                if isinstance(node, EpochReader):
+                    node.reader_id = f"{name}/{node.reader_id}"
+                elif isinstance(node, Mixer):
+                    node.mixer_id = f"{name}/{node.mixer_id}"
+
+    def set_base_step(self, step: int) -> None:
+        """Start the global step count at ``step`` (the items a job consumed before an elastic
+        resume) at the next ``reset()`` without state."""
+        self._next_base_step = int(step)
 
     def _probs(self, step: int) -> list[float]:
         weights = self.weights
@@ -111,7 +133,7 @@ class Mixer(BaseNode[dict]):
     @property
     def global_step(self) -> int:
         """Global step of the next item: ``local step * num_workers + worker``."""
-        return self._step * self._num_workers + self._worker
+        return self._base_step + self._step * self._num_workers + self._worker
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -119,6 +141,8 @@ class Mixer(BaseNode[dict]):
         self._worker, self._num_workers = (info.id, info.num_workers) if info else (0, 1)
         if initial_state is None:
             self._step = 0
+            self._base_step = getattr(self, "_next_base_step", 0)
+            self._next_base_step = 0
             self._exhausted = set()
             for stream in self.streams.values():
                 stream.reset(None)
@@ -129,6 +153,7 @@ class Mixer(BaseNode[dict]):
                 f"{self._num_workers}: resume with the same num_workers"
             )
         self._step = int(initial_state[self.STEP_KEY])
+        self._base_step = int(initial_state.get("base_step", 0))
         self._exhausted = set(initial_state[self.EXHAUSTED_KEY])
         for name, stream in self.streams.items():
             stream.reset(initial_state[self.STREAMS_KEY][name])
@@ -164,6 +189,8 @@ class Mixer(BaseNode[dict]):
         return {
             self.STEP_KEY: self._step,
             self.WORKERS_KEY: self._num_workers,
+            "base_step": self._base_step,
+            "mixer": self.mixer_id,
             self.EXHAUSTED_KEY: sorted(self._exhausted),
             self.STREAMS_KEY: {name: s.state_dict() for name, s in self.streams.items()},
         }
