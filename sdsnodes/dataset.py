@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.nodes import BaseNode
 
-from sdsnodes.nodes.graph import set_epoch, shutdown
+from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 
 MAX_WORKERS = 1024
 
 
 class StreamingDataset(IterableDataset):
-    """Wrap a graph factory for ``torch.utils.data.DataLoader`` / ``StatefulDataLoader``.
+    """Wrap a graph for ``torch.utils.data.DataLoader`` / ``StatefulDataLoader``.
 
-    The graph is built by ``graph_factory()`` inside each worker process (so threads, open files
-    and fsspec clients never cross a fork), and each worker reads its own shard of the index. Each
+    The graph is built once, here, in the main process — so a bad index or argument fails at
+    construction, and under ``torch.distributed`` rank 0 reads the index and broadcasts it —
+    and each process that iterates (every worker, or the main process with ``num_workers=0``)
+    runs its own copy of it, started there (threads, open files and fsspec clients never cross a
+    fork). Each worker reads its own shard of the index. Each
     new iteration (``iter(dataloader)``) starts the next epoch, also with non-persistent workers:
     the epoch counters live in shared memory created here. ``state_dict()`` /
     ``load_state_dict()`` make ``StatefulDataLoader`` resume exactly where it stopped.
@@ -26,23 +31,25 @@ class StreamingDataset(IterableDataset):
     Use ``batch_size=None`` in the DataLoader: the graph batches already.
 
     Args:
-        graph_factory (Callable[[], BaseNode]): builds the graph, e.g.
-            ``lambda: build_video_graph("index.parquet")``; must be picklable for spawned workers
-            (a lambda is fine with the default fork start method; use ``functools.partial``
-            otherwise).
+        graph (BaseNode | Callable[[], BaseNode]): the graph, not yet iterated, or a function
+            building it, e.g. ``lambda: build_video_graph("index.parquet")`` (called once, here).
+            Its nodes must be picklable for spawned workers (the default fork start method
+            copies them without pickling).
 
     State:
         ``{"epoch": int, "graph": <root node state>}`` per worker.
 
     Raises:
-        TypeError: ``graph_factory`` is not callable.
+        TypeError: ``graph`` is neither a BaseNode nor a function returning one.
+        ValueError: whatever building the graph raises for a bad index or argument.
     """
 
-    def __init__(self, graph_factory: Callable[[], BaseNode]) -> None:
+    def __init__(self, graph: BaseNode | Callable[[], BaseNode]) -> None:
         super().__init__()
-        if not callable(graph_factory):
-            raise TypeError(f"graph_factory must be a callable returning a BaseNode, got {graph_factory!r}")
-        self.graph_factory = graph_factory
+        template = graph if isinstance(graph, BaseNode) else graph() if callable(graph) else None
+        if not isinstance(template, BaseNode):
+            raise TypeError(f"graph must be a torchdata BaseNode or a function returning one, got {graph!r}")
+        self._template = template
         self._epochs_started = multiprocessing.Array("q", MAX_WORKERS)  # per worker id
         self._root: BaseNode | None = None
         self._epoch = 0
@@ -56,11 +63,12 @@ class StreamingDataset(IterableDataset):
         return info.id if info is not None else 0
 
     def _build(self) -> BaseNode:
-        if self._root is None:
-            root = self.graph_factory()
-            if not isinstance(root, BaseNode):
-                raise TypeError(f"graph_factory returned {type(root).__name__}, expected a torchdata BaseNode")
-            self._root = root
+        if self._root is None:  # a private copy: the template stays un-started, safe to fork
+            # modules held by nodes (torchdata's ParallelMapper keeps `multiprocessing`) are shared
+            memo = {
+                id(v): v for node in iter_nodes(self._template) for v in vars(node).values() if isinstance(v, types.ModuleType)
+            }
+            self._root = copy.deepcopy(self._template, memo)
         return self._root
 
     def _prepare(self) -> None:

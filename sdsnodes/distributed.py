@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +67,41 @@ def shard_info(rank: int | None = None, world_size: int | None = None) -> ShardI
     if info is None:
         return ShardInfo(rank, world_size, 0, 1)
     return ShardInfo(rank, world_size, info.id, info.num_workers)
+
+
+def can_broadcast() -> bool:
+    """Whether this process may join collectives: a process group of more than one rank is up and
+    we are not inside a DataLoader worker."""
+    import torch.distributed as dist
+    from torch.utils.data import get_worker_info
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and not get_worker_info()
+
+
+def broadcast_from_rank0(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give its result (or its error) to every rank.
+
+    Without an initialized process group, or inside a DataLoader worker (which must not join
+    collectives), every caller simply runs ``fn``. The result must be picklable.
+
+    Raises:
+        Exception: whatever ``fn`` raised on rank 0, re-raised on every rank (as a ValueError
+            naming the original type when it cannot be pickled).
+    """
+    import torch.distributed as dist
+
+    if not can_broadcast():
+        return fn()
+    payload: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [("ok", fn())]
+        except Exception as error:  # noqa: BLE001 - sent to the other ranks, then re-raised
+            payload = [("error", ValueError(f"on rank 0: {type(error).__name__}: {error}"))]
+            dist.broadcast_object_list(payload, src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        raise value
+    return value

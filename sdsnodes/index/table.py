@@ -31,6 +31,9 @@ class IndexTable:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    def __deepcopy__(self, memo: dict) -> IndexTable:
+        return self  # immutable (Arrow tables are): copies of a graph share their index
+
     def key(self, index: int) -> str:
         """The ``__key__`` of row ``index``: the table's ``__key__`` column, else the row number."""
         raw = self._keys[index].as_py() if self._keys is not None else str(index)

@@ -8,9 +8,25 @@ from typing import Any
 
 import pyarrow as pa
 
+from sdsnodes.distributed import broadcast_from_rank0, can_broadcast
 from sdsnodes.index.sources import read_index
 from sdsnodes.index.table import IndexTable
 from sdsnodes.nodes._epoch import EpochReader
+
+
+def _read_once(src: str | os.PathLike, storage_options: dict[str, Any] | None) -> pa.Table:
+    """Read the index on rank 0 and broadcast it (Arrow IPC) when a process group is up."""
+    if not can_broadcast():
+        return read_index(src, storage_options)
+
+    def read() -> bytes:
+        sink = pa.BufferOutputStream()
+        table = read_index(src, storage_options)
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    return pa.ipc.open_stream(broadcast_from_rank0(read)).read_all()
 
 
 class IndexReader(EpochReader):
@@ -19,7 +35,8 @@ class IndexReader(EpochReader):
     Reads parquet, CSV, JSON, JSONL, a directory of media files (one row per file, with ``path``,
     ``size`` and a ``video``/``image``/``audio``/``latent`` column by extension), a wildcard of
     index files, or a ``.txt`` file of paths — local or through fsspec URLs. The index is read at
-    construction, so a bad source fails at once.
+    construction, so a bad source fails at once; under ``torch.distributed`` rank 0 reads it and
+    broadcasts it to the other ranks.
 
     Each sample holds every column (missing ones are None) plus ``__key__`` (str), ``__index__``
     (int, the row) and ``__epoch__`` (int). The shard with id ``s`` of ``S = world_size *
@@ -56,7 +73,7 @@ class IndexReader(EpochReader):
     ) -> None:
         super().__init__(rank, world_size, uneven)
         self.src = src if isinstance(src, pa.Table) else os.fspath(src)
-        table = src if isinstance(src, pa.Table) else read_index(src, storage_options)
+        table = src if isinstance(src, pa.Table) else _read_once(src, storage_options)
         if table.num_rows == 0:
             raise ValueError("the index table has no rows: nothing to stream")
         self._index = IndexTable(table, columns=columns, name=name)
