@@ -122,6 +122,37 @@ class StreamingDataset(IterableDataset):
         self._pending_state = None
         self._prepared = False
 
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` (a row of the index), downloaded through the cache and decoded,
+        blocking; thread- and process-safe beside running iterators. Not batched.
+
+        Raises:
+            IndexError: ``index`` out of range. KeyError: the graph mixes streams (use ``get``).
+            DecodeError, DownloadError, FileNotFoundError: the sample is bad (never skipped here).
+        """
+        from sdsnodes.nodes.random_access import get_sample
+
+        return get_sample(self._template, index)
+
+    def get(self, key: str) -> dict[str, Any]:
+        """The sample whose ``__key__`` is ``key`` (``"row"``, or ``"stream/row"`` when mixing).
+
+        Raises:
+            KeyError: no sample has that key.
+        """
+        from sdsnodes.nodes.random_access import find_row, get_sample
+
+        row, stream = find_row(self._template, key)
+        return get_sample(self._template, row, stream)
+
+    def __len__(self) -> int:
+        """Rows of the index (of all streams, when mixing)."""
+        from sdsnodes.nodes._epoch import EpochReader
+
+        readers = [n for n in iter_nodes(self._template) if isinstance(n, EpochReader)]
+        shuffled = {id(getattr(r, "source", None)) for r in readers}  # a Shuffler's IndexReader
+        return sum(len(r.index) for r in readers if id(r) not in shuffled)
+
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` at the next ``iter()`` (in this process; in workers, call before they start)."""
         for wid in range(MAX_WORKERS):

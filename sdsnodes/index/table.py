@@ -39,6 +39,16 @@ class IndexTable:
         raw = self._keys[index].as_py() if self._keys is not None else str(index)
         return f"{self.name}/{raw}" if self.name else str(raw)
 
+    def row_of(self, key: str) -> int | None:
+        """The row whose ``__key__`` is ``key``, or None (builds a key → row map on first use)."""
+        if getattr(self, "_rows", None) is None:
+            self._rows = {self.key(i): i for i in range(len(self))} if self._keys is not None else {}
+        if self._keys is None:  # keys are row numbers, optionally prefixed with the name
+            prefix = f"{self.name}/" if self.name else ""
+            raw = key[len(prefix) :] if key.startswith(prefix) else None
+            return int(raw) if raw is not None and raw.isdigit() and int(raw) < len(self) else None
+        return self._rows.get(key)
+
     def sample(self, index: int, epoch: int = 0) -> Sample:
         """Row ``index`` as a sample dict with ``__key__``, ``__index__``, ``__epoch__``.
 
