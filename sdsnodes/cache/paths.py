@@ -1,0 +1,187 @@
+"""Where a URL lives in the cache directory, temporary names, and per-key file locks.
+
+Layout of a cache directory::
+
+    cache_dir/ledger.sqlite            the ledger (plus -wal and -shm while in use)
+    cache_dir/.locks/<key>.lock        per-key download locks, present only while held
+    cache_dir/.locks/open.lock         serializes the opening of the ledger
+    cache_dir/.locks/users.lock        shared-locked by every open Cache (a cold start takes it alone)
+    cache_dir/<key[:2]>/<key><ext>     the cached files
+    cache_dir/<key[:2]>/<key><ext>.<pid>-<start>.<random>.tmp   downloads in progress
+
+The key is the sha256 of the URL, so a path never contains any text of the URL except an
+extension matching ``^\\.[A-Za-z0-9]{1,8}$``: no URL can name a path outside ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import pathlib
+import posixpath
+import re
+import secrets
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+LEDGER_NAME = "ledger.sqlite"
+LOCKS_DIR = ".locks"
+
+_EXT = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+_FILE = re.compile(r"^(?P<key>[0-9a-f]{64})(?P<ext>\.[A-Za-z0-9]{1,8})?$")
+_TMP = re.compile(
+    r"^(?P<key>[0-9a-f]{64})(?:\.[A-Za-z0-9]{1,8})?\.(?P<pid>\d+)-(?P<start>\d+)\.[0-9a-f]+\.tmp$"
+)
+_SUBDIR = re.compile(r"^[0-9a-f]{2}$")
+_HELD: set[int] = set()  # descriptors of the locks held by flocked() in this process
+
+
+def _close_held_after_fork() -> None:
+    # A forked child shares the parent's lock descriptions: closing its copies lets the
+    # parent's release take effect even while the child lives.
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_after_fork)
+
+
+def key_for(url: str) -> str:
+    """The cache key of ``url``: the hex sha256 of its UTF-8 text (64 characters)."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def ext_for(url: str) -> str:
+    """The extension kept on the cached file: the URL path's, if it is 1 to 8 ASCII letters
+    or digits after a dot, else ``""`` (so ``.tar.gz`` keeps ``.gz``; ``?query`` is ignored)."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return ""
+    ext = posixpath.splitext(path)[1]
+    return ext if _EXT.match(ext) else ""
+
+
+def path_for(root: pathlib.Path, url: str) -> pathlib.Path:
+    """``root/<key[:2]>/<key><ext>``: where ``url`` lives under the cache directory ``root``."""
+    key = key_for(url)
+    return root / key[:2] / (key + ext_for(url))
+
+
+def tmp_path_for(final: pathlib.Path, pid: int, start: int) -> pathlib.Path:
+    """A fresh temporary name next to ``final``, naming its owner process (pid and start time)."""
+    return final.with_name(f"{final.name}.{pid}-{start}.{secrets.token_hex(4)}.tmp")
+
+
+def parse_file(name: str) -> str | None:
+    """The key of a cached file's name, or None if the name is not one the cache writes."""
+    m = _FILE.match(name)
+    return m.group("key") if m else None
+
+
+def parse_tmp(name: str) -> tuple[str, int, int] | None:
+    """(key, owner pid, owner start time) of a temporary file's name, or None."""
+    m = _TMP.match(name)
+    return (m.group("key"), int(m.group("pid")), int(m.group("start"))) if m else None
+
+
+def iter_entries(root: pathlib.Path) -> Iterator[os.DirEntry]:
+    """Every regular file in the ``<key[:2]>`` subdirectories of ``root`` (cached or temporary)."""
+    try:
+        subdirs = [e for e in os.scandir(root) if _SUBDIR.match(e.name) and e.is_dir()]
+    except FileNotFoundError:
+        return
+    for sub in subdirs:
+        try:
+            with os.scandir(sub.path) as it:
+                yield from (e for e in it if e.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            continue
+
+
+def find_file(root: pathlib.Path, key: str) -> pathlib.Path | None:
+    """The cached file of ``key`` whatever its extension (for rows whose URL is unknown)."""
+    sub = root / key[:2]
+    for name in (key, *(p.name for p in sub.glob(key + ".*"))):
+        if parse_file(name) == key and (sub / name).is_file():
+            return sub / name
+    return None
+
+
+def tmp_files(root: pathlib.Path, key: str) -> list[pathlib.Path]:
+    """The temporary files of ``key`` present now."""
+    return [p for p in (root / key[:2]).glob(key + "*.tmp") if parse_tmp(p.name)]
+
+
+def unlink(path: pathlib.Path) -> bool:
+    """Remove ``path``; True if it was there."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def flocked(path: pathlib.Path, *, remove: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) for the block.
+
+    The file is opened on every call, so threads of one process exclude each other too. With
+    ``remove=True`` the file is unlinked on release, and a waiter that wakes up on an unlinked
+    file opens the new one and waits again, so lock files never pile up.
+
+    Raises:
+        OSError: the lock file cannot be created.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    _HELD.add(fd)
+    try:
+        yield
+    finally:
+        if remove:
+            unlink(path)
+        _HELD.discard(fd)
+        os.close(fd)
+
+
+def try_lock_shared(path: pathlib.Path) -> tuple[int, bool]:
+    """Open ``path`` and lock it: exclusively if nobody else holds it, else shared.
+
+    Call it while holding :func:`flocked` on another file, so that the two steps are atomic.
+
+    Returns:
+        tuple[int, bool]: the file descriptor (now holding a shared lock; close it to release)
+        and whether this caller was alone (the exclusive lock succeeded).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            alone = False
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, alone

@@ -1,0 +1,304 @@
+"""The :class:`Cache`: a disk cache shared by every process on a machine, within a byte budget."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import pathlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from . import _procs, _recovery, _transactions, ledger, paths
+from ._pool import Pool, forget_parent_after_fork
+from .policy import Budget, EvictionPolicy
+
+logger = logging.getLogger(__name__)
+
+Fetch = Callable[[pathlib.Path], None]
+
+
+class Cache:
+    """A directory of downloaded files shared by every thread and process on the machine.
+
+    ``get(url, fetch)`` returns the local path of ``url``, calling ``fetch(tmp_path)`` to
+    download it on a miss, exactly once however many threads and processes ask at the same
+    time. The returned file is pinned by this process until :meth:`unpin`: pinned files are
+    never evicted, and pins of dead processes are reclaimed. A SQLite ledger in the directory
+    (see :mod:`sdsnodes.cache.ledger`) keeps the sizes, pins and counters; files are written
+    to a temporary name and renamed into place, so a crash never leaves a half file that looks
+    whole.
+
+    The budget bounds the bytes of the whole directory, all processes together: before a
+    download its size (``size_hint``) is reserved by evicting unpinned files in ``policy``
+    order. When the files pinned or in flight leave no room, the download goes on anyway (with
+    one warning per Cache): the directory then holds at most ``max_bytes`` plus the largest
+    file in flight. Downloads without a ``size_hint`` reserve 0 bytes and are trimmed after.
+
+    The object is picklable (only its arguments travel) and fork-safe; ledger connections are
+    opened per process and thread. Processes sharing a directory must share a pid namespace
+    (dead processes are recognized by pid and start time).
+
+    Args:
+        cache_dir (str | os.PathLike): the cache directory, created if missing.
+        max_bytes (int | None): budget of the directory in bytes; None for no limit.
+        ttl (float | None): files created more than ``ttl`` seconds ago are evicted (and
+            fetched again on the next ``get``) unless pinned; None keeps them forever.
+        policy (EvictionPolicy | str): eviction order, ``"keepset"`` (default) or ``"lru"``.
+
+    Raises:
+        ValueError: ``max_bytes < 0``, ``ttl <= 0`` or an unknown ``policy``.
+        OSError: ``cache_dir`` cannot be created or written.
+        sqlite3.OperationalError: the ledger stayed locked for more than 30 s.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        max_bytes: int | None = None,
+        ttl: float | None = None,
+        policy: EvictionPolicy | str = EvictionPolicy.KEEPSET,
+    ) -> None:
+        if max_bytes is not None and (isinstance(max_bytes, bool) or max_bytes < 0):
+            raise ValueError(f"{max_bytes=} must be None or an int >= 0 (bytes)")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"{ttl=} must be None or > 0 (seconds)")
+        try:
+            self.policy = EvictionPolicy(policy)
+        except ValueError:
+            names = [p.value for p in EvictionPolicy]
+            raise ValueError(f"{policy=} must be one of {names}") from None
+        self.cache_dir = pathlib.Path(os.path.abspath(cache_dir))
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self.ttl = None if ttl is None else float(ttl)
+        self._budget = Budget(self.max_bytes, self.ttl, self.policy)
+        self._warned = False
+        self._pool = Pool(self.cache_dir)
+        self._forget_parent()
+        forget_parent_after_fork(self)
+        self._conn()  # open now: errors surface here, and what crashes left is repaired
+
+    def _forget_parent(self) -> None:
+        """Start this process's state afresh (called in the child after a fork)."""
+        self._pid = os.getpid()
+        self._start = _procs.own_start()
+        self._lock = threading.Lock()
+        self._held: collections.Counter[str] = collections.Counter()  # pins taken through self
+        self._process = {"hits": 0, "misses": 0, "bytes_fetched": 0}
+
+    def __reduce__(self):
+        return (type(self), (str(self.cache_dir), self.max_bytes, self.ttl, self.policy.value))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.cache_dir)!r}, max_bytes={self.max_bytes}, "
+            f"ttl={self.ttl}, policy={self.policy.value!r})"
+        )
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if getattr(self, "_pid", None) == os.getpid():
+                self.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # forked without os.fork's hooks
+            self._forget_parent()
+        return self._pool.get()
+
+    # -- the public API ---------------------------------------------------------------------
+
+    def path_for(self, url: str) -> pathlib.Path:
+        """Where ``url`` lives in the cache: ``cache_dir/<h[:2]>/<h><ext>``, h = sha256(url)."""
+        return paths.path_for(self.cache_dir, url)
+
+    def get(self, url: str, fetch: Fetch, size_hint: int | None = None) -> pathlib.Path:
+        """The local path of ``url``, downloaded by ``fetch`` on a miss, pinned by this process.
+
+        Call :meth:`unpin` (or use :meth:`pinned`) when done with the file. ``fetch`` must not
+        call ``get`` for the same URL (it would wait for itself).
+
+        Args:
+            url (str): the object's URL; its hash names the cached file.
+            fetch (Callable[[pathlib.Path], None]): writes the whole object to the given
+                temporary path (in the cache directory); called at most once per miss,
+                machine-wide.
+            size_hint (int | None): expected size in bytes, reserved before the download;
+                None reserves 0 bytes and trims after.
+
+        Returns:
+            pathlib.Path: the cached file (equal to ``path_for(url)``).
+
+        Raises:
+            ValueError: ``size_hint < 0``.
+            FileNotFoundError: ``fetch`` returned without writing its path.
+            Exception: whatever ``fetch`` raised, unchanged (the temporary file is removed and
+                the reservation released).
+        """
+        if size_hint is not None and size_hint < 0:
+            raise ValueError(f"{size_hint=} must be None or >= 0 (bytes)")
+        key = paths.key_for(url)
+        path = paths.path_for(self.cache_dir, url)
+        conn, owner = self._conn(), (self._pid, self._start)
+        row = ledger.get_row(conn, key)
+        if row is not None and row[2] == ledger.READY and self._hit(conn, key, url, path, False):
+            return path
+        with paths.flocked(self._pool.locks / f"{key}.lock", remove=True):
+            if self._hit(conn, key, url, path, True):
+                return path
+            fits = _transactions.reserve(
+                conn, self.cache_dir, key, url, size_hint or 0, self._budget, owner
+            )
+            self._count(key, misses=1)
+            if not fits and not self._warned:
+                self._warned = True
+                logger.warning(
+                    "cache %s: budget too small for the files in flight: raise max_bytes or "
+                    "lower the lookahead (files pinned or downloading fill max_bytes=%d)",
+                    self.cache_dir,
+                    self.max_bytes,
+                )
+            tmp = paths.tmp_path_for(path, *owner)
+            try:
+                path.parent.mkdir(exist_ok=True)
+                fetch(tmp)
+                if not tmp.is_file():
+                    raise FileNotFoundError(errno.ENOENT, f"fetch({url!r}) did not write", tmp)
+                size = tmp.stat().st_size
+                os.replace(tmp, path)
+                _transactions.commit(conn, self.cache_dir, key, size, self._budget)
+            except BaseException:
+                paths.unlink(tmp)
+                try:
+                    _transactions.release(conn, self.cache_dir, key, url, owner)
+                except (OSError, sqlite3.Error) as e:
+                    logger.warning("cache %s: cannot release %r: %s", self.cache_dir, url, e)
+                self._drop_held(key)
+                raise
+        self._count(key, bytes_fetched=size, pins=0)
+        return path
+
+    def unpin(self, url: str) -> None:
+        """Drop one pin of ``url`` by this process (taken by :meth:`get`).
+
+        Raises:
+            ValueError: this process does not pin ``url``.
+        """
+        key = paths.key_for(url)
+        conn = self._conn()
+        with ledger.write(conn):
+            released = ledger.unpin(conn, key, self._pid, self._start)
+        if not released:
+            raise ValueError(f"cannot unpin {url!r}: this process does not pin it")
+        self._drop_held(key)
+
+    @contextlib.contextmanager
+    def pinned(
+        self, url: str, fetch: Fetch, size_hint: int | None = None
+    ) -> Iterator[pathlib.Path]:
+        """:meth:`get` the file of ``url`` for the block, then :meth:`unpin` it."""
+        path = self.get(url, fetch, size_hint)
+        try:
+            yield path
+        finally:
+            self.unpin(url)
+
+    def trim(self) -> int:
+        """Evict unpinned files older than ``ttl``, then until the directory fits ``max_bytes``.
+
+        Returns:
+            int: bytes freed.
+        """
+        conn = self._conn()
+        with ledger.write(conn):
+            ledger.recount(conn)
+            freed, fits = self._budget.make_room(conn, self.cache_dir, 0, time.time())
+            if not fits and _recovery.reclaim_dead(conn, self.cache_dir):
+                freed += self._budget.make_room(conn, self.cache_dir, 0, time.time())[0]
+        return freed
+
+    def clean(self) -> int:
+        """Remove every cached file that no live process pins.
+
+        Returns:
+            int: bytes freed.
+        """
+        conn = self._conn()
+        with ledger.write(conn):
+            _recovery.reclaim_dead(conn, self.cache_dir)
+        freed, n = 0, 1
+        while n:  # in batches, not to hold the ledger for long
+            with ledger.write(conn):
+                n, size = ledger.remove_unpinned(conn, self.cache_dir, 1000)
+            freed += size
+        return freed
+
+    def stats(self) -> dict:
+        """Counts of the whole directory (all processes) and of this process.
+
+        Returns:
+            dict: ``files``, ``bytes`` (ready files), ``pinned_files``, ``pinned_bytes``
+            (ready files pinned by any live process), ``max_bytes``; machine-wide counters
+            ``hits``, ``misses``, ``evictions``, ``bytes_fetched``; and ``process``: this
+            process's ``hits``, ``misses``, ``bytes_fetched`` (through this Cache object).
+            Sizes in bytes.
+        """
+        summary = ledger.summary(self._conn())
+        out = {k: summary[k] for k in ("files", "bytes", "pinned_files", "pinned_bytes")}
+        out["max_bytes"] = self.max_bytes
+        out.update({k: summary[k] for k in ("hits", "misses", "evictions", "bytes_fetched")})
+        with self._lock:
+            out["process"] = dict(self._process)
+        return out
+
+    def close(self) -> None:
+        """Release the pins this object still holds and close its ledger connections.
+
+        The Cache can be used again afterwards (it reopens).
+        """
+        if self._pid != os.getpid():
+            self._forget_parent()
+        with self._lock:
+            held, self._held = self._held, collections.Counter()
+        if held:
+            try:
+                conn = self._conn()
+                with ledger.write(conn):
+                    for key, n in held.items():
+                        ledger.unpin(conn, key, self._pid, self._start, n)
+            except (OSError, sqlite3.Error) as e:
+                logger.warning("cache %s: could not release %d pins: %s", self, len(held), e)
+        self._pool.close()
+
+    # -- bookkeeping of this process ---------------------------------------------------------
+
+    def _hit(
+        self, conn: sqlite3.Connection, key: str, url: str, path: pathlib.Path, clear: bool
+    ) -> bool:
+        owner, root = (self._pid, self._start), self.cache_dir
+        hit = _transactions.take_hit(conn, root, key, url, path, self._budget, owner, clear)
+        if hit:
+            self._count(key, hits=1)
+        return hit
+
+    def _drop_held(self, key: str) -> None:
+        with self._lock:
+            self._held[key] -= 1
+            if self._held[key] <= 0:
+                del self._held[key]
+
+    def _count(self, key: str, pins: int = 1, **deltas: int) -> None:
+        with self._lock:
+            if pins:
+                self._held[key] += pins
+            for name, value in deltas.items():
+                self._process[name] += value
