@@ -4,13 +4,15 @@ Videos are H.264 mp4 files written with PyAV: a coloured square moving over a gr
 shifts every frame. The frame's index is written into its top-left corner as 8 black/white
 8x8-pixel blocks (bit ``b`` of the index, least significant first, in block ``b``), which survive
 compression and can be read back with :func:`frame_index` to check which frames a decoder picked.
-Images are JPEG/PNG/WebP files written with Pillow.
+Images are JPEG/PNG/WebP files written with Pillow. Audio (WAV, FLAC, AAC in m4a, or an AAC
+track in a video) is :func:`audio_signal`: tones whose loudness steps each second, so a decoded
+span tells where in the file it came from.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -108,10 +110,15 @@ def write_video(
     codec: str = "libx264",
     gop: int = 12,
     faststart: bool = False,
+    times: Sequence[float] | None = None,
+    audio_rate: int | None = None,
+    audio_channels: int = 1,
 ) -> None:
     """Write a real encoded video (H.264 in mp4 by default) of moving synthetic content.
 
     Frames carry their index as a bit pattern (see :func:`frame_index`) when ``width >= 64``.
+    With ``audio_rate``, the file also holds an AAC track of :func:`audio_signal` lasting
+    ``num_frames / fps`` seconds, interleaved with the frames.
 
     Args:
         path: output file; the container format follows its extension.
@@ -123,9 +130,14 @@ def write_video(
         codec (str): FFmpeg encoder name.
         gop (int): keyframe interval in frames.
         faststart (bool): put the mp4 index (moov atom) before the data.
+        times (Sequence[float] | None): presentation time of each frame in seconds, increasing
+            (a variable frame rate, kept to the millisecond); None means ``i / fps``.
+        audio_rate (int | None): sample rate in Hz of an AAC audio track; None writes none.
+        audio_channels (int): channels of the audio track, 1 or 2.
 
     Raises:
-        ValueError: odd or non-positive sizes, ``num_frames`` or ``fps`` < 1.
+        ValueError: odd or non-positive sizes, ``num_frames`` or ``fps`` < 1, ``times`` not
+            increasing or of the wrong length.
     """
     import av
 
@@ -133,20 +145,104 @@ def write_video(
         raise ValueError(f"{num_frames=}, {fps=} and {gop=} must be >= 1")
     if width < 2 or height < 2 or width % 2 or height % 2:
         raise ValueError(f"{width=} and {height=} must be even and >= 2 (yuv420p)")
+    tick = Fraction(1, fps) if times is None else Fraction(1, 1000)  # frame time base, s
+    pts = list(range(num_frames)) if times is None else [round(t * 1000) for t in times]
+    if len(pts) != num_frames or np.any(np.diff(pts) <= 0) or pts[0] < 0:
+        raise ValueError(f"{times=} must hold {num_frames} increasing times >= 0 (ms apart)")
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(os.fspath(path), "w", options=options) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
-        stream.codec_context.time_base = Fraction(1, fps)
+        stream.codec_context.time_base = tick
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "g": str(gop)}
+        audio = None
+        if audio_rate is not None:
+            samples = _pcm16(audio_signal(num_frames / fps, audio_rate, audio_channels))
+            audio = _add_audio_stream(container, "aac", audio_rate, audio_channels)
         code = width >= _BLOCK * INDEX_BITS and height >= 2 * _BLOCK
+        written = 0  # audio samples muxed so far
         for i, array in enumerate(_frames(num_frames, width, height, seed, code)):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
+            frame.pts, frame.time_base = pts[i], tick
             container.mux(stream.encode(frame))
+            if audio is not None:  # interleave: the audio up to the end of this frame
+                end = round((i + 1) / fps * audio_rate)
+                _mux_audio(container, audio, samples, written, end, audio_rate)
+                written = end
         container.mux(stream.encode(None))
+        if audio is not None:
+            _mux_audio(container, audio, samples, written, samples.shape[1], audio_rate)
+            container.mux(audio.encode(None))
+
+
+AUDIO_HZ = 440.0
+"""Frequency in Hz of channel 0 of :func:`audio_signal` (channel ``c`` is at ``(c + 1)`` times)."""
+
+
+def audio_step(t: float | np.ndarray) -> float | np.ndarray:
+    """The amplitude of :func:`audio_signal` at ``t`` seconds: ``0.1 * (1 + floor(t) % 9)``."""
+    return 0.1 * (1 + np.floor(t) % 9)
+
+
+def audio_signal(seconds: float, sample_rate: int, channels: int = 1) -> np.ndarray:
+    """The synthetic sound: per channel ``c`` a sine at ``AUDIO_HZ * (c + 1)`` Hz whose
+    amplitude steps each second (:func:`audio_step`), so any window tells its second (mod 9).
+
+    Returns:
+        numpy.ndarray: float32 [C, S], S == round(seconds * sample_rate), in [-0.9, 0.9]; every
+        value is a multiple of 1/32768, so 16-bit PCM (WAV, FLAC) stores it exactly.
+    """
+    t = np.arange(round(seconds * sample_rate)) / sample_rate  # [S] s
+    tones = [np.sin(2 * np.pi * AUDIO_HZ * (c + 1) * t) for c in range(channels)]
+    return (np.round(np.stack(tones) * audio_step(t) * 32767) / 32768).astype(np.float32)
+
+
+def write_audio(
+    path: str | os.PathLike, *, seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1
+) -> None:
+    """Write :func:`audio_signal` as a real encoded audio file, the codec following the
+    extension: ``.wav`` (16-bit PCM), ``.flac`` (16-bit) or ``.m4a`` (AAC in mp4).
+
+    Raises:
+        ValueError: another extension, ``channels`` not 1 or 2, or ``seconds`` <= 0.
+    """
+    import av
+
+    codec = {".wav": "pcm_s16le", ".flac": "flac", ".m4a": "aac"}.get(Path(path).suffix.lower())
+    if codec is None or channels not in (1, 2) or seconds <= 0:
+        raise ValueError(f"{path=} must end in .wav, .flac or .m4a, {channels=} be 1 or 2")
+    samples = _pcm16(audio_signal(seconds, sample_rate, channels))
+    with av.open(os.fspath(path), "w") as container:
+        stream = _add_audio_stream(container, codec, sample_rate, channels)
+        _mux_audio(container, stream, samples, 0, samples.shape[1], sample_rate)
+        container.mux(stream.encode(None))
+
+
+def _pcm16(signal: np.ndarray) -> np.ndarray:
+    """float [C, S] (multiples of 1/32768) to int16 [C, S]."""
+    return np.round(signal * 32768).astype(np.int16)
+
+
+def _add_audio_stream(container, codec: str, sample_rate: int, channels: int):
+    stream = container.add_stream(codec, rate=sample_rate)
+    stream.layout = "mono" if channels == 1 else "stereo"
+    return stream
+
+
+def _mux_audio(container, stream, samples: np.ndarray, start: int, end: int, rate: int) -> None:
+    """Encode and mux int16 [C, S] ``samples[:, start:end]`` (the encoder converts the format)."""
+    import av
+
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    for a in range(start, end, 4096):
+        chunk = samples[:, a : min(a + 4096, end)]  # [C, n] int16
+        frame = av.AudioFrame.from_ndarray(
+            chunk.T.reshape(1, -1).copy(), format="s16", layout=layout
+        )
+        frame.sample_rate, frame.pts, frame.time_base = rate, a, Fraction(1, rate)
+        container.mux(stream.encode(frame))
 
 
 def write_image(

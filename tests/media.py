@@ -5,13 +5,14 @@ Each helper writes one file into ``directory`` and returns its path.
 
 from __future__ import annotations
 
+import pickle
 import wave
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from sdsnodes._synthetic import write_image, write_video
+from sdsnodes._synthetic import write_audio, write_image, write_video
 
 ORIENTATION = 0x0112  # EXIF tag
 
@@ -143,4 +144,67 @@ def truncated_jpeg(directory: Path) -> Path:
     path = Path(directory) / "truncated.jpg"
     data = whole.read_bytes()
     path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+# ---------------------------------------------------------------- audio, VFR video, latents
+
+
+def audio(directory: Path, name: str = "tone.flac", **kwargs) -> Path:
+    """Real encoded ``audio_signal`` (see ``write_audio``: seconds, sample_rate, channels);
+    the codec follows the extension (.wav, .flac, .m4a)."""
+    path = Path(directory) / name
+    write_audio(path, **kwargs)
+    return path
+
+
+def video_with_audio(directory: Path, name: str = "av.mp4", **kwargs) -> Path:
+    """H.264 + AAC mp4: ``write_video(audio_rate=44100, ...)`` unless kwargs say otherwise."""
+    kwargs.setdefault("audio_rate", 44100)
+    return video(directory, name, **kwargs)
+
+
+VFR_TIMES = [0.0, 0.1, 0.15, 0.4, 0.5, 0.55, 0.9, 1.0, 1.3, 1.35]
+"""Frame times (s) of :func:`vfr_video`: gaps of 50 to 350 ms."""
+
+
+def vfr_video(directory: Path, times: list[float] = VFR_TIMES) -> Path:
+    """A variable-frame-rate mp4: frame ``i`` (index coded in its pixels) shown at ``times[i]``."""
+    return video(directory, "vfr.mp4", num_frames=len(times), fps=10, times=times, gop=4)
+
+
+def truncated(path: Path, fraction: float = 0.4) -> Path:
+    """The first ``fraction`` of the bytes of ``path``, as ``truncated_<name>`` beside it."""
+    out = path.with_name(f"truncated_{path.name}")
+    data = path.read_bytes()
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+def garbage(directory: Path, name: str) -> Path:
+    """20 kB of random bytes under ``name``."""
+    path = Path(directory) / name
+    path.write_bytes(np.random.default_rng(1).bytes(20_000))
+    return path
+
+
+def jpeg_named(directory: Path, name: str) -> Path:
+    """A real JPEG under a name of another kind (e.g. ``"sound.wav"``)."""
+    path = Path(directory) / name
+    write_image(path, format="JPEG")
+    return path
+
+
+class Payload:
+    """A custom class: what a malicious or careless pickle carries (with state, so unpickling
+    it would call ``__setstate__``)."""
+
+    def __init__(self) -> None:
+        self.note = "unpickled"
+
+
+def pickle_as_pt(directory: Path, name: str = "x.pt") -> Path:
+    """A plain pickle of a custom object named like a torch file."""
+    path = Path(directory) / name
+    path.write_bytes(pickle.dumps(Payload()))
     return path

@@ -25,7 +25,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 
-
 @dataclasses.dataclass
 class Decoded:
     """A decoded value plus facts about it (e.g. ``clip_start`` in seconds), stored by the
@@ -35,9 +34,11 @@ class Decoded:
     info: dict[str, Any]
 
 
+from sdsnodes.codecs.audio import AudioWaveform, OnMissing  # noqa: E402
 from sdsnodes.codecs.image import ImageTensor  # noqa: E402
-from sdsnodes.codecs.text import Text  # noqa: E402
-from sdsnodes.codecs.video import VideoClip  # noqa: E402
+from sdsnodes.codecs.latent import Latent  # noqa: E402
+from sdsnodes.codecs.text import CaptionChoice, Text  # noqa: E402
+from sdsnodes.codecs.video import ClipStart, OnShort, VideoClip  # noqa: E402
 
 
 @runtime_checkable
@@ -47,4 +48,16 @@ class Codec(Protocol):
     def __call__(self, value: Any, rng: np.random.Generator) -> Any: ...
 
 
-__all__ = ["Codec", "Decoded", "ImageTensor", "Text", "VideoClip"]
+__all__ = [
+    "AudioWaveform",
+    "CaptionChoice",
+    "ClipStart",
+    "Codec",
+    "Decoded",
+    "ImageTensor",
+    "Latent",
+    "OnMissing",
+    "OnShort",
+    "Text",
+    "VideoClip",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import numbers
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdsnodes.codecs import Decoded
 from sdsnodes.codecs._resize import (
     Size,
     as_source,
@@ -25,6 +27,49 @@ _EPS = 1e-3  # s: a frame at t_i + _EPS still counts as "at or before" target ti
 _DEFAULT_FPS = 25.0  # FFmpeg's own guess when a stream states no rate at all
 
 
+class ClipStart(str, enum.Enum):
+    """Where a clip (video or audio) starts."""
+
+    RANDOM = "random"
+    """Uniformly at random among the starts that fit in the file, drawn from the sample's rng."""
+    UNIFORM = "uniform"
+    """The clip centred in the file (no randomness): the same clip every epoch."""
+    GIVEN = "given"
+    """Seconds read from a sample column (``start_column``): the codec needs the sample."""
+
+
+class OnShort(str, enum.Enum):
+    """What a video codec does when the clip reaches past the last frame."""
+
+    PAD = "pad"
+    """Repeat the last frame until the clip is full."""
+    SKIP = "skip"
+    """Raise ``DecodeError("... shorter than the clip")``, so the Decoder skips the sample."""
+
+
+def check_choice(enum_type: type[enum.Enum], value: Any, name: str) -> Any:
+    """``enum_type(value)``, or ``ValueError`` naming the argument and the allowed values."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = [e.value for e in enum_type]
+        raise ValueError(f"{name}={value!r} must be one of {allowed}") from None
+
+
+def given_start(sample: Any, column: str) -> float:
+    """The clip start in seconds read from ``sample[column]``.
+
+    Raises:
+        ValueError: the sample or column is missing, or the value is not a number >= 0.
+    """
+    value = None if sample is None else sample.get(column)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"start='given' needs a number of seconds in column {column!r}: {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"clip start {value!r} in column {column!r} must be finite and >= 0")
+    return float(value)
+
+
 class _SeekMissed(Exception):
     """Seeking failed or landed after the clip start: decode again from the start."""
 
@@ -36,12 +81,14 @@ class _Unusable(Exception):
 class VideoClip:
     """Decode a clip of ``num_frames`` frames sampled at ``fps`` from a video file.
 
-    The clip start ``t0`` is drawn uniformly from ``rng`` in [0, duration - num_frames / fps]
-    (snapped down to a source frame) and the target times are ``t0 + i / fps``; each target takes
-    the latest source frame at or before it, so ``fps`` below the source rate drops frames and
-    above it repeats them. A video shorter than the clip is padded by repeating its last frame.
-    The decoder seeks to the keyframe at or before ``t0`` and stops once the last target is
-    covered. Frames are resized by swscale while converting to RGB, then cropped.
+    The clip start ``t0`` (``start``) is drawn uniformly from ``rng`` in
+    [0, duration - num_frames / fps], or centred in the video, either snapped down to a source
+    frame; or read in seconds from the sample column ``start_column``. The target times are
+    ``t0 + i / fps``; each takes the latest source frame at or before it (by timestamp, so a
+    variable frame rate is handled), so ``fps`` below the source rate drops frames and above it
+    repeats them. A clip reaching past the last frame is padded by repeating it, or skipped
+    (``on_short``). The decoder seeks to the keyframe at or before ``t0`` and stops once the last
+    target is covered. Frames are resized by swscale while converting to RGB, then cropped.
 
     Args:
         num_frames (int): frames per clip, >= 1.
@@ -51,14 +98,21 @@ class VideoClip:
         crop (str): ``"center"`` or ``"random"`` (offsets drawn from ``rng``, the same for every
             frame of a clip); used only when ``size`` is a pair.
         threads (int): FFmpeg decoder threads per clip; 0 lets FFmpeg choose.
+        start (str): ``"random"``, ``"uniform"`` (centred) or ``"given"``; see :class:`ClipStart`.
+        start_column (str): with ``start="given"``, the sample column holding the start in
+            seconds (the codec then has ``needs_sample``).
+        on_short (str): ``"pad"`` or ``"skip"``; see :class:`OnShort`.
+        with_info (bool): return ``Decoded(clip, info)`` with the ``info`` of :meth:`clip`, which
+            the Decoder stores as ``"<column>.clip_start"``, ``.clip_end`` and ``.source_fps``.
 
     Returns:
-        torch.Tensor: uint8 [T, C, H, W], T == num_frames, C == 3 (RGB).
+        torch.Tensor: uint8 [T, C, H, W], T == num_frames, C == 3 (RGB); or ``Decoded``.
 
     Raises:
         ValueError: at construction, for an invalid argument.
         DecodeError: the input is missing, not a video, corrupt, truncated, has no video stream
-            or no decodable frame.
+            or no decodable frame; with ``on_short="skip"``, the video is shorter than the clip;
+            with ``start="given"``, the start is missing, invalid or past the end of the video.
     """
 
     def __init__(
@@ -68,6 +122,10 @@ class VideoClip:
         size: Size = None,
         crop: str = "center",
         threads: int = 1,
+        start: ClipStart | str = ClipStart.RANDOM,
+        start_column: str = "clip_start",
+        on_short: OnShort | str = OnShort.PAD,
+        with_info: bool = False,
     ) -> None:
         if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
             raise ValueError(f"{num_frames=} must be an int >= 1")
@@ -82,19 +140,29 @@ class VideoClip:
         self.size = check_size(size)
         self.crop = check_crop(crop)
         self.threads = threads
+        self.start = check_choice(ClipStart, start, "start")
+        self.start_column = str(start_column)
+        self.on_short = check_choice(OnShort, on_short, "on_short")
+        self.with_info = bool(with_info)
+        self.needs_sample = self.start is ClipStart.GIVEN
 
     def __repr__(self) -> str:
         return (
             f"VideoClip(num_frames={self.num_frames}, fps={self.fps}, size={self.size}, "
-            f"crop={self.crop.value!r}, threads={self.threads})"
+            f"crop={self.crop.value!r}, threads={self.threads}, start={self.start.value!r}, "
+            f"start_column={self.start_column!r}, on_short={self.on_short.value!r}, "
+            f"with_info={self.with_info})"
         )
 
-    def __call__(self, value: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, value: Any, rng: np.random.Generator | None = None, sample: Any = None
+    ) -> torch.Tensor | Decoded:
         """Decode one clip; see the class docstring. ``rng`` None means ``default_rng(0)``."""
-        return self.clip(value, rng)[0]
+        clip, info = self.clip(value, rng, sample)
+        return Decoded(clip, info) if self.with_info else clip
 
     def clip(
-        self, value: Any, rng: np.random.Generator | None = None
+        self, value: Any, rng: np.random.Generator | None = None, sample: Any = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Decode one clip and say where it came from.
 
@@ -102,6 +170,7 @@ class VideoClip:
             value (str | os.PathLike | bytes): a local video file, or its bytes.
             rng (numpy.random.Generator | None): draws the start (and a random crop);
                 None means ``numpy.random.default_rng(0)``.
+            sample (Mapping | None): the sample, read for ``start="given"``.
 
         Returns:
             tuple[torch.Tensor, dict[str, float]]: the clip, uint8 [T, C, H, W], and
@@ -111,33 +180,49 @@ class VideoClip:
         """
         rng = np.random.default_rng(0) if rng is None else rng
         try:
-            return self._clip(value, rng)
+            return self._clip(value, rng, sample)
         except _Unusable as error:
             raise DecodeError(describe(value), str(error)) from error
         except Exception as error:
             raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
 
-    def _clip(self, value: Any, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def _clip(
+        self, value: Any, rng: np.random.Generator, sample: Any
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         import av
 
+        if self.start is ClipStart.GIVEN:
+            try:
+                t0 = given_start(sample, self.start_column)
+            except ValueError as error:
+                raise _Unusable(str(error)) from None
         with av.open(as_source(value), metadata_errors="ignore") as container:
             if not container.streams.video:
                 raise _Unusable("no video stream")
             stream = container.streams.video[0]
             rate, duration = _rate_and_duration(container, stream)
             fps = self.fps or rate
-            span = max(0.0, duration - self.num_frames / fps)
-            t0 = math.floor(rng.random() * span * rate + _EPS) / rate  # on the source frame grid
+            length = self.num_frames / fps  # s
+            span = max(0.0, duration - length)
+            if self.start is not ClipStart.GIVEN:
+                where = rng.random() if self.start is ClipStart.RANDOM else 0.5
+                t0 = math.floor(where * span * rate + _EPS) / rate  # on the source frame grid
+            elif duration and t0 >= duration:
+                raise _Unusable(f"clip start {t0} s is past the end of the video ({duration} s)")
+            if self.on_short is OnShort.SKIP and duration and t0 + length > duration + _EPS:
+                raise _Unusable(f"the video ({duration:.3f} s) is shorter than the clip")
             targets = t0 + np.arange(self.num_frames) / fps  # [T] s from the stream start
             position = draw_crop(self.size, self.crop, rng)
             try:
-                frames = self._decode(container, stream, rate, targets, position, seek=t0 > 0)
+                frames, padded = self._decode(container, stream, rate, targets, position, t0 > 0)
             except _SeekMissed:
                 frames = None
         if frames is None:  # the seek failed: decode again from the start, without seeking
             with av.open(as_source(value), metadata_errors="ignore") as container:
                 stream = container.streams.video[0]
-                frames = self._decode(container, stream, rate, targets, position, seek=False)
+                frames, padded = self._decode(container, stream, rate, targets, position, False)
+        if padded and self.on_short is OnShort.SKIP:
+            raise _Unusable("the video is shorter than the clip (its frames ran out)")
         clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # [T, C, H, W]
         info = {"clip_start": t0, "clip_end": t0 + self.num_frames / fps, "source_fps": rate}
         return clip, info
@@ -150,8 +235,9 @@ class VideoClip:
         targets: np.ndarray,
         position: tuple[float, float] | None,
         seek: bool,
-    ) -> list[np.ndarray]:
-        """The frames, uint8 [H, W, 3] each, picked for ``targets`` (seconds from the start)."""
+    ) -> tuple[list[np.ndarray], bool]:
+        """The frames, uint8 [H, W, 3] each, picked for ``targets`` (seconds from the start), and
+        whether the clip was padded (targets past the end of the last frame)."""
         stream.codec_context.thread_count = self.threads
         if self.threads != 1:
             stream.codec_context.thread_type = "AUTO"
@@ -175,7 +261,7 @@ class VideoClip:
                 converted = (frame, self._convert(reformatter, frame, position))
             picked.append(converted[1])
 
-        previous, previous_time = None, -math.inf
+        previous, previous_time, padded = None, -math.inf, False
         for frame in container.decode(stream):
             if frame.pts is not None:
                 now = float((frame.pts - start) * time_base)
@@ -187,14 +273,18 @@ class VideoClip:
                 take(previous if previous is not None else frame)
             if len(picked) == len(targets):
                 break
+            # the frame's own duration (exact with a variable frame rate), else the stated rate
+            step = float(frame.duration * time_base) if frame.duration else 1.0 / rate
             previous, previous_time = frame, now
-            if now + 1.0 / rate > targets[-1] + _EPS:  # the next frame would be past the clip
+            if now + step > targets[-1] + _EPS:  # the next frame would be past the clip
                 break
-        if previous is None:
-            raise _Unusable("no decodable video frame")
+        else:  # the frames ran out: padded if the last one ends before the clip does
+            if previous is None:
+                raise _Unusable("no decodable video frame")
+            padded = targets[-1] + _EPS >= previous_time + step
         while len(picked) < len(targets):  # the rest of the clip is at or after the last frame
             take(previous)
-        return picked
+        return picked, padded
 
     def _convert(
         self, reformatter: Any, frame: Any, position: tuple[float, float] | None

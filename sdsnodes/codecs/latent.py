@@ -1,0 +1,245 @@
+"""Precomputed latents (.npy, .npz, .pt): VAE mean/logvar sampling, slicing to a video clip."""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+import zipfile
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdsnodes.codecs._resize import as_source, describe
+from sdsnodes.errors import DecodeError
+
+_NPY = b"\x93NUMPY"
+_ZIP = b"PK\x03\x04"  # torch.save (since 1.6) and numpy.savez
+_LEGACY_TORCH = b"\x80\x02\x8a\x0a"  # pickle protocol 2 + torch's magic number (before 1.6)
+_LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers' DiagonalGaussianDistribution clamps it
+
+
+class _Unusable(Exception):
+    """The file loaded but does not hold what is asked (its message is the whole cause)."""
+
+
+class Latent:
+    """Load a precomputed latent, optionally sample it from a VAE's mean/logvar, and slice a
+    video latent to the frames of the clip decoded beside it.
+
+    Files: ``.npy`` (``numpy.load(allow_pickle=False)``, memory-mapped for paths, so slicing
+    reads only the clip), ``.npz``, or torch files (``torch.load(weights_only=True)`` only: a
+    pickle of anything but tensors and containers is refused). The format is sniffed from the
+    bytes, not the extension. A file may hold a tensor or a dict of tensors (``key`` picks one).
+
+    VAE moments: a dict with ``mean_key``/``logvar_key``, or (``moments=True``) a tensor with
+    2 * C channels on ``channel_dim``, mean first (diffusers' ``DiagonalGaussianDistribution``
+    layout). With ``sample=True`` the output is ``mean + exp(0.5 * logvar) * eps``, logvar
+    clamped to [-30, 20] and eps standard normal from the sample's ``rng``; else the mean.
+
+    Clip alignment (``align_to``): reads ``<align_to>.clip_start``/``.clip_end`` (s) and
+    ``.source_fps`` from the sample (``VideoClip(with_info=True)``). With ``latent_fps``, latent
+    frame j is at j / latent_fps s; with ``temporal_stride`` s, latent frame j covers source
+    frames [s*j, s*j + s - 1], or, with ``causal=True`` (causal video VAEs: CogVideoX,
+    HunyuanVideo, Wan), frame 0 alone and then [s*(j-1) + 1, s*j]. The slice starts at the
+    latent frame holding the clip's first frame and has a fixed length, ``round(clip seconds *
+    latent_fps)``, ``ceil(frames / s)`` or ``1 + ceil((frames - 1) / s)`` (frames: source frames
+    in the clip); past the end it repeats the last latent frame, like ``VideoClip`` pads.
+
+    Args:
+        key (str | None): the dict entry to use; None: the only entry, or mean/logvar entries.
+        sample (bool): draw from the moments (needs a logvar) instead of returning the mean.
+        moments (bool): a tensor holds mean and logvar concatenated on ``channel_dim``.
+        channel_dim (int): the channel dimension of a ``moments`` tensor (0 for [2C, T, H, W]).
+        mean_key (str): dict entry of the mean.
+        logvar_key (str): dict entry of the log-variance.
+        align_to (str | None): video column to slice to (the codec then has ``needs_sample``).
+        temporal_dim (int): the time dimension of the stored latent (1 for [C, T, H, W]).
+        latent_fps (float | None): latent frames per second (exclusive with temporal_stride).
+        temporal_stride (int | None): source frames per latent frame.
+        causal (bool): with ``temporal_stride``, the first latent frame covers frame 0 alone.
+        dtype (torch.dtype | None): output dtype; None keeps the stored one.
+
+    Returns:
+        torch.Tensor: the stored shape (with a ``moments`` tensor's channels halved, and the
+        time dimension cut to the clip when aligned), of ``dtype`` (float32 by default).
+
+    Raises:
+        ValueError: at construction, for an invalid argument.
+        DecodeError: the file is missing, empty, truncated, garbage, a pickle, holds no tensor
+            under the keys asked, has an odd channel count for ``moments``, no logvar to sample
+            from, or the clip to align to is missing or starts after the latent's end.
+    """
+
+    def __init__(
+        self,
+        key: str | None = None,
+        sample: bool = False,
+        moments: bool = False,
+        channel_dim: int = 0,
+        mean_key: str = "mean",
+        logvar_key: str = "logvar",
+        align_to: str | None = None,
+        temporal_dim: int = 1,
+        latent_fps: float | None = None,
+        temporal_stride: int | None = None,
+        causal: bool = False,
+        dtype: torch.dtype | None = torch.float32,
+    ) -> None:
+        if latent_fps is not None and not (
+            isinstance(latent_fps, numbers.Real) and math.isfinite(latent_fps) and latent_fps > 0
+        ):
+            raise ValueError(f"{latent_fps=} must be a number > 0 (latent frames/s) or None")
+        if temporal_stride is not None and not (
+            isinstance(temporal_stride, int) and temporal_stride >= 1
+        ):
+            raise ValueError(f"{temporal_stride=} must be an int >= 1 or None")
+        if align_to is not None and (latent_fps is None) == (temporal_stride is None):
+            raise ValueError(f"{align_to=} needs exactly one of latent_fps and temporal_stride")
+        if causal and temporal_stride is None:
+            raise ValueError("causal=True needs temporal_stride")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise ValueError(f"{dtype=} must be a torch.dtype or None")
+        self.key, self.sample, self.moments = key, bool(sample), bool(moments)
+        self.channel_dim, self.temporal_dim = int(channel_dim), int(temporal_dim)
+        self.mean_key, self.logvar_key = mean_key, logvar_key
+        self.align_to, self.latent_fps = align_to, latent_fps
+        self.temporal_stride, self.causal, self.dtype = temporal_stride, bool(causal), dtype
+        self.needs_sample = align_to is not None
+
+    def __repr__(self) -> str:
+        names = ("key", "sample", "moments", "channel_dim", "mean_key", "logvar_key", "align_to")
+        names += ("temporal_dim", "latent_fps", "temporal_stride", "causal", "dtype")
+        return f"Latent({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+
+    def __call__(
+        self, value: Any, rng: np.random.Generator | None = None, sample: Any = None
+    ) -> torch.Tensor:
+        """Load one latent; see the class docstring. ``rng`` None means ``default_rng(0)``;
+        ``sample`` (a mapping) is read with ``align_to``."""
+        rng = np.random.default_rng(0) if rng is None else rng
+        try:
+            return self._latent(value, rng, sample)
+        except _Unusable as error:
+            raise DecodeError(describe(value), str(error)) from error
+        except Exception as error:
+            raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
+
+    def _latent(self, value: Any, rng: np.random.Generator, sample: Any) -> torch.Tensor:
+        mean, logvar = self._moments(_load(value))
+        if self.align_to is not None:
+            window = self._window(sample, mean.ndim)
+            mean = _frames(mean, self.temporal_dim, *window)
+            logvar = None if logvar is None else _frames(logvar, self.temporal_dim, *window)
+        mean = _tensor(mean)
+        stored = mean.dtype
+        if self.sample:
+            if logvar is None:
+                raise _Unusable("sample=True but the file holds no logvar")
+            logvar = _tensor(logvar).float().clamp(*_LOGVAR_RANGE)
+            eps = torch.from_numpy(rng.standard_normal(tuple(mean.shape), dtype=np.float32))
+            mean = mean.float() + torch.exp(0.5 * logvar) * eps
+        return mean.to(stored if self.dtype is None else self.dtype).contiguous()
+
+    def _moments(self, obj: Any) -> tuple[Any, Any]:
+        """(mean, logvar or None), numpy arrays or tensors, from what the file held."""
+        if self.key is not None:
+            if not isinstance(obj, dict) or self.key not in obj:
+                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                raise _Unusable(f"no entry {self.key!r}: the file holds {keys}")
+            obj = obj[self.key]
+        if isinstance(obj, dict):
+            if self.mean_key in obj:
+                return _check(obj[self.mean_key]), _check(obj.get(self.logvar_key), none=True)
+            if len(obj) != 1:
+                raise _Unusable(f"a dict with keys {sorted(obj)}: pass key= to pick one")
+            obj = next(iter(obj.values()))
+        obj = _check(obj)
+        if not self.moments:
+            return obj, None
+        dim = self.channel_dim % obj.ndim if obj.ndim else 0
+        if obj.ndim == 0 or obj.shape[dim] % 2:
+            raise _Unusable(f"moments=True needs an even size on dim {dim}, got {obj.shape}")
+        half = obj.shape[dim] // 2
+        index = (slice(None),) * dim
+        return obj[(*index, slice(0, half))], obj[(*index, slice(half, None))]
+
+    def _window(self, sample: Any, ndim: int) -> tuple[int, int]:
+        """(first latent frame, number of latent frames) for the clip in ``sample``."""
+        if not -ndim <= self.temporal_dim < ndim:
+            raise _Unusable(f"temporal_dim={self.temporal_dim} is out of range for {ndim} dims")
+        keys = [f"{self.align_to}.{k}" for k in ("clip_start", "clip_end", "source_fps")]
+        start, end, fps = (None if sample is None else sample.get(k) for k in keys)
+        if not all(isinstance(v, numbers.Real) for v in (start, end)) or (
+            self.temporal_stride and not (isinstance(fps, numbers.Real) and fps > 0)
+        ):
+            raise _Unusable(
+                f"no clip to align to: {keys} are {[start, end, fps]}; decode "
+                f"{self.align_to!r} before with VideoClip(with_info=True)"
+            )
+        if self.latent_fps is not None:
+            first = math.floor(start * self.latent_fps + 1e-3)
+            return first, max(1, round((end - start) * self.latent_fps))
+        stride = self.temporal_stride
+        f0 = math.floor(start * fps + 1e-3)  # the clip's first source frame
+        frames = max(1, round((end - start) * fps))  # source frames the clip spans
+        if self.causal:
+            return -(-f0 // stride), 1 + -(-(frames - 1) // stride)
+        return f0 // stride, -(-frames // stride)
+
+
+def _load(value: Any) -> Any:
+    """What a latent file holds: an ndarray (maybe memory-mapped), a tensor, or a dict."""
+    if isinstance(value, (np.ndarray, torch.Tensor, dict)):
+        return value
+    source = as_source(value)
+    if isinstance(source, str):
+        with open(source, "rb") as file:
+            head = file.read(8)
+    else:
+        head = source.getvalue()[:8]
+    if head.startswith(_NPY):
+        return np.load(
+            source, allow_pickle=False, mmap_mode="r" if isinstance(source, str) else None
+        )
+    if head.startswith(_ZIP):
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        if names and all(name.endswith(".npy") for name in names):  # numpy.savez
+            with np.load(source, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+    elif not head.startswith(_LEGACY_TORCH):
+        raise _Unusable(f"not a .npy, .npz or torch file (starts with {head!r})")
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def _check(obj: Any, none: bool = False) -> Any:
+    """``obj`` if it is a real-valued array or tensor (or None, when allowed)."""
+    if obj is None and none:
+        return None
+    if isinstance(obj, torch.Tensor) and not (obj.is_complex() or obj.dtype == torch.bool):
+        return obj
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "iuf":
+        return obj
+    kind = obj.dtype if isinstance(obj, (np.ndarray, torch.Tensor)) else type(obj).__name__
+    raise _Unusable(f"expected a real-valued tensor, got {kind}")
+
+
+def _frames(x: Any, dim: int, first: int, count: int) -> Any:
+    """``count`` frames from ``first`` along ``dim``, repeating the last frame past the end."""
+    dim %= x.ndim
+    total = x.shape[dim]
+    if first >= total:
+        raise _Unusable(f"the clip starts at latent frame {first}, after the last ({total - 1})")
+    index = np.minimum(np.arange(first, first + count), total - 1)  # [count]
+    if index[-1] < first + count - 1:  # past the end: gather, repeating the last frame
+        return _tensor(x).index_select(dim, torch.from_numpy(index))
+    return x[(slice(None),) * dim + (slice(first, first + count),)]
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """A tensor owning its memory (numpy arrays, memory-mapped ones included, are copied)."""
+    return torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
