@@ -1,0 +1,194 @@
+"""What every benchmark shares: arguments, timing, medians, the result table, JSON output.
+
+House rules (see ``benchmarks/README.md``): a benchmark measures its subject and a baseline in the
+same run, repeats both ``--repeats`` times alternating their order (the machine is shared and
+noisy), and prints the median, min and max of each, and the median's ratio to the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+"""Where ``--json`` writes ``<benchmark name>.json``."""
+
+DIR_ENV = "SDS_BENCH_DIR"
+"""Environment variable naming the folder of cached benchmark data (default below)."""
+
+
+def default_data_dir() -> Path:
+    """``$SDS_BENCH_DIR``, else ``~/.cache/sdsnodes/bench``."""
+    return Path(os.environ.get(DIR_ENV) or Path.home() / ".cache" / "sdsnodes" / "bench")
+
+
+def silence_known_warnings() -> None:
+    """Ignore torchdata 0.11's "'set_vital' is deprecated" UserWarning (raised by torch >= 2.14 in
+    ``StatefulDataLoader.__init__``), and only that one."""
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+
+
+def add_common_args(parser: argparse.ArgumentParser, repeats: int = 5) -> None:
+    """``--repeats``, ``--quick``, ``--json`` and ``--dir``, the options every benchmark takes."""
+    parser.add_argument(
+        "--repeats", type=int, default=None,
+        help=f"measurements of each loader; the median is reported (default {repeats}, 1 with --quick)",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="a small config, for smoke tests")
+    parser.add_argument(
+        "--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/<name>.json"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None,
+        help=f"folder of the cached synthetic data (default ${DIR_ENV} or ~/.cache/sdsnodes/bench)",
+    )  # fmt: skip
+    parser.set_defaults(_default_repeats=repeats)
+
+
+def repeats_of(args: argparse.Namespace) -> int:
+    """The number of repeats asked for: ``--repeats``, else 1 with ``--quick``, else the default.
+
+    Raises:
+        SystemExit: ``--repeats`` < 1.
+    """
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise SystemExit(f"--repeats={args.repeats} must be >= 1")
+        return args.repeats
+    return 1 if args.quick else args._default_repeats
+
+
+def in_turn(items: Sequence[T], repeat: int) -> list[T]:
+    """``items`` in order on even repeats and reversed on odd ones, so that no item always runs
+    first (on a warm or cold machine)."""
+    return list(items) if repeat % 2 == 0 else list(reversed(items))
+
+
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
+    """Run ``fn()``; return (seconds of wall time, its result)."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+@dataclasses.dataclass
+class Result:
+    """One row of a table: a loader's throughput over the repeats.
+
+    Attributes:
+        name (str): the loader (row label).
+        values (list[float]): one throughput per repeat, in ``unit``.
+        unit (str): e.g. ``"clips/s"``; higher is better.
+        group (str): the table the row belongs to (e.g. ``"full epoch"``).
+        baseline (bool): the row the others are compared to (one per group).
+        note (str): a short remark printed after the row.
+    """
+
+    name: str
+    values: list[float] = dataclasses.field(default_factory=list)
+    unit: str = "items/s"
+    group: str = ""
+    baseline: bool = False
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    @property
+    def min(self) -> float:
+        return min(self.values) if self.values else float("nan")
+
+    @property
+    def max(self) -> float:
+        return max(self.values) if self.values else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "median": self.median, "min": self.min, "max": self.max,
+        }  # fmt: skip
+
+
+def ratios(rows: Sequence[Result]) -> dict[str, float]:
+    """Each row's median over its group's baseline median (NaN where a group has none)."""
+    base = {r.group: r.median for r in rows if r.baseline}
+    return {
+        f"{r.group}/{r.name}": (r.median / base[r.group] if base.get(r.group) else float("nan"))
+        for r in rows
+    }
+
+
+def format_table(rows: Sequence[Result], title: str = "") -> str:
+    """The rows as a plain-text table, one block per group, with columns ``loader``,
+    ``<unit> (median)``, ``min``, ``max`` and ``ratio`` (median / the group's baseline median)."""
+    ratio = ratios(rows)
+    unit = rows[0].unit if rows else "items/s"
+    header = ["loader", f"{unit} (median)", "min", "max", "ratio"]
+    lines: list[str] = [title] if title else []
+    groups = list(dict.fromkeys(r.group for r in rows))
+    width = max([len(header[0])] + [len(r.name) + 2 for r in rows])
+    for group in groups:
+        members = [r for r in rows if r.group == group]
+        base = next((r.name for r in members if r.baseline), None)
+        if group or base:
+            lines.append("")
+            lines.append(f"{group}" + (f" — ratio vs {base}" if base else ""))
+        lines.append(
+            f"{header[0]:<{width}}  {header[1]:>16}  {header[2]:>8}  {header[3]:>8}  {header[4]:>6}"
+        )
+        lines.append("-" * (width + 46))
+        for r in members:
+            mark = "*" if r.baseline else " "
+            label = f"{r.name} {mark}"
+            row = (
+                f"{label:<{width}}  {r.median:>16.1f}  {r.min:>8.1f}  {r.max:>8.1f}  "
+                f"{ratio[f'{r.group}/{r.name}']:>6.2f}"
+            )
+            lines.append(row + (f"  {r.note}" if r.note else ""))
+    lines.append("")
+    lines.append(
+        "* baseline; medians of the repeats, min and max over the repeats; higher is better"
+    )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """A short description of where the numbers come from."""
+    import torch
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_json(name: str, rows: Sequence[Result], config: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json``: the machine, the config and every row."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()},
+        "results": [r.as_dict() for r in rows],
+        "ratios": ratios(rows),
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
