@@ -1,6 +1,14 @@
 """sdsnodes: stream training samples from disk, S3, GCS and HTTP into PyTorch, on the fly."""
 
-from sdsnodes.codecs import ImageTensor, Text, VideoClip
+import atexit
+import gc
+
+# pyarrow's thread pools can outlive interpreter teardown when torch is loaded too and abort the
+# process at exit ("terminate called without an active exception", apache/arrow#34314): a last
+# garbage collection while Arrow is still alive joins them. Seen here with torch 2.14 + pyarrow 26.
+atexit.register(gc.collect)
+
+from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, VideoClip
 from sdsnodes.dataset import StreamingDataset
 from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state
 from sdsnodes.errors import DecodeError, DownloadError, OnError, SdsError, TooManyErrors, error_stats
@@ -28,6 +36,7 @@ from sdsnodes.presets import build_image_graph, build_video_graph
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioWaveform",
     "Batcher",
     "CachingDownloader",
     "DecodeError",
@@ -36,6 +45,7 @@ __all__ = [
     "Evictor",
     "ImageTensor",
     "IndexReader",
+    "Latent",
     "Loader",
     "Mapper",
     "MixStrategy",

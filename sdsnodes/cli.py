@@ -1,6 +1,6 @@
-"""The ``sds`` command: ``sds demo`` streams a real video dataset end to end.
+"""The ``sds`` command: demo, index build/inspect, cache stats/clean, bench.
 
-Exit codes: 0 success, 1 the command failed (the message says why), 2 bad arguments.
+Exit codes: 0 success, 1 the command failed (the message on stderr says why), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -73,6 +73,101 @@ def graph_index(graph):  # noqa: ANN001, ANN201 - small helper for the demo
     raise ValueError("the graph has no IndexReader")
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _cache_stats(args: argparse.Namespace) -> int:
+    from sdsnodes.cache import Cache
+
+    if not Path(args.dir).is_dir():
+        raise ValueError(f"{args.dir} is not a cache directory")
+    stats = Cache(args.dir).stats()
+    budget = "none" if stats["max_bytes"] is None else _human(stats["max_bytes"])
+    print(f"cache {args.dir}")
+    print(f"  files      {stats['files']:>10}   {_human(stats['bytes'])}")
+    print(f"  pinned     {stats['pinned_files']:>10}   {_human(stats['pinned_bytes'])}")
+    print(f"  hits       {stats['hits']:>10}")
+    print(f"  misses     {stats['misses']:>10}")
+    print(f"  evictions  {stats['evictions']:>10}")
+    print(f"  fetched    {_human(stats['bytes_fetched']):>10}")
+    print(f"  budget     {budget:>10}   (set by each reader's max_bytes)")
+    return 0
+
+
+def _cache_clean(args: argparse.Namespace) -> int:
+    from sdsnodes.cache import Cache
+
+    if not Path(args.dir).is_dir():
+        raise ValueError(f"{args.dir} is not a cache directory")
+    cache = Cache(args.dir)
+    freed = cache.clean()
+    left = cache.stats()
+    print(f"removed {_human(freed)}; {left['files']} pinned file(s) in use by live processes kept")
+    return 0
+
+
+def _index_inspect(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from sdsnodes.index import read_index
+
+    table = read_index(args.index)
+    print(f"index {args.index}: {table.num_rows} rows, {table.num_columns} columns")
+    for field in table.schema:
+        nulls = table.column(field.name).null_count
+        print(f"  {field.name:<24} {str(field.type):<16} nulls={nulls}")
+    print(f"first {min(args.rows, table.num_rows)} rows:")
+    for row in table.slice(0, args.rows).to_pylist():
+        print("  " + ", ".join(f"{k}={str(v)[:60]!s}" for k, v in row.items()))
+    if "size" in table.column_names and table.column("size").null_count < table.num_rows:
+        sizes = table.column("size").drop_null()
+        print(f"sizes: total {_human(pc.sum(sizes).as_py())}, min {_human(pc.min(sizes).as_py())}, "
+              f"median {_human(pc.approximate_median(sizes).as_py())}, max {_human(pc.max(sizes).as_py())}")  # fmt: skip
+        edges = [0, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000, float("inf")]
+        for lo, hi in zip(edges, edges[1:]):
+            count = pc.sum(pc.and_(pc.greater_equal(sizes, lo), pc.less(sizes, hi))).as_py() or 0
+            label = f"[{_human(lo)}, {_human(hi) if hi != float('inf') else 'inf'})"
+            print(f"  {label:<24} {count:>8} {'#' * min(50, round(50 * count / max(1, len(sizes))))}")
+    return 0
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    import re
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sdsnodes.index import read_index
+
+    table = read_index(args.src)
+    if args.parse:
+        pattern = re.compile(args.parse)
+        if not pattern.groupindex:
+            raise ValueError(f"--parse {args.parse!r} needs named groups, e.g. '(?P<label>[^/]+)/[^/]+$'")
+        matches = [pattern.search(p) for p in table.column("path").to_pylist()]
+        for name in pattern.groupindex:
+            table = table.append_column(name, pa.array([m.group(name) if m else None for m in matches], pa.string()))
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    print(f"wrote {out}: {table.num_rows} rows, columns {table.column_names}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        from benchmarks.run import main as bench_main
+    except ImportError:
+        raise ValueError("benchmarks/ is not importable: run `sds bench` from a checkout of sdsnodes") from None
+    return int(bench_main(args.names + (["--quick"] if args.quick else [])))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sds", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--caption-column", default="caption", help="'' for none")
     demo.add_argument("--cache-dir", default=None, help="download cache for remote sources")
     demo.set_defaults(func=_demo)
+
+    index = sub.add_parser("index", help="build or inspect an index").add_subparsers(dest="action", required=True)
+    build = index.add_parser("build", help="list a directory (local or remote) into a parquet index")
+    build.add_argument("src", help="directory or URL (s3://, gs://, https://) of media files")
+    build.add_argument("-o", "--output", required=True, help="the parquet file to write")
+    build.add_argument("--parse", help="regex with named groups applied to each path, e.g. '(?P<label>[^/]+)/[^/]+$'")
+    build.set_defaults(func=_index_build)
+    inspect = index.add_parser("inspect", help="schema, rows, a few samples and a size histogram")
+    inspect.add_argument("index")
+    inspect.add_argument("--rows", type=int, default=5)
+    inspect.set_defaults(func=_index_inspect)
+
+    cache = sub.add_parser("cache", help="look at or empty a cache directory").add_subparsers(dest="action", required=True)
+    stats = cache.add_parser("stats", help="files, bytes, pins and counters of a cache directory")
+    stats.add_argument("dir")
+    stats.set_defaults(func=_cache_stats)
+    clean = cache.add_parser("clean", help="remove every file no live process has pinned")
+    clean.add_argument("dir")
+    clean.set_defaults(func=_cache_clean)
+
+    bench = sub.add_parser("bench", help="run the benchmarks (from a checkout)")
+    bench.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    bench.add_argument("--quick", action="store_true", help="small configs, one repeat")
+    bench.set_defaults(func=_bench)
     return parser
 
 
