@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from torchdata.nodes import BaseNode, Batcher, Mapper, Prefetcher
 
 from sdsnodes.codecs import Codec, ImageTensor, Text, VideoClip
@@ -30,6 +31,15 @@ def _square(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
             raise ValueError(f"{size=} must be >= 1")
         return (size, size)
     return (int(size[0]), int(size[1]))
+
+
+def _has_urls(reader: IndexReader, column: str) -> bool:
+    """Whether any value of ``column`` is a remote URL (``scheme://``, not ``file://``)."""
+    values = reader.index.table.column(column)
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        return False
+    remote = pc.and_(pc.match_substring(values, "://"), pc.invert(pc.starts_with(values, "file://")))
+    return bool(pc.any(remote).as_py())
 
 
 def _build(
@@ -70,16 +80,17 @@ def _build(
             f"{present}. Pass caption_column=<one of them>, or caption_column=None for none."
         )
     node: BaseNode = Shuffler(reader, seed=seed) if shuffle else reader
-    node = CachingDownloader(
-        node,
-        [media_column],
-        cache_dir=cache_dir,
-        max_bytes=max_bytes,
-        storage_options=storage_options,
-        num_threads=download_threads,
-        on_error=on_error,
-        max_error_rate=max_error_rate,
-    )
+    if _has_urls(reader, media_column):  # all-local indexes skip the download threads entirely
+        node = CachingDownloader(
+            node,
+            [media_column],
+            cache_dir=cache_dir,
+            max_bytes=max_bytes,
+            storage_options=storage_options,
+            num_threads=download_threads,
+            on_error=on_error,
+            max_error_rate=max_error_rate,
+        )
     codecs: dict[str, Codec] = {media_column: media_codec}
     if caption_column is not None:
         codecs[caption_column] = Text()
@@ -133,8 +144,9 @@ def build_video_graph(
 
     Returns:
         BaseNode: yields dicts with ``video`` uint8 [B, T, 3, H, W], ``caption`` list[str | None],
-        ``__key__`` list[str], ``__index__`` int64 [B], ``__epoch__`` int64 [B] and
-        ``__url__.<video_column>`` list[str].
+        ``__key__`` list[str], ``__index__`` int64 [B], ``__epoch__`` int64 [B], the other
+        index columns (lists or tensors), and ``__url__.<video_column>`` list[str] when the
+        index holds URLs (they go through a CachingDownloader; local paths are read in place).
 
     Raises:
         ValueError: a bad argument, or a column missing from the index (the message lists the
