@@ -18,11 +18,12 @@ class DecodeError(SdsError):
 
     Args:
         path (str): the file (or URL) that failed.
-        cause (str): what went wrong, in words.
+        cause (str | None): what went wrong, in words; None when ``path`` is a whole message
+            (how torch re-raises an error caught in a worker thread or process).
     """
 
-    def __init__(self, path: str, cause: str) -> None:
-        super().__init__(f"cannot decode {path!r}: {cause}")
+    def __init__(self, path: str, cause: str | None = None) -> None:
+        super().__init__(path if cause is None else f"cannot decode {path!r}: {cause}")
         self.path = path
         self.cause = cause
 
@@ -30,8 +31,8 @@ class DecodeError(SdsError):
 class DownloadError(SdsError):
     """A remote object could not be copied into the cache (after retries, where they apply)."""
 
-    def __init__(self, url: str, cause: str) -> None:
-        super().__init__(f"cannot download {url!r}: {cause}")
+    def __init__(self, url: str, cause: str | None = None) -> None:
+        super().__init__(url if cause is None else f"cannot download {url!r}: {cause}")
         self.url = url
         self.cause = cause
 

@@ -56,6 +56,8 @@ def _build(
     seed: int,
     num_threads: int,
     download_threads: int,
+    retries: int,
+    timeout: float | None,
     prefetch_factor: int,
     drop_last: bool,
     on_error: str,
@@ -88,6 +90,8 @@ def _build(
             max_bytes=max_bytes,
             storage_options=storage_options,
             num_threads=download_threads,
+            retries=retries,
+            timeout=timeout,
             on_error=on_error,
             max_error_rate=max_error_rate,
         )
@@ -116,6 +120,8 @@ def build_video_graph(
     seed: int = 0,
     num_threads: int = 4,
     download_threads: int = 8,
+    retries: int = 3,
+    timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
     on_error: str = "skip",
@@ -137,6 +143,8 @@ def build_video_graph(
             cache and fsspec options (see :class:`~sdsnodes.CachingDownloader`).
         shuffle (bool), seed (int): a new permutation each epoch, deterministic in (seed, epoch).
         num_threads (int): decoding threads; download_threads (int): download threads.
+        retries (int), timeout (float | None): retries of transient download errors (with
+            exponential backoff) and seconds one download attempt may take.
         prefetch_factor (int): batches prefetched in the background (0 for none).
         drop_last (bool): drop a last, smaller batch.
         on_error (str), max_error_rate (float): bad-sample policy (see docs/nodes.md).
@@ -156,7 +164,8 @@ def build_video_graph(
     return _build(
         src, video_column, codec, caption_column, batch_size=batch_size, cache_dir=cache_dir,
         max_bytes=max_bytes, storage_options=storage_options, shuffle=shuffle, seed=seed,
-        num_threads=num_threads, download_threads=download_threads, prefetch_factor=prefetch_factor,
+        num_threads=num_threads, download_threads=download_threads, retries=retries, timeout=timeout,
+        prefetch_factor=prefetch_factor,
         drop_last=drop_last, on_error=on_error, max_error_rate=max_error_rate, rank=rank,
         world_size=world_size,
     )  # fmt: skip
@@ -176,6 +185,8 @@ def build_image_graph(
     seed: int = 0,
     num_threads: int = 4,
     download_threads: int = 16,
+    retries: int = 3,
+    timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
     on_error: str = "skip",
@@ -198,7 +209,8 @@ def build_image_graph(
     return _build(
         src, image_column, codec, caption_column, batch_size=batch_size, cache_dir=cache_dir,
         max_bytes=max_bytes, storage_options=storage_options, shuffle=shuffle, seed=seed,
-        num_threads=num_threads, download_threads=download_threads, prefetch_factor=prefetch_factor,
+        num_threads=num_threads, download_threads=download_threads, retries=retries, timeout=timeout,
+        prefetch_factor=prefetch_factor,
         drop_last=drop_last, on_error=on_error, max_error_rate=max_error_rate, rank=rank,
         world_size=world_size,
     )  # fmt: skip

@@ -87,6 +87,7 @@ def fetch(
     retries: int = 3,
     backoff_s: float = 0.5,
     expected_size: int | None = None,
+    timeout: float | None = 60.0,
 ) -> int:
     """Copy the object at ``url`` to the local file ``dest``, retrying transient errors.
 
@@ -101,6 +102,8 @@ def fetch(
         retries (int): retries after the first attempt.
         backoff_s (float): first backoff, in seconds.
         expected_size (int | None): size in bytes the object must have, if known.
+        timeout (float | None): seconds one attempt may take (async filesystems: s3, gs,
+            http); None waits as long as the filesystem does.
 
     Returns:
         int: bytes written.
@@ -111,10 +114,12 @@ def fetch(
         DownloadError: transient errors outlived the retries, or the size did not match.
     """
     fs, path = filesystem(url, storage_options)
+    # fsspec's sync wrapper of async filesystems takes a `timeout` (FSTimeoutError past it)
+    kwargs = {"timeout": timeout} if timeout is not None and getattr(fs, "async_impl", False) else {}
     last: BaseException | None = None
     for attempt in range(retries + 1):
         try:
-            fs.get_file(path, os.fspath(dest))
+            fs.get_file(path, os.fspath(dest), **kwargs)
             size = os.path.getsize(dest)
             if expected_size is not None and size != expected_size:
                 raise DownloadError(url, f"got {size} bytes, expected {expected_size}")

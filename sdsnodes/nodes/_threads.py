@@ -76,6 +76,10 @@ class ThreadMapNode(BaseNode[Sample]):
     def on_skip(self, skipped: Skipped) -> None:
         """Hook: release what a dropped sample holds."""
 
+    def is_fatal(self, error: BaseException) -> bool:
+        """Hook: errors that stop the run whatever ``on_error`` says (e.g. a full disk)."""
+        return False
+
     def _guarded(self, sample: Sample) -> Sample | Skipped:
         try:
             return self.process(sample)
@@ -97,6 +101,8 @@ class ThreadMapNode(BaseNode[Sample]):
                 self.errors.ok()
                 return item
             self.on_skip(item)
+            if self.is_fatal(item.error):
+                raise item.error
             self.errors.skip(item.reason, item.error, item.what)
 
     def get_state(self) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +36,7 @@ class CachingDownloader(ThreadMapNode):
         storage_options (dict | None): fsspec options for the URLs (credentials, endpoint_url…).
         num_threads (int): concurrent downloads.
         retries (int): retries of transient errors (5xx, resets, timeouts), with backoff.
+        timeout (float | None): seconds one download attempt may take (S3, GCS, HTTP).
         policy (str): eviction policy, ``"keepset"`` (default) or ``"lru"``.
         on_error (str): ``"skip"`` (count and drop the sample) or ``"raise"``.
         max_error_rate (float): raise once more than this fraction of samples was skipped.
@@ -41,6 +44,11 @@ class CachingDownloader(ThreadMapNode):
     State:
         as :class:`~sdsnodes.nodes._threads.ThreadMapNode`: the source's state at the last
         yielded sample and the skip counts (reasons ``"missing"``, ``"download"``).
+
+    Errors:
+        a missing object (404) is counted as ``"missing"``, other failures after retries as
+        ``"download"``; under ``on_error="raise"`` they raise. A full disk always raises
+        ``OSError(ENOSPC)`` naming the cache directory.
 
     Raises:
         ValueError: ``columns_to_download`` is empty, or an argument is out of range.
@@ -57,6 +65,7 @@ class CachingDownloader(ThreadMapNode):
         storage_options: dict[str, Any] | None = None,
         num_threads: int = 8,
         retries: int = 3,
+        timeout: float | None = 60.0,
         policy: str = "keepset",
         on_error: OnError | str = OnError.SKIP,
         max_error_rate: float = 0.5,
@@ -71,6 +80,7 @@ class CachingDownloader(ThreadMapNode):
         self.max_bytes = max_bytes
         self.storage_options = dict(storage_options or {})
         self.retries = retries
+        self.timeout = timeout
         self.policy = policy
 
     def classify(self, error: BaseException) -> str:
@@ -89,16 +99,33 @@ class CachingDownloader(ThreadMapNode):
                     continue
                 size = sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
                 download = functools.partial(
-                    fetch, value, storage_options=self.storage_options, retries=self.retries
+                    fetch, value, storage_options=self.storage_options, retries=self.retries, timeout=self.timeout
                 )
                 out[column] = str(cache.get(value, download, size_hint=size))
                 pinned.append(value)
-        except BaseException:
+        except BaseException as error:
             for url in pinned:
                 cache.unpin(url)
+            if _disk_full(error):
+                raise OSError(
+                    errno.ENOSPC,
+                    f"the cache directory {self.cache_dir!r} is full: free disk space, or set max_bytes "
+                    f"below the free space (nothing half-written was kept); cause: {error}",
+                ) from error
             raise
         out[CACHE_DIR] = self.cache_dir
         return out
 
     def on_skip(self, skipped: Skipped) -> None:
         """Nothing to release: ``process`` unpins its files before it fails."""
+
+    def is_fatal(self, error: BaseException) -> bool:
+        """A full disk stops the run at once: skipping every sample would hide it."""
+        return _disk_full(error)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """A full disk or quota, from the file system or from SQLite writing the ledger."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
