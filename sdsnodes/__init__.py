@@ -3,15 +3,18 @@
 import atexit
 import gc
 
-# pyarrow's thread pools can outlive interpreter teardown when torch is loaded too and abort the
-# process at exit ("terminate called without an active exception", apache/arrow#34314): a last
-# garbage collection while Arrow is still alive joins them. Seen here with torch 2.14 + pyarrow 26.
-atexit.register(gc.collect)
 
 from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, VideoClip
 from sdsnodes.dataset import StreamingDataset
 from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state
-from sdsnodes.errors import DecodeError, DownloadError, OnError, SdsError, TooManyErrors, error_stats
+from sdsnodes.errors import (
+    DecodeError,
+    DownloadError,
+    OnError,
+    SdsError,
+    TooManyErrors,
+    error_stats,
+)
 from sdsnodes.nodes import (
     Batcher,
     CachingDownloader,
@@ -20,8 +23,8 @@ from sdsnodes.nodes import (
     IndexReader,
     Loader,
     Mapper,
-    MixStrategy,
     Mixer,
+    MixStrategy,
     ParallelMapper,
     PinMemory,
     Prefetcher,
@@ -34,6 +37,11 @@ from sdsnodes.nodes import (
 from sdsnodes.presets import build_image_graph, build_video_graph
 
 __version__ = "0.1.0"
+
+# pyarrow's thread pools can outlive interpreter teardown when torch is loaded too and abort the
+# process at exit ("terminate called without an active exception", apache/arrow#34314): a last
+# garbage collection while Arrow is still alive joins them. Seen here with torch 2.14 + pyarrow 26.
+atexit.register(gc.collect)
 
 __all__ = [
     "AudioWaveform",
