@@ -3,7 +3,6 @@
 import atexit
 import gc
 
-
 from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, VideoClip
 from sdsnodes.dataset import StreamingDataset
 from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state

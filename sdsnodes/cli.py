@@ -15,7 +15,9 @@ import time
 import warnings
 from pathlib import Path
 
-DEFAULT_DEMO_DIR = Path(os.environ.get("SDS_CACHE_DIR") or Path.home() / ".cache" / "sdsnodes") / "demo"
+DEFAULT_DEMO_DIR = (
+    Path(os.environ.get("SDS_CACHE_DIR") or Path.home() / ".cache" / "sdsnodes") / "demo"
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -59,7 +61,11 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"throughput: {clips / elapsed:.1f} clips/s, {frames / elapsed:.1f} frames/s")
     print("batch shapes: " + ", ".join(f"{k} {list(s)}" for k, s in shapes.items()))
     if batch is not None:
-        print(f"first caption of the last batch: {batch['caption'][0]!r}" if "caption" in batch else "")
+        print(
+            f"first caption of the last batch: {batch['caption'][0]!r}"
+            if "caption" in batch
+            else ""
+        )
     print(f"skipped samples: {skipped or 'none'}")
     return 0
 
@@ -132,7 +138,9 @@ def _index_inspect(args: argparse.Namespace) -> int:
         for lo, hi in zip(edges, edges[1:]):
             count = pc.sum(pc.and_(pc.greater_equal(sizes, lo), pc.less(sizes, hi))).as_py() or 0
             label = f"[{_human(lo)}, {_human(hi) if hi != float('inf') else 'inf'})"
-            print(f"  {label:<24} {count:>8} {'#' * min(50, round(50 * count / max(1, len(sizes))))}")
+            print(
+                f"  {label:<24} {count:>8} {'#' * min(50, round(50 * count / max(1, len(sizes))))}"
+            )
     return 0
 
 
@@ -148,10 +156,14 @@ def _index_build(args: argparse.Namespace) -> int:
     if args.parse:
         pattern = re.compile(args.parse)
         if not pattern.groupindex:
-            raise ValueError(f"--parse {args.parse!r} needs named groups, e.g. '(?P<label>[^/]+)/[^/]+$'")
+            raise ValueError(
+                f"--parse {args.parse!r} needs named groups, e.g. '(?P<label>[^/]+)/[^/]+$'"
+            )
         matches = [pattern.search(p) for p in table.column("path").to_pylist()]
         for name in pattern.groupindex:
-            table = table.append_column(name, pa.array([m.group(name) if m else None for m in matches], pa.string()))
+            table = table.append_column(
+                name, pa.array([m.group(name) if m else None for m in matches], pa.string())
+            )
     out = Path(args.output)
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
@@ -164,16 +176,24 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         from benchmarks.run import main as bench_main
     except ImportError:
-        raise ValueError("benchmarks/ is not importable: run `sds bench` from a checkout of sdsnodes") from None
+        raise ValueError(
+            "benchmarks/ is not importable: run `sds bench` from a checkout of sdsnodes"
+        ) from None
     return int(bench_main(args.names + (["--quick"] if args.quick else [])))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sds", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="make a small real video dataset (once) and stream one epoch of it")
-    demo.add_argument("--src", help="stream your own index instead (parquet/CSV/JSON/dir/wildcard/.txt)")
-    demo.add_argument("--dir", type=Path, default=DEFAULT_DEMO_DIR, help="where the demo dataset is made")
+    demo = sub.add_parser(
+        "demo", help="make a small real video dataset (once) and stream one epoch of it"
+    )
+    demo.add_argument(
+        "--src", help="stream your own index instead (parquet/CSV/JSON/dir/wildcard/.txt)"
+    )
+    demo.add_argument(
+        "--dir", type=Path, default=DEFAULT_DEMO_DIR, help="where the demo dataset is made"
+    )
     demo.add_argument("--num-videos", type=int, default=64)
     demo.add_argument("--num-workers", type=int, default=2)
     demo.add_argument("--batch-size", type=int, default=4)
@@ -185,18 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", default=None, help="download cache for remote sources")
     demo.set_defaults(func=_demo)
 
-    index = sub.add_parser("index", help="build or inspect an index").add_subparsers(dest="action", required=True)
-    build = index.add_parser("build", help="list a directory (local or remote) into a parquet index")
+    index = sub.add_parser("index", help="build or inspect an index").add_subparsers(
+        dest="action", required=True
+    )
+    build = index.add_parser(
+        "build", help="list a directory (local or remote) into a parquet index"
+    )
     build.add_argument("src", help="directory or URL (s3://, gs://, https://) of media files")
     build.add_argument("-o", "--output", required=True, help="the parquet file to write")
-    build.add_argument("--parse", help="regex with named groups applied to each path, e.g. '(?P<label>[^/]+)/[^/]+$'")
+    build.add_argument(
+        "--parse",
+        help="regex with named groups applied to each path, e.g. '(?P<label>[^/]+)/[^/]+$'",
+    )
     build.set_defaults(func=_index_build)
     inspect = index.add_parser("inspect", help="schema, rows, a few samples and a size histogram")
     inspect.add_argument("index")
     inspect.add_argument("--rows", type=int, default=5)
     inspect.set_defaults(func=_index_inspect)
 
-    cache = sub.add_parser("cache", help="look at or empty a cache directory").add_subparsers(dest="action", required=True)
+    cache = sub.add_parser("cache", help="look at or empty a cache directory").add_subparsers(
+        dest="action", required=True
+    )
     stats = cache.add_parser("stats", help="files, bytes, pins and counters of a cache directory")
     stats.add_argument("dir")
     stats.set_defaults(func=_cache_stats)

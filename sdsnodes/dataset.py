@@ -48,7 +48,9 @@ class StreamingDataset(IterableDataset):
         super().__init__()
         template = graph if isinstance(graph, BaseNode) else graph() if callable(graph) else None
         if not isinstance(template, BaseNode):
-            raise TypeError(f"graph must be a torchdata BaseNode or a function returning one, got {graph!r}")
+            raise TypeError(
+                f"graph must be a torchdata BaseNode or a function returning one, got {graph!r}"
+            )
         self._template = template
         self._epochs_started = multiprocessing.Array("q", MAX_WORKERS)  # per worker id
         self._root: BaseNode | None = None
@@ -66,7 +68,10 @@ class StreamingDataset(IterableDataset):
         if self._root is None:  # a private copy: the template stays un-started, safe to fork
             # modules held by nodes (torchdata's ParallelMapper keeps `multiprocessing`) are shared
             memo = {
-                id(v): v for node in iter_nodes(self._template) for v in vars(node).values() if isinstance(v, types.ModuleType)
+                id(v): v
+                for node in iter_nodes(self._template)
+                for v in vars(node).values()
+                if isinstance(v, types.ModuleType)
             }
             self._root = copy.deepcopy(self._template, memo)
         return self._root
@@ -110,7 +115,11 @@ class StreamingDataset(IterableDataset):
         Raises:
             ValueError: the state does not come from a StreamingDataset.
         """
-        if not isinstance(state_dict, dict) or "graph" not in state_dict or "epoch" not in state_dict:
+        if (
+            not isinstance(state_dict, dict)
+            or "graph" not in state_dict
+            or "epoch" not in state_dict
+        ):
             raise ValueError("not a StreamingDataset state: expected keys 'epoch' and 'graph'")
         self._pending_state = state_dict
         self._prepared = False

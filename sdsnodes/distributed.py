@@ -75,7 +75,12 @@ def can_broadcast() -> bool:
     import torch.distributed as dist
     from torch.utils.data import get_worker_info
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and not get_worker_info()
+    return (
+        dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+        and not get_worker_info()
+    )
 
 
 def broadcast_from_rank0(fn: Callable[[], T]) -> T:

@@ -41,7 +41,11 @@ def _walk(x: Any) -> Iterator[dict]:
 
 def _graph_states(state: Any) -> list[Any]:
     """The graph state of each worker in a loader state (StatefulDataLoader or Loader)."""
-    found = [d["graph"] for d in _walk(state) if "graph" in d and "epoch" in d and isinstance(d["graph"], dict)]
+    found = [
+        d["graph"]
+        for d in _walk(state)
+        if "graph" in d and "epoch" in d and isinstance(d["graph"], dict)
+    ]
     return found or [state]
 
 
@@ -124,13 +128,17 @@ def apply_cursor(root: BaseNode, cursor: dict[str, Any]) -> None:
     known = {r.reader_id for r in readers}
     missing = set(cursor["readers"]) - known
     if missing:
-        raise ValueError(f"the cursor names readers {sorted(missing)} this graph lacks (it has {sorted(known)})")
+        raise ValueError(
+            f"the cursor names readers {sorted(missing)} this graph lacks (it has {sorted(known)})"
+        )
     for reader in readers:
         c = cursor["readers"].get(reader.reader_id)
         if c is None:
             continue
         if c["num_rows"] != len(reader.index):
-            raise ValueError(f"reader {reader.reader_id!r}: the index changed ({c['num_rows']} → {len(reader.index)} rows)")
+            raise ValueError(
+                f"reader {reader.reader_id!r}: the index changed ({c['num_rows']} → {len(reader.index)} rows)"
+            )
         reader.set_epoch(c["epoch"], c["base"], c["skip"])
     for node in iter_nodes(root):
         if isinstance(node, Mixer) and node.mixer_id in cursor.get("mixers", {}):
@@ -152,7 +160,11 @@ def load_elastic_state(target: Any, states_or_cursor: Sequence[dict] | dict) -> 
     Returns:
         dict: the cursor used.
     """
-    cursor = states_or_cursor if isinstance(states_or_cursor, dict) and "readers" in states_or_cursor else elastic_cursor(states_or_cursor)  # type: ignore[arg-type]
+    cursor = (
+        states_or_cursor
+        if isinstance(states_or_cursor, dict) and "readers" in states_or_cursor
+        else elastic_cursor(states_or_cursor)
+    )  # type: ignore[arg-type]
     if isinstance(target, BaseNode):
         apply_cursor(target, cursor)
     else:

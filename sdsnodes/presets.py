@@ -38,7 +38,9 @@ def _has_urls(reader: IndexReader, column: str) -> bool:
     values = reader.index.table.column(column)
     if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
         return False
-    remote = pc.and_(pc.match_substring(values, "://"), pc.invert(pc.starts_with(values, "file://")))
+    remote = pc.and_(
+        pc.match_substring(values, "://"), pc.invert(pc.starts_with(values, "file://"))
+    )
     return bool(pc.any(remote).as_py())
 
 
@@ -98,7 +100,14 @@ def _build(
     codecs: dict[str, Codec] = {media_column: media_codec}
     if caption_column is not None:
         codecs[caption_column] = Text()
-    node = Decoder(node, codecs, num_threads=num_threads, seed=seed, on_error=on_error, max_error_rate=max_error_rate)
+    node = Decoder(
+        node,
+        codecs,
+        num_threads=num_threads,
+        seed=seed,
+        on_error=on_error,
+        max_error_rate=max_error_rate,
+    )
     node = Evictor(node)
     node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
     return Prefetcher(node, prefetch_factor) if prefetch_factor else node

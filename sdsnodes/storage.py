@@ -45,7 +45,9 @@ def local_path(path: str) -> str:
     return rest if protocol in ("file", "local") else path
 
 
-def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``url`` and the path inside it.
 
     One instance is kept per (process, protocol, storage_options), so threads share connection
@@ -72,7 +74,9 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 def _is_permanent(error: BaseException) -> bool:
     """Errors that no retry will fix: missing objects, permissions, a full disk."""
-    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+    if isinstance(
+        error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    ):
         return True
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return True
@@ -115,7 +119,9 @@ def fetch(
     """
     fs, path = filesystem(url, storage_options)
     # fsspec's sync wrapper of async filesystems takes a `timeout` (FSTimeoutError past it)
-    kwargs = {"timeout": timeout} if timeout is not None and getattr(fs, "async_impl", False) else {}
+    kwargs = (
+        {"timeout": timeout} if timeout is not None and getattr(fs, "async_impl", False) else {}
+    )
     last: BaseException | None = None
     for attempt in range(retries + 1):
         try:

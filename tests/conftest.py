@@ -4,7 +4,9 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 
-os.environ.setdefault("SDS_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "sds-test-cache"))
+os.environ.setdefault(
+    "SDS_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "sds-test-cache")
+)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,10 @@ warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
 
 
 def stream(index, name, batch_size, seed):
-    return Mapper(Batcher(Shuffler(IndexReader(index, name=name), seed=seed), batch_size, drop_last=False), collate)
+    return Mapper(
+        Batcher(Shuffler(IndexReader(index, name=name), seed=seed), batch_size, drop_last=False),
+        collate,
+    )
 
 
 def single(index_a):

@@ -6,7 +6,13 @@ from sdsnodes import collate
 
 def test_stacks_tensors_lists_the_rest():
     samples = [
-        {"v": torch.zeros(2, 3, dtype=torch.uint8), "c": "a", "i": 1, "n": None, "ragged": torch.zeros(i + 1)}
+        {
+            "v": torch.zeros(2, 3, dtype=torch.uint8),
+            "c": "a",
+            "i": 1,
+            "n": None,
+            "ragged": torch.zeros(i + 1),
+        }
         for i in range(3)
     ]
     batch = collate(samples)

@@ -8,9 +8,17 @@ import json
 import pyarrow as pa
 import pytest
 from torchdata.nodes import Batcher, Loader, Mapper
-
-from sdsnodes import IndexReader, Mixer, Shuffler, StreamingDataset, collate, elastic_cursor, load_elastic_state
 from utils import stateful_loader
+
+from sdsnodes import (
+    IndexReader,
+    Mixer,
+    Shuffler,
+    StreamingDataset,
+    collate,
+    elastic_cursor,
+    load_elastic_state,
+)
 
 N = 103
 TABLE = pa.table({"x": list(range(N))})
@@ -18,7 +26,9 @@ TABLE = pa.table({"x": list(range(N))})
 
 def graph(rank=0, world_size=1, batch_size=4, n=N):
     reader = IndexReader(TABLE.slice(0, n), rank=rank, world_size=world_size, uneven="keep")
-    return Mapper(Batcher(Shuffler(reader, seed=11), batch_size=batch_size, drop_last=False), collate)
+    return Mapper(
+        Batcher(Shuffler(reader, seed=11), batch_size=batch_size, drop_last=False), collate
+    )
 
 
 def keys(batch):
@@ -38,7 +48,9 @@ def test_node_graphs_between_world_sizes(new_world, steps):
         load_elastic_state(root, states)
         loader = Loader(root)
         rest += [k for b in loader for k in keys(b)]
-        assert {e for b in loader for e in b["__epoch__"].tolist()} == {1}  # then a whole next epoch
+        assert {e for b in loader for e in b["__epoch__"].tolist()} == {
+            1
+        }  # then a whole next epoch
     assert sorted(seen + rest) == list(range(N)), "lost or repeated samples"
 
 
@@ -70,9 +82,27 @@ def test_stateful_dataloader_2x2_to_other_layouts(new_layout):
 
 def test_mixer_streams_resume_elastically():
     def mixed(rank, world):
-        a = Shuffler(IndexReader(pa.table({"x": list(range(40))}), name="a", rank=rank, world_size=world, uneven="keep"))
-        b = Shuffler(IndexReader(pa.table({"x": list(range(30))}), name="b", rank=rank, world_size=world, uneven="keep"))
-        return Mixer({"a": a, "b": b}, {"a": 0.5, "b": 0.5}, strategy="round_robin", stop="first_exhausted")
+        a = Shuffler(
+            IndexReader(
+                pa.table({"x": list(range(40))}),
+                name="a",
+                rank=rank,
+                world_size=world,
+                uneven="keep",
+            )
+        )
+        b = Shuffler(
+            IndexReader(
+                pa.table({"x": list(range(30))}),
+                name="b",
+                rank=rank,
+                world_size=world,
+                uneven="keep",
+            )
+        )
+        return Mixer(
+            {"a": a, "b": b}, {"a": 0.5, "b": 0.5}, strategy="round_robin", stop="first_exhausted"
+        )
 
     old = [Loader(mixed(r, 2)) for r in range(2)]
     its = [iter(x) for x in old]

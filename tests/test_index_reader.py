@@ -4,19 +4,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from torchdata.nodes import Loader
+from utils import check_node_resume
 
 from sdsnodes import IndexReader
-from utils import check_node_resume
 
 
 @pytest.fixture
 def table():
-    return pa.table({"video": [f"v{i}.mp4" for i in range(10)], "caption": [f"c{i}" for i in range(10)]})
+    return pa.table(
+        {"video": [f"v{i}.mp4" for i in range(10)], "caption": [f"c{i}" for i in range(10)]}
+    )
 
 
 def test_reads_parquet_csv_json_jsonl_txt(tmp_path, table):
     pq.write_table(table, tmp_path / "a.parquet")
-    (tmp_path / "a.csv").write_text("video,caption\n" + "".join(f"v{i}.mp4,c{i}\n" for i in range(10)))
+    (tmp_path / "a.csv").write_text(
+        "video,caption\n" + "".join(f"v{i}.mp4,c{i}\n" for i in range(10))
+    )
     rows = [{"video": f"v{i}.mp4", "caption": f"c{i}"} for i in range(10)]
     (tmp_path / "a.json").write_text(json.dumps(rows))
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -94,7 +98,10 @@ def test_bad_rank_arguments(table):
 
 @pytest.mark.parametrize("uneven, count", [(None, 4), ("pad", 4), ("drop", 3)])
 def test_ranks_get_equal_counts(table, uneven, count):
-    parts = [[s["__index__"] for s in Loader(IndexReader(table, rank=r, world_size=3, uneven=uneven))] for r in range(3)]
+    parts = [
+        [s["__index__"] for s in Loader(IndexReader(table, rank=r, world_size=3, uneven=uneven))]
+        for r in range(3)
+    ]
     assert [len(p) for p in parts] == [count] * 3
     flat = sum(parts, [])
     assert len(set(flat)) == (10 if count == 4 else 9)  # pad repeats 2 rows, drop leaves 1 out

@@ -9,7 +9,9 @@ from sdsnodes import IndexReader, Mixer, Shuffler, StreamingDataset, build_video
 
 
 def test_getitem_decodes_the_same_chain(video_index):
-    ds = StreamingDataset(lambda: build_video_graph(video_index, num_frames=4, size=32, batch_size=2))
+    ds = StreamingDataset(
+        lambda: build_video_graph(video_index, num_frames=4, size=32, batch_size=2)
+    )
     assert len(ds) == 12
     sample = ds[3]
     assert sample["__key__"] == "3" and sample["video"].shape == (4, 3, 32, 32)
@@ -23,11 +25,16 @@ def test_getitem_decodes_the_same_chain(video_index):
 
 
 def test_random_access_beside_a_running_iterator_and_threads(video_index):
-    ds = StreamingDataset(lambda: build_video_graph(video_index, num_frames=4, size=32, batch_size=2))
+    ds = StreamingDataset(
+        lambda: build_video_graph(video_index, num_frames=4, size=32, batch_size=2)
+    )
     it = iter(Loader(build_video_graph(video_index, num_frames=4, size=32, batch_size=2)))
     next(it)
     results = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, ds[i]["video"])) for i in range(6)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, ds[i]["video"]))
+        for i in range(6)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -39,7 +46,9 @@ def test_random_access_beside_a_running_iterator_and_threads(video_index):
 
 def test_get_by_key_in_a_mixed_graph():
     def stream(n, name):
-        return Mapper(Batcher(Shuffler(IndexReader(pa.table({"x": list(range(n))}), name=name)), 2), collate)
+        return Mapper(
+            Batcher(Shuffler(IndexReader(pa.table({"x": list(range(n))}), name=name)), 2), collate
+        )
 
     ds = StreamingDataset(Mixer({"a": stream(5, "a"), "b": stream(7, "b")}))
     assert len(ds) == 12

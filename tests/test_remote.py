@@ -45,7 +45,9 @@ def images(tmp_path_factory):
 
 def index_of(urls, tmp_path, name="index.parquet", **columns):
     path = tmp_path / name
-    pq.write_table(pa.table({"image": urls, "caption": [f"c{i}" for i in range(len(urls))], **columns}), path)
+    pq.write_table(
+        pa.table({"image": urls, "caption": [f"c{i}" for i in range(len(urls))], **columns}), path
+    )
     return path
 
 
@@ -65,7 +67,11 @@ def upload(fs, paths, prefix):
 
 def test_s3_images_stream_and_hit_the_cache_next_epoch(s3_server, s3_bucket, images, tmp_path):
     urls = upload(s3_server.fs(), images, s3_bucket + "/imgs")
-    loader = Loader(graph(index_of(urls, tmp_path), tmp_path / "cache", storage_options=s3_server.storage_options))
+    loader = Loader(
+        graph(
+            index_of(urls, tmp_path), tmp_path / "cache", storage_options=s3_server.storage_options
+        )
+    )
     batches = list(loader)
     assert sum(len(b["__key__"]) for b in batches) == 12
     assert batches[0]["image"].shape == (4, 3, 16, 16)
@@ -80,7 +86,9 @@ def test_the_index_itself_and_directory_listing_are_remote(s3_server, s3_bucket,
     fs = s3_server.fs()
     urls = upload(fs, images[:5], s3_bucket + "/dir/sub")
     fs.put_file(str(index_of(urls, tmp_path)), s3_bucket + "/index.parquet")
-    remote_index = IndexReader(s3_bucket + "/index.parquet", storage_options=s3_server.storage_options)
+    remote_index = IndexReader(
+        s3_bucket + "/index.parquet", storage_options=s3_server.storage_options
+    )
     assert len(remote_index.index) == 5
     listed = IndexReader(s3_bucket + "/dir", storage_options=s3_server.storage_options)
     assert sorted(listed.index.table.column("image").to_pylist()) == sorted(urls)
@@ -89,7 +97,13 @@ def test_the_index_itself_and_directory_listing_are_remote(s3_server, s3_bucket,
 
 def test_gcs_images(gcs_server, gcs_bucket, images, tmp_path):
     urls = upload(gcs_server.fs(), images[:4], gcs_bucket + "/imgs")
-    batches = list(Loader(graph(index_of(urls, tmp_path), tmp_path / "c", storage_options=gcs_server.storage_options)))
+    batches = list(
+        Loader(
+            graph(
+                index_of(urls, tmp_path), tmp_path / "c", storage_options=gcs_server.storage_options
+            )
+        )
+    )
     assert batches[0]["image"].shape == (4, 3, 16, 16)
 
 
@@ -174,14 +188,20 @@ def test_server_gone_for_good_is_a_clear_error_not_a_hang(http_server, http_dir,
 def tiny_disk(tmp_path):
     mount = tmp_path / "tiny"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)  # lazily: the cache's ledger may be open
+    subprocess.run(
+        ["umount", "-l", str(mount)], check=False
+    )  # lazily: the cache's ledger may be open
 
 
-def test_disk_full_is_a_clear_error_and_no_corrupt_entry(http_server, http_dir, tmp_path, tiny_disk):
+def test_disk_full_is_a_clear_error_and_no_corrupt_entry(
+    http_server, http_dir, tmp_path, tiny_disk
+):
     blobs = []
     for i in range(4):
         blob = tmp_path / f"big{i}.jpg"
@@ -210,7 +230,9 @@ def test_path_traversal_urls_stay_in_the_cache_dir(s3_server, s3_bucket, images,
 
 
 def _race_worker(src, cache_dir, max_bytes, storage_options, out):
-    loader = Loader(graph(src, cache_dir, max_bytes=max_bytes, storage_options=storage_options, batch_size=2))
+    loader = Loader(
+        graph(src, cache_dir, max_bytes=max_bytes, storage_options=storage_options, batch_size=2)
+    )
     digests = {}
     for _ in range(2):
         for batch in loader:
@@ -219,14 +241,22 @@ def _race_worker(src, cache_dir, max_bytes, storage_options, out):
     Path(out).write_text(json.dumps(digests))
 
 
-def test_two_processes_and_random_access_share_one_cache_within_budget(s3_server, s3_bucket, images, tmp_path):
+def test_two_processes_and_random_access_share_one_cache_within_budget(
+    s3_server, s3_bucket, images, tmp_path
+):
     urls = upload(s3_server.fs(), images, s3_bucket + "/race")
     sizes = [p.stat().st_size for p in images]
     src = index_of(urls, tmp_path, size=sizes)
     cache_dir, budget = tmp_path / "shared", sum(sizes) // 3
     opts = s3_server.storage_options
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_race_worker, args=(str(src), str(cache_dir), budget, opts, str(tmp_path / f"p{i}.json"))) for i in range(2)]
+    procs = [
+        ctx.Process(
+            target=_race_worker,
+            args=(str(src), str(cache_dir), budget, opts, str(tmp_path / f"p{i}.json")),
+        )
+        for i in range(2)
+    ]
     for p in procs:
         p.start()
     ds = StreamingDataset(graph(src, cache_dir, max_bytes=budget, storage_options=opts))
@@ -234,7 +264,11 @@ def test_two_processes_and_random_access_share_one_cache_within_budget(s3_server
     while any(p.is_alive() for p in procs):
         for i in range(12):
             expected[str(i)] = hashlib.sha256(ds[i]["image"].numpy().tobytes()).hexdigest()
-        files = [f for f in cache_dir.rglob("*") if f.is_file() and f.parent.name != ".locks" and "ledger" not in f.name]
+        files = [
+            f
+            for f in cache_dir.rglob("*")
+            if f.is_file() and f.parent.name != ".locks" and "ledger" not in f.name
+        ]
         peak = max(peak, sum(f.stat().st_size for f in files))
     for p in procs:
         p.join(60)
@@ -247,8 +281,17 @@ def test_two_processes_and_random_access_share_one_cache_within_budget(s3_server
 def test_several_columns_per_sample(s3_server, s3_bucket, images, tmp_path):
     urls = upload(s3_server.fs(), images[:4], s3_bucket + "/two")
     table = pa.table({"a": urls, "b": list(reversed(urls))})
-    node = Evictor(CachingDownloader(IndexReader(table), ["a", "b"], cache_dir=str(tmp_path / "c"), storage_options=s3_server.storage_options))
+    node = Evictor(
+        CachingDownloader(
+            IndexReader(table),
+            ["a", "b"],
+            cache_dir=str(tmp_path / "c"),
+            storage_options=s3_server.storage_options,
+        )
+    )
     samples = list(Loader(node))
     assert all(Path(s["a"]).read_bytes() == images[int(s["__key__"])].read_bytes() for s in samples)
-    assert all(Path(s["b"]).read_bytes() == images[3 - int(s["__key__"])].read_bytes() for s in samples)
+    assert all(
+        Path(s["b"]).read_bytes() == images[3 - int(s["__key__"])].read_bytes() for s in samples
+    )
     assert Cache(tmp_path / "c").stats()["files"] == 4  # 4 distinct URLs, fetched once each

@@ -1,9 +1,9 @@
 import pyarrow as pa
 import pytest
 from torchdata.nodes import Loader
+from utils import check_node_resume
 
 from sdsnodes import IndexReader, Shuffler
-from utils import check_node_resume
 
 TABLE = pa.table({"x": list(range(50))})
 
@@ -21,7 +21,15 @@ def test_permutation_per_epoch_deterministic():
 
 
 def test_shards_of_the_global_permutation_are_disjoint():
-    parts = [[s["x"] for s in Loader(Shuffler(IndexReader(TABLE, rank=r, world_size=4, uneven="keep"), seed=1))] for r in range(4)]
+    parts = [
+        [
+            s["x"]
+            for s in Loader(
+                Shuffler(IndexReader(TABLE, rank=r, world_size=4, uneven="keep"), seed=1)
+            )
+        ]
+        for r in range(4)
+    ]
     assert sorted(sum(parts, [])) == list(range(50))
     whole = [s["x"] for s in Loader(Shuffler(IndexReader(TABLE), seed=1))]
     assert parts[2] == whole[2::4]

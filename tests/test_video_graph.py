@@ -10,9 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from torchdata.nodes import Loader
-
-from sdsnodes import StreamingDataset, TooManyErrors, build_image_graph, build_video_graph, error_stats
 from utils import check_dataloader_resume, check_node_resume, keys_of, stateful_loader
+
+from sdsnodes import (
+    StreamingDataset,
+    TooManyErrors,
+    build_image_graph,
+    build_video_graph,
+    error_stats,
+)
 
 
 def graph(src, **kw):
@@ -27,7 +33,9 @@ def test_batches_have_fixed_shapes_from_mixed_sources(video_index):
     for batch in batches:
         assert batch["video"].dtype == torch.uint8
         assert batch["video"].shape == (3, 4, 3, 32, 32)  # [B, T, C, H, W]
-        assert len(batch["caption"]) == 3 and all(isinstance(c, str) and c for c in batch["caption"])
+        assert len(batch["caption"]) == 3 and all(
+            isinstance(c, str) and c for c in batch["caption"]
+        )
     keys = [k for b in batches for k in b["__key__"]]
     assert sorted(keys, key=int) == [str(i) for i in range(12)]
     assert keys != [str(i) for i in range(12)]  # shuffled
@@ -86,7 +94,8 @@ def index_with_bad_files(video_index, tmp_path):
     copy = tmp_path / "ok.mp4"
     shutil.copy(videos[1], copy)
     rows = {
-        "video": [str(corrupt), str(truncated), str(tmp_path / "missing.mp4"), str(copy)] + videos[2:8],
+        "video": [str(corrupt), str(truncated), str(tmp_path / "missing.mp4"), str(copy)]
+        + videos[2:8],
         "caption": ["bad"] * 3 + ["ok"] * 7,
     }
     path = tmp_path / "index.parquet"

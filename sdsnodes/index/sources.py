@@ -26,6 +26,8 @@ MEDIA_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "latent": (".npy", ".pt"),
 }
 INDEX_EXTENSIONS = (".parquet", ".csv", ".json", ".jsonl", ".txt")
+
+
 class IndexSourceError(ValueError):
     """The index source is missing, unreadable or empty (a user mistake, named in the message)."""
 
@@ -61,7 +63,9 @@ def _read_file(url: str, fs: Any, path: str) -> pa.Table:
         lines = [ln.strip() for ln in data.decode("utf-8").splitlines()]
         paths = [ln for ln in lines if ln and not ln.startswith("#")]
         base = url.rsplit("/", 1)[0] if "/" in url else ""
-        paths = [p if ("://" in p or os.path.isabs(p) or not base) else f"{base}/{p}" for p in paths]
+        paths = [
+            p if ("://" in p or os.path.isabs(p) or not base) else f"{base}/{p}" for p in paths
+        ]
         return _table_of_files(paths, sizes=None)
     raise IndexSourceError(f"index file {url!r} has an unknown extension {ext!r}. {_FIX}")
 
@@ -73,13 +77,17 @@ def _table_of_files(paths: list[str], sizes: list[int | None] | None) -> pa.Tabl
     for kind in MEDIA_EXTENSIONS:
         if kind in kinds:
             columns[kind] = [p if k == kind else None for p, k in zip(paths, kinds)]
-    return pa.table(columns, schema=None) if paths else pa.table({"path": pa.array([], pa.string())})
+    return (
+        pa.table(columns, schema=None) if paths else pa.table({"path": pa.array([], pa.string())})
+    )
 
 
 def _read_directory(url: str, fs: Any, path: str) -> pa.Table:
     listing = fs.find(path, detail=True)
     files = sorted(
-        (name, info) for name, info in listing.items() if info.get("type") != "directory" and _kind_of(name)
+        (name, info)
+        for name, info in listing.items()
+        if info.get("type") != "directory" and _kind_of(name)
     )
     protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
     paths = [fs.unstrip_protocol(name) if protocol else name for name, _ in files]
@@ -114,7 +122,9 @@ def read_index(src: str | os.PathLike, storage_options: dict[str, Any] | None = 
             table = _read_directory(url, fs, path)
             if table.num_rows == 0:
                 exts = sorted(e for exts in MEDIA_EXTENSIONS.values() for e in exts)
-                raise IndexSourceError(f"directory {url!r} holds no media files (looked for {exts}).")
+                raise IndexSourceError(
+                    f"directory {url!r} holds no media files (looked for {exts})."
+                )
         elif fs.exists(path):
             table = _read_file(url, fs, path)
         else:
@@ -122,7 +132,11 @@ def read_index(src: str | os.PathLike, storage_options: dict[str, Any] | None = 
     except IndexSourceError:
         raise
     except Exception as error:  # noqa: BLE001 - any parse error becomes a user-facing ValueError
-        raise IndexSourceError(f"cannot read index {url!r}: {type(error).__name__}: {error}. {_FIX}") from error
+        raise IndexSourceError(
+            f"cannot read index {url!r}: {type(error).__name__}: {error}. {_FIX}"
+        ) from error
     if table.num_rows == 0:
-        raise IndexSourceError(f"index {url!r} has no rows: nothing to stream. Check the source or its filter.")
+        raise IndexSourceError(
+            f"index {url!r} has no rows: nothing to stream. Check the source or its filter."
+        )
     return table

@@ -20,7 +20,9 @@ class IndexTable:
         name (str | None): stream name prefixed to ``__key__`` (``"name/row"``).
     """
 
-    def __init__(self, table: pa.Table, columns: Sequence[str] | None = None, name: str | None = None):
+    def __init__(
+        self, table: pa.Table, columns: Sequence[str] | None = None, name: str | None = None
+    ):
         self.table = table.combine_chunks()
         self.name = name
         present = list(self.table.column_names)
@@ -42,7 +44,9 @@ class IndexTable:
     def row_of(self, key: str) -> int | None:
         """The row whose ``__key__`` is ``key``, or None (builds a key → row map on first use)."""
         if getattr(self, "_rows", None) is None:
-            self._rows = {self.key(i): i for i in range(len(self))} if self._keys is not None else {}
+            self._rows = (
+                {self.key(i): i for i in range(len(self))} if self._keys is not None else {}
+            )
         if self._keys is None:  # keys are row numbers, optionally prefixed with the name
             prefix = f"{self.name}/" if self.name else ""
             raw = key[len(prefix) :] if key.startswith(prefix) else None

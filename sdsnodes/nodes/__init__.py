@@ -2,12 +2,12 @@
 
 from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
 
+from sdsnodes.nodes._schedule import MixStrategy
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
 from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
-from sdsnodes.nodes._schedule import MixStrategy
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.mixer import Mixer, StopCriterion
 from sdsnodes.nodes.shuffler import Shuffler

@@ -20,7 +20,9 @@ def default_cache_dir() -> str:
     return os.environ.get("SDS_CACHE_DIR") or str(Path.home() / ".cache" / "sdsnodes")
 
 
-def open_cache(cache_dir: str, max_bytes: int | None = None, ttl: float | None = None, policy: str = "keepset") -> Cache:
+def open_cache(
+    cache_dir: str, max_bytes: int | None = None, ttl: float | None = None, policy: str = "keepset"
+) -> Cache:
     """The process's :class:`Cache` for ``cache_dir`` with these settings (created once)."""
     key = (os.getpid(), os.path.abspath(cache_dir), max_bytes, ttl, str(policy))
     with _lock:

@@ -47,7 +47,9 @@ class EpochReader(BaseNode[Sample]):
     POSITION_KEY = "position"
     LAYOUT_KEYS = ("shard", "num_shards", "num_rows", "base", "skip", "reader")
 
-    def __init__(self, rank: int | None = None, world_size: int | None = None, uneven: str | None = None) -> None:
+    def __init__(
+        self, rank: int | None = None, world_size: int | None = None, uneven: str | None = None
+    ) -> None:
         super().__init__()
         shard_info(rank, world_size)  # validates the pair now, at construction
         if uneven is not None and uneven not in UNEVEN:
@@ -113,7 +115,10 @@ class EpochReader(BaseNode[Sample]):
             self._check_layout(initial_state)
             self._epoch = int(initial_state[self.EPOCH_KEY])
             self._position = int(initial_state[self.POSITION_KEY])
-            self._base, self._skip = int(initial_state.get("base", 0)), list(initial_state.get("skip", []))
+            self._base, self._skip = (
+                int(initial_state.get("base", 0)),
+                list(initial_state.get("skip", [])),
+            )
         else:
             if self._next_epoch is not None:
                 self._epoch, self._next_epoch = self._next_epoch, None

@@ -64,7 +64,9 @@ class ThreadMapNode(BaseNode[Sample]):
         self.source = source
         self.num_threads = num_threads
         self.errors = ErrorPolicy(on_error, max_error_rate)
-        self._mapper = ParallelMapper(source, self._guarded, num_workers=num_threads, method="thread")
+        self._mapper = ParallelMapper(
+            source, self._guarded, num_workers=num_threads, method="thread"
+        )
 
     def process(self, sample: Sample) -> Sample:  # pragma: no cover - overridden
         return sample
@@ -115,4 +117,3 @@ class ThreadMapNode(BaseNode[Sample]):
         stop = getattr(it, "_shutdown", None)
         if stop is not None:
             stop()
-

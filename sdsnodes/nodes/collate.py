@@ -39,10 +39,14 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
         values = [s[key] for s in samples]
         first = values[0]
         if isinstance(first, torch.Tensor) and all(
-            isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype for v in values
+            isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype
+            for v in values
         ):
             batch[key] = torch.stack(values)  # [B, ...]
-        elif all(type(v) in (int, float, bool) for v in values) and len({type(v) for v in values}) == 1:
+        elif (
+            all(type(v) in (int, float, bool) for v in values)
+            and len({type(v) for v in values}) == 1
+        ):
             batch[key] = torch.tensor(values)  # [B]
         else:
             batch[key] = values

@@ -18,7 +18,9 @@ from sdsnodes.sample import EPOCH, INDEX, Sample, url_key
 def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Generator:
     """The generator a codec gets for one column of one sample: seeded by (seed, epoch, row,
     column), so results do not depend on thread timing and differ from epoch to epoch."""
-    return np.random.default_rng([seed, int(sample.get(EPOCH) or 0), int(sample.get(INDEX) or 0), column_index])
+    return np.random.default_rng(
+        [seed, int(sample.get(EPOCH) or 0), int(sample.get(INDEX) or 0), column_index]
+    )
 
 
 class Decoder(ThreadMapNode):
@@ -60,7 +62,9 @@ class Decoder(ThreadMapNode):
         max_error_rate: float = 0.5,
     ) -> None:
         if not codecs:
-            raise ValueError("codecs must map at least one column to a codec, e.g. {'video': VideoClip(16)}")
+            raise ValueError(
+                "codecs must map at least one column to a codec, e.g. {'video': VideoClip(16)}"
+            )
         for column, codec in codecs.items():
             if not callable(codec):
                 raise ValueError(f"codec for column {column!r} is not callable: {codec!r}")
@@ -69,7 +73,9 @@ class Decoder(ThreadMapNode):
         self.seed = int(seed)
 
     def classify(self, error: BaseException) -> str:
-        if isinstance(error, (FileNotFoundError, _Missing)) or isinstance(error.__cause__, FileNotFoundError):
+        if isinstance(error, (FileNotFoundError, _Missing)) or isinstance(
+            error.__cause__, FileNotFoundError
+        ):
             return "missing"
         return self.reason
 
@@ -79,9 +85,15 @@ class Decoder(ThreadMapNode):
             source = getattr(codec, "source_column", None) or column
             value = sample.get(source)
             if value is None and not getattr(codec, "accepts_none", False):
-                raise _Missing(str(sample.get(url_key(source)) or source), f"column {source!r} is None")
+                raise _Missing(
+                    str(sample.get(url_key(source)) or source), f"column {source!r} is None"
+                )
             rng = sample_rng(self.seed, sample, i)
-            result = codec(value, rng, sample=out) if getattr(codec, "needs_sample", False) else codec(value, rng)
+            result = (
+                codec(value, rng, sample=out)
+                if getattr(codec, "needs_sample", False)
+                else codec(value, rng)
+            )
             if isinstance(result, Decoded):
                 out[column] = result.value
                 out.update({f"{column}.{name}": v for name, v in result.info.items()})

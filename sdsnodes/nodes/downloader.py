@@ -97,9 +97,15 @@ class CachingDownloader(ThreadMapNode):
                 if not is_remote(value):
                     out[column] = local_path(value) if isinstance(value, str) else value
                     continue
-                size = sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
+                size = (
+                    sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
+                )
                 download = functools.partial(
-                    fetch, value, storage_options=self.storage_options, retries=self.retries, timeout=self.timeout
+                    fetch,
+                    value,
+                    storage_options=self.storage_options,
+                    retries=self.retries,
+                    timeout=self.timeout,
                 )
                 out[column] = str(cache.get(value, download, size_hint=size))
                 pinned.append(value)

@@ -39,7 +39,9 @@ def chain_to_reader(root: BaseNode, stream: str | None = None) -> list[BaseNode]
             continue
         source = getattr(node, "source", None)
         if not isinstance(source, BaseNode):
-            raise ValueError(f"{type(node).__name__} has no source node: cannot find the graph's IndexReader")
+            raise ValueError(
+                f"{type(node).__name__} has no source node: cannot find the graph's IndexReader"
+            )
         node = source
 
 

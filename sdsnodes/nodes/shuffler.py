@@ -55,7 +55,10 @@ class Shuffler(EpochReader):
         return int(self._order[position])  # type: ignore[index]
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        if initial_state is not None and int(initial_state.get(self.SEED_KEY, self.seed)) != self.seed:
+        if (
+            initial_state is not None
+            and int(initial_state.get(self.SEED_KEY, self.seed)) != self.seed
+        ):
             raise ValueError(
                 f"state was saved with seed={initial_state[self.SEED_KEY]}, this Shuffler has "
                 f"seed={self.seed}: resume with the same seed"
