@@ -214,11 +214,11 @@ def test_disk_full_is_a_clear_error_and_no_corrupt_entry(
         list(Loader(graph(src, cache_dir, shuffle=False, download_threads=1)))
     leftovers = [p for p in cache_dir.rglob("*") if p.is_file() and p.suffix == ".tmp"]
     assert leftovers == []
-    cache = Cache(cache_dir)
-    for url in urls:  # whatever the ledger holds is whole
-        path = cache.path_for(url)
-        if path.exists():
-            assert path.read_bytes() == blobs[urls.index(url)].read_bytes()
+    with Cache(cache_dir) as cache:
+        for url in urls:  # whatever the ledger holds is whole
+            path = cache.path_for(url)
+            if path.exists():
+                assert path.read_bytes() == blobs[urls.index(url)].read_bytes()
 
 
 def test_path_traversal_urls_stay_in_the_cache_dir(s3_server, s3_bucket, images, tmp_path):

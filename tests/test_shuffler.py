@@ -63,3 +63,34 @@ def test_set_epoch():
     other = Shuffler(IndexReader(TABLE), seed=0)
     other.set_epoch(1)
     assert [s["x"] for s in Loader(other)] == e1
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1000])
+def test_feistel_and_chunk_orders_are_permutations(n):
+    from sdsnodes.index.permutation import ChunkPermutation, FeistelPermutation
+
+    for seed in range(3):
+        perm = FeistelPermutation(n, seed, 0)
+        assert sorted(perm(i) for i in range(n)) == list(range(n))
+        assert all(perm.inverse(perm(i)) == i for i in range(n))
+        chunked = ChunkPermutation(n, 10, 3, seed, 0)
+        assert sorted(chunked(i) for i in range(n)) == list(range(n))
+
+
+def test_chunk_mode_reads_stay_within_a_window_of_chunks():
+    table = pa.table({"x": list(range(1000))})
+    rows = [
+        s["x"]
+        for s in Loader(Shuffler(IndexReader(table), seed=2, mode="chunk", chunk_size=50, window=2))
+    ]
+    assert sorted(rows) == list(range(1000))
+    for start in range(0, 1000, 100):  # each window of 2 chunks of 50 rows covers 2 whole chunks
+        assert len({r // 50 for r in rows[start : start + 100]}) == 2
+    assert rows[:100] != sorted(rows[:100])
+
+
+def test_bad_modes():
+    with pytest.raises(ValueError, match="mode"):
+        Shuffler(IndexReader(TABLE), mode="local")
+    with pytest.raises(ValueError, match="chunk_size"):
+        Shuffler(IndexReader(TABLE), mode="chunk", chunk_size=0)

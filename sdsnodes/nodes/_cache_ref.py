@@ -41,6 +41,17 @@ def _any_cache(cache_dir: str) -> Cache:
     return open_cache(cache_dir)
 
 
+def close_caches(cache_dir: str | None = None) -> None:
+    """Close this process's Cache objects (of ``cache_dir``, or all): their pins are released and
+    their ledger connections closed (e.g. before unmounting the cache's disk)."""
+    path = None if cache_dir is None else os.path.abspath(cache_dir)
+    with _lock:
+        keys = [k for k in _caches if path is None or k[1] == path]
+        caches = [_caches.pop(k) for k in keys]
+    for cache in caches:
+        cache.close()
+
+
 def release(sample: Sample) -> None:
     """Unpin every file ``sample`` holds in its cache (a no-op for local files); idempotent."""
     cache_dir = sample.pop(CACHE_DIR, None)
