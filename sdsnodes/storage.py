@@ -29,6 +29,13 @@ _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
 _fs_lock = threading.Lock()
 
 
+def default_cache_dir() -> str:
+    """``$SDS_CACHE_DIR``, else ``~/.cache/sdsnodes``: downloads and converted indexes live here."""
+    from pathlib import Path
+
+    return os.environ.get("SDS_CACHE_DIR") or str(Path.home() / ".cache" / "sdsnodes")
+
+
 def protocol_of(path: str) -> str | None:
     """The fsspec protocol of ``path`` (``"s3"``, ``"gs"``, ``"https"``…), None for a plain path."""
     return split_protocol(str(path))[0]

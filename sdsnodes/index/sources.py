@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from typing import Any
 
@@ -25,6 +26,7 @@ MEDIA_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "audio": (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"),
     "latent": (".npy", ".pt"),
 }
+logger = logging.getLogger(__name__)
 INDEX_EXTENSIONS = (".parquet", ".csv", ".json", ".jsonl", ".txt")
 
 
@@ -57,7 +59,7 @@ def _read_file(url: str, fs: Any, path: str) -> pa.Table:
     if ext in (".json", ".jsonl"):
         head = data.lstrip()[:1]
         if head == b"[":
-            return pa.Table.from_pylist(json.loads(data))
+            return _from_rows(url, json.loads(data))
         return pa_json.read_json(io.BytesIO(data))
     if ext == ".txt":
         lines = [ln.strip() for ln in data.decode("utf-8").splitlines()]
@@ -68,6 +70,20 @@ def _read_file(url: str, fs: Any, path: str) -> pa.Table:
         ]
         return _table_of_files(paths, sizes=None)
     raise IndexSourceError(f"index file {url!r} has an unknown extension {ext!r}. {_FIX}")
+
+
+def _from_rows(url: str, rows: list[dict]) -> pa.Table:
+    """A table from JSON objects; a column of mixed types (e.g. 1 and "a") is read as strings."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            logger.warning("index %s: column %r has mixed types; reading it as strings", url, name)
+            columns[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(columns)
 
 
 def _table_of_files(paths: list[str], sizes: list[int | None] | None) -> pa.Table:

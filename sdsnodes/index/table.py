@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sdsnodes.sample import EPOCH, INDEX, KEY, Sample
+
+logger = logging.getLogger(__name__)
 
 
 class IndexTable:
@@ -18,17 +22,33 @@ class IndexTable:
         columns (Sequence[str] | None): columns every sample must have; those missing from the
             table are filled with None. None keeps the table's columns.
         name (str | None): stream name prefixed to ``__key__`` (``"name/row"``).
+        fingerprint (str): identifies the source and options (see :mod:`~sdsnodes.index.materialize`).
+
+    Duplicate ``__key__`` values are reported (a warning, and :attr:`duplicate_keys`).
     """
 
     def __init__(
-        self, table: pa.Table, columns: Sequence[str] | None = None, name: str | None = None
+        self,
+        table: pa.Table,
+        columns: Sequence[str] | None = None,
+        name: str | None = None,
+        fingerprint: str = "table",
     ):
-        self.table = table.combine_chunks()
+        self.table = table  # possibly memory-mapped: never copied
         self.name = name
+        self.fingerprint = fingerprint
         present = list(self.table.column_names)
         self.columns = list(dict.fromkeys([*present, *(columns or [])]))
         self._arrays = {c: self.table.column(c) for c in present if c != KEY}
         self._keys = self.table.column(KEY) if KEY in present else None
+        self.duplicate_keys = 0
+        if self._keys is not None:
+            self.duplicate_keys = len(self) - pc.count_distinct(self._keys).as_py()
+            if self.duplicate_keys:
+                logger.warning(
+                    "the index has %d duplicate __key__ values: random access by key returns the first",
+                    self.duplicate_keys,
+                )
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -44,9 +64,10 @@ class IndexTable:
     def row_of(self, key: str) -> int | None:
         """The row whose ``__key__`` is ``key``, or None (builds a key → row map on first use)."""
         if getattr(self, "_rows", None) is None:
-            self._rows = (
-                {self.key(i): i for i in range(len(self))} if self._keys is not None else {}
-            )
+            self._rows = {}
+            if self._keys is not None:
+                for i in range(len(self) - 1, -1, -1):  # the first row of a duplicate key wins
+                    self._rows[self.key(i)] = i
         if self._keys is None:  # keys are row numbers, optionally prefixed with the name
             prefix = f"{self.name}/" if self.name else ""
             raw = key[len(prefix) :] if key.startswith(prefix) else None

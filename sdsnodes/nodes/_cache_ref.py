@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 from sdsnodes.cache.store import Cache
 from sdsnodes.sample import CACHE_DIR, URL_PREFIX, Sample
@@ -13,11 +12,6 @@ from sdsnodes.storage import is_remote
 
 _caches: dict[tuple, Cache] = {}
 _lock = threading.Lock()
-
-
-def default_cache_dir() -> str:
-    """``$SDS_CACHE_DIR``, else ``~/.cache/sdsnodes``."""
-    return os.environ.get("SDS_CACHE_DIR") or str(Path.home() / ".cache" / "sdsnodes")
 
 
 def open_cache(

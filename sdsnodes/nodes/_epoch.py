@@ -45,7 +45,7 @@ class EpochReader(BaseNode[Sample]):
 
     EPOCH_KEY = "epoch"
     POSITION_KEY = "position"
-    LAYOUT_KEYS = ("shard", "num_shards", "num_rows", "base", "skip", "reader")
+    LAYOUT_KEYS = ("shard", "num_shards", "num_rows", "base", "skip", "reader", "index")
 
     def __init__(
         self, rank: int | None = None, world_size: int | None = None, uneven: str | None = None
@@ -138,6 +138,12 @@ class EpochReader(BaseNode[Sample]):
                 f"{self._shard.num_shards}; to resume with another layout use "
                 "sdsnodes.load_elastic_state(...) (docs/distributed.md)"
             )
+        saved = state.get("index")
+        if saved is not None and saved != self.index.fingerprint:
+            raise ValueError(
+                f"the state was saved for index {saved}, this one is {self.index.fingerprint}: the "
+                "index (its files, filter or renames) changed since; resume with the same index"
+            )
         if rows is not None and rows != len(self.index):
             raise ValueError(
                 f"the state was saved for an index of {rows} rows, this one has {len(self.index)}: "
@@ -183,4 +189,5 @@ class EpochReader(BaseNode[Sample]):
             "base": self._base,
             "skip": list(self._skip),
             "reader": self.reader_id,
+            "index": self.index.fingerprint,
         }

@@ -9,24 +9,37 @@ from typing import Any
 import pyarrow as pa
 
 from sdsnodes.distributed import broadcast_from_rank0, can_broadcast
-from sdsnodes.index.sources import read_index
+from sdsnodes.index.filters import parse_filter
+from sdsnodes.index.materialize import materialize
 from sdsnodes.index.table import IndexTable
 from sdsnodes.nodes._epoch import EpochReader
 
 
-def _read_once(src: str | os.PathLike, storage_options: dict[str, Any] | None) -> pa.Table:
-    """Read the index on rank 0 and broadcast it (Arrow IPC) when a process group is up."""
-    if not can_broadcast():
-        return read_index(src, storage_options)
+def _load(
+    src: str | os.PathLike | pa.Table,
+    storage_options: dict[str, Any] | None,
+    filter: Any,  # noqa: A002
+    rename: dict[str, str] | None,
+    index_cache_dir: str | None,
+) -> tuple[pa.Table, str]:
+    """The index table and its fingerprint; under torch.distributed, checked equal on all ranks."""
+    if isinstance(src, pa.Table):
+        table = src.rename_columns([(rename or {}).get(c, c) for c in src.column_names])
+        table = table.filter(parse_filter(filter)) if filter is not None else table
+        return table, "table"
+    table, key = materialize(
+        src, storage_options, filter=filter, rename=rename, cache_dir=index_cache_dir
+    )
+    if can_broadcast():  # each machine converted (or found) its own copy: all must agree
+        import torch.distributed as dist
 
-    def read() -> bytes:
-        sink = pa.BufferOutputStream()
-        table = read_index(src, storage_options)
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        return sink.getvalue().to_pybytes()
-
-    return pa.ipc.open_stream(broadcast_from_rank0(read)).read_all()
+        theirs = broadcast_from_rank0(lambda: key)
+        if theirs != key:
+            raise ValueError(
+                f"rank {dist.get_rank()} sees index {src!r} as {key}, rank 0 as {theirs}: the "
+                "source differs between machines (a file changed while the job started?)"
+            )
+    return table, key
 
 
 class IndexReader(EpochReader):
@@ -34,9 +47,11 @@ class IndexReader(EpochReader):
 
     Reads parquet, CSV, JSON, JSONL, a directory of media files (one row per file, with ``path``,
     ``size`` and a ``video``/``image``/``audio``/``latent`` column by extension), a wildcard of
-    index files, or a ``.txt`` file of paths — local or through fsspec URLs. The index is read at
-    construction, so a bad source fails at once; under ``torch.distributed`` rank 0 reads it and
-    broadcasts it to the other ranks.
+    index files, or a ``.txt`` file of paths — local or through fsspec URLs. At construction the
+    source is converted once (per machine, under a file lock) into a memory-mapped Arrow file in
+    the index cache (see :mod:`sdsnodes.index.materialize`): an index of any size opens in
+    constant memory, and a bad source fails at once. Under ``torch.distributed`` the ranks check
+    that they all see the same index.
 
     Each sample holds every column (missing ones are None) plus ``__key__`` (str), ``__index__``
     (int, the row) and ``__epoch__`` (int). The shard with id ``s`` of ``S = world_size *
@@ -51,6 +66,10 @@ class IndexReader(EpochReader):
             from ``torch.distributed`` or ``RANK``/``WORLD_SIZE``.
         uneven (str | None): ``"pad"``, ``"drop"`` or ``"keep"`` when rows do not split evenly
             over the shards; None pads when ``world_size > 1`` (equal batches on every rank).
+        filter (str | pyarrow.compute.Expression | None): keep only rows matching it, e.g.
+            ``"aesthetic > 5 and caption is not None"`` (see :mod:`sdsnodes.index.filters`).
+        rename (dict[str, str] | None): rename columns (old → new) as the index is read.
+        index_cache_dir (str | None): where converted indexes live (``<cache>/index``).
 
     State:
         ``{"epoch": int, "position": int}`` — the next local position to read — plus the layout
@@ -70,13 +89,16 @@ class IndexReader(EpochReader):
         rank: int | None = None,
         world_size: int | None = None,
         uneven: str | None = None,
+        filter: Any = None,  # noqa: A002 - the field's word
+        rename: dict[str, str] | None = None,
+        index_cache_dir: str | None = None,
     ) -> None:
         super().__init__(rank, world_size, uneven)
         self.src = src if isinstance(src, pa.Table) else os.fspath(src)
-        table = src if isinstance(src, pa.Table) else _read_once(src, storage_options)
+        table, fingerprint = _load(src, storage_options, filter, rename, index_cache_dir)
         if table.num_rows == 0:
             raise ValueError("the index table has no rows: nothing to stream")
-        self._index = IndexTable(table, columns=columns, name=name)
+        self._index = IndexTable(table, columns=columns, name=name, fingerprint=fingerprint)
 
     @property
     def column_names(self) -> list[str]:
