@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sdsnodes.codecs import Decoded
+from sdsnodes.codecs._av import av_open
 from sdsnodes.codecs._resize import as_source, describe
 from sdsnodes.codecs.video import ClipStart, check_choice, given_start
 from sdsnodes.errors import DecodeError
@@ -216,10 +217,9 @@ class AudioWaveform:
         return wave, {"sample_rate": int(rate), "audio_start": first / source_rate}
 
     def _open(self, value: Any) -> Any:
-        import av
 
         options = {} if self.probesize is None else {"probesize": str(self.probesize)}
-        return av.open(as_source(value), options=options, metadata_errors="ignore")
+        return av_open(as_source(value), options=options)
 
     def _mix(self, raw: np.ndarray) -> np.ndarray:
         """float32 [C_src, n] to [channels, n] (mean to mono, mono to stereo, first two)."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from sdsnodes.codecs import Decoded
+from sdsnodes.codecs._av import av_open
 from sdsnodes.codecs._resize import (
     Size,
     as_source,
@@ -189,14 +190,13 @@ class VideoClip:
     def _clip(
         self, value: Any, rng: np.random.Generator, sample: Any
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        import av
 
         if self.start is ClipStart.GIVEN:
             try:
                 t0 = given_start(sample, self.start_column)
             except ValueError as error:
                 raise _Unusable(str(error)) from None
-        with av.open(as_source(value), metadata_errors="ignore") as container:
+        with av_open(as_source(value)) as container:
             if not container.streams.video:
                 raise _Unusable("no video stream")
             stream = container.streams.video[0]
@@ -218,7 +218,7 @@ class VideoClip:
             except _SeekMissed:
                 frames = None
         if frames is None:  # the seek failed: decode again from the start, without seeking
-            with av.open(as_source(value), metadata_errors="ignore") as container:
+            with av_open(as_source(value)) as container:
                 stream = container.streams.video[0]
                 frames, padded = self._decode(container, stream, rate, targets, position, False)
         if padded and self.on_short is OnShort.SKIP:
