@@ -137,3 +137,38 @@ def test_bad_arguments():
         Mixer(streams(), lambda s: {"a": 1, "b": 1, "c": 1}, strategy="round_robin")
     with pytest.raises(ValueError, match="at least one"):
         Mixer({})
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "consecutive_interleaved", "weighted_random"])
+def test_workers_each_read_every_stream(strategy):
+    """With DataLoader workers, every worker draws every stream: the epoch covers both streams."""
+    import functools
+
+    from utils import stateful_loader
+
+    from sdsnodes import StreamingDataset
+
+    def mixed():
+        return Mixer(
+            {"a": reader(40, "a"), "b": reader(40, "b")},
+            {"a": 1, "b": 1},
+            strategy=strategy,
+            stop="all_exhausted",
+        )
+
+    keys = [b["__key__"] for b in stateful_loader(StreamingDataset(functools.partial(mixed)), 2)]
+    for name in "ab":
+        assert {k for k in keys if k.startswith(name)} == {f"{name}/{i}" for i in range(40)}
+    assert len(keys) < 200  # the epoch ends
+
+
+def test_zero_weight_stream_does_not_hold_the_epoch_open():
+    items = list(Loader(Mixer(streams(), {"a": 1, "b": 1, "c": 0}, stop="all_exhausted")))
+    assert {i["__stream__"] for i in items} == {"a", "b"}
+
+
+def test_epochs_draw_different_sequences():
+    loader = Loader(Mixer(streams(), {"a": 1, "b": 1, "c": 1}, stop="first_exhausted", seed=4))
+    e0 = [i["__stream__"] for i in loader]
+    e1 = [i["__stream__"] for i in loader]
+    assert e0[:20] != e1[:20]

@@ -92,6 +92,11 @@ def cycle_order(
     return tuple(np.random.default_rng([seed, key]).permutation(order).tolist())
 
 
+@functools.lru_cache(maxsize=256)
+def _counts(probs: tuple[float, ...], cycle_length: int | None) -> tuple[int, ...]:
+    return tuple(integer_counts(list(probs), cycle_length))
+
+
 def draw(
     strategy: MixStrategy,
     probs: list[float],
@@ -107,7 +112,7 @@ def draw(
             if u < acc:
                 return i
         return max(i for i, p in enumerate(probs) if p > 0)
-    counts = tuple(integer_counts(probs, cycle_length))
+    counts = _counts(tuple(probs), cycle_length)
     length = sum(counts)
     cycle = step // length if strategy is MixStrategy.RANDOM_ORDER else 0
     return cycle_order(strategy, counts, seed, cycle)[step % length]

@@ -30,10 +30,13 @@ class StopCriterion(str, enum.Enum):
 class Mixer(BaseNode[dict]):
     """Mix the items (samples or whole batches) of several streams by weight.
 
-    The stream of the item at global step ``s`` is a pure function of (strategy, weights, seed,
-    s), so every rank draws the same stream at the same step — batches of different shapes
-    (images vs videos) line up across ranks. Inside DataLoader worker ``w`` of ``W`` (which
-    ``StatefulDataLoader`` visits round-robin), local step ``j`` is global step ``j * W + w``.
+    The stream of each item is a pure function of (strategy, weights, seed, draw index), so
+    every rank draws the same stream at the same step — batches of different shapes (images vs
+    videos) line up across ranks. Inside DataLoader workers (which ``StatefulDataLoader`` visits
+    round-robin) every worker makes the same sequence of draws, ``base + local step``: rank r's
+    worker w yields what every rank's worker w yields, and each worker reads its own shard of
+    every stream in the weights' proportions. Draws go on across epochs (no two epochs repeat
+    the same sequence); a curriculum sees the global step ``base + local step * W + w``.
     Every item gets ``item["__stream__"] = name``.
 
     Args:
@@ -97,6 +100,8 @@ class Mixer(BaseNode[dict]):
         self.mixer_id = "0"
         self._name_readers()
         self._base_step = 0
+        self._next_base_step: int | None = None
+        self._started = False
         self._step = 0
         self._worker, self._num_workers = 0, 1
         self._exhausted: set[str] = set()
@@ -132,17 +137,28 @@ class Mixer(BaseNode[dict]):
 
     @property
     def global_step(self) -> int:
-        """Global step of the next item: ``local step * num_workers + worker``."""
+        """Global step of the next item (what a curriculum sees): ``base + local step *
+        num_workers + worker``, counting on across epochs."""
         return self._base_step + self._step * self._num_workers + self._worker
+
+    @property
+    def draw_index(self) -> int:
+        """Index of the next draw: ``base + local step``. Every worker makes the same draws in
+        the same order, so each reads its own shard of every stream in the weights' proportions,
+        and rank r's worker w draws what every other rank's worker w draws."""
+        return self._base_step + self._step
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         info = get_worker_info()
         self._worker, self._num_workers = (info.id, info.num_workers) if info else (0, 1)
         if initial_state is None:
+            if self._next_base_step is not None:  # an elastic resume
+                self._base_step, self._next_base_step = self._next_base_step, None
+            elif self._started:  # the next epoch: draws and the curriculum go on
+                self._base_step += self._step * self._num_workers
+            self._started = True
             self._step = 0
-            self._base_step = getattr(self, "_next_base_step", 0)
-            self._next_base_step = 0
             self._exhausted = set()
             for stream in self.streams.values():
                 stream.reset(None)
@@ -152,6 +168,7 @@ class Mixer(BaseNode[dict]):
                 f"the Mixer state was saved with num_workers={initial_state[self.WORKERS_KEY]}, now "
                 f"{self._num_workers}: resume with the same num_workers"
             )
+        self._started = True
         self._step = int(initial_state[self.STEP_KEY])
         self._base_step = int(initial_state.get("base_step", 0))
         self._exhausted = set(initial_state[self.EXHAUSTED_KEY])
@@ -159,17 +176,16 @@ class Mixer(BaseNode[dict]):
             stream.reset(initial_state[self.STREAMS_KEY][name])
 
     def next(self) -> dict:
-        step = self.global_step
-        name = self.names[
-            draw(self.strategy, self._probs(step), self.seed, step, self.cycle_length)
-        ]
+        probs = self._probs(self.global_step)
+        name = self.names[draw(self.strategy, probs, self.seed, self.draw_index, self.cycle_length)]
         stream = self.streams[name]
         try:
             item = next(stream)
         except StopIteration:
             self._exhausted.add(name)
+            drawn = {n for n, p in zip(self.names, probs) if p > 0}  # weight 0: never waited for
             if self.stop is StopCriterion.FIRST_EXHAUSTED or (
-                self.stop is StopCriterion.ALL_EXHAUSTED and self._exhausted >= set(self.names)
+                self.stop is StopCriterion.ALL_EXHAUSTED and self._exhausted >= drawn
             ):
                 raise
             stream.reset(None)  # the stream's next epoch
