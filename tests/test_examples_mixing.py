@@ -1,0 +1,111 @@
+"""The mixing and distributed examples run as a user runs them, and the mixing/resume benchmarks
+print their tables (smoke tests: no timing is asserted)."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+MIXED_STEP = re.compile(r"^step +(\d+) +stream (\w+) +(image|video) (\[[\d, ]+\])", re.MULTILINE)
+RANK_STEP = re.compile(r"^rank (\d+) step (\d+) epoch (\d+) loss \S+ keys (\[.*\])$", re.MULTILINE)
+RANK_TOTAL = re.compile(r"^rank (\d+)/(\d+): (\d+) batches, (\d+) samples$", re.MULTILINE)
+
+
+def run(cmd: list, cache: Path | None = None, timeout: float = 120) -> str:
+    """Run ``cmd`` from the repository root (converted indexes cached in ``cache``); assert exit
+    code 0; return its stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if cache is not None:
+        env["SDS_CACHE_DIR"] = str(cache)
+    proc = subprocess.run(
+        list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
+    assert proc.returncode == 0, (
+        f"{cmd} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
+    assert "set_vital" not in proc.stderr  # the known torchdata warning is filtered where it arises
+    return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mixed_streams_gives_whole_batches_of_each_stream(tmp_path):
+    out = run([sys.executable, EXAMPLES / "mixed_streams.py", "--dir", tmp_path, "--num-images", 32,
+               "--num-videos", 8, "--steps", 8], cache=tmp_path / "cache")  # fmt: skip
+    steps = MIXED_STEP.findall(out)
+    assert [int(s) for s, *_ in steps] == list(range(1, 9))
+    for _, stream, media, shape in steps:  # one stream per batch, with that stream's shape
+        expected = (
+            ("image", "[16, 3, 32, 32]") if stream == "img" else ("video", "[4, 4, 3, 32, 32]")
+        )
+        assert (media, shape) == expected
+    assert {stream for _, stream, *_ in steps} == {"img", "vid"}
+    assert re.search(r"^8 batches: img \d+ \(\d+%\), vid \d+ \(\d+%\)$", out, re.MULTILINE)
+
+
+def torchrun(nproc: int, cache: Path, *args: object) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", EXAMPLES / "distributed_train.py", *args]  # fmt: skip
+    return run(cmd, cache=cache, timeout=180)
+
+
+def test_distributed_train_resumes_elastically_on_fewer_ranks(tmp_path):
+    common = ["--dir", tmp_path / "data", "--ckpt-dir", tmp_path / "ckpt", "--num-images", 32]
+    first = torchrun(2, tmp_path / "cache", *common, "--steps", 2)
+    totals = {int(r): (int(w), int(b), int(s)) for r, w, b, s in RANK_TOTAL.findall(first)}
+    assert totals == {0: (2, 2, 8), 1: (2, 2, 8)}  # each rank its share, the same batch count
+    latest = json.loads((tmp_path / "ckpt" / "latest.json").read_text())
+    assert latest == {"world_size": 2, "step": 2}
+
+    second = torchrun(1, tmp_path / "cache", *common, "--resume-elastic")
+    assert "elastic resume from 2 rank(s) at step 2: epoch 0, 16 samples already read" in second
+    keys_first = [k for *_, keys in RANK_STEP.findall(first) for k in json.loads(keys)]
+    keys_second = [k for *_, keys in RANK_STEP.findall(second) for k in json.loads(keys)]
+    assert {int(e) for _, _, e, _ in RANK_STEP.findall(first + second)} == {0}
+    assert [int(s) for _, s, _, _ in RANK_STEP.findall(second)][0] == 3  # the step count goes on
+    assert len(keys_first) == 16 and len(keys_second) == 16
+    # together the two runs read the epoch: nothing lost, nothing twice
+    assert sorted(keys_first + keys_second, key=int) == [str(i) for i in range(32)]
+
+
+def benchmark(*args: object) -> str:
+    return run([sys.executable, "-m", "benchmarks.run", *args], timeout=180)
+
+
+def test_resume_benchmark_prints_its_tables(tmp_path):
+    out = benchmark("resume", "--quick", "--rows", 5000, "--batch-size", 64, "--dir", tmp_path)
+    assert re.search(
+        r"^position +batches +resume CPU ms +min +max +wall +replay CPU ms \* .* replay / resume$",
+        out,
+        re.MULTILINE,
+    )
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\d+% +[\d,.]+ ", line)]
+    assert [r[0] for r in rows] == ["10%", "50%", "90%"] * 2  # the resume table, the elastic table
+    batches = [int(r[1].replace(",", "")) for r in rows[:3]]
+    assert batches == [8, 39, 70]  # 10%, 50%, 90% of 5000 rows in batches of 64
+    assert re.search(r"^position +cursor build CPU µs .* skip list$", out, re.MULTILINE)
+    assert "ERROR" not in out  # each resumed batch matched the replayed one
+    assert "exit 0" in out
+
+
+def test_mixing_benchmark_prints_a_row_per_strategy():
+    out = benchmark("mixing", "--quick", "--batches", 100)
+    assert out.count("single stream *") == 3  # one baseline per group
+    for strategy in (
+        "weighted_random",
+        "round_robin",
+        "fixed_random_order",
+        "random_order",
+        "consecutive_interleaved",
+    ):
+        assert re.search(rf"^Mixer, 3 streams, {strategy} +[\d.]+ ", out, re.MULTILINE), strategy
+    assert "exit 0" in out
