@@ -33,14 +33,22 @@ from sdsnodes.nodes import (
     set_epoch,
     shutdown,
 )
-from sdsnodes.presets import build_image_graph, build_video_graph
+from sdsnodes.nodes._threads import shutdown_all as _shutdown_all
+from sdsnodes.presets import (
+    build_audio_graph,
+    build_image_graph,
+    build_text_to_video_graph,
+    build_video_graph,
+)
 
 __version__ = "0.1.0"
 
 # pyarrow's thread pools can outlive interpreter teardown when torch is loaded too and abort the
 # process at exit ("terminate called without an active exception", apache/arrow#34314): a last
 # garbage collection while Arrow is still alive joins them. Seen here with torch 2.14 + pyarrow 26.
+# Worker threads still inside pyarrow or PyAV at exit can do the same: stop them first.
 atexit.register(gc.collect)
+atexit.register(_shutdown_all)  # atexit runs last-registered first
 
 __all__ = [
     "AudioWaveform",
@@ -68,7 +76,9 @@ __all__ = [
     "Text",
     "TooManyErrors",
     "VideoClip",
+    "build_audio_graph",
     "build_image_graph",
+    "build_text_to_video_graph",
     "build_video_graph",
     "collate",
     "elastic_cursor",

@@ -133,7 +133,7 @@ def error_stats(state: object) -> dict[str, int]:
     ``torchdata.nodes.Loader.state_dict()``.
 
     Returns:
-        dict[str, int]: skipped samples by reason, plus ``"seen"``: samples judged.
+        dict[str, int]: skipped samples by reason (every node that skips counts its own).
     """
     out: dict[str, int] = {}
 
@@ -141,7 +141,6 @@ def error_stats(state: object) -> dict[str, int]:
         if isinstance(x, dict):
             if "errors" in x and isinstance(x["errors"], dict) and "skipped" in x["errors"]:
                 err = x["errors"]
-                out["seen"] = out.get("seen", 0) + int(err.get("seen", 0))
                 for k, v in err["skipped"].items():
                     out[k] = out.get(k, 0) + int(v)
             for v in x.values():

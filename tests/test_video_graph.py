@@ -154,3 +154,10 @@ def test_image_graph(image_index):
     batches = list(Loader(build_image_graph(image_index, size=24, batch_size=8)))
     assert [tuple(b["image"].shape) for b in batches] == [(8, 3, 24, 24)] * 3
     assert keys_of(batches[0]) != keys_of(batches[1])
+
+
+def test_null_captions_stay_none(video_index, tmp_path):
+    videos = pq.read_table(video_index).column("video").to_pylist()[:2]
+    pq.write_table(pa.table({"video": videos, "caption": ["a", None]}), tmp_path / "i.parquet")
+    batch = next(iter(Loader(graph(tmp_path / "i.parquet", batch_size=2, shuffle=False))))
+    assert batch["caption"] == ["a", None]

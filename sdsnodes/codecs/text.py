@@ -80,7 +80,8 @@ class Text:
         self.choice = choice
         self.tokenizer = tokenizer
         self.with_info = bool(with_info)
-        self.needs_sample = self.accepts_none = columns is not None
+        self.needs_sample = columns is not None
+        self.accepts_none = True  # a missing caption stays None (it is not a bad sample)
 
     def __repr__(self) -> str:
         return (

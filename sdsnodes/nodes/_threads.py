@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from typing import Any
 
 from torchdata.nodes import BaseNode, ParallelMapper
@@ -18,6 +19,16 @@ from sdsnodes.errors import ErrorPolicy, OnError
 from sdsnodes.sample import Sample, describe
 
 logger = logging.getLogger(__name__)
+
+
+_live: weakref.WeakSet = weakref.WeakSet()  # nodes whose threads may be running
+
+
+def shutdown_all() -> None:
+    """Stop the threads of every ThreadMapNode of this process (run at interpreter exit, so no
+    worker thread is inside pyarrow or PyAV while the interpreter tears down)."""
+    for node in list(_live):
+        node.shutdown()
 
 
 @dataclasses.dataclass
@@ -90,6 +101,7 @@ class ThreadMapNode(BaseNode[Sample]):
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
+        _live.add(self)
         if initial_state is None:  # a new epoch: counts go on accumulating
             self._mapper.reset(None)
         else:

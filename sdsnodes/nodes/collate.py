@@ -14,7 +14,7 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
     """Merge samples into a batch.
 
     For each key: tensors of one shape are stacked (``[B, ...]``, same dtype); ints/floats/bools
-    become a 1-D tensor ``[B]``; anything else (str, None, mixed, tensors of different shapes) is
+    become a 1-D tensor ``[B]`` (int64, float64, bool); anything else (str, None, mixed, tensors of different shapes) is
     kept as a list of length B.
 
     Args:
@@ -47,7 +47,8 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
             all(type(v) in (int, float, bool) for v in values)
             and len({type(v) for v in values}) == 1
         ):
-            batch[key] = torch.tensor(values)  # [B]
+            dtype = torch.float64 if type(first) is float else None  # Python floats are doubles
+            batch[key] = torch.tensor(values, dtype=dtype)  # [B] int64 / float64 / bool
         else:
             batch[key] = values
     return batch

@@ -10,6 +10,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from sdsnodes.cache import EvictionPolicy
 from sdsnodes.errors import OnError
 from sdsnodes.nodes._cache_ref import default_cache_dir, open_cache
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
@@ -74,6 +75,12 @@ class CachingDownloader(ThreadMapNode):
             raise ValueError(f"{columns_to_download=} must be a non-empty list of column names")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"{max_bytes=} must be > 0 (or None for no budget)")
+        try:
+            EvictionPolicy(policy)
+        except ValueError:
+            raise ValueError(
+                f"{policy=} must be one of {[p.value for p in EvictionPolicy]}"
+            ) from None
         super().__init__(source, num_threads, on_error, max_error_rate)
         self.columns = list(columns_to_download)
         self.cache_dir = str(cache_dir or default_cache_dir())

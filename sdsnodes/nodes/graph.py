@@ -34,8 +34,15 @@ def set_epoch(root: BaseNode, epoch: int) -> None:
 
 
 def shutdown(root: BaseNode) -> None:
-    """Stop the threads of every node of the graph that runs any."""
+    """Stop the threads of every node of the graph that runs any: ours (``shutdown()``) and
+    torchdata's ``Prefetcher``/``ParallelMapper``/``PinMemory`` (their iterator's ``_shutdown``)."""
     for node in iter_nodes(root):
         stop = getattr(node, "shutdown", None)
         if callable(stop):
             stop()
+            continue
+        inner = getattr(node, "_it", None)
+        while inner is not None and not callable(getattr(inner, "_shutdown", None)):
+            inner = getattr(inner, "_it", None)
+        if inner is not None:
+            inner._shutdown()
