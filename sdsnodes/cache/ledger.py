@@ -21,6 +21,7 @@ import logging
 import os
 import pathlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 
@@ -48,23 +49,42 @@ CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NUL
 """
 
 
+# Opening a SQLite connection takes SQLite's process-wide mutexes; a fork while another thread
+# holds one leaves the child hung at its first open (seen: 10 of 200 forked children). Opening
+# under this lock, which fork takes first, keeps forks out of that window.
+OPEN_LOCK = threading.Lock()
+os.register_at_fork(
+    before=OPEN_LOCK.acquire, after_in_parent=OPEN_LOCK.release, after_in_child=OPEN_LOCK.release
+)
+WAL_LIMIT_BYTES = 4 * 2**20
+
+
 def connect(path: pathlib.Path) -> sqlite3.Connection:
-    """Open the ledger at ``path`` in autocommit mode, WAL journal, busy timeout 30 s.
+    """Open the ledger at ``path`` in autocommit mode, WAL journal, busy timeout 30 s, the WAL
+    file truncated to 4 MiB after checkpoints (it is not counted in ``max_bytes``).
 
     Raises:
         sqlite3.DatabaseError: the file is not a SQLite database.
     """
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL").fetchall()
-        conn.execute("PRAGMA synchronous = NORMAL")
-    except BaseException:
-        conn.close()
-        raise
+    with OPEN_LOCK:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}").fetchall()
+        except BaseException:
+            conn.close()
+            raise
     return conn
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Fold the WAL into the database and truncate it (best effort: busy readers make it
+    partial, which is fine)."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def open_ledger(root: pathlib.Path, check: bool) -> tuple[sqlite3.Connection, bool]:

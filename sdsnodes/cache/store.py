@@ -224,6 +224,7 @@ class Cache:
             freed, fits = self._budget.make_room(conn, self.cache_dir, 0, time.time())
             if not fits and _recovery.reclaim_dead(conn, self.cache_dir):
                 freed += self._budget.make_room(conn, self.cache_dir, 0, time.time())[0]
+        ledger.checkpoint(conn)  # keep the WAL file small
         return freed
 
     def clean(self) -> int:

@@ -53,6 +53,8 @@ class ThreadMapNode(BaseNode[Sample]):
         num_threads (int): worker threads; 0 runs inline in the caller's thread.
         on_error (OnError | str): ``"skip"`` or ``"raise"``.
         max_error_rate (float): see :class:`sdsnodes.errors.ErrorPolicy`.
+        max_in_flight (int | None): items processed or waiting at once (at most
+            ``num_threads``); None: ``2 * num_threads``.
 
     State:
         ``{"source": <ParallelMapper state>, "errors": {"seen": int, "skipped": {reason: int}}}``.
@@ -68,6 +70,7 @@ class ThreadMapNode(BaseNode[Sample]):
         num_threads: int = 4,
         on_error: OnError | str = OnError.SKIP,
         max_error_rate: float = 0.5,
+        max_in_flight: int | None = None,
     ) -> None:
         super().__init__()
         if num_threads < 0:
@@ -75,8 +78,9 @@ class ThreadMapNode(BaseNode[Sample]):
         self.source = source
         self.num_threads = num_threads
         self.errors = ErrorPolicy(on_error, max_error_rate)
+        window = min(max_in_flight, num_threads) if max_in_flight and num_threads else None
         self._mapper = ParallelMapper(
-            source, self._guarded, num_workers=num_threads, method="thread"
+            source, self._guarded, num_workers=num_threads, method="thread", max_concurrent=window
         )
 
     def process(self, sample: Sample) -> Sample:  # pragma: no cover - overridden

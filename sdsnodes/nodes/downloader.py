@@ -21,8 +21,9 @@ from sdsnodes.storage import fetch, is_remote, local_path
 class CachingDownloader(ThreadMapNode):
     """Replace each remote URL in ``columns_to_download`` by a local, pinned file in the cache.
 
-    Downloads run in ``num_threads`` threads, at most ``2 * num_threads`` samples ahead of the
-    consumer, in order. Each file is written under a temporary name and renamed into place, so a
+    Downloads run in ``num_threads`` threads, at most ``num_threads`` samples ahead of the
+    consumer, in order (files in that window are pinned, so the window is kept small next to
+    ``max_bytes``). Each file is written under a temporary name and renamed into place, so a
     crash never leaves a half file that looks whole; the same URL is downloaded once even when
     several workers or processes ask for it (the cache's ledger and file locks see to it).
     Local paths (and ``file://`` URLs) are used in place. The original value is kept under
@@ -81,7 +82,8 @@ class CachingDownloader(ThreadMapNode):
             raise ValueError(
                 f"{policy=} must be one of {[p.value for p in EvictionPolicy]}"
             ) from None
-        super().__init__(source, num_threads, on_error, max_error_rate)
+        # the window is pinned on disk: num_threads files, not 2x, leaves the budget to the cache
+        super().__init__(source, num_threads, on_error, max_error_rate, max_in_flight=num_threads)
         self.columns = list(columns_to_download)
         self.cache_dir = str(cache_dir or default_cache_dir())
         self.max_bytes = max_bytes
