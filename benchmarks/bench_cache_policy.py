@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("diagnostics (medians over the repeats):")
     mean_size = total / args.num_files
-    window = args.num_workers * 2 * args.download_threads
+    window = args.num_workers * args.download_threads  # CachingDownloader: num_threads in flight
     for policy in POLICIES:
         hits = statistics.median(statistics.mean(r["hits"][1:]) for r in runs[policy])
         in_flight = statistics.median(r["in_flight"] for r in runs[policy])
@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     held = window * mean_size
     print(
-        f"  in-flight window: up to {args.num_workers} workers x 2 x {args.download_threads} "
+        f"  in-flight window: up to {args.num_workers} workers x {args.download_threads} "
         f"threads = {window} files ({held / 1e3:.0f} KB at the mean size, "
         f"{held / max_bytes:.1%} of max_bytes) pinned or reserved at once; the keep-set gets what "
         f"is left,\n  so the best any policy can do here is 1 - (max_bytes - window) / dataset = "
