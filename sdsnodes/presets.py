@@ -1,120 +1,29 @@
-"""Ready-made graphs: ``build_video_graph``, ``build_image_graph``.
+"""Ready-made graphs: ``build_image_graph``, ``build_video_graph``, ``build_audio_graph`` and
+``build_text_to_video_graph``.
 
-Each chains IndexReader → Shuffler → CachingDownloader → Decoder → Evictor → Batcher + collate
-→ Prefetcher, and yields batch dicts. The media output size is fixed (resize + center crop), so
-sources of any resolution, aspect ratio and frame rate batch together.
+Each chains IndexReader → Shuffler → CachingDownloader (every column of URLs) → RangeReader
+(``partial_reads``) → Decoder → Evictor → Batcher + collate → Prefetcher and yields batch dicts.
+Output sizes are fixed (resize + crop, clip length, audio length), so sources of any resolution,
+frame rate and sample rate batch together. The shared plumbing is in ``sdsnodes._preset_parts``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-from torchdata.nodes import BaseNode, Batcher, Mapper, Prefetcher
+from torchdata.nodes import BaseNode
 
-from sdsnodes.codecs import Codec, ImageTensor, Text, VideoClip
-from sdsnodes.nodes.collate import collate
-from sdsnodes.nodes.decoder import Decoder
-from sdsnodes.nodes.downloader import CachingDownloader
-from sdsnodes.nodes.evictor import Evictor
-from sdsnodes.nodes.index_reader import IndexReader
-from sdsnodes.nodes.shuffler import Shuffler
+from sdsnodes._preset_parts import assemble, caption_codec, common, square
+from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, VideoClip
 
-
-def _square(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        if size < 1:
-            raise ValueError(f"{size=} must be >= 1")
-        return (size, size)
-    return (int(size[0]), int(size[1]))
-
-
-def _has_urls(reader: IndexReader, column: str) -> bool:
-    """Whether any value of ``column`` is a remote URL (``scheme://``, not ``file://``)."""
-    values = reader.index.table.column(column)
-    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
-        return False
-    remote = pc.and_(
-        pc.match_substring(values, "://"), pc.invert(pc.starts_with(values, "file://"))
-    )
-    return bool(pc.any(remote).as_py())
-
-
-def _build(
-    src: str | os.PathLike | pa.Table,
-    media_column: str,
-    media_codec: Codec,
-    caption_column: str | None,
-    *,
-    batch_size: int,
-    cache_dir: str | None,
-    max_bytes: int | None,
-    storage_options: dict[str, Any] | None,
-    shuffle: bool,
-    seed: int,
-    num_threads: int,
-    download_threads: int,
-    retries: int,
-    timeout: float | None,
-    prefetch_factor: int,
-    drop_last: bool,
-    on_error: str,
-    max_error_rate: float,
-    rank: int | None,
-    world_size: int | None,
-) -> BaseNode:
-    if batch_size < 1:
-        raise ValueError(f"{batch_size=} must be >= 1")
-    if prefetch_factor < 0:
-        raise ValueError(f"{prefetch_factor=} must be >= 0")
-    reader = IndexReader(src, storage_options=storage_options, rank=rank, world_size=world_size)
-    present = reader.column_names
-    if media_column not in present:
-        raise ValueError(
-            f"the index {reader.src!r} has no column {media_column!r}; its columns are {present}. "
-            "Name the column of file paths or URLs (video_column=... / image_column=...)."
-        )
-    if caption_column is not None and caption_column not in present:
-        raise ValueError(
-            f"the index {reader.src!r} has no caption column {caption_column!r}; its columns are "
-            f"{present}. Pass caption_column=<one of them>, or caption_column=None for none."
-        )
-    node: BaseNode = Shuffler(reader, seed=seed) if shuffle else reader
-    if _has_urls(reader, media_column):  # all-local indexes skip the download threads entirely
-        node = CachingDownloader(
-            node,
-            [media_column],
-            cache_dir=cache_dir,
-            max_bytes=max_bytes,
-            storage_options=storage_options,
-            num_threads=download_threads,
-            retries=retries,
-            timeout=timeout,
-            on_error=on_error,
-            max_error_rate=max_error_rate,
-        )
-    codecs: dict[str, Codec] = {media_column: media_codec}
-    if caption_column is not None:
-        codecs[caption_column] = Text()
-    node = Decoder(
-        node,
-        codecs,
-        num_threads=num_threads,
-        seed=seed,
-        on_error=on_error,
-        max_error_rate=max_error_rate,
-    )
-    node = Evictor(node)
-    node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
-    return Prefetcher(node, prefetch_factor) if prefetch_factor else node
+Src = str | os.PathLike | pa.Table
 
 
 def build_video_graph(
-    src: str | os.PathLike | pa.Table,
+    src: Src,
     *,
     num_frames: int = 16,
     fps: float | None = 8.0,
@@ -122,6 +31,8 @@ def build_video_graph(
     batch_size: int = 4,
     video_column: str = "video",
     caption_column: str | None = "caption",
+    partial_reads: bool = False,
+    block_size: int = 1 << 20,
     cache_dir: str | None = None,
     max_bytes: int | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -143,45 +54,51 @@ def build_video_graph(
     Args:
         src: index source (see :class:`~sdsnodes.IndexReader`) with a ``video_column`` of local
             paths or URLs.
-        num_frames (int): frames per clip T.
-        fps (float | None): clip frame rate in frames/s (None: the source's).
-        size (int | tuple[int, int]): output (H, W) in pixels; an int means square.
-        batch_size (int): clips per batch B.
+        num_frames (int): frames per clip T (16).
+        fps (float | None): clip frame rate in frames/s (8.0; None: the source's).
+        size (int | tuple[int, int]): output (H, W) in pixels (128); an int means square.
+        batch_size (int): clips per batch B (4).
         video_column (str), caption_column (str | None): index columns to read.
+        partial_reads (bool): read remote videos in byte ranges (a :class:`~sdsnodes.nodes.range_reader.RangeReader`
+            of ``block_size``-byte blocks, default 1 MiB) instead of downloading them whole:
+            only the container index and the blocks around the clip travel (False).
         cache_dir (str | None), max_bytes (int | None), storage_options (dict | None): download
             cache and fsspec options (see :class:`~sdsnodes.CachingDownloader`).
         shuffle (bool), seed (int): a new permutation each epoch, deterministic in (seed, epoch).
-        num_threads (int): decoding threads; download_threads (int): download threads.
+        num_threads (int): decoding threads (4); download_threads (int): download threads (8).
         retries (int), timeout (float | None): retries of transient download errors (with
-            exponential backoff) and seconds one download attempt may take.
-        prefetch_factor (int): batches prefetched in the background (0 for none).
+            exponential backoff; 3) and seconds one download attempt may take (60).
+        prefetch_factor (int): batches prefetched in the background (2; 0 for none).
         drop_last (bool): drop a last, smaller batch.
-        on_error (str), max_error_rate (float): bad-sample policy (see docs/nodes.md).
+        on_error (str), max_error_rate (float): bad-sample policy (``"skip"``, 0.5; see
+            docs/nodes.md).
         rank (int | None), world_size (int | None): explicit distributed position.
 
     Returns:
         BaseNode: yields dicts with ``video`` uint8 [B, T, 3, H, W], ``caption`` list[str | None],
         ``__key__`` list[str], ``__index__`` int64 [B], ``__epoch__`` int64 [B], the other
         index columns (lists or tensors), and ``__url__.<video_column>`` list[str] when the
-        index holds URLs (they go through a CachingDownloader; local paths are read in place).
+        index holds URLs (they go through a CachingDownloader; local paths are read in place;
+        with ``partial_reads`` the key is ``__range_url__.<video_column>``).
 
     Raises:
         ValueError: a bad argument, or a column missing from the index (the message lists the
             columns there are).
     """
-    codec = VideoClip(num_frames, fps=fps, size=_square(size))
-    return _build(
-        src, video_column, codec, caption_column, batch_size=batch_size, cache_dir=cache_dir,
-        max_bytes=max_bytes, storage_options=storage_options, shuffle=shuffle, seed=seed,
-        num_threads=num_threads, download_threads=download_threads, retries=retries, timeout=timeout,
-        prefetch_factor=prefetch_factor,
-        drop_last=drop_last, on_error=on_error, max_error_rate=max_error_rate, rank=rank,
-        world_size=world_size,
+    codecs: dict[str, Codec] = {video_column: VideoClip(num_frames, fps=fps, size=square(size))}
+    caption, text, read = caption_codec(caption_column)
+    if text is not None:
+        codecs[caption] = text
+    columns = {video_column: "video_column", **dict.fromkeys(read, "caption_column")}
+    partial = [video_column] if partial_reads else []
+    return assemble(
+        src, codecs, columns=columns, files=[video_column], partial=partial,
+        block_size=block_size, **common(locals()),
     )  # fmt: skip
 
 
 def build_image_graph(
-    src: str | os.PathLike | pa.Table,
+    src: Src,
     *,
     size: int | tuple[int, int] = 256,
     batch_size: int = 32,
@@ -205,7 +122,8 @@ def build_image_graph(
 ) -> BaseNode:
     """A graph yielding batches of images and captions.
 
-    Args: as :func:`build_video_graph`, with ``image_column`` and ``size`` the output (H, W).
+    Args: as :func:`build_video_graph`, with ``image_column`` ("image") and ``size`` the output
+    (H, W) (256), ``batch_size`` 32 and 16 download threads.
 
     Returns:
         BaseNode: yields dicts with ``image`` uint8 [B, 3, H, W], ``caption`` list[str | None]
@@ -214,12 +132,196 @@ def build_image_graph(
     Raises:
         ValueError: a bad argument, or a column missing from the index.
     """
-    codec = ImageTensor(size=_square(size))
-    return _build(
-        src, image_column, codec, caption_column, batch_size=batch_size, cache_dir=cache_dir,
-        max_bytes=max_bytes, storage_options=storage_options, shuffle=shuffle, seed=seed,
-        num_threads=num_threads, download_threads=download_threads, retries=retries, timeout=timeout,
-        prefetch_factor=prefetch_factor,
-        drop_last=drop_last, on_error=on_error, max_error_rate=max_error_rate, rank=rank,
-        world_size=world_size,
+    codecs: dict[str, Codec] = {image_column: ImageTensor(size=square(size))}
+    caption, text, read = caption_codec(caption_column)
+    if text is not None:
+        codecs[caption] = text
+    columns = {image_column: "image_column", **dict.fromkeys(read, "caption_column")}
+    return assemble(src, codecs, columns=columns, files=[image_column], **common(locals()))
+
+
+def build_audio_graph(
+    src: Src,
+    *,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    duration: float | None = 10.0,
+    start: str = "random",
+    batch_size: int = 16,
+    audio_column: str = "audio",
+    caption_column: str | None = "caption",
+    cache_dir: str | None = None,
+    max_bytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_threads: int = 4,
+    download_threads: int = 8,
+    retries: int = 3,
+    timeout: float | None = 60.0,
+    prefetch_factor: int = 2,
+    drop_last: bool = False,
+    on_error: str = "skip",
+    max_error_rate: float = 0.5,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> BaseNode:
+    """A graph yielding batches of audio crops (resampled, mixed) and captions.
+
+    The ``audio_column`` holds audio files (WAV, FLAC, MP3, AAC/m4a, Opus…) or videos, whose
+    first audio track is read. Each sample is a crop of ``duration`` seconds starting at a
+    random time (seeded; ``start="uniform"``: the middle), mixed to ``channels`` and resampled
+    to ``sample_rate`` (see :class:`~sdsnodes.AudioWaveform`); a file shorter than the crop is
+    padded with zeros at the end.
+
+    Args:
+        src: index source with an ``audio_column`` of local paths or URLs.
+        sample_rate (int): output rate in Hz (16000).
+        channels (int): 1 (mono mixdown, default) or 2 (stereo).
+        duration (float | None): crop length in seconds (10.0); None keeps whole files, whose
+            lengths then differ (``audio`` is a list).
+        start (str): ``"random"`` (default) or ``"uniform"`` (centred).
+        batch_size (int): crops per batch B (16).
+        audio_column (str): the column of files ("audio"); caption_column (str | None):
+            ("caption").
+        The other options: as :func:`build_video_graph`.
+
+    Returns:
+        BaseNode: yields dicts with ``audio`` float32 [B, C, S] in [-1, 1], S ==
+        round(duration * sample_rate), C == channels; ``audio.sample_rate`` int64 [B] (Hz);
+        ``audio.audio_start`` float64 [B] (s, the crop's start in the file); ``caption``
+        list[str | None]; and the reserved keys as in :func:`build_video_graph`.
+
+    Raises:
+        ValueError: a bad argument, or a column missing from the index.
+    """
+    codecs: dict[str, Codec] = {
+        audio_column: AudioWaveform(
+            sample_rate, channels, duration=duration, start=start, with_info=True
+        )
+    }
+    caption, text, read = caption_codec(caption_column)
+    if text is not None:
+        codecs[caption] = text
+    columns = {audio_column: "audio_column", **dict.fromkeys(read, "caption_column")}
+    return assemble(src, codecs, columns=columns, files=[audio_column], **common(locals()))
+
+
+def build_text_to_video_graph(
+    src: Src,
+    *,
+    num_frames: int = 16,
+    fps: float = 8.0,
+    size: int | tuple[int, int] = 256,
+    video_column: str = "video",
+    caption_column: str | Sequence[str] | None = "caption",
+    caption_choice: str = "random",
+    audio: bool | str = False,
+    audio_sample_rate: int = 16000,
+    audio_channels: int = 1,
+    latent_columns: Sequence[str] = (),
+    latent_fps: float | None = None,
+    latent_stride: int | None = None,
+    latent_causal: bool = False,
+    latent_sample: bool = False,
+    embedding_columns: Sequence[str] = (),
+    partial_reads: bool = False,
+    block_size: int = 1 << 20,
+    batch_size: int = 4,
+    cache_dir: str | None = None,
+    max_bytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_threads: int = 4,
+    download_threads: int = 8,
+    retries: int = 3,
+    timeout: float | None = 60.0,
+    prefetch_factor: int = 2,
+    drop_last: bool = False,
+    on_error: str = "skip",
+    max_error_rate: float = 0.5,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> BaseNode:
+    """A graph yielding batches of video clips with a caption, and optionally the clip's audio,
+    precomputed latents sliced to the clip, and caption embeddings.
+
+    Every column of files may hold local paths or URLs (each is downloaded through the cache,
+    the video in byte ranges with ``partial_reads``). Decoding order: the clip first, then what
+    aligns to it (audio, latents), then captions and embeddings.
+
+    Args:
+        src: index source with a ``video_column`` of local paths or URLs.
+        num_frames (int), fps (float), size (int | tuple[int, int]): clip T (16), frame rate
+            in frames/s (8.0) and (H, W) in pixels (256).
+        video_column (str): the column of videos ("video").
+        caption_column (str | Sequence[str] | None): a caption column ("caption"), or several
+            to choose one among per sample (``caption_choice``: ``"random"``, seeded, or
+            ``"first"`` non-empty), or None.
+        audio (bool | str): False (default): no audio; True: the video's own audio track;
+            a column name: separate audio files (.wav, .flac…), one per video. Either way the
+            waveform covers exactly the clip [clip_start, clip_end).
+        audio_sample_rate (int), audio_channels (int): 16000 Hz, 1 (mono) or 2.
+        latent_columns (Sequence[str]): columns of precomputed video latents (.npy, .pt;
+            [C, T', h, w]), sliced to the clip when their time base is given, by ``latent_fps``
+            (latent frames/s) or ``latent_stride`` (source frames per latent frame,
+            ``latent_causal`` for causal VAEs whose first latent frame is frame 0 alone); else
+            loaded whole. ``latent_sample``: draw from stored mean/logvar (seeded).
+        embedding_columns (Sequence[str]): columns of caption embeddings (.npy, .pt), loaded
+            whole.
+        partial_reads (bool), block_size (int): read remote videos in byte ranges (False,
+            1 MiB blocks); see :func:`build_video_graph`.
+        batch_size (int): clips per batch B (4).
+        The other options: as :func:`build_video_graph`.
+
+    Returns:
+        BaseNode: yields dicts with ``video`` uint8 [B, T, 3, H, W]; ``video.clip_start``,
+        ``video.clip_end`` (s) and ``video.source_fps`` (frames/s), float64 [B]; ``caption``
+        list[str] (with several columns, ``caption.caption_column`` list[str] says which);
+        with ``audio``: ``audio`` (True) or ``<audio>`` float32 [B, C, S] in [-1, 1], S ==
+        round(num_frames / fps * audio_sample_rate), with ``.sample_rate`` int64 [B] and
+        ``.audio_start`` float64 [B]; each latent column float32 [B, C, T', h, w] (T' the
+        clip's latent frames) and each embedding column float32 [B, ...] (lists where shapes
+        differ); and the reserved keys as in :func:`build_video_graph`.
+
+    Raises:
+        ValueError: a bad argument, or a column missing from the index.
+    """
+    if isinstance(latent_columns, str) or isinstance(embedding_columns, str):
+        raise ValueError("latent_columns and embedding_columns take a list of column names")
+    clip = VideoClip(num_frames, fps=fps, size=square(size), with_info=True)
+    codecs: dict[str, Codec] = {video_column: clip}
+    columns = {video_column: "video_column"}
+    if audio is True:
+        codecs["audio"] = AudioWaveform(
+            audio_sample_rate, audio_channels, source_column=video_column,
+            align_to=video_column, with_info=True,
+        )  # fmt: skip
+    elif isinstance(audio, str):
+        codecs[audio] = AudioWaveform(
+            audio_sample_rate, audio_channels, align_to=video_column, with_info=True
+        )
+        columns[audio] = "audio"
+    elif audio is not False:
+        raise ValueError(f"{audio=} must be False, True or the name of a column of audio files")
+    timed = latent_fps is not None or latent_stride is not None
+    for column in latent_columns:
+        codecs[column] = Latent(
+            sample=latent_sample, align_to=video_column if timed else None,
+            latent_fps=latent_fps, temporal_stride=latent_stride, causal=latent_causal,
+        )  # fmt: skip
+        columns[column] = "latent_columns"
+    caption, text, read = caption_codec(caption_column, caption_choice)
+    if text is not None:
+        codecs[caption] = text
+    columns.update(dict.fromkeys(read, "caption_column"))
+    for column in embedding_columns:
+        codecs[column] = Latent()
+        columns[column] = "embedding_columns"
+    files = [video_column, *([audio] if isinstance(audio, str) else []), *latent_columns]
+    return assemble(
+        src, codecs, columns=columns, files=[*files, *embedding_columns],
+        partial=[video_column] if partial_reads else [], block_size=block_size,
+        **common(locals()),
     )  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import io
 import os
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -120,11 +120,16 @@ def describe(value: Any) -> str:
         return str(os.fspath(value))
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(value)} bytes>"
-    return f"<{type(value).__name__}>"
+    name = getattr(value, "name", None)  # an open file: its path or URL
+    return str(name) if isinstance(name, str) else f"<{type(value).__name__}>"
 
 
-def as_source(value: Any) -> str | io.BytesIO:
-    """A local path (str) or an in-memory file for a codec input (path-like or bytes).
+def as_source(value: Any) -> str | io.BytesIO | BinaryIO:
+    """A local path (str) or a file object for a codec input (path-like, bytes, or a readable,
+    seekable binary file, e.g. a remote file read in cached blocks).
+
+    A file object is rewound to its start and returned as is: the codec reads it but does not
+    close it (its owner does), so several codecs may read one file in turn.
 
     Raises:
         TypeError: anything else (None included); codecs turn it into a ``DecodeError``.
@@ -134,4 +139,7 @@ def as_source(value: Any) -> str | io.BytesIO:
         return path.decode() if isinstance(path, bytes) else path
     if isinstance(value, (bytes, bytearray, memoryview)):
         return io.BytesIO(bytes(value))
-    raise TypeError(f"expected a local path or bytes, got {type(value).__name__}")
+    if callable(getattr(value, "read", None)) and callable(getattr(value, "seek", None)):
+        value.seek(0)
+        return value
+    raise TypeError(f"expected a local path, bytes or a binary file, got {type(value).__name__}")

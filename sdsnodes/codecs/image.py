@@ -40,6 +40,9 @@ class ImageTensor:
         crop (str): ``"center"`` or ``"random"`` (offsets drawn from ``rng``); used only when
             ``size`` is a pair.
         mode (str): ``"RGB"`` (C == 3) or ``"L"`` (grayscale, C == 1).
+        draft (bool): let libjpeg decode large JPEGs at a reduced scale (default True); False
+            decodes every pixel first (slower; the result differs slightly, as the scaling
+            differs).
 
     Returns:
         torch.Tensor: uint8 [C, H, W].
@@ -49,15 +52,21 @@ class ImageTensor:
         DecodeError: the input is missing, empty, truncated or not an image Pillow can decode.
     """
 
-    def __init__(self, size: Size = None, crop: str = "center", mode: str = "RGB") -> None:
+    def __init__(
+        self, size: Size = None, crop: str = "center", mode: str = "RGB", draft: bool = True
+    ) -> None:
         if mode not in _MODES:
             raise ValueError(f"{mode=} must be one of {list(_MODES)}")
         self.size = check_size(size)
         self.crop = check_crop(crop)
         self.mode = mode
+        self.draft = bool(draft)
 
     def __repr__(self) -> str:
-        return f"ImageTensor(size={self.size}, crop={self.crop.value!r}, mode={self.mode!r})"
+        return (
+            f"ImageTensor(size={self.size}, crop={self.crop.value!r}, mode={self.mode!r}, "
+            f"draft={self.draft})"
+        )
 
     def __call__(self, value: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Decode one image; see the class docstring.
@@ -89,7 +98,8 @@ class ImageTensor:
             if rotated:
                 width, height = height, width  # the upright size
             target_h, target_w = cover_shape(height, width, self.size)
-            if image.format == "JPEG" and height >= 2 * target_h and width >= 2 * target_w:
+            large = height >= 2 * target_h and width >= 2 * target_w
+            if self.draft and image.format == "JPEG" and large:
                 # decode at 1/2, 1/4 or 1/8 scale, still covering the target; size is (w, h) as stored
                 image.draft(self.mode, (target_h, target_w) if rotated else (target_w, target_h))
             image = ImageOps.exif_transpose(image)
