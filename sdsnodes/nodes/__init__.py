@@ -10,6 +10,7 @@ from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.mixer import Mixer, StopCriterion
+from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.shuffler import Shuffler
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ParallelMapper",
     "PinMemory",
     "Prefetcher",
+    "RangeReader",
     "Shuffler",
     "StopCriterion",
     "collate",
