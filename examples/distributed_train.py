@@ -23,6 +23,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -148,8 +149,10 @@ def main() -> None:
         step += 1
         batches += 1
         samples += len(batch["__key__"])
-        print(f"rank {rank} step {step} epoch {int(batch['__epoch__'][0])} loss {loss.item():.4f} "
-              f"keys {json.dumps(batch['__key__'])}", flush=True)  # fmt: skip
+        line = (f"rank {rank} step {step} epoch {int(batch['__epoch__'][0])} loss {loss.item():.4f} "
+                f"keys {json.dumps(batch['__key__'])}\n")  # fmt: skip
+        sys.stdout.write(line)  # one write: lines of the two ranks never interleave
+        sys.stdout.flush()
         if batches == args.steps:
             break
     print(f"rank {rank}/{world_size}: {batches} batches, {samples} samples", flush=True)
