@@ -37,46 +37,33 @@ def _demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, cache_dir=args.cache_dir, video_column=args.video_column,
         caption_column=args.caption_column or None,
     )  # fmt: skip
-    graph = factory()  # validates the index and arguments here, before workers start
-    num_rows = len(graph_index(graph))
-    ds = StreamingDataset(factory)
+    ds = StreamingDataset(factory)  # builds the graph here: a bad index or argument fails now
+    num_rows = len(ds)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
         dl = StatefulDataLoader(ds, batch_size=None, num_workers=args.num_workers)
     clips = frames = 0
     shapes: dict[str, tuple] = {}
+    caption = None
     start = time.perf_counter()
-    total = math.ceil(num_rows / args.batch_size)
     with tqdm(total=num_rows, unit="clip", desc="streaming") as bar:
         for batch in dl:
-            video = batch["video"]  # [B, T, C, H, W] uint8
+            video = batch[args.video_column]  # [B, T, C, H, W] uint8
             clips += video.shape[0]
             frames += video.shape[0] * video.shape[1]
-            shapes = {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
+            shapes = shapes or {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
+            caption = caption or (batch.get(args.caption_column) or [None])[0]
             bar.update(video.shape[0])
     elapsed = time.perf_counter() - start
     skipped = {k: v for k, v in error_stats(dl.state_dict()).items() if k != "seen"}
     print(f"streamed {clips} clips ({frames} frames) of {num_rows} rows in {elapsed:.2f} s "
-          f"with {args.num_workers} workers (~{total} batches)")  # fmt: skip
+          f"with {args.num_workers} workers (~{math.ceil(num_rows / args.batch_size)} batches)")  # fmt: skip
     print(f"throughput: {clips / elapsed:.1f} clips/s, {frames / elapsed:.1f} frames/s")
-    print("batch shapes: " + ", ".join(f"{k} {list(s)}" for k, s in shapes.items()))
-    if batch is not None:
-        print(
-            f"first caption of the last batch: {batch['caption'][0]!r}"
-            if "caption" in batch
-            else ""
-        )
+    print("first batch shapes: " + ", ".join(f"{k} {list(s)}" for k, s in shapes.items()))
+    if caption:
+        print(f"a caption: {caption!r}")
     print(f"skipped samples: {skipped or 'none'}")
     return 0
-
-
-def graph_index(graph):  # noqa: ANN001, ANN201 - small helper for the demo
-    from sdsnodes.nodes import IndexReader, iter_nodes
-
-    for node in iter_nodes(graph):
-        if isinstance(node, IndexReader):
-            return node.index
-    raise ValueError("the graph has no IndexReader")
 
 
 def _human(n: float) -> str:
@@ -145,14 +132,20 @@ def _index_inspect(args: argparse.Namespace) -> int:
 
 
 def _index_build(args: argparse.Namespace) -> int:
+    import json
     import re
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from sdsnodes.index import read_index
+    from sdsnodes.index.listing import listing_defaults
 
-    table = read_index(args.src)
+    options = json.loads(args.storage_options) if args.storage_options else None
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+    with listing_defaults(num_threads=args.threads, progress=not args.quiet):
+        table = read_index(args.src, storage_options=options)
     if args.parse:
         pattern = re.compile(args.parse)
         if not pattern.groupindex:
@@ -217,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--parse",
         help="regex with named groups applied to each path, e.g. '(?P<label>[^/]+)/[^/]+$'",
     )
+    build.add_argument(
+        "--storage-options",
+        help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'',
+    )
+    build.add_argument("--threads", type=int, default=16, help="listing requests in flight")
+    build.add_argument("-q", "--quiet", action="store_true", help="no listing progress bar")
     build.set_defaults(func=_index_build)
     inspect = index.add_parser("inspect", help="schema, rows, a few samples and a size histogram")
     inspect.add_argument("index")

@@ -18,6 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from sdsnodes.index.listing import list_files
 from sdsnodes.storage import filesystem
 
 MEDIA_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -99,15 +100,13 @@ def _table_of_files(paths: list[str], sizes: list[int | None] | None) -> pa.Tabl
 
 
 def _read_directory(url: str, fs: Any, path: str) -> pa.Table:
-    listing = fs.find(path, detail=True)
-    files = sorted(
-        (name, info)
-        for name, info in listing.items()
-        if info.get("type") != "directory" and _kind_of(name)
+    """One row per media file under the directory ``url``, listed in parallel (``list_files``:
+    key ranges on S3/GCS, a threaded tree walk elsewhere), sorted by path."""
+    exts = [e for kind_exts in MEDIA_EXTENSIONS.values() for e in kind_exts]
+    files = [(n, size) for n, size in list_files(url, fs=fs, extensions=exts) if _kind_of(n)]
+    return _table_of_files(
+        [name for name, _ in files], [None if size < 0 else size for _, size in files]
     )
-    protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
-    paths = [fs.unstrip_protocol(name) if protocol else name for name, _ in files]
-    return _table_of_files(paths, [info.get("size") for _, info in files])
 
 
 def read_index(src: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> pa.Table:
