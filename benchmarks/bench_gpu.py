@@ -31,15 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: skipped")
         return 0
-    index = make_video_dataset((args.dir or default_data_dir()) / "gpu-videos", num_videos=16 if args.quick else 48)
-    make = lambda: build_video_graph(index, num_frames=16, fps=8, size=256, batch_size=8, num_threads=8)  # noqa: E731
+    index = make_video_dataset(
+        (args.dir or default_data_dir()) / "gpu-videos", num_videos=16 if args.quick else 48
+    )
+    make = lambda: build_video_graph(
+        index, num_frames=16, fps=8, size=256, batch_size=8, num_threads=8
+    )  # noqa: E731
     batches = [b["video"] for b in Loader(make())]  # [B, T, 3, H, W] uint8, pageable
     pinned = [b["video"] for b in Loader(PinMemory(make()))]
     assert all(p.is_pinned() for p in pinned) and not any(b.is_pinned() for b in batches)
     nbytes = sum(b.numel() for b in batches)
     rates: dict[str, list[float]] = {"pageable .to(cuda)": [], "pinned .to(cuda, non_blocking)": []}
     for _ in range(repeats_of(args)):
-        for name, source, non_blocking in (("pageable .to(cuda)", batches, False), ("pinned .to(cuda, non_blocking)", pinned, True)):
+        for name, source, non_blocking in (
+            ("pageable .to(cuda)", batches, False),
+            ("pinned .to(cuda, non_blocking)", pinned, True),
+        ):
             torch.cuda.synchronize()
             start = time.perf_counter()
             out = [t.to("cuda", non_blocking=non_blocking) for t in source]
@@ -47,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             rates[name].append(nbytes / (time.perf_counter() - start) / 1e9)
     ok = all(torch.equal(o.cpu(), p) for o, p in zip(out, pinned))
     base = statistics.median(rates["pageable .to(cuda)"])
-    print(f"\n{len(batches)} batches of {tuple(batches[0].shape)} uint8 ({nbytes / 1e6:.0f} MB) on {torch.cuda.get_device_name()}")
+    print(
+        f"\n{len(batches)} batches of {tuple(batches[0].shape)} uint8 ({nbytes / 1e6:.0f} MB) on {torch.cuda.get_device_name()}"
+    )
     print(f"{'transfer':<34}{'GB/s (median)':>14}{'min':>8}{'max':>8}{'ratio':>8}")
     for name, values in rates.items():
         med = statistics.median(values)
