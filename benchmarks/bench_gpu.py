@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     index = make_video_dataset(
         (args.dir or default_data_dir()) / "gpu-videos", num_videos=16 if args.quick else 48
     )
-    make = lambda: build_video_graph(
-        index, num_frames=16, fps=8, size=256, batch_size=8, num_threads=8
-    )  # noqa: E731
+
+    def make():
+        return build_video_graph(index, num_frames=16, fps=8, size=256, batch_size=8, num_threads=8)
+
     batches = [b["video"] for b in Loader(make())]  # [B, T, 3, H, W] uint8, pageable
     pinned = [b["video"] for b in Loader(PinMemory(make()))]
     assert all(p.is_pinned() for p in pinned) and not any(b.is_pinned() for b in batches)
