@@ -37,6 +37,13 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from sdsnodes import StreamingDataset, build_image_graph, load_elastic_state
 from sdsnodes._synthetic import make_image_dataset
 
+
+def say(*parts: object) -> None:
+    """Print a line in one write, so the lines of several ranks never interleave."""
+    sys.stdout.write(" ".join(map(str, parts)) + "\n")
+    sys.stdout.flush()
+
+
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, deprecated in recent torch
 warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
 
@@ -134,8 +141,8 @@ def main() -> None:
         model.module.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         reader = next(iter(cursor["readers"].values()))
-        print(f"rank {rank}/{world_size}: elastic resume from {len(states)} rank(s) at step {step}: epoch "
-              f"{reader['epoch']}, {reader['base'] + len(reader['skip'])} samples already read", flush=True)  # fmt: skip
+        say(f"rank {rank}/{world_size}: elastic resume from {len(states)} rank(s) at step {step}: epoch "
+              f"{reader['epoch']}, {reader['base'] + len(reader['skip'])} samples already read")  # fmt: skip
     # the new num_workers may differ from the old one: the cursor does not depend on the layout
     dl = StatefulDataLoader(dataset, batch_size=None, num_workers=args.num_workers)
 
@@ -155,11 +162,11 @@ def main() -> None:
         sys.stdout.flush()
         if batches == args.steps:
             break
-    print(f"rank {rank}/{world_size}: {batches} batches, {samples} samples", flush=True)
+    say(f"rank {rank}/{world_size}: {batches} batches, {samples} samples")
     if args.ckpt_dir:
         save(args.ckpt_dir, step, dl, model.module, optimizer)
         if rank == 0:
-            print(f"saved {args.ckpt_dir} at step {step} ({world_size} rank(s))", flush=True)
+            say(f"saved {args.ckpt_dir} at step {step} ({world_size} rank(s))")
     dist.destroy_process_group()
 
 
