@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 LOCAL_PROTOCOLS = (None, "file", "local")
 _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
 _fs_lock = threading.Lock()
+_jitter = random.Random()  # backoff jitter only: never the global RNG, never sample randomness
 
 
 def default_cache_dir() -> str:
@@ -142,7 +143,7 @@ def fetch(
                 raise
             last = error
             if attempt < retries:
-                delay = backoff_s * (2**attempt) * (0.5 + random.random())
+                delay = backoff_s * (2**attempt) * (0.5 + _jitter.random())
                 logger.debug("retrying %s in %.2fs after %r", url, delay, error)
                 time.sleep(delay)
     raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
