@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 from sdsnodes.errors import DownloadError
-from sdsnodes.nodes._cache_ref import default_cache_dir, open_cache
-from sdsnodes.storage import _is_permanent, filesystem
+from sdsnodes.nodes._cache_ref import open_cache
+from sdsnodes.storage import _is_permanent, default_cache_dir, filesystem
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import threading
 
 from sdsnodes.cache.store import Cache
 from sdsnodes.sample import CACHE_DIR, URL_PREFIX, Sample
-from sdsnodes.storage import default_cache_dir, is_remote  # noqa: F401 - re-exported to the nodes
+from sdsnodes.storage import is_remote
 
 _caches: dict[tuple, Cache] = {}
 _lock = threading.Lock()

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import errno
 import functools
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from sdsnodes.cache import EvictionPolicy
 from sdsnodes.errors import OnError
-from sdsnodes.nodes._cache_ref import default_cache_dir, open_cache
-from sdsnodes.nodes._threads import Skipped, ThreadMapNode
+from sdsnodes.nodes._cache_ref import open_cache
+from sdsnodes.nodes._remote import RemoteColumnsNode, disk_full
+from sdsnodes.nodes._threads import Skipped
 from sdsnodes.sample import CACHE_DIR, Sample, url_key
 from sdsnodes.storage import fetch, is_remote, local_path
 
 
-class CachingDownloader(ThreadMapNode):
+class CachingDownloader(RemoteColumnsNode):
     """Replace each remote URL in ``columns_to_download`` by a local, pinned file in the cache.
 
     Downloads run in ``num_threads`` threads, at most ``num_threads`` samples ahead of the
@@ -56,8 +55,6 @@ class CachingDownloader(ThreadMapNode):
         ValueError: ``columns_to_download`` is empty, or an argument is out of range.
     """
 
-    reason = "download"
-
     def __init__(
         self,
         source: BaseNode,
@@ -72,28 +69,13 @@ class CachingDownloader(ThreadMapNode):
         on_error: OnError | str = OnError.SKIP,
         max_error_rate: float = 0.5,
     ) -> None:
-        if isinstance(columns_to_download, str) or not columns_to_download:
-            raise ValueError(f"{columns_to_download=} must be a non-empty list of column names")
-        if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(f"{max_bytes=} must be > 0 (or None for no budget)")
-        try:
-            EvictionPolicy(policy)
-        except ValueError:
-            raise ValueError(
-                f"{policy=} must be one of {[p.value for p in EvictionPolicy]}"
-            ) from None
         # the window is pinned on disk: num_threads files, not 2x, leaves the budget to the cache
-        super().__init__(source, num_threads, on_error, max_error_rate, max_in_flight=num_threads)
-        self.columns = list(columns_to_download)
-        self.cache_dir = str(cache_dir or default_cache_dir())
-        self.max_bytes = max_bytes
-        self.storage_options = dict(storage_options or {})
-        self.retries = retries
-        self.timeout = timeout
-        self.policy = policy
-
-    def classify(self, error: BaseException) -> str:
-        return "missing" if isinstance(error, FileNotFoundError) else self.reason
+        super().__init__(
+            source, columns_to_download, cache_dir=cache_dir, max_bytes=max_bytes,
+            storage_options=storage_options, num_threads=num_threads, retries=retries,
+            timeout=timeout, policy=policy, on_error=on_error, max_error_rate=max_error_rate,
+            max_in_flight=num_threads,
+        )  # fmt: skip
 
     def process(self, sample: Sample) -> Sample:
         cache = open_cache(self.cache_dir, self.max_bytes, policy=self.policy)
@@ -121,7 +103,7 @@ class CachingDownloader(ThreadMapNode):
         except BaseException as error:
             for url in pinned:
                 cache.unpin(url)
-            if _disk_full(error):
+            if disk_full(error):
                 raise OSError(
                     errno.ENOSPC,
                     f"the cache directory {self.cache_dir!r} is full: free disk space, or set max_bytes "
@@ -133,14 +115,3 @@ class CachingDownloader(ThreadMapNode):
 
     def on_skip(self, skipped: Skipped) -> None:
         """Nothing to release: ``process`` unpins its files before it fails."""
-
-    def is_fatal(self, error: BaseException) -> bool:
-        """A full disk stops the run at once: skipping every sample would hide it."""
-        return _disk_full(error)
-
-
-def _disk_full(error: BaseException) -> bool:
-    """A full disk or quota, from the file system or from SQLite writing the ledger."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)

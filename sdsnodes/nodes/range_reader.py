@@ -9,9 +9,8 @@ from torchdata.nodes import BaseNode
 
 from sdsnodes.errors import OnError
 from sdsnodes.nodes._blockfile import DEFAULT_BLOCK_SIZE, BlockFile
-from sdsnodes.nodes._cache_ref import default_cache_dir
-from sdsnodes.nodes._threads import Skipped, ThreadMapNode
-from sdsnodes.nodes.downloader import _disk_full
+from sdsnodes.nodes._remote import RemoteColumnsNode
+from sdsnodes.nodes._threads import Skipped
 from sdsnodes.sample import Sample
 from sdsnodes.storage import is_remote, local_path
 
@@ -24,7 +23,7 @@ def range_url_key(column: str) -> str:
     return RANGE_URL_PREFIX + column
 
 
-class RangeReader(ThreadMapNode):
+class RangeReader(RemoteColumnsNode):
     """Replace each remote URL in ``columns`` by a seekable file that fetches only what is read.
 
     The file (a :class:`~sdsnodes.nodes._blockfile.BlockFile`) reads the object in fixed blocks
@@ -64,8 +63,6 @@ class RangeReader(ThreadMapNode):
         ValueError: ``columns`` is empty, or an argument is out of range.
     """
 
-    reason = "download"
-
     def __init__(
         self,
         source: BaseNode,
@@ -82,25 +79,15 @@ class RangeReader(ThreadMapNode):
         on_error: OnError | str = OnError.SKIP,
         max_error_rate: float = 0.5,
     ) -> None:
-        if isinstance(columns, str) or not columns:
-            raise ValueError(f"{columns=} must be a non-empty list of column names")
-        if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(f"{max_bytes=} must be > 0 (or None for no budget)")
         if not isinstance(block_size, int) or block_size < 4096:
             raise ValueError(f"{block_size=} must be an int >= 4096 (bytes)")
-        super().__init__(source, num_threads, on_error, max_error_rate)
-        self.columns = list(columns)
-        self.cache_dir = str(cache_dir or default_cache_dir())
-        self.max_bytes = max_bytes
-        self.storage_options = dict(storage_options or {})
+        super().__init__(
+            source, columns, cache_dir=cache_dir, max_bytes=max_bytes,
+            storage_options=storage_options, num_threads=num_threads, retries=retries,
+            timeout=timeout, policy=policy, on_error=on_error, max_error_rate=max_error_rate,
+        )  # fmt: skip
         self.block_size = block_size
         self.prefetch_head = bool(prefetch_head)
-        self.retries = retries
-        self.timeout = timeout
-        self.policy = policy
-
-    def classify(self, error: BaseException) -> str:
-        return "missing" if isinstance(error, FileNotFoundError) else self.reason
 
     def open(self, url: str) -> BlockFile:
         """A :class:`BlockFile` over ``url`` with this node's cache and options."""
@@ -138,7 +125,3 @@ class RangeReader(ThreadMapNode):
 
     def on_skip(self, skipped: Skipped) -> None:
         """Nothing to release: ``process`` closes its files before it fails."""
-
-    def is_fatal(self, error: BaseException) -> bool:
-        """A full disk stops the run at once: skipping every sample would hide it."""
-        return _disk_full(error)
