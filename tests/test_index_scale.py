@@ -162,3 +162,12 @@ def test_shuffled_large_index_starts_fast_and_state_is_small(tmp_path):
     )
     fresh.load_state_dict(state)
     assert next(iter(fresh))["__index__"] == next(it)["__index__"]
+
+
+def test_a_directory_that_gains_files_is_listed_again(tmp_path):
+    media = tmp_path / "media" / "sub"
+    media.mkdir(parents=True)
+    (media / "a.jpg").write_bytes(b"x")
+    assert len(IndexReader(tmp_path / "media", index_cache_dir=str(tmp_path / "ic")).index) == 1
+    (media / "b.jpg").write_bytes(b"y")  # a nested change: the top directory's mtime stays
+    assert len(IndexReader(tmp_path / "media", index_cache_dir=str(tmp_path / "ic")).index) == 2

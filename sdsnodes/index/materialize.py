@@ -53,8 +53,15 @@ def _source_files(url: str, storage_options: dict[str, Any] | None) -> tuple[Any
 
 
 def fingerprint(url: str, storage_options: dict[str, Any] | None = None, **options: Any) -> str:
-    """A short hash of the source's files (path, size, mtime/ETag) and of ``options``."""
-    _, infos = _source_files(url, storage_options)
+    """A short hash of the source's files (path, size, mtime/ETag) and of ``options``; for a
+    directory, of its listing (files added or removed anywhere below it change it)."""
+    fs, infos = _source_files(url, storage_options)
+    if len(infos) == 1 and infos[0].get("type") == "directory":
+        from sdsnodes.index.listing import list_files
+
+        infos = [
+            {"name": name, "size": size} for name, size in list_files(url, storage_options, fs=fs)
+        ]
     parts = [
         (
             i["name"],
