@@ -20,7 +20,8 @@ class Evictor(BaseNode[Sample]):
 
     Args:
         source (BaseNode): upstream node (usually a Decoder).
-        trim_every (int): call the cache's ``trim()`` every this many samples (0 never); the
+        trim_every (int): call the cache's ``trim()`` (a recount of the ledger and a WAL
+            checkpoint: not free on a big cache) every this many samples (0 never); the
             cache also trims whenever a download needs room.
 
     State:
@@ -33,7 +34,7 @@ class Evictor(BaseNode[Sample]):
     SOURCE_KEY = "source"
     SEEN_KEY = "seen"
 
-    def __init__(self, source: BaseNode, trim_every: int = 64) -> None:
+    def __init__(self, source: BaseNode, trim_every: int = 1024) -> None:
         super().__init__()
         if trim_every < 0:
             raise ValueError(f"{trim_every=} must be >= 0")
