@@ -18,9 +18,11 @@ repeats, with min and max. The sampler starts once the workers are forked (persi
 no later fork): a fork while a thread of this process is inside SQLite leaves SQLite's global
 locks held in the child, which then hangs at its first ledger access.
 
-The default budgets are one the in-flight window fits in and one it does not: each worker keeps up
-to ``2 x --download-threads`` files downloading or downloaded-but-not-yet-consumed, all pinned,
-and pinned files cannot be evicted.
+The default budgets are one the in-flight windows fit in and one they do not: each worker keeps up
+to ``--download-threads`` files downloading or downloaded-but-not-yet-consumed, all pinned, and
+pinned files cannot be evicted. CachingDownloader starts a download only when it fits the budget
+next to what is pinned, except the one its consumer waits for: with a tight budget the
+directory may exceed ``max_bytes`` by one file per worker at most.
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 path.write_bytes(rng.bytes(int(size)))
                 urls.append(server.url_for(path))
             table = pa.table({"file": urls, "size": sizes})
-            window = args.num_workers * 2 * args.download_threads
+            window = args.num_workers * args.download_threads
             print(
                 f"aiohttp HTTP server on 127.0.0.1: {args.num_files} files of {args.min_kb:g}-"
                 f"{args.max_kb:g} KB (log-uniform), {sizes.sum() / 1e6:.1f} MB, largest "

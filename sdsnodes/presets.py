@@ -65,7 +65,7 @@ def build_video_graph(
         cache_dir (str | None), max_bytes (int | None), storage_options (dict | None): download
             cache and fsspec options (see :class:`~sdsnodes.CachingDownloader`).
         shuffle (bool), seed (int): a new permutation each epoch, deterministic in (seed, epoch).
-        num_threads (int): decoding threads (4); download_threads (int): download threads (8).
+        num_threads (int): decoding threads (4); download_threads (int): samples downloaded ahead and at once (8).
         retries (int), timeout (float | None): retries of transient download errors (with
             exponential backoff; 3) and seconds one download attempt may take (60).
         prefetch_factor (int): batches prefetched in the background (2; 0 for none).
@@ -123,7 +123,7 @@ def build_image_graph(
     """A graph yielding batches of images and captions.
 
     Args: as :func:`build_video_graph`, with ``image_column`` ("image") and ``size`` the output
-    (H, W) (256), ``batch_size`` 32 and 16 download threads.
+    (H, W) (256), ``batch_size`` 32 and 16 samples downloaded ahead (``download_threads``).
 
     Returns:
         BaseNode: yields dicts with ``image`` uint8 [B, 3, H, W], ``caption`` list[str | None]

@@ -8,6 +8,9 @@ per process id and created lazily inside each DataLoader worker.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import errno
 import json
 import logging
@@ -143,7 +146,70 @@ def fetch(
                 raise
             last = error
             if attempt < retries:
-                delay = backoff_s * (2**attempt) * (0.5 + _jitter.random())
-                logger.debug("retrying %s in %.2fs after %r", url, delay, error)
-                time.sleep(delay)
+                time.sleep(_backoff(url, error, attempt, backoff_s))
+    raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
+
+
+def _backoff(url: str, error: BaseException, attempt: int, backoff_s: float) -> float:
+    delay = backoff_s * (2**attempt) * (0.5 + _jitter.random())
+    logger.debug("retrying %s in %.2fs after %r", url, delay, error)
+    return delay
+
+
+def fetch_soon(
+    url: str,
+    dest: str | os.PathLike,
+    storage_options: dict[str, Any] | None = None,
+    retries: int = 3,
+    backoff_s: float = 0.5,
+    timeout: float | None = 60.0,
+    executor: concurrent.futures.Executor | None = None,
+) -> concurrent.futures.Future:
+    """Start :func:`fetch` without waiting: the future of its result (bytes written).
+
+    On an async filesystem (s3fs, gcsfs, HTTP) the download runs as a coroutine on fsspec's
+    event loop, so hundreds can be in flight without a thread each; cancelling the future
+    cancels it and removes ``dest``. Other filesystems run :func:`fetch` in ``executor``.
+
+    Args:
+        url, dest, storage_options, retries, backoff_s, timeout: as :func:`fetch`.
+        executor (concurrent.futures.Executor | None): where a sync filesystem's download runs
+            (required for those).
+
+    Returns:
+        concurrent.futures.Future: resolves to the bytes written, or to :func:`fetch`'s errors.
+
+    Raises:
+        ValueError: a sync filesystem and no ``executor``.
+    """
+    fs, path = filesystem(url, storage_options)
+    if getattr(fs, "async_impl", False):
+        coro = _fetch_async(fs, url, path, os.fspath(dest), retries, backoff_s, timeout)
+        return asyncio.run_coroutine_threadsafe(coro, fs.loop)
+    if executor is None:
+        raise ValueError(f"{url!r} is on a sync filesystem: fetch_soon needs an executor")
+    return executor.submit(
+        fetch, url, dest, storage_options, retries=retries, backoff_s=backoff_s, timeout=timeout
+    )
+
+
+async def _fetch_async(
+    fs: Any, url: str, path: str, dest: str, retries: int, backoff_s: float, timeout: float | None
+) -> int:
+    last: BaseException | None = None
+    try:
+        for attempt in range(retries + 1):
+            try:
+                await asyncio.wait_for(fs._get_file(path, dest), timeout)
+                return os.path.getsize(dest)
+            except Exception as error:  # noqa: BLE001 - classified below
+                if _is_permanent(error):
+                    raise
+                last = error
+                if attempt < retries:
+                    await asyncio.sleep(_backoff(url, error, attempt, backoff_s))
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError):
+            os.unlink(dest)
+        raise
     raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last

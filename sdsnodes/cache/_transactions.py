@@ -34,21 +34,36 @@ def take_hit(
     Returns:
         bool: whether it was a hit (and is now pinned).
     """
-    now, hit = time.time(), False
     with ledger.write(conn):
-        row = ledger.get_row(conn, key)
-        if row is None:
-            return False
-        known_url, size, state, created = row
-        if state == ledger.READY and _size(path) == size:
-            hit = not budget.expired(created, now) or ledger.is_pinned(conn, key)
-        if hit:
-            ledger.touch(conn, key, url, now)
-            ledger.pin(conn, key, *owner)
-            ledger.bump(conn, hits=1)
-        elif clear:  # damaged, expired, or abandoned by a dead downloader
-            ledger.remove(conn, root, key, known_url, size)
-            _recovery.remove_dead_tmp(root, key)
+        return hit_in(conn, root, key, url, path, budget, owner, clear, time.time())
+
+
+def hit_in(
+    conn: sqlite3.Connection,
+    root: pathlib.Path,
+    key: str,
+    url: str,
+    path: pathlib.Path,
+    budget: Budget,
+    owner: tuple[int, int],
+    clear: bool,
+    now: float,
+) -> bool:
+    """:func:`take_hit` inside the caller's write transaction."""
+    row = ledger.get_row(conn, key)
+    if row is None:
+        return False
+    known_url, size, state, created = row
+    hit = False
+    if state == ledger.READY and _size(path) == size:
+        hit = not budget.expired(created, now) or ledger.is_pinned(conn, key)
+    if hit:
+        ledger.touch(conn, key, url, now)
+        ledger.pin(conn, key, *owner)
+        ledger.bump(conn, hits=1)
+    elif clear:  # damaged, expired, or abandoned by a dead downloader
+        ledger.remove(conn, root, key, known_url, size)
+        _recovery.remove_dead_tmp(root, key)
     return hit
 
 
@@ -71,13 +86,30 @@ def reserve(
     """
     now = time.time()
     with ledger.write(conn):
-        _, fits = budget.make_room(conn, root, need, now)
-        if not fits and _recovery.reclaim_dead(conn, root):
-            _, fits = budget.make_room(conn, root, need, now)
-        ledger.insert(conn, key, url, need, ledger.RESERVED, rank_for(key), now, now)
-        ledger.pin(conn, key, *owner)
-        ledger.bump(conn, misses=1)
+        fits = make_room_for(conn, root, need, budget, now)
+        insert_reservation(conn, key, url, need, owner, now)
     return fits
+
+
+def make_room_for(
+    conn: sqlite3.Connection, root: pathlib.Path, need: int, budget: Budget, now: float
+) -> bool:
+    """Evict (inside the caller's transaction) until ``need`` more bytes fit, reclaiming dead
+    processes' pins and reservations if unpinned files are not enough; whether they fit."""
+    _, fits = budget.make_room(conn, root, need, now)
+    if not fits and _recovery.reclaim_dead(conn, root):
+        _, fits = budget.make_room(conn, root, need, now)
+    return fits
+
+
+def insert_reservation(
+    conn: sqlite3.Connection, key: str, url: str, need: int, owner: tuple[int, int], now: float
+) -> None:
+    """Record (inside the caller's transaction) the download of ``key`` as a reservation of
+    ``need`` bytes, pinned by ``owner``."""
+    ledger.insert(conn, key, url, need, ledger.RESERVED, rank_for(key), now, now)
+    ledger.pin(conn, key, *owner)
+    ledger.bump(conn, misses=1)
 
 
 def commit(
@@ -97,10 +129,17 @@ def release(
     """Undo :func:`reserve` after a failed download: delete the reservation (and the file,
     if it was renamed into place) and ``owner``'s pin."""
     with ledger.write(conn):
-        row = ledger.get_row(conn, key)
-        if row is not None and row[2] == ledger.RESERVED:
-            ledger.remove(conn, root, key, url, row[1])
-        ledger.unpin(conn, key, *owner)
+        release_in(conn, root, key, url, owner)
+
+
+def release_in(
+    conn: sqlite3.Connection, root: pathlib.Path, key: str, url: str, owner: tuple[int, int]
+) -> None:
+    """:func:`release` inside the caller's write transaction."""
+    row = ledger.get_row(conn, key)
+    if row is not None and row[2] == ledger.RESERVED:
+        ledger.remove(conn, root, key, url, row[1])
+    ledger.unpin(conn, key, *owner)
 
 
 def _size(path: pathlib.Path) -> int | None:

@@ -162,6 +162,47 @@ def flocked(path: pathlib.Path, *, remove: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
+def try_flock(path: pathlib.Path) -> int | None:
+    """Take the exclusive lock of :func:`flocked` without waiting.
+
+    Returns:
+        int | None: the descriptor holding the lock (give it to :func:`unflock`), or None when
+        another thread or process holds it.
+
+    Raises:
+        OSError: the lock file cannot be created.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                os.close(fd)
+                return None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        if same:
+            _HELD.add(fd)
+            return fd
+        os.close(fd)  # unlinked by its last holder: lock the new file
+
+
+def unflock(path: pathlib.Path, fd: int) -> None:
+    """Release a lock taken by :func:`try_flock`, removing its file (as ``flocked(remove=True)``)."""
+    unlink(path)
+    _HELD.discard(fd)
+    os.close(fd)
+
+
 def try_lock_shared(path: pathlib.Path) -> tuple[int, bool]:
     """Open ``path`` and lock it: exclusively if nobody else holds it, else shared.
 

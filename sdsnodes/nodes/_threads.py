@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 _live: weakref.WeakSet = weakref.WeakSet()  # nodes whose threads may be running
 
 
+def register_live(node: BaseNode) -> None:
+    """Have :func:`shutdown_all` call ``node.shutdown()`` at exit (held weakly)."""
+    _live.add(node)
+
+
 def shutdown_all() -> None:
     """Stop the threads of every ThreadMapNode of this process (run at interpreter exit, so no
     worker thread is inside pyarrow or PyAV while the interpreter tears down)."""

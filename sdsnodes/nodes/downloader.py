@@ -2,31 +2,79 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
 import errno
 import functools
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from sdsnodes.errors import OnError
+from sdsnodes.cache.ledger import disk_full_error
+from sdsnodes.cache.store import BUSY, NO_ROOM, Cache, Claim
+from sdsnodes.errors import ErrorPolicy, OnError
 from sdsnodes.nodes._cache_ref import open_cache
-from sdsnodes.nodes._remote import RemoteColumnsNode, disk_full
-from sdsnodes.nodes._threads import Skipped
-from sdsnodes.sample import CACHE_DIR, Sample, url_key
-from sdsnodes.storage import fetch, is_remote, local_path
+from sdsnodes.nodes._remote import RemoteSettings, disk_full
+from sdsnodes.nodes._threads import register_live
+from sdsnodes.sample import CACHE_DIR, Sample, describe, url_key
+from sdsnodes.storage import fetch, fetch_soon, is_remote, local_path
 
 
-class CachingDownloader(RemoteColumnsNode):
+@dataclasses.dataclass
+class _File:
+    """One remote column of a sample in the window, from wanted to pinned in the cache."""
+
+    column: str
+    url: str
+    size_hint: int | None
+    claim: Claim | None = None
+    future: concurrent.futures.Future | None = None
+    waiting: bool = False  # on another downloader (BUSY): a Cache.get in a thread
+    pinned: bool = False
+
+
+@dataclasses.dataclass
+class _Entry:
+    """A sample in the window: its files, the source's state after it, the first error."""
+
+    sample: Sample
+    out: Sample
+    state: dict[str, Any]
+    files: list[_File]
+    error: BaseException | None = None
+
+    def busy(self) -> bool:
+        return any(f.future is not None for f in self.files)
+
+    def unclaimed(self) -> list[_File]:
+        return [f for f in self.files if f.future is None and not f.pinned]
+
+
+class CachingDownloader(BaseNode[Sample], RemoteSettings):
     """Replace each remote URL in ``columns_to_download`` by a local, pinned file in the cache.
 
-    Downloads run in ``num_threads`` threads, at most ``num_threads`` samples ahead of the
-    consumer, in order (files in that window are pinned, so the window is kept small next to
-    ``max_bytes``). Each file is written under a temporary name and renamed into place, so a
-    crash never leaves a half file that looks whole; the same URL is downloaded once even when
-    several workers or processes ask for it (the cache's ledger and file locks see to it).
-    Local paths (and ``file://`` URLs) are used in place. The original value is kept under
-    ``__url__.<column>``; ``__cache_dir__`` tells :class:`Evictor` where to release the files.
+    Keeps a window of up to ``num_threads`` samples ahead of the consumer, and downloads their
+    files concurrently: on S3, GCS and HTTP each download is a coroutine on fsspec's event loop
+    (no thread per download); other filesystems use ``num_threads`` threads. Samples come out
+    in order. The cache's ledger is asked once per batch of files (hits are pinned, misses
+    claimed), and finished downloads are recorded in one transaction, so a cold-cache download
+    costs little CPU beyond the HTTP request.
+
+    The byte budget holds: a download starts only when the files pinned and in flight, all
+    processes together, leave room for it under ``max_bytes`` (its size from the index's
+    ``size`` / ``<column>_size`` column, else the largest file this node has downloaded), in
+    window order. Only the sample the consumer waits for may start without room, so the
+    directory exceeds ``max_bytes`` by at most that file per process (never more than one file
+    per process sharing the cache, and only when the budget is tiny next to the windows).
+
+    Each file is written under a temporary name and renamed into place, so a crash never leaves
+    a half file that looks whole; the same URL is downloaded once even when several workers or
+    processes ask for it (the others wait for it). Local paths (and ``file://`` URLs) are used
+    in place. The original value is kept under ``__url__.<column>``; ``__cache_dir__`` tells
+    :class:`Evictor` where to release the files.
 
     Args:
         source (BaseNode): upstream node yielding sample dicts.
@@ -35,7 +83,7 @@ class CachingDownloader(RemoteColumnsNode):
             None uses ``$SDS_CACHE_DIR`` or ``~/.cache/sdsnodes``.
         max_bytes (int | None): byte budget of the whole cache directory; None is unbounded.
         storage_options (dict | None): fsspec options for the URLs (credentials, endpoint_url…).
-        num_threads (int): concurrent downloads.
+        num_threads (int): samples downloaded ahead and at once (>= 1).
         retries (int): retries of transient errors (5xx, resets, timeouts), with backoff.
         timeout (float | None): seconds one download attempt may take (S3, GCS, HTTP).
         policy (str): eviction policy, ``"keepset"`` (default) or ``"lru"``.
@@ -43,8 +91,10 @@ class CachingDownloader(RemoteColumnsNode):
         max_error_rate (float): raise once more than this fraction of samples was skipped.
 
     State:
-        as :class:`~sdsnodes.nodes._threads.ThreadMapNode`: the source's state at the last
-        yielded sample and the skip counts (reasons ``"missing"``, ``"download"``).
+        ``{"source": <source state after the last yielded sample>, "errors": {"seen": int,
+        "skipped": {reason: int}}}`` (reasons ``"missing"``, ``"download"``): downloads in
+        flight are not part of it; a resumed node starts them again (cache hits if they
+        finished).
 
     Errors:
         a missing object (404) is counted as ``"missing"``, other failures after retries as
@@ -54,6 +104,10 @@ class CachingDownloader(RemoteColumnsNode):
     Raises:
         ValueError: ``columns_to_download`` is empty, or an argument is out of range.
     """
+
+    SOURCE_KEY = "source"
+    ERRORS_KEY = "errors"
+    reason = "download"
 
     def __init__(
         self,
@@ -69,49 +123,296 @@ class CachingDownloader(RemoteColumnsNode):
         on_error: OnError | str = OnError.SKIP,
         max_error_rate: float = 0.5,
     ) -> None:
-        # the window is pinned on disk: num_threads files, not 2x, leaves the budget to the cache
-        super().__init__(
-            source, columns_to_download, cache_dir=cache_dir, max_bytes=max_bytes,
-            storage_options=storage_options, num_threads=num_threads, retries=retries,
-            timeout=timeout, policy=policy, on_error=on_error, max_error_rate=max_error_rate,
-            max_in_flight=num_threads,
+        super().__init__()
+        if not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"{num_threads=} must be an int >= 1 (samples downloaded ahead)")
+        self.init_remote(
+            columns_to_download, cache_dir=cache_dir, max_bytes=max_bytes,
+            storage_options=storage_options, retries=retries, timeout=timeout, policy=policy,
         )  # fmt: skip
+        self.source = source
+        self.num_threads = num_threads
+        self.errors = ErrorPolicy(on_error, max_error_rate)
+        self._window: collections.deque[_Entry] = collections.deque()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._waiters: concurrent.futures.ThreadPoolExecutor | None = None
+        self._exhausted = False
+        self._state: dict[str, Any] | None = None
+        self._largest = 0  # bytes of the largest file downloaded: the size of unknown ones
+
+    # -- torchdata node protocol ------------------------------------------------------------
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        register_live(self)
+        self._drop_window()
+        if initial_state is None:  # a new epoch: counts go on accumulating
+            self.source.reset(None)
+        else:
+            self.errors.load(initial_state.get(self.ERRORS_KEY))
+            self.source.reset(initial_state[self.SOURCE_KEY])
+        self._exhausted = False
+        self._state = self.source.state_dict()
+
+    def next(self) -> Sample:
+        while True:
+            self._fill()
+            if not self._window:
+                raise StopIteration
+            entry = self._window[0]
+            if entry.busy() or entry.unclaimed():
+                self._wait(entry)
+                continue
+            self._window.popleft()
+            self._state = entry.state
+            if entry.error is None:
+                self.errors.ok()
+                entry.out[CACHE_DIR] = self.cache_dir
+                return entry.out
+            self._release(entry)
+            if self.is_fatal(entry.error):
+                error = self._disk_full_error(entry.error)
+                raise error from (None if error is entry.error else entry.error)
+            self.errors.skip(self.classify(entry.error), entry.error, describe(entry.sample))
+
+    def get_state(self) -> dict[str, Any]:
+        return {self.SOURCE_KEY: self._state, self.ERRORS_KEY: self.errors.state()}
+
+    def shutdown(self) -> None:
+        """Cancel the downloads in flight, release the window's files, stop the threads."""
+        self._drop_window()
+        for name in ("_executor", "_waiters"):
+            pool = getattr(self, name)
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+                setattr(self, name, None)
+
+    # -- blocking form (random access) ------------------------------------------------------
 
     def process(self, sample: Sample) -> Sample:
-        cache = open_cache(self.cache_dir, self.max_bytes, policy=self.policy)
+        """Download ``sample``'s files now, one after the other (``dataset[i]``).
+
+        Raises:
+            FileNotFoundError, DownloadError, OSError: as the node's errors (never skipped).
+        """
+        cache = self._cache()
         out = dict(sample)
         pinned: list[str] = []
         try:
-            for column in self.columns:
-                value = sample.get(column)
-                out[url_key(column)] = value
-                if not is_remote(value):
-                    out[column] = local_path(value) if isinstance(value, str) else value
-                    continue
-                size = (
-                    sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
-                )
-                download = functools.partial(
-                    fetch,
-                    value,
-                    storage_options=self.storage_options,
-                    retries=self.retries,
-                    timeout=self.timeout,
-                )
-                out[column] = str(cache.get(value, download, size_hint=size))
-                pinned.append(value)
+            for file in self._files_of(sample, out):
+                download = functools.partial(fetch, file.url, **self._fetch_options())
+                out[file.column] = str(cache.get(file.url, download, size_hint=file.size_hint))
+                pinned.append(file.url)
         except BaseException as error:
             for url in pinned:
                 cache.unpin(url)
-            if disk_full(error):
-                raise OSError(
-                    errno.ENOSPC,
-                    f"the cache directory {self.cache_dir!r} is full: free disk space, or set max_bytes "
-                    f"below the free space (nothing half-written was kept); cause: {error}",
-                ) from error
+            if disk_full(error) and self._disk_full_error(error) is not error:
+                raise self._disk_full_error(error) from error
             raise
         out[CACHE_DIR] = self.cache_dir
         return out
 
-    def on_skip(self, skipped: Skipped) -> None:
-        """Nothing to release: ``process`` unpins its files before it fails."""
+    # -- the window -------------------------------------------------------------------------
+
+    def _cache(self) -> Cache:
+        return open_cache(self.cache_dir, self.max_bytes, policy=self.policy)
+
+    def _fetch_options(self) -> dict[str, Any]:
+        return {
+            "storage_options": self.storage_options,
+            "retries": self.retries,
+            "timeout": self.timeout,
+        }
+
+    def _files_of(self, sample: Sample, out: Sample) -> list[_File]:
+        files = []
+        for column in self.columns:
+            value = sample.get(column)
+            out[url_key(column)] = value
+            if not is_remote(value):
+                out[column] = local_path(value) if isinstance(value, str) else value
+                continue
+            size = sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
+            hint = int(size) if isinstance(size, int) and size >= 0 else None
+            files.append(_File(column, value, hint))
+        return files
+
+    def _fill(self) -> None:
+        """Top the window up once it is half empty (so the ledger sees batches of files), then
+        start what the budget allows."""
+        if len(self._window) <= self.num_threads // 2:
+            while not self._exhausted and len(self._window) < self.num_threads:
+                try:
+                    sample = next(self.source)
+                except StopIteration:
+                    self._exhausted = True
+                    break
+                out = dict(sample)
+                files = self._files_of(sample, out)
+                self._window.append(_Entry(sample, out, self.source.state_dict(), files))
+        self._start()
+
+    def _start(self) -> None:
+        """Claim the unclaimed files of the window, in order, and start their downloads."""
+        todo = [(entry, f) for entry in self._window for f in entry.unclaimed()]
+        if not todo:
+            return
+        head = self._window[0]
+        overshoot = sum(1 for entry, _ in todo if entry is head)
+        items = [
+            (f.url, f.size_hint if f.size_hint is not None else self._largest) for _, f in todo
+        ]
+        try:
+            answers = self._cache().claim(items, overshoot=overshoot)
+        except Exception as error:  # noqa: BLE001 - the head sample carries it
+            for entry, f in todo:
+                if entry is head:
+                    self._fail(entry, f, error)
+            return
+        for (entry, f), answer in zip(todo, answers):
+            if answer == NO_ROOM:
+                continue
+            if isinstance(answer, pathlib.Path):
+                self._pinned(entry, f, answer)
+            elif answer == BUSY:
+                f.waiting = True
+                download = functools.partial(fetch, f.url, **self._fetch_options())
+                f.future = self._threads("_waiters").submit(
+                    self._cache().get, f.url, download, size_hint=f.size_hint
+                )
+            else:
+                f.claim = answer
+                try:
+                    f.future = fetch_soon(
+                        f.url, answer.tmp, executor=self._threads(), **self._fetch_options()
+                    )
+                except Exception as error:  # noqa: BLE001 - an unknown protocol, say
+                    self._cache().finish([(answer, error)])
+                    f.claim = None
+                    self._fail(entry, f, error)
+
+    def _wait(self, head: _Entry) -> None:
+        """Wait until one of the head sample's downloads or waits, or any download of the
+        window, ended; record every download that ended in one transaction.
+
+        Waking up for any download of ours matters: the head may wait (in a thread) for a URL
+        that a later sample of the window has claimed, whose lock is released only when this
+        thread records it."""
+        pending = [
+            f.future
+            for entry in self._window
+            for f in entry.files
+            if f.future is not None and (entry is head or not f.waiting)
+        ]
+        if pending:
+            concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        done: list[tuple[_Entry, _File]] = [
+            (entry, f)
+            for entry in self._window
+            for f in entry.files
+            if f.future is not None and f.future.done()
+        ]
+        claims = [(entry, f) for entry, f in done if not f.waiting]
+        results = [(f.claim, _error_of(f.future)) for _, f in claims]
+        if results:
+            try:
+                sizes = self._cache().finish(results)
+            except Exception as error:  # noqa: BLE001 - every claim failed with it
+                sizes = [None] * len(results)
+                results = [(claim, error) for claim, _ in results]
+            for (entry, f), (claim, error), size in zip(claims, results, sizes):
+                f.future, f.claim = None, None
+                if size is None:
+                    self._fail(
+                        entry, f, error or FileNotFoundError(errno.ENOENT, "not written", f.url)
+                    )
+                else:
+                    self._largest = max(self._largest, size)
+                    self._pinned(entry, f, claim.path)
+        for entry, f in done:
+            if f.waiting:
+                error, future = _error_of(f.future), f.future
+                f.future, f.waiting = None, False
+                if error is None:
+                    self._pinned(entry, f, future.result())
+                else:
+                    self._fail(entry, f, error)
+
+    def _pinned(self, entry: _Entry, f: _File, path: pathlib.Path) -> None:
+        f.pinned = True
+        entry.out[f.column] = str(path)
+
+    def _fail(self, entry: _Entry, f: _File, error: BaseException) -> None:
+        f.pinned = False
+        f.future = None
+        entry.files.remove(f)  # nothing left to wait for or release
+        if entry.error is None:
+            entry.error = error
+
+    def _release(self, entry: _Entry) -> None:
+        cache = self._cache()
+        for f in entry.files:
+            if f.pinned:
+                f.pinned = False
+                cache.unpin(f.url)
+
+    def _drop_window(self) -> None:
+        """Forget the window: cancel its downloads, release its claims and pins."""
+        window, self._window = self._window, collections.deque()
+        if not window:
+            return
+        cache = self._cache()
+        claims = []
+        for entry in window:
+            for f in entry.files:
+                if f.future is None:
+                    if f.pinned:
+                        cache.unpin(f.url)
+                    continue
+                cancelled = f.future.cancel()
+                if f.claim is not None:
+                    if not cancelled and not f.future.done():  # a sync download's thread
+                        f.future.add_done_callback(functools.partial(_remove, f.claim))
+                    claims.append((f.claim, concurrent.futures.CancelledError()))
+                elif f.waiting and not cancelled:
+                    f.future.add_done_callback(functools.partial(_unpin_when_done, cache, f.url))
+        if claims:
+            cache.finish(claims)
+
+    def _threads(self, name: str = "_executor") -> concurrent.futures.ThreadPoolExecutor:
+        """The threads of sync filesystems' downloads (``_executor``), or of the waits for
+        other downloaders (``_waiters``, apart: a wait may be for one of our downloads)."""
+        pool = getattr(self, name)
+        if pool is None:
+            pool = concurrent.futures.ThreadPoolExecutor(
+                self.num_threads, thread_name_prefix=f"sds-download{name}"
+            )
+            setattr(self, name, pool)
+        return pool
+
+    def _disk_full_error(self, error: BaseException) -> OSError:
+        if isinstance(error, OSError) and self.cache_dir in str(error):
+            return error  # already says which directory is full
+        return disk_full_error(self.cache_dir, error)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_window"] = collections.deque()
+        state["_executor"] = state["_waiters"] = None
+        return state
+
+
+def _error_of(future: concurrent.futures.Future) -> BaseException | None:
+    if future.cancelled():
+        return concurrent.futures.CancelledError()
+    return future.exception()
+
+
+def _remove(claim: Claim | None, future: concurrent.futures.Future) -> None:
+    if claim is not None:
+        claim.tmp.unlink(missing_ok=True)
+
+
+def _unpin_when_done(cache: Cache, url: str, future: concurrent.futures.Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        cache.unpin(url)

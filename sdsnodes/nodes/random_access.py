@@ -14,6 +14,7 @@ from torchdata.nodes import BaseNode
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._epoch import EpochReader
 from sdsnodes.nodes._threads import ThreadMapNode
+from sdsnodes.nodes.downloader import CachingDownloader
 from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.mixer import Mixer
 from sdsnodes.sample import STREAM, Sample
@@ -68,7 +69,7 @@ def get_sample(root: BaseNode, index: int, stream: str | None = None) -> Sample:
     sample = reader.index.sample(index % n, epoch=0)
     try:
         for node in reversed(chain[:-1]):
-            if isinstance(node, ThreadMapNode):
+            if isinstance(node, (ThreadMapNode, CachingDownloader)):
                 sample = node.process(sample)
             elif isinstance(node, Evictor):
                 release(sample)
