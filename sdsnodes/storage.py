@@ -164,17 +164,21 @@ def fetch_soon(
     backoff_s: float = 0.5,
     timeout: float | None = 60.0,
     executor: concurrent.futures.Executor | None = None,
+    abandoned: threading.Event | None = None,
 ) -> concurrent.futures.Future:
     """Start :func:`fetch` without waiting: the future of its result (bytes written).
 
     On an async filesystem (s3fs, gcsfs, HTTP) the download runs as a coroutine on fsspec's
-    event loop, so hundreds can be in flight without a thread each; cancelling the future
-    cancels it and removes ``dest``. Other filesystems run :func:`fetch` in ``executor``.
+    event loop, so hundreds can be in flight without a thread each. Other filesystems run
+    :func:`fetch` in ``executor``. To give a download up, set ``abandoned`` (then cancel the
+    future): whenever the download ends after that, it removes ``dest`` (a cancellation may
+    reach the coroutine only after it finished writing).
 
     Args:
         url, dest, storage_options, retries, backoff_s, timeout: as :func:`fetch`.
         executor (concurrent.futures.Executor | None): where a sync filesystem's download runs
             (required for those).
+        abandoned (threading.Event | None): set when the caller gives the download up.
 
     Returns:
         concurrent.futures.Future: resolves to the bytes written, or to :func:`fetch`'s errors.
@@ -183,24 +187,46 @@ def fetch_soon(
         ValueError: a sync filesystem and no ``executor``.
     """
     fs, path = filesystem(url, storage_options)
+    abandoned = abandoned or threading.Event()
+    dest = os.fspath(dest)
     if getattr(fs, "async_impl", False):
-        coro = _fetch_async(fs, url, path, os.fspath(dest), retries, backoff_s, timeout)
+        coro = _fetch_async(fs, url, path, dest, retries, backoff_s, timeout, abandoned)
         return asyncio.run_coroutine_threadsafe(coro, fs.loop)
     if executor is None:
         raise ValueError(f"{url!r} is on a sync filesystem: fetch_soon needs an executor")
-    return executor.submit(
-        fetch, url, dest, storage_options, retries=retries, backoff_s=backoff_s, timeout=timeout
-    )
+
+    def run() -> int:
+        if abandoned.is_set():
+            return 0
+        try:
+            return fetch(url, dest, storage_options, retries, backoff_s, timeout=timeout)
+        finally:
+            if abandoned.is_set():
+                _remove(dest)
+
+    return executor.submit(run)
 
 
 async def _fetch_async(
-    fs: Any, url: str, path: str, dest: str, retries: int, backoff_s: float, timeout: float | None
+    fs: Any,
+    url: str,
+    path: str,
+    dest: str,
+    retries: int,
+    backoff_s: float,
+    timeout: float | None,
+    abandoned: threading.Event,
 ) -> int:
     last: BaseException | None = None
     try:
         for attempt in range(retries + 1):
+            if abandoned.is_set():
+                return 0
             try:
                 await asyncio.wait_for(fs._get_file(path, dest), timeout)
+                if abandoned.is_set():  # given up while the last bytes arrived
+                    _remove(dest)
+                    return 0
                 return os.path.getsize(dest)
             except Exception as error:  # noqa: BLE001 - classified below
                 if _is_permanent(error):
@@ -208,8 +234,14 @@ async def _fetch_async(
                 last = error
                 if attempt < retries:
                     await asyncio.sleep(_backoff(url, error, attempt, backoff_s))
-    except asyncio.CancelledError:
-        with contextlib.suppress(OSError):
-            os.unlink(dest)
+    except BaseException:
+        if abandoned.is_set():
+            _remove(dest)
+            return 0  # nobody waits for it: an exception here would be logged as unretrieved
         raise
     raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

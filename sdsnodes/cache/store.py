@@ -55,9 +55,11 @@ class Cache:
 
     The budget bounds the bytes of the whole directory, all processes together: before a
     download its size (``size_hint``) is reserved by evicting unpinned files in ``policy``
-    order. When the files pinned or in flight leave no room, the download goes on anyway (with
-    one warning per Cache): the directory then holds at most ``max_bytes`` plus the largest
-    file in flight. Downloads without a ``size_hint`` reserve 0 bytes and are trimmed after.
+    order. When the files pinned or in flight leave no room, :meth:`get` downloads anyway (with
+    one warning per Cache), while :meth:`claim` answers :data:`NO_ROOM` (except for the
+    ``overshoot`` items its caller says it cannot wait for), so a caller that downloads ahead
+    (``CachingDownloader``) waits for room instead. Downloads without a ``size_hint`` reserve
+    0 bytes and are trimmed after.
 
     The object is picklable (only its arguments travel) and fork-safe; ledger connections are
     opened per process and thread. Processes sharing a directory must share a pid namespace

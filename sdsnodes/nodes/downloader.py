@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import functools
 import pathlib
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,6 +140,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         self._exhausted = False
         self._state: dict[str, Any] | None = None
         self._largest = 0  # bytes of the largest file downloaded: the size of unknown ones
+        self._abandoned = threading.Event()  # set when the window is dropped
 
     # -- torchdata node protocol ------------------------------------------------------------
 
@@ -276,7 +278,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 self._pinned(entry, f, answer)
             elif answer == BUSY:
                 f.waiting = True
-                download = functools.partial(fetch, f.url, **self._fetch_options())
+                download = functools.partial(
+                    _fetch_unless, self._abandoned, f.url, **self._fetch_options()
+                )
                 f.future = self._threads("_waiters").submit(
                     self._cache().get, f.url, download, size_hint=f.size_hint
                 )
@@ -284,8 +288,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 f.claim = answer
                 try:
                     f.future = fetch_soon(
-                        f.url, answer.tmp, executor=self._threads(), **self._fetch_options()
-                    )
+                        f.url, answer.tmp, executor=self._threads(),
+                        abandoned=self._abandoned, **self._fetch_options(),
+                    )  # fmt: skip
                 except Exception as error:  # noqa: BLE001 - an unknown protocol, say
                     self._cache().finish([(answer, error)])
                     f.claim = None
@@ -357,8 +362,10 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 cache.unpin(f.url)
 
     def _drop_window(self) -> None:
-        """Forget the window: cancel its downloads, release its claims and pins."""
+        """Forget the window: give its downloads and waits up, release its claims and pins."""
         window, self._window = self._window, collections.deque()
+        abandoned, self._abandoned = self._abandoned, threading.Event()
+        abandoned.set()  # what still runs removes its file and downloads nothing more
         if not window:
             return
         cache = self._cache()
@@ -371,8 +378,6 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                     continue
                 cancelled = f.future.cancel()
                 if f.claim is not None:
-                    if not cancelled and not f.future.done():  # a sync download's thread
-                        f.future.add_done_callback(functools.partial(_remove, f.claim))
                     claims.append((f.claim, concurrent.futures.CancelledError()))
                 elif f.waiting and not cancelled:
                     f.future.add_done_callback(functools.partial(_unpin_when_done, cache, f.url))
@@ -399,6 +404,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         state = self.__dict__.copy()
         state["_window"] = collections.deque()
         state["_executor"] = state["_waiters"] = None
+        state["_abandoned"] = threading.Event()
         return state
 
 
@@ -408,9 +414,11 @@ def _error_of(future: concurrent.futures.Future) -> BaseException | None:
     return future.exception()
 
 
-def _remove(claim: Claim | None, future: concurrent.futures.Future) -> None:
-    if claim is not None:
-        claim.tmp.unlink(missing_ok=True)
+def _fetch_unless(abandoned: threading.Event, url: str, dest: pathlib.Path, **options: Any) -> None:
+    """:func:`fetch` for a wait that found the other download failed, unless given up."""
+    if abandoned.is_set():
+        raise concurrent.futures.CancelledError(f"download of {url!r} given up")
+    fetch(url, dest, **options)
 
 
 def _unpin_when_done(cache: Cache, url: str, future: concurrent.futures.Future) -> None:

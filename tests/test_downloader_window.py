@@ -1,0 +1,267 @@
+"""CachingDownloader's window: concurrent downloads yielded in order, within the byte budget,
+each URL once, cancelled cleanly; over the real HTTP server and fsspec's sync memory://."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from torchdata.nodes import Loader
+from utils import check_node_resume
+
+from sdsnodes import CachingDownloader, Evictor, IndexReader, error_stats
+from sdsnodes.cache import Cache
+from sdsnodes.nodes._cache_ref import close_caches
+
+
+def make_files(http_dir, n: int, seed: int = 0, low: int = 1000, high: int = 2000) -> dict:
+    """``n`` served files of random bytes (sizes in [low, high]): ``{url: bytes}`` in order."""
+    rng = random.Random(seed)
+    files = {}
+    for i in range(n):
+        data = rng.randbytes(rng.randint(low, high))
+        (http_dir.path / f"f{i:02d}.bin").write_bytes(data)
+        files[http_dir.url_for(f"f{i:02d}.bin")] = data
+    return files
+
+
+def index_of(tmp_path: Path, urls: list[str], sizes: list[int] | None = None) -> str:
+    columns = {"file": urls}
+    if sizes is not None:
+        columns["size"] = sizes
+    path = tmp_path / f"index-{uuid.uuid4().hex[:8]}.parquet"
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def downloader(tmp_path: Path, index: str, **kw) -> CachingDownloader:
+    reader = IndexReader(index, index_cache_dir=str(tmp_path / "index-cache"))
+    kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    return CachingDownloader(reader, ["file"], **kw)
+
+
+def on_disk(root: Path) -> tuple[int, list[Path]]:
+    """(bytes of the cache's files, temporary files) under ``root``: the ledger and the lock
+    files excluded; a file evicted while we look counts 0."""
+    size, tmps = 0, []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".locks"]
+        for name in names:
+            if name.startswith("ledger.sqlite"):
+                continue
+            if name.endswith(".tmp"):
+                tmps.append(Path(folder) / name)
+            try:
+                size += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                pass
+    return size, tmps
+
+
+def reserved_rows(root: Path) -> int:
+    """Reservations (downloads claimed, not finished) in the ledger of ``root``."""
+    conn = sqlite3.connect(root / "ledger.sqlite")
+    try:
+        return conn.execute("SELECT COUNT(*) FROM files WHERE state = 'reserved'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_window_yields_in_source_order_with_the_right_bytes(http_server, http_dir, tmp_path):
+    files = make_files(http_dir, 30)
+    urls = list(files)
+    http_server.faults(delay_s=0.3, count=1, path="f00.bin")  # the head finishes last
+    loader = Loader(downloader(tmp_path, index_of(tmp_path, urls), num_threads=8))
+    samples = list(loader)
+    assert [s["__key__"] for s in samples] == [str(i) for i in range(30)]
+    for sample, url in zip(samples, urls):
+        assert sample["__url__.file"] == url
+        assert sample["__cache_dir__"] == str(tmp_path / "cache")
+        path = Path(sample["file"])
+        assert tmp_path / "cache" in path.parents
+        assert path.read_bytes() == files[url]
+    assert {http_server.stats(u)["get"] for u in urls} == {1}
+    stats = Cache(tmp_path / "cache").stats()
+    assert (stats["files"], stats["misses"], stats["hits"]) == (30, 30, 0)
+    assert stats["bytes"] == sum(len(b) for b in files.values())
+
+
+def test_a_duplicate_url_is_downloaded_once(http_server, http_dir, tmp_path):
+    files = make_files(http_dir, 10)
+    urls = list(files)
+    dup = urls[3]
+    order = urls[:4] + [dup, dup] + urls[4:8] + [dup] + urls[8:] + [dup]  # near and far apart
+    http_server.faults(delay_s=0.3, count=1, path="f03.bin")  # the copies wait on it
+    loader = Loader(downloader(tmp_path, index_of(tmp_path, order), num_threads=8))
+    samples = list(loader)
+    assert [s["__url__.file"] for s in samples] == order
+    assert all(Path(s["file"]).read_bytes() == files[s["__url__.file"]] for s in samples)
+    assert http_server.stats(dup)["get"] == 1
+    assert {http_server.stats(u)["get"] for u in urls} == {1}
+    assert error_stats(loader.state_dict()) == {}
+
+
+def test_the_byte_budget_holds_with_an_evictor(http_server, http_dir, tmp_path):
+    files = make_files(http_dir, 30, seed=1)
+    urls, sizes = list(files), [len(b) for b in files.values()]
+    largest, max_bytes = max(sizes), 3 * 1500
+    root = tmp_path / "cache"
+    node = downloader(tmp_path, index_of(tmp_path, urls, sizes), num_threads=8, max_bytes=max_bytes)
+    keys, peak = [], 0
+    for sample in Loader(Evictor(node, trim_every=0)):
+        assert Path(sample["file"]).read_bytes() == files[sample["__url__.file"]]
+        keys.append(sample["__key__"])
+        size, _ = on_disk(root)
+        peak = max(peak, size)
+        assert size <= max_bytes + largest, f"{size} bytes on disk after sample {keys[-1]}"
+    assert keys == [str(i) for i in range(30)]  # the whole epoch, in order
+    assert peak > largest  # the window did download ahead
+    stats = Cache(root).stats()
+    assert stats["bytes"] <= max_bytes and stats["pinned_files"] == 0
+    assert stats["evictions"] > 0
+
+
+def test_resume(http_server, http_dir, tmp_path):
+    files = make_files(http_dir, 12, seed=2)
+    index = index_of(tmp_path, list(files))
+
+    def make_root():
+        return Evictor(downloader(tmp_path, index, num_threads=4))
+
+    def key_fn(sample):
+        assert Path(sample["file"]).read_bytes() == files[sample["__url__.file"]]
+        return sample["__key__"], sample["__epoch__"]
+
+    epoch0 = check_node_resume(make_root, key_fn=key_fn)
+    assert [k for k, _ in epoch0] == [str(i) for i in range(12)]
+    assert {http_server.stats(u)["get"] for u in files} == {1}  # then cache hits
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "reset"])
+def test_stopping_mid_epoch_releases_everything(http_server, http_dir, tmp_path, stop):
+    files = make_files(http_dir, 30, seed=3)
+    urls = list(files)
+    for i in range(9, 30, 2):  # some downloads still in flight when we stop
+        http_server.faults(delay_s=1.0, path=f"f{i:02d}.bin")
+    root = tmp_path / "cache"
+    index = index_of(tmp_path, urls, [len(b) for b in files.values()])
+    node = downloader(tmp_path, index, num_threads=8, max_bytes=10_000)
+    it = iter(Loader(Evictor(node)))
+    assert [next(it)["__key__"] for _ in range(5)] == ["0", "1", "2", "3", "4"]
+    getattr(node, stop)()
+    assert on_disk(root)[1] == []
+    time.sleep(0.3)  # a cancelled download must not write its file later either
+    assert on_disk(root)[1] == []
+    assert reserved_rows(root) == 0
+    assert Cache(root).stats()["pinned_files"] == 0
+    close_caches()
+    assert Cache(root).stats()["pinned_files"] == 0
+
+    http_server.clear_faults()  # nothing left locked or half-written: a new run gets it all
+    fresh = list(Loader(Evictor(downloader(tmp_path, index, num_threads=8, max_bytes=10_000))))
+    assert [s["__key__"] for s in fresh] == [str(i) for i in range(30)]
+    assert on_disk(root)[1] == [] and reserved_rows(root) == 0
+
+
+def test_cancelled_downloads_leave_no_tmp_files(http_server, http_dir, tmp_path):
+    """Downloads in flight when the node stops must not complete into a *.tmp file afterwards;
+    many small files stopped right after the first sample, 40 times, to meet the moments
+    where a download ends while it is being cancelled."""
+    files = make_files(http_dir, 40, seed=6, low=1000, high=20_000)
+    index = index_of(tmp_path, list(files))
+    roots = [tmp_path / f"cache{i}" for i in range(40)]
+    for root in roots:
+        node = downloader(tmp_path, index, num_threads=16, cache_dir=str(root))
+        it = iter(Loader(node))
+        assert Path(next(it)["file"]).read_bytes() == files[next(iter(files))]
+        node.shutdown()
+    time.sleep(0.3)  # what the cancellations did not stop has ended by now
+    left = [p.relative_to(tmp_path) for root in roots for p in on_disk(root)[1]]
+    assert left == [], f"{len(left)} *.tmp files left behind by cancelled downloads"
+    assert sum(reserved_rows(root) for root in roots) == 0
+
+
+def test_stopping_does_not_download_what_the_window_waited_for(http_server, http_dir, tmp_path):
+    """A duplicate URL waits (BUSY) on the window's own claim; shutdown cancels that claim,
+    and must not turn the wait into a new download after it returned."""
+    files = make_files(http_dir, 6, seed=7)
+    urls = list(files)
+    order = [urls[0], urls[1], urls[1], urls[1]] + urls[2:]
+    http_server.faults(delay_s=0.5, count=1, path="f01.bin")  # in flight when we stop
+    root = tmp_path / "cache"
+    node = downloader(tmp_path, index_of(tmp_path, order), num_threads=8)
+    it = iter(Loader(Evictor(node)))
+    assert next(it)["__key__"] == "0"
+    node.shutdown()
+    time.sleep(0.8)  # longer than the delayed request
+    assert 200 not in http_server.stats(urls[1])["statuses"], "downloaded after shutdown()"
+    assert not Cache(root).path_for(urls[1]).exists()
+    assert Cache(root).stats()["pinned_files"] == 0 and on_disk(root)[1] == []
+
+
+@pytest.fixture
+def memory_files():
+    """Files on fsspec's (sync) in-memory filesystem: ``{url: bytes}``."""
+    fs = fsspec.filesystem("memory")
+    prefix = f"/sds-window-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(4)
+    files = {}
+    for i in range(20):
+        data = rng.randbytes(rng.randint(10, 3000))
+        fs.pipe(f"{prefix}/m{i:02d}.bin", data)
+        files[f"memory://{prefix}/m{i:02d}.bin"] = data
+    yield files
+    fs.rm(prefix, recursive=True)
+
+
+def test_a_sync_filesystem_downloads_in_threads(memory_files, tmp_path):
+    assert not fsspec.filesystem("memory").async_impl
+    urls = list(memory_files)
+    missing = urls[:7] + [urls[0].replace("m00", "gone")] + urls[7:]
+    node = downloader(tmp_path, index_of(tmp_path, missing), num_threads=4)
+    loader = Loader(Evictor(node))
+    samples = list(loader)
+    assert [s["__url__.file"] for s in samples] == urls
+    for sample in samples:
+        assert Path(sample["file"]).read_bytes() == memory_files[sample["__url__.file"]]
+    assert error_stats(loader.state_dict()) == {"missing": 1}
+    node.shutdown()
+    stats = Cache(tmp_path / "cache").stats()
+    assert (stats["files"], stats["pinned_files"]) == (20, 0)
+    assert on_disk(tmp_path / "cache")[1] == []
+
+
+def test_a_404_is_skipped_and_counted_or_raised(http_server, http_dir, tmp_path):
+    files = make_files(http_dir, 10, seed=5)
+    urls = list(files)
+    (http_dir.path / "f04.bin").unlink()
+    index = index_of(tmp_path, urls)
+    loader = Loader(downloader(tmp_path, index, num_threads=8))
+    keys = [s["__key__"] for s in loader]
+    assert keys == [str(i) for i in range(10) if i != 4]
+    assert error_stats(loader.state_dict()) == {"missing": 1}
+    assert http_server.stats(urls[4])["statuses"] == [404]  # a missing object is not retried
+
+    node = downloader(tmp_path, index, num_threads=8, on_error="raise", cache_dir=tmp_path / "c2")
+    got = []
+    with pytest.raises(FileNotFoundError):
+        for sample in Loader(node):
+            got.append(sample["__key__"])
+    assert got == ["0", "1", "2", "3"]
+    node.shutdown()
+
+
+def test_invalid_arguments(tmp_path):
+    index = index_of(tmp_path, ["http://127.0.0.1:1/x.bin"])
+    with pytest.raises(ValueError, match="num_threads"):
+        downloader(tmp_path, index, num_threads=0)
+    with pytest.raises(ValueError, match="columns"):
+        CachingDownloader(IndexReader(index, index_cache_dir=str(tmp_path / "i")), [])
