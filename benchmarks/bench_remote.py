@@ -31,7 +31,8 @@ are printed beside the ratios, never enforced.
 
 The CPU columns say why a target is out of reach: for each run the CPU time of the server process
 (``/proc/<pid>/stat``) and of this process and its reaped DataLoader workers (``getrusage``),
-per object. On a loopback server nothing waits on the network, so a download costs CPU only: with
+per object; each graph's "CPU ceiling" is what the machine's cores could serve at that client +
+server CPU per object if nothing else ran (decoding graphs pay for decoding there). On a loopback server nothing waits on the network, so a download costs CPU only: with
 ``c`` ms of client CPU and ``s`` ms of server CPU per object, N cores serve at most
 ``N * 1000 / (c + s)`` objects/s, and moto (one Python process) at most ``1000 / s``.
 
@@ -483,14 +484,16 @@ def report(
     lines = [
         f"{media} — targets (printed, not enforced): >= {TARGET_SEQ:g}x sequential, >= {TARGET_BULK:g}x bulk"
     ]
+    cores = len(os.sched_getaffinity(0))
     for row in rows[2:]:
         vs_seq, vs_bulk = row.median / seq, row.median / bulk
+        own = cores * 1000 / sum(summarize(runs[row.name]))
         lines.append(
             f"  {row.name:<40} {vs_seq:5.2f}x sequential ({'met' if vs_seq >= TARGET_SEQ else 'missed'})"
             f"   {vs_bulk:5.2f}x bulk ({'met' if vs_bulk >= TARGET_BULK else 'missed'})"
+            f"   CPU ceiling of this row {own:4.0f}/s = {own / bulk:4.2f}x bulk"
         )
     client, server = summarize(runs[SEQ])
-    cores = len(os.sched_getaffinity(0))
     ceiling = cores * 1000 / (client + server)
     lines.append(
         f"  ceiling: per object the {server_name} spends {server:.1f} ms of CPU and the client "

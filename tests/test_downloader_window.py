@@ -3,7 +3,9 @@ each URL once, cancelled cleanly; over the real HTTP server and fsspec's sync me
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import random
 import sqlite3
 import time
@@ -265,3 +267,14 @@ def test_invalid_arguments(tmp_path):
         downloader(tmp_path, index, num_threads=0)
     with pytest.raises(ValueError, match="columns"):
         CachingDownloader(IndexReader(index, index_cache_dir=str(tmp_path / "i")), [])
+
+
+def test_copies_and_pickles_start_with_an_empty_window(tmp_path):
+    # StreamingDataset deep-copies the graph into each worker; a pickled node travels to spawned
+    # workers: neither may carry the window, its threads or its give-up flag.
+    node = CachingDownloader(
+        IndexReader(pa.table({"file": ["s3://bucket/a.bin"]})), ["file"], cache_dir=tmp_path
+    )
+    for clone in (copy.deepcopy(node), pickle.loads(pickle.dumps(node))):
+        assert len(clone._window) == 0 and clone._executor is None
+        assert clone._abandoned is not node._abandoned and not clone._abandoned.is_set()

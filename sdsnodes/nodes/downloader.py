@@ -403,9 +403,12 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_window"] = collections.deque()
-        state["_executor"] = state["_waiters"] = None
-        state["_abandoned"] = threading.Event()
+        state["_executor"] = state["_waiters"] = state["_abandoned"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._abandoned = threading.Event()
 
 
 def _error_of(future: concurrent.futures.Future) -> BaseException | None:
