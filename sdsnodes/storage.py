@@ -165,6 +165,7 @@ def fetch_soon(
     timeout: float | None = 60.0,
     executor: concurrent.futures.Executor | None = None,
     abandoned: threading.Event | None = None,
+    expected_size: int | None = None,
 ) -> concurrent.futures.Future:
     """Start :func:`fetch` without waiting: the future of its result (bytes written).
 
@@ -175,7 +176,8 @@ def fetch_soon(
     reach the coroutine only after it finished writing).
 
     Args:
-        url, dest, storage_options, retries, backoff_s, timeout: as :func:`fetch`.
+        url, dest, storage_options, retries, backoff_s, timeout, expected_size: as
+            :func:`fetch`.
         executor (concurrent.futures.Executor | None): where a sync filesystem's download runs
             (required for those).
         abandoned (threading.Event | None): set when the caller gives the download up.
@@ -190,7 +192,9 @@ def fetch_soon(
     abandoned = abandoned or threading.Event()
     dest = os.fspath(dest)
     if getattr(fs, "async_impl", False):
-        coro = _fetch_async(fs, url, path, dest, retries, backoff_s, timeout, abandoned)
+        coro = _fetch_async(
+            fs, url, path, dest, retries, backoff_s, timeout, abandoned, expected_size
+        )
         return asyncio.run_coroutine_threadsafe(coro, fs.loop)
     if executor is None:
         raise ValueError(f"{url!r} is on a sync filesystem: fetch_soon needs an executor")
@@ -199,7 +203,9 @@ def fetch_soon(
         if abandoned.is_set():
             return 0
         try:
-            return fetch(url, dest, storage_options, retries, backoff_s, timeout=timeout)
+            return fetch(
+                url, dest, storage_options, retries, backoff_s, expected_size, timeout=timeout
+            )
         finally:
             if abandoned.is_set():
                 _remove(dest)
@@ -216,6 +222,7 @@ async def _fetch_async(
     backoff_s: float,
     timeout: float | None,
     abandoned: threading.Event,
+    expected_size: int | None,
 ) -> int:
     last: BaseException | None = None
     try:
@@ -227,7 +234,10 @@ async def _fetch_async(
                 if abandoned.is_set():  # given up while the last bytes arrived
                     _remove(dest)
                     return 0
-                return os.path.getsize(dest)
+                size = os.path.getsize(dest)
+                if expected_size is not None and size != expected_size:
+                    raise DownloadError(url, f"got {size} bytes, expected {expected_size}")
+                return size
             except Exception as error:  # noqa: BLE001 - classified below
                 if _is_permanent(error):
                     raise

@@ -278,3 +278,18 @@ def test_copies_and_pickles_start_with_an_empty_window(tmp_path):
     for clone in (copy.deepcopy(node), pickle.loads(pickle.dumps(node))):
         assert len(clone._window) == 0 and clone._executor is None
         assert clone._abandoned is not node._abandoned and not clone._abandoned.is_set()
+
+
+def test_a_size_other_than_the_index_says_is_a_failed_download(http_server, http_dir, tmp_path):
+    files = make_files(http_dir, 6)
+    urls = list(files)
+    sizes = [len(files[u]) for u in urls]
+    sizes[2] += 1  # the object changed since the index was made, or the index is wrong
+    index = index_of(tmp_path, urls, sizes)
+    loader = Loader(Evictor(downloader(tmp_path, index, retries=0)))
+    got = [s["__url__.file"] for s in loader]
+    assert got == urls[:2] + urls[3:]
+    assert error_stats(loader.state_dict()) == {"download": 1}
+    assert not Path(Cache(tmp_path / "cache").path_for(urls[2])).exists()  # nothing kept
+    with pytest.raises(Exception, match="expected"):
+        list(Loader(Evictor(downloader(tmp_path, index, retries=0, on_error="raise"))))

@@ -72,7 +72,8 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     per process sharing the cache, and only when the budget is tiny next to the windows).
 
     Each file is written under a temporary name and renamed into place, so a crash never leaves
-    a half file that looks whole; the same URL is downloaded once even when several workers or
+    a half file that looks whole; a file whose size differs from the index's size column is
+    retried, then counted as a failed download; the same URL is downloaded once even when several workers or
     processes ask for it (the others wait for it). Local paths (and ``file://`` URLs) are used
     in place. The original value is kept under ``__url__.<column>``; ``__cache_dir__`` tells
     :class:`Evictor` where to release the files.
@@ -202,7 +203,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         pinned: list[str] = []
         try:
             for file in self._files_of(sample, out):
-                download = functools.partial(fetch, file.url, **self._fetch_options())
+                download = functools.partial(
+                    fetch, file.url, expected_size=file.size_hint, **self._fetch_options()
+                )
                 out[file.column] = str(cache.get(file.url, download, size_hint=file.size_hint))
                 pinned.append(file.url)
         except BaseException as error:
@@ -288,8 +291,8 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 f.claim = answer
                 try:
                     f.future = fetch_soon(
-                        f.url, answer.tmp, executor=self._threads(),
-                        abandoned=self._abandoned, **self._fetch_options(),
+                        f.url, answer.tmp, executor=self._threads(), abandoned=self._abandoned,
+                        expected_size=f.size_hint, **self._fetch_options(),
                     )  # fmt: skip
                 except Exception as error:  # noqa: BLE001 - an unknown protocol, say
                     self._cache().finish([(answer, error)])
