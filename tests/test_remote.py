@@ -283,9 +283,10 @@ def test_two_processes_and_random_access_share_one_cache_within_budget(
         assert p.exitcode == 0
     for i in range(2):
         assert json.loads((tmp_path / f"p{i}.json").read_text()) == expected  # no torn reads
-    # over the budget only by what is pinned in flight: per process 2 downloading, 2 + 2 decoding
-    # (2 threads), 2 in the batch; the whole dataset is 3x the budget, so eviction must work
-    assert peak <= budget + 2 * 8 * max(sizes) < sum(sizes) * 1.0
+    # downloads ahead wait for room: over the budget only by the file each of the 3 processes
+    # (2 loaders, random access here) waits for, plus one for the walk, which is not atomic (a
+    # file counted, then evicted, and its replacement counted too); the dataset is 3x the budget
+    assert peak <= budget + 4 * max(sizes) < sum(sizes) * 0.6
 
 
 def test_several_columns_per_sample(s3_server, s3_bucket, images, tmp_path):
