@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from torchdata.nodes import Loader
-from utils import stateful_loader
+from utils import check_dataloader_resume, stateful_loader
 
 from sdsnodes import (
     CachingDownloader,
@@ -81,6 +81,25 @@ def test_s3_images_stream_and_hit_the_cache_next_epoch(s3_server, s3_bucket, ima
     assert stats["misses"] == 12 and stats["files"] == 12 and stats["pinned_files"] == 0
     list(loader)
     assert Cache(tmp_path / "cache").stats()["hits"] == 12  # nothing downloaded twice
+
+
+def test_resumes_exactly_from_s3_with_workers_and_a_tight_budget(
+    s3_server, s3_bucket, images, tmp_path
+):
+    urls = [u for copy in range(2) for u in upload(s3_server.fs(), images, f"{s3_bucket}/r{copy}")]
+    sizes = [p.stat().st_size for p in images] * 2  # 24 objects, a third of them fit
+    src = index_of(urls, tmp_path, size=sizes)
+
+    def make():
+        return StreamingDataset(
+            graph(src, tmp_path / "c", max_bytes=sum(sizes) // 3,
+                  storage_options=s3_server.storage_options, seed=3)
+        )  # fmt: skip
+
+    def key_and_pixels(batch):
+        return list(batch["__key__"]), hashlib.sha256(batch["image"].numpy().tobytes()).hexdigest()
+
+    check_dataloader_resume(make, num_workers=2, key_fn=key_and_pixels)
 
 
 def test_the_index_itself_and_directory_listing_are_remote(s3_server, s3_bucket, images, tmp_path):
