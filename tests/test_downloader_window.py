@@ -293,3 +293,22 @@ def test_a_size_other_than_the_index_says_is_a_failed_download(http_server, http
     assert not Path(Cache(tmp_path / "cache").path_for(urls[2])).exists()  # nothing kept
     with pytest.raises(Exception, match="expected"):
         list(Loader(Evictor(downloader(tmp_path, index, retries=0, on_error="raise"))))
+
+
+def test_a_node_dropped_without_shutdown_locks_nothing(http_server, http_dir, tmp_path):
+    # A loop broken by an exception downstream never calls the node again, nor shutdown():
+    # its downloads end on their own and must release their keys, or the next loader over the
+    # same cache in this process would wait for them forever.
+    files = make_files(http_dir, 20, seed=5)
+    urls = list(files)
+    for i in range(3, 20):
+        http_server.faults(delay_s=0.3, path=f"f{i:02d}.bin")
+    index = index_of(tmp_path, urls)
+    abandoned = downloader(tmp_path, index, num_threads=8)
+    abandoned.reset()
+    assert next(abandoned)["__url__.file"] == urls[0]  # 7 more downloads in flight, never taken
+    start = time.monotonic()
+    again = [s["__url__.file"] for s in Loader(Evictor(downloader(tmp_path, index)))]
+    assert again == urls
+    assert time.monotonic() - start < 10
+    abandoned.shutdown()

@@ -9,6 +9,7 @@ import errno
 import functools
 import pathlib
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,9 @@ from sdsnodes.nodes._threads import register_live
 from sdsnodes.sample import CACHE_DIR, Sample, describe, url_key
 from sdsnodes.storage import fetch, fetch_soon, is_remote, local_path
 
+BUSY_POLL_S = 0.01
+"""How often a sample whose file another downloader is fetching asks the cache again (s)."""
+
 
 @dataclasses.dataclass
 class _File:
@@ -32,8 +36,8 @@ class _File:
     url: str
     size_hint: int | None
     claim: Claim | None = None
-    future: concurrent.futures.Future | None = None
-    waiting: bool = False  # on another downloader (BUSY): a Cache.get in a thread
+    download: concurrent.futures.Future | None = None  # the bytes coming
+    future: concurrent.futures.Future | None = None  # then recorded in the cache: the size
     pinned: bool = False
 
 
@@ -137,7 +141,6 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         self.errors = ErrorPolicy(on_error, max_error_rate)
         self._window: collections.deque[_Entry] = collections.deque()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._waiters: concurrent.futures.ThreadPoolExecutor | None = None
         self._exhausted = False
         self._state: dict[str, Any] | None = None
         self._largest = 0  # bytes of the largest file downloaded: the size of unknown ones
@@ -184,11 +187,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     def shutdown(self) -> None:
         """Cancel the downloads in flight, release the window's files, stop the threads."""
         self._drop_window()
-        for name in ("_executor", "_waiters"):
-            pool = getattr(self, name)
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-                setattr(self, name, None)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     # -- blocking form (random access) ------------------------------------------------------
 
@@ -280,17 +281,11 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
             if isinstance(answer, pathlib.Path):
                 self._pinned(entry, f, answer)
             elif answer == BUSY:
-                f.waiting = True
-                download = functools.partial(
-                    _fetch_unless, self._abandoned, f.url, **self._fetch_options()
-                )
-                f.future = self._threads("_waiters").submit(
-                    self._cache().get, f.url, download, size_hint=f.size_hint
-                )
+                continue  # another downloader has it: asked again until it is a hit
             else:
                 f.claim = answer
                 try:
-                    f.future = fetch_soon(
+                    f.download = fetch_soon(
                         f.url, answer.tmp, executor=self._threads(), abandoned=self._abandoned,
                         expected_size=f.size_hint, **self._fetch_options(),
                     )  # fmt: skip
@@ -298,51 +293,38 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                     self._cache().finish([(answer, error)])
                     f.claim = None
                     self._fail(entry, f, error)
+                    continue
+                f.future = concurrent.futures.Future()
+                f.download.add_done_callback(
+                    functools.partial(_record, self._cache(), answer, f.future)
+                )
 
     def _wait(self, head: _Entry) -> None:
-        """Wait until one of the head sample's downloads or waits, or any download of the
-        window, ended; record every download that ended in one transaction.
+        """Wait until a download of the window ended (or, when the head sample waits for a
+        file another downloader is fetching, at most ``BUSY_POLL_S``); take in what ended.
 
-        Waking up for any download of ours matters: the head may wait (in a thread) for a URL
-        that a later sample of the window has claimed, whose lock is released only when this
-        thread records it."""
-        pending = [
-            f.future
-            for entry in self._window
-            for f in entry.files
-            if f.future is not None and (entry is head or not f.waiting)
-        ]
+        Each download is recorded in the cache as soon as it ends (in the thread that ends it),
+        so its key's lock never waits for this node."""
+        pending = [f.future for entry in self._window for f in entry.files if f.future is not None]
+        polling = bool(head.unclaimed())
         if pending:
-            concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-        done: list[tuple[_Entry, _File]] = [
-            (entry, f)
-            for entry in self._window
-            for f in entry.files
-            if f.future is not None and f.future.done()
-        ]
-        claims = [(entry, f) for entry, f in done if not f.waiting]
-        results = [(f.claim, _error_of(f.future)) for _, f in claims]
-        if results:
-            try:
-                sizes = self._cache().finish(results)
-            except Exception as error:  # noqa: BLE001 - every claim failed with it
-                sizes = [None] * len(results)
-                results = [(claim, error) for claim, _ in results]
-            for (entry, f), (claim, error), size in zip(claims, results, sizes):
-                f.future, f.claim = None, None
-                if size is None:
-                    self._fail(
-                        entry, f, error or FileNotFoundError(errno.ENOENT, "not written", f.url)
-                    )
-                else:
-                    self._largest = max(self._largest, size)
-                    self._pinned(entry, f, claim.path)
-        for entry, f in done:
-            if f.waiting:
-                error, future = _error_of(f.future), f.future
-                f.future, f.waiting = None, False
+            concurrent.futures.wait(
+                pending,
+                timeout=BUSY_POLL_S if polling else None,
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+        elif polling:
+            time.sleep(BUSY_POLL_S)
+        for entry in list(self._window):
+            for f in list(entry.files):
+                if f.future is None or not f.future.done():
+                    continue
+                future, claim = f.future, f.claim
+                f.future, f.download, f.claim = None, None, None
+                error = _error_of(future)
                 if error is None:
-                    self._pinned(entry, f, future.result())
+                    self._largest = max(self._largest, future.result())
+                    self._pinned(entry, f, claim.path)
                 else:
                     self._fail(entry, f, error)
 
@@ -372,31 +354,21 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         if not window:
             return
         cache = self._cache()
-        claims = []
         for entry in window:
             for f in entry.files:
-                if f.future is None:
-                    if f.pinned:
-                        cache.unpin(f.url)
-                    continue
-                cancelled = f.future.cancel()
-                if f.claim is not None:
-                    claims.append((f.claim, concurrent.futures.CancelledError()))
-                elif f.waiting and not cancelled:
-                    f.future.add_done_callback(functools.partial(_unpin_when_done, cache, f.url))
-        if claims:
-            cache.finish(claims)
+                if f.future is not None:  # recorded as failed, or unpinned once recorded
+                    f.download.cancel()
+                    f.future.add_done_callback(functools.partial(_unpin_if_kept, cache, f.url))
+                elif f.pinned:
+                    cache.unpin(f.url)
 
-    def _threads(self, name: str = "_executor") -> concurrent.futures.ThreadPoolExecutor:
-        """The threads of sync filesystems' downloads (``_executor``), or of the waits for
-        other downloaders (``_waiters``, apart: a wait may be for one of our downloads)."""
-        pool = getattr(self, name)
-        if pool is None:
-            pool = concurrent.futures.ThreadPoolExecutor(
-                self.num_threads, thread_name_prefix=f"sds-download{name}"
+    def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads of sync filesystems' downloads (S3, GCS, HTTP need none)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.num_threads, thread_name_prefix="sds-download"
             )
-            setattr(self, name, pool)
-        return pool
+        return self._executor
 
     def _disk_full_error(self, error: BaseException) -> OSError:
         if isinstance(error, OSError) and self.cache_dir in str(error):
@@ -406,7 +378,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_window"] = collections.deque()
-        state["_executor"] = state["_waiters"] = state["_abandoned"] = None
+        state["_executor"] = state["_abandoned"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -414,19 +386,31 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         self._abandoned = threading.Event()
 
 
+def _record(
+    cache: Cache,
+    claim: Claim,
+    out: concurrent.futures.Future,
+    download: concurrent.futures.Future,
+) -> None:
+    """Record an ended download in the cache at once, whoever waits for it (so the key's lock
+    is released even if the node is never called again), and resolve ``out`` with its size."""
+    error = _error_of(download)
+    try:
+        size = cache.finish([(claim, error)])[0]
+    except BaseException as e:  # noqa: BLE001 - handed to the waiting node
+        size, error = None, e
+    if size is not None:
+        out.set_result(size)
+    else:
+        out.set_exception(error or FileNotFoundError(errno.ENOENT, "not written", claim.url))
+
+
+def _unpin_if_kept(cache: Cache, url: str, future: concurrent.futures.Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        cache.unpin(url)
+
+
 def _error_of(future: concurrent.futures.Future) -> BaseException | None:
     if future.cancelled():
         return concurrent.futures.CancelledError()
     return future.exception()
-
-
-def _fetch_unless(abandoned: threading.Event, url: str, dest: pathlib.Path, **options: Any) -> None:
-    """:func:`fetch` for a wait that found the other download failed, unless given up."""
-    if abandoned.is_set():
-        raise concurrent.futures.CancelledError(f"download of {url!r} given up")
-    fetch(url, dest, **options)
-
-
-def _unpin_when_done(cache: Cache, url: str, future: concurrent.futures.Future) -> None:
-    if not future.cancelled() and future.exception() is None:
-        cache.unpin(url)
