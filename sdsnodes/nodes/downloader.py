@@ -65,8 +65,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     files concurrently: on S3, GCS and HTTP each download is a coroutine on fsspec's event loop
     (no thread per download); other filesystems use ``num_threads`` threads. Samples come out
     in order. The cache's ledger is asked once per batch of files (hits are pinned, misses
-    claimed), and finished downloads are recorded in one transaction, so a cold-cache download
-    costs little CPU beyond the HTTP request.
+    claimed) and each download is recorded as it ends (by the thread that ends it, so a node
+    dropped mid-epoch holds no key's lock), so a cold-cache download costs little CPU beyond
+    the HTTP request. A file another downloader is fetching is asked for again every 10 ms.
 
     The byte budget holds: a download starts only when the files pinned and in flight, all
     processes together, leave room for it under ``max_bytes`` (its size from the index's
