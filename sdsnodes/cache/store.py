@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -14,32 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from . import _procs, _recovery, _transactions, ledger, paths
+from . import _batch, _procs, _recovery, _transactions, ledger, paths
+from ._batch import BUSY, NO_ROOM, Claim  # noqa: F401 - re-exported: the answers of claim()
 from ._pool import Pool, forget_parent_after_fork
 from .policy import Budget, EvictionPolicy
 
 logger = logging.getLogger(__name__)
 
 Fetch = Callable[[pathlib.Path], None]
-
-BUSY = "busy"
-"""What :meth:`Cache.claim` answers for a URL another thread or process is downloading now."""
-NO_ROOM = "no room"
-"""What :meth:`Cache.claim` answers for a URL whose download would exceed ``max_bytes``."""
-
-
-@dataclasses.dataclass
-class Claim:
-    """The right, given by :meth:`Cache.claim`, to download ``url`` into ``tmp``; hand it back
-    to :meth:`Cache.finish`. Until then the key's download lock is held (``fd``), its
-    reservation of ``reserved`` bytes counts in the budget, and this process pins it."""
-
-    url: str
-    key: str
-    path: pathlib.Path
-    tmp: pathlib.Path
-    reserved: int
-    fd: int
 
 
 class Cache:
@@ -234,7 +215,7 @@ class Cache:
         conn, owner = self._conn(), (self._pid, self._start)
         out: list[pathlib.Path | Claim | str] = []
         try:
-            self._claim_in(conn, owner, items, overshoot, out)
+            _batch.claim_in(self, conn, owner, items, overshoot, out)
         except BaseException:  # the transaction rolled back: forget its pins, free its locks
             for answer in out:
                 if isinstance(answer, Claim):
@@ -244,51 +225,6 @@ class Cache:
                     self._drop_held(answer.name.split(".")[0])
             raise
         return out
-
-    def _claim_in(self, conn, owner, items, overshoot, out) -> None:
-        blocked = False
-        with ledger.write(conn):
-            now = time.time()
-            for i, (url, hint) in enumerate(items):
-                if hint is not None and hint < 0:
-                    raise ValueError(f"size {hint} of {url!r} must be None or >= 0 (bytes)")
-                key, path = paths.key_for(url), paths.path_for(self.cache_dir, url)
-                args = (conn, self.cache_dir, key, url, path, self._budget, owner)
-                if _transactions.hit_in(*args, False, now):
-                    self._count(key, hits=1)
-                    out.append(path)
-                    continue
-                if blocked:
-                    out.append(NO_ROOM)
-                    continue
-                lock = self._pool.locks / f"{key}.lock"
-                fd = paths.try_flock(lock)
-                if fd is None:
-                    out.append(BUSY)
-                    continue
-                if _transactions.hit_in(*args, True, now):  # finished while we looked
-                    paths.unflock(lock, fd)
-                    self._count(key, hits=1)
-                    out.append(path)
-                    continue
-                need = hint or 0
-                if not _transactions.make_room_for(conn, self.cache_dir, need, self._budget, now):
-                    if i >= overshoot:
-                        paths.unflock(lock, fd)
-                        blocked = True
-                        out.append(NO_ROOM)
-                        continue
-                    self._warn_overshoot()
-                try:
-                    if path.parent not in self._subdirs:
-                        path.parent.mkdir(exist_ok=True)
-                        self._subdirs.add(path.parent)
-                except BaseException:
-                    paths.unflock(lock, fd)
-                    raise
-                _transactions.insert_reservation(conn, key, url, need, owner, now)
-                self._count(key, misses=1)
-                out.append(Claim(url, key, path, paths.tmp_path_for(path, *owner), need, fd))
 
     def finish(self, done: Sequence[tuple[Claim, BaseException | None]]) -> list[int | None]:
         """Hand back claims of :meth:`claim`: each downloaded file (error None) is renamed into
@@ -302,37 +238,7 @@ class Cache:
             list[int | None]: the size in bytes of each file now in place, None for the
             failures (including a download that wrote nothing: ``FileNotFoundError``).
         """
-        conn, owner = self._conn(), (self._pid, self._start)
-        sizes: list[int | None] = []
-        for claim, error in done:
-            size = None
-            if error is None:
-                try:
-                    size = claim.tmp.stat().st_size
-                    os.replace(claim.tmp, claim.path)
-                except OSError:
-                    size = None
-            if size is None:
-                paths.unlink(claim.tmp)
-            sizes.append(size)
-        try:
-            with ledger.write(conn):
-                now = time.time()
-                for (claim, _), size in zip(done, sizes):
-                    if size is None:
-                        _transactions.release_in(conn, self.cache_dir, claim.key, claim.url, owner)
-                    else:
-                        ledger.set_ready(conn, claim.key, size, now)
-                self._budget.make_room(conn, self.cache_dir, 0, now)
-        finally:
-            for claim, _ in done:
-                paths.unflock(self._pool.locks / f"{claim.key}.lock", claim.fd)
-        for (claim, _), size in zip(done, sizes):
-            if size is None:
-                self._drop_held(claim.key)
-            else:
-                self._count(claim.key, pins=0, bytes_fetched=size)
-        return sizes
+        return _batch.finish(self, done)
 
     def unpin(self, url: str) -> None:
         """Drop one pin of ``url`` by this process (taken by :meth:`get`).

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
-import errno
 import functools
 import pathlib
 import threading
@@ -16,46 +14,21 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from sdsnodes.cache.ledger import disk_full_error
-from sdsnodes.cache.store import BUSY, NO_ROOM, Cache, Claim
+from sdsnodes.cache.store import BUSY, NO_ROOM, Cache
 from sdsnodes.errors import ErrorPolicy, OnError
 from sdsnodes.nodes._cache_ref import open_cache
 from sdsnodes.nodes._remote import RemoteSettings, disk_full
 from sdsnodes.nodes._threads import register_live
+from sdsnodes.nodes._window import (
+    BUSY_POLL_S,
+    WindowEntry,
+    WindowFile,
+    error_of,
+    record,
+    unpin_if_kept,
+)
 from sdsnodes.sample import CACHE_DIR, Sample, describe, url_key
 from sdsnodes.storage import fetch, fetch_soon, is_remote, local_path
-
-BUSY_POLL_S = 0.01
-"""How often a sample whose file another downloader is fetching asks the cache again (s)."""
-
-
-@dataclasses.dataclass
-class _File:
-    """One remote column of a sample in the window, from wanted to pinned in the cache."""
-
-    column: str
-    url: str
-    size_hint: int | None
-    claim: Claim | None = None
-    download: concurrent.futures.Future | None = None  # the bytes coming
-    future: concurrent.futures.Future | None = None  # then recorded in the cache: the size
-    pinned: bool = False
-
-
-@dataclasses.dataclass
-class _Entry:
-    """A sample in the window: its files, the source's state after it, the first error."""
-
-    sample: Sample
-    out: Sample
-    state: dict[str, Any]
-    files: list[_File]
-    error: BaseException | None = None
-
-    def busy(self) -> bool:
-        return any(f.future is not None for f in self.files)
-
-    def unclaimed(self) -> list[_File]:
-        return [f for f in self.files if f.future is None and not f.pinned]
 
 
 class CachingDownloader(BaseNode[Sample], RemoteSettings):
@@ -140,7 +113,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         self.source = source
         self.num_threads = num_threads
         self.errors = ErrorPolicy(on_error, max_error_rate)
-        self._window: collections.deque[_Entry] = collections.deque()
+        self._window: collections.deque[WindowEntry] = collections.deque()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._exhausted = False
         self._state: dict[str, Any] | None = None
@@ -231,7 +204,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
             "timeout": self.timeout,
         }
 
-    def _files_of(self, sample: Sample, out: Sample) -> list[_File]:
+    def _files_of(self, sample: Sample, out: Sample) -> list[WindowFile]:
         files = []
         for column in self.columns:
             value = sample.get(column)
@@ -241,7 +214,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 continue
             size = sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
             hint = int(size) if isinstance(size, int) and size >= 0 else None
-            files.append(_File(column, value, hint))
+            files.append(WindowFile(column, value, hint))
         return files
 
     def _fill(self) -> None:
@@ -256,7 +229,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                     break
                 out = dict(sample)
                 files = self._files_of(sample, out)
-                self._window.append(_Entry(sample, out, self.source.state_dict(), files))
+                self._window.append(WindowEntry(sample, out, self.source.state_dict(), files))
         self._start()
 
     def _start(self) -> None:
@@ -297,10 +270,10 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                     continue
                 f.future = concurrent.futures.Future()
                 f.download.add_done_callback(
-                    functools.partial(_record, self._cache(), answer, f.future)
+                    functools.partial(record, self._cache(), answer, f.future)
                 )
 
-    def _wait(self, head: _Entry) -> None:
+    def _wait(self, head: WindowEntry) -> None:
         """Wait until a download of the window ended (or, when the head sample waits for a
         file another downloader is fetching, at most ``BUSY_POLL_S``); take in what ended.
 
@@ -322,25 +295,25 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                     continue
                 future, claim = f.future, f.claim
                 f.future, f.download, f.claim = None, None, None
-                error = _error_of(future)
+                error = error_of(future)
                 if error is None:
                     self._largest = max(self._largest, future.result())
                     self._pinned(entry, f, claim.path)
                 else:
                     self._fail(entry, f, error)
 
-    def _pinned(self, entry: _Entry, f: _File, path: pathlib.Path) -> None:
+    def _pinned(self, entry: WindowEntry, f: WindowFile, path: pathlib.Path) -> None:
         f.pinned = True
         entry.out[f.column] = str(path)
 
-    def _fail(self, entry: _Entry, f: _File, error: BaseException) -> None:
+    def _fail(self, entry: WindowEntry, f: WindowFile, error: BaseException) -> None:
         f.pinned = False
         f.future = None
         entry.files.remove(f)  # nothing left to wait for or release
         if entry.error is None:
             entry.error = error
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: WindowEntry) -> None:
         cache = self._cache()
         for f in entry.files:
             if f.pinned:
@@ -359,7 +332,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
             for f in entry.files:
                 if f.future is not None:  # recorded as failed, or unpinned once recorded
                     f.download.cancel()
-                    f.future.add_done_callback(functools.partial(_unpin_if_kept, cache, f.url))
+                    f.future.add_done_callback(functools.partial(unpin_if_kept, cache, f.url))
                 elif f.pinned:
                     cache.unpin(f.url)
 
@@ -385,33 +358,3 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._abandoned = threading.Event()
-
-
-def _record(
-    cache: Cache,
-    claim: Claim,
-    out: concurrent.futures.Future,
-    download: concurrent.futures.Future,
-) -> None:
-    """Record an ended download in the cache at once, whoever waits for it (so the key's lock
-    is released even if the node is never called again), and resolve ``out`` with its size."""
-    error = _error_of(download)
-    try:
-        size = cache.finish([(claim, error)])[0]
-    except BaseException as e:  # noqa: BLE001 - handed to the waiting node
-        size, error = None, e
-    if size is not None:
-        out.set_result(size)
-    else:
-        out.set_exception(error or FileNotFoundError(errno.ENOENT, "not written", claim.url))
-
-
-def _unpin_if_kept(cache: Cache, url: str, future: concurrent.futures.Future) -> None:
-    if not future.cancelled() and future.exception() is None:
-        cache.unpin(url)
-
-
-def _error_of(future: concurrent.futures.Future) -> BaseException | None:
-    if future.cancelled():
-        return concurrent.futures.CancelledError()
-    return future.exception()
