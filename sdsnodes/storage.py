@@ -12,10 +12,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import ftplib
 import json
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 from typing import Any
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 LOCAL_PROTOCOLS = (None, "file", "local")
 _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
 _fs_lock = threading.Lock()
+COPY_CHUNK_BYTES = 2**20
 _jitter = random.Random()  # backoff jitter only: never the global RNG, never sample randomness
 
 
@@ -62,7 +65,8 @@ def filesystem(
     """The fsspec filesystem for ``url`` and the path inside it.
 
     One instance is kept per (process, protocol, storage_options), so threads share connection
-    pools while forked or spawned workers build their own.
+    pools while forked or spawned workers build their own; sync filesystems other than the
+    local one (FTP, SFTP…: one connection per instance, not thread-safe) get one per thread.
 
     Args:
         url (str): a local path or a URL (``s3://``, ``gs://``, ``https://``, ``file://``…).
@@ -73,11 +77,13 @@ def filesystem(
     """
     options = dict(storage_options or {})
     protocol = protocol_of(url) or "file"
-    key = (os.getpid(), protocol, json.dumps(options, sort_keys=True, default=repr))
+    cls = fsspec.get_filesystem_class(protocol)
+    key: tuple = (os.getpid(), protocol, json.dumps(options, sort_keys=True, default=repr))
+    if not getattr(cls, "async_impl", False) and protocol not in LOCAL_PROTOCOLS:
+        key += (threading.get_ident(),)  # one connection per sync instance (ftp, sftp…)
     with _fs_lock:
         fs = _fs_cache.get(key)
         if fs is None:
-            cls = fsspec.get_filesystem_class(protocol)
             fs = cls(**options, skip_instance_cache=True)
             _fs_cache[key] = fs
     return fs, fs._strip_protocol(url)
@@ -90,6 +96,8 @@ def _is_permanent(error: BaseException) -> bool:
     ):
         return True
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    if isinstance(error, ftplib.error_perm):  # an FTP 5xx reply
         return True
     status = getattr(error, "status", None) or getattr(error, "code", None)
     return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
@@ -136,12 +144,18 @@ def fetch(
     last: BaseException | None = None
     for attempt in range(retries + 1):
         try:
-            fs.get_file(path, os.fspath(dest), **kwargs)
+            if getattr(fs, "async_impl", False):
+                fs.get_file(path, os.fspath(dest), **kwargs)
+            else:  # through our own file object: some sync get_file leak it on errors (ftp)
+                with fs.open(path, "rb") as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, COPY_CHUNK_BYTES)
             size = os.path.getsize(dest)
             if expected_size is not None and size != expected_size:
                 raise DownloadError(url, f"got {size} bytes, expected {expected_size}")
             return size
         except Exception as error:  # noqa: BLE001 - classified below
+            if isinstance(error, ftplib.error_perm) and str(error).startswith("550"):
+                raise FileNotFoundError(errno.ENOENT, str(error), url) from error
             if _is_permanent(error):
                 raise
             last = error

@@ -1,5 +1,5 @@
 """CachingDownloader's window: concurrent downloads yielded in order, within the byte budget,
-each URL once, cancelled cleanly; over the real HTTP server and fsspec's sync memory://."""
+each URL once, cancelled cleanly; over the real HTTP server, and an FTP server for the sync path."""
 
 from __future__ import annotations
 
@@ -210,30 +210,30 @@ def test_stopping_does_not_download_what_the_window_waited_for(http_server, http
 
 
 @pytest.fixture
-def memory_files():
-    """Files on fsspec's (sync) in-memory filesystem: ``{url: bytes}``."""
-    fs = fsspec.filesystem("memory")
-    prefix = f"/sds-window-{uuid.uuid4().hex[:8]}"
+def ftp_files(ftp_server, request):
+    """Files on the FTP server (a real sync fsspec filesystem): ``{url: bytes}``."""
+    folder = ftp_server.root / f"sds-window-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
     rng = random.Random(4)
     files = {}
     for i in range(20):
         data = rng.randbytes(rng.randint(10, 3000))
-        fs.pipe(f"{prefix}/m{i:02d}.bin", data)
-        files[f"memory://{prefix}/m{i:02d}.bin"] = data
-    yield files
-    fs.rm(prefix, recursive=True)
+        (folder / f"m{i:02d}.bin").write_bytes(data)
+        files[ftp_server.url_for(f"{folder.name}/m{i:02d}.bin")] = data
+    return files
 
 
-def test_a_sync_filesystem_downloads_in_threads(memory_files, tmp_path):
-    assert not fsspec.filesystem("memory").async_impl
-    urls = list(memory_files)
+def test_a_sync_filesystem_downloads_in_threads(ftp_server, ftp_files, tmp_path):
+    options = ftp_server.storage_options
+    assert not fsspec.filesystem("ftp", **options).async_impl  # ftplib: the thread-pool path
+    urls = list(ftp_files)
     missing = urls[:7] + [urls[0].replace("m00", "gone")] + urls[7:]
-    node = downloader(tmp_path, index_of(tmp_path, missing), num_threads=4)
+    node = downloader(tmp_path, index_of(tmp_path, missing), num_threads=4, storage_options=options)
     loader = Loader(Evictor(node))
     samples = list(loader)
     assert [s["__url__.file"] for s in samples] == urls
     for sample in samples:
-        assert Path(sample["file"]).read_bytes() == memory_files[sample["__url__.file"]]
+        assert Path(sample["file"]).read_bytes() == ftp_files[sample["__url__.file"]]
     assert error_stats(loader.state_dict()) == {"missing": 1}
     node.shutdown()
     stats = Cache(tmp_path / "cache").stats()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from .ftp import FTPServer
 from .gcs import GCSServer
 from .http import HTTPServer
 from .s3 import CLIENT_ENV, S3Server
@@ -74,6 +75,13 @@ def s3_server() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[GCSServer]:
     with GCSServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ftp_server() -> Iterator[FTPServer]:
+    """pyftpdlib on 127.0.0.1 (anonymous, writable): a real sync fsspec filesystem."""
+    with FTPServer() as server:
         yield server
 
 
