@@ -149,10 +149,7 @@ def fetch(
             else:  # through our own file object: some sync get_file leak it on errors (ftp)
                 with fs.open(path, "rb") as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out, COPY_CHUNK_BYTES)
-            size = os.path.getsize(dest)
-            if expected_size is not None and size != expected_size:
-                raise DownloadError(url, f"got {size} bytes, expected {expected_size}")
-            return size
+            return _checked_size(url, dest, expected_size)
         except Exception as error:  # noqa: BLE001 - classified below
             if isinstance(error, ftplib.error_perm) and str(error).startswith("550"):
                 raise FileNotFoundError(errno.ENOENT, str(error), url) from error
@@ -162,6 +159,14 @@ def fetch(
             if attempt < retries:
                 time.sleep(_backoff(url, error, attempt, backoff_s))
     raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
+
+
+def _checked_size(url: str, dest: str | os.PathLike, expected_size: int | None) -> int:
+    """The size of the downloaded ``dest``; DownloadError if it is not ``expected_size``."""
+    size = os.path.getsize(dest)
+    if expected_size is not None and size != expected_size:
+        raise DownloadError(url, f"got {size} bytes, expected {expected_size}")
+    return size
 
 
 def _backoff(url: str, error: BaseException, attempt: int, backoff_s: float) -> float:
@@ -248,10 +253,7 @@ async def _fetch_async(
                 if abandoned.is_set():  # given up while the last bytes arrived
                     _remove(dest)
                     return 0
-                size = os.path.getsize(dest)
-                if expected_size is not None and size != expected_size:
-                    raise DownloadError(url, f"got {size} bytes, expected {expected_size}")
-                return size
+                return _checked_size(url, dest, expected_size)
             except Exception as error:  # noqa: BLE001 - classified below
                 if _is_permanent(error):
                     raise

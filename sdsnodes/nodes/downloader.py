@@ -87,7 +87,6 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
 
     SOURCE_KEY = "source"
     ERRORS_KEY = "errors"
-    reason = "download"
 
     def __init__(
         self,
@@ -186,8 +185,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         except BaseException as error:
             for url in pinned:
                 cache.unpin(url)
-            if disk_full(error) and self._disk_full_error(error) is not error:
-                raise self._disk_full_error(error) from error
+            full = self._disk_full_error(error) if disk_full(error) else error
+            if full is not error:
+                raise full from error
             raise
         out[CACHE_DIR] = self.cache_dir
         return out
@@ -242,8 +242,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         items = [
             (f.url, f.size_hint if f.size_hint is not None else self._largest) for _, f in todo
         ]
+        cache = self._cache()
         try:
-            answers = self._cache().claim(items, overshoot=overshoot)
+            answers = cache.claim(items, overshoot=overshoot)
         except Exception as error:  # noqa: BLE001 - the head sample carries it
             for entry, f in todo:
                 if entry is head:
@@ -264,14 +265,12 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                         expected_size=f.size_hint, **self._fetch_options(),
                     )  # fmt: skip
                 except Exception as error:  # noqa: BLE001 - an unknown protocol, say
-                    self._cache().finish([(answer, error)])
+                    cache.finish([(answer, error)])
                     f.claim = None
                     self._fail(entry, f, error)
                     continue
                 f.future = concurrent.futures.Future()
-                f.download.add_done_callback(
-                    functools.partial(record, self._cache(), answer, f.future)
-                )
+                f.download.add_done_callback(functools.partial(record, cache, answer, f.future))
 
     def _wait(self, head: WindowEntry) -> None:
         """Wait until a download of the window ended (or, when the head sample waits for a
@@ -307,8 +306,6 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         entry.out[f.column] = str(path)
 
     def _fail(self, entry: WindowEntry, f: WindowFile, error: BaseException) -> None:
-        f.pinned = False
-        f.future = None
         entry.files.remove(f)  # nothing left to wait for or release
         if entry.error is None:
             entry.error = error

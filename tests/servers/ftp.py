@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from . import ServerProcess
@@ -21,17 +20,16 @@ class FTPServer(ServerProcess):
 
     name = "ftp"
 
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
+        self.root = self.tmpdir / "root"
+        self.root.mkdir(parents=True, exist_ok=True)
+
     def _command(self, port: int) -> list[str]:
         return [
             sys.executable, "-m", "pyftpdlib", "-i", self.host, "-p", str(port),
             "-d", str(self.root), "-w",
         ]  # fmt: skip
-
-    @property
-    def root(self) -> Path:
-        path = self.tmpdir / "root"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     @property
     def url(self) -> str:
