@@ -214,7 +214,7 @@ def fetch_soon(
         coro = _fetch_async(
             fs, url, path, dest, retries, backoff_s, timeout, abandoned, expected_size
         )
-        return asyncio.run_coroutine_threadsafe(coro, fs.loop)
+        return _Download(fs.loop, coro)
     if executor is None:
         raise ValueError(f"{url!r} is on a sync filesystem: fetch_soon needs an executor")
 
@@ -230,6 +230,49 @@ def fetch_soon(
                 _remove(dest)
 
     return executor.submit(run)
+
+
+class _Download(concurrent.futures.Future):
+    """The future of a download coroutine on ``loop`` that resolves only once the coroutine has
+    ended, cancelled or not (``run_coroutine_threadsafe``'s future is done as soon as it is
+    cancelled, while the coroutine may still write its file): a caller that waits for it knows
+    the file is settled. ``cancel()`` cancels the coroutine; a running download then resolves
+    with ``CancelledError`` as an exception."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+        super().__init__()
+        self._loop = loop
+        self._task: asyncio.Task | None = None
+        self._cancel_asked = False
+        loop.call_soon_threadsafe(self._start, coro)
+
+    def _start(self, coro: Any) -> None:  # on the loop
+        if self._cancel_asked or not self.set_running_or_notify_cancel():
+            coro.close()
+            if not self.done():
+                self.set_exception(concurrent.futures.CancelledError())
+            return
+        self._task = self._loop.create_task(coro)
+        self._task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task) -> None:  # on the loop
+        if task.cancelled():
+            self.set_exception(concurrent.futures.CancelledError())
+        elif task.exception() is not None:
+            self.set_exception(task.exception())
+        else:
+            self.set_result(task.result())
+
+    def cancel(self) -> bool:
+        self._cancel_asked = True
+        if super().cancel():  # not started yet
+            return True
+        self._loop.call_soon_threadsafe(self._cancel_task)
+        return False
+
+    def _cancel_task(self) -> None:  # on the loop
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def _fetch_async(

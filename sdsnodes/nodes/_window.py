@@ -13,6 +13,8 @@ from sdsnodes.sample import Sample
 
 BUSY_POLL_S = 0.01
 """How often a sample whose file another downloader is fetching asks the cache again (s)."""
+DROP_WAIT_S = 5.0
+"""How long dropping a window waits for its cancelled downloads to end (s)."""
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ from sdsnodes.nodes._remote import RemoteSettings, disk_full
 from sdsnodes.nodes._threads import register_live
 from sdsnodes.nodes._window import (
     BUSY_POLL_S,
+    DROP_WAIT_S,
     WindowEntry,
     WindowFile,
     error_of,
@@ -325,13 +326,20 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         if not window:
             return
         cache = self._cache()
+        running = [f for entry in window for f in entry.files if f.future is not None]
+        for f in running:
+            f.download.cancel()
+        # a cancelled coroutine ends at its next await: wait, so nothing is written after this
+        concurrent.futures.wait([f.future for f in running], timeout=DROP_WAIT_S)
         for entry in window:
             for f in entry.files:
-                if f.future is not None:  # recorded as failed, or unpinned once recorded
-                    f.download.cancel()
+                if f.future is None:
+                    if f.pinned:
+                        cache.unpin(f.url)
+                elif f.future.done():
+                    unpin_if_kept(cache, f.url, f.future)
+                else:  # a sync download still running: released when it ends
                     f.future.add_done_callback(functools.partial(unpin_if_kept, cache, f.url))
-                elif f.pinned:
-                    cache.unpin(f.url)
 
     def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
         """The threads of sync filesystems' downloads (S3, GCS, HTTP need none)."""
