@@ -87,7 +87,8 @@ def test_claim_answers_in_order_for_a_mixed_batch(tmp_path):
         answers = cache.claim([("s3://b/new1", 3), ("s3://b/hit", 7), ("s3://b/new2", None)])
         assert isinstance(answers[0], Claim) and answers[0].url == "s3://b/new1"
         assert answers[1] == hit
-        assert isinstance(answers[2], Claim) and answers[2].reserved == 0
+        # no size: the largest file the directory has held (7 bytes) is reserved
+        assert isinstance(answers[2], Claim) and answers[2].reserved == 7
         with pytest.raises(ValueError, match="must be None or >= 0"):
             cache.claim([("s3://b/neg", -1)])
         assert "s3://b/neg" not in ledger_rows(tmp_path)
@@ -266,3 +267,18 @@ def test_a_dead_claimers_lock_and_reservation_are_reclaimed(tmp_path):
     assert mine.path.read_bytes() == b"m" * 50
     cache.close()
     assert pins(root) == []
+
+
+def test_unknown_sizes_reserve_the_largest_file_held(tmp_path):
+    with Cache(tmp_path, max_bytes=100) as cache:
+        # nothing held yet: only the head may download, to learn a size
+        first = cache.claim([("s3://b/a", None), ("s3://b/b", None)], overshoot=1)
+        assert isinstance(first[0], Claim) and first[1] == NO_ROOM
+        first[0].tmp.write_bytes(b"x" * 40)
+        assert cache.finish([(first[0], None)]) == [40]
+        # now each unknown size reserves 40 bytes: 40 held + 40 reserved, the third has no room
+        answers = cache.claim([("s3://b/b", None), ("s3://b/c", None)])
+        assert isinstance(answers[0], Claim) and answers[0].reserved == 40
+        assert answers[1] == NO_ROOM
+        cache.finish([(answers[0], OSError("gave up"))])
+        cache.unpin("s3://b/a")

@@ -70,7 +70,14 @@ def claim_in(
                 cache._count(key, hits=1)
                 out.append(path)
                 continue
-            need = hint or 0
+            need = cache._budget.need(conn, hint)
+            if need is None:  # no size known yet: the head downloads alone, the rest wait
+                if i >= overshoot:
+                    paths.unflock(lock, fd)
+                    blocked = True
+                    out.append(NO_ROOM)
+                    continue
+                need = 0
             if not _transactions.make_room_for(conn, cache.cache_dir, need, cache._budget, now):
                 if i >= overshoot:
                     paths.unflock(lock, fd)
@@ -92,7 +99,7 @@ def claim_in(
 
 def finish(cache: Cache, done: Sequence[tuple[Claim, BaseException | None]]) -> list[int | None]:
     """The work of :meth:`Cache.finish`."""
-    conn, owner = cache._conn(), (cache._pid, cache._start)
+    owner = (cache._pid, cache._start)
     sizes: list[int | None] = []
     for claim, error in done:
         size = None
@@ -106,7 +113,7 @@ def finish(cache: Cache, done: Sequence[tuple[Claim, BaseException | None]]) -> 
             paths.unlink(claim.tmp)
         sizes.append(size)
     try:
-        with ledger.write(conn):
+        with cache._ledger() as conn, ledger.write(conn):
             now = time.time()
             for (claim, _), size in zip(done, sizes):
                 if size is None:

@@ -1,14 +1,19 @@
-"""Ledger connections: one per (process, thread), opened lazily, never reused across fork."""
+"""Ledger connections: one per (process, thread), opened lazily, closed before every fork."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pathlib
 import sqlite3
 import threading
 import weakref
+from collections.abc import Iterator
 
-from . import _recovery, ledger, paths
+from . import _fork, _recovery, ledger, paths
+
+logger = logging.getLogger(__name__)
 
 _FORKABLE: weakref.WeakSet = weakref.WeakSet()
 _INHERITED: list[sqlite3.Connection] = []  # the parent's connections, kept so they never close
@@ -37,8 +42,15 @@ class Pool:
     (:func:`~sdsnodes.cache._recovery.sweep`). Otherwise it only reclaims what dead processes
     left (:func:`~sdsnodes.cache._recovery.reclaim_dead`).
 
-    In a forked child the parent's connections are dropped, never used nor closed (closing
-    them could disturb the parent's locks), and new ones are opened.
+    Connections are used only inside :meth:`section`, and closed before every fork of the
+    process (see :mod:`sdsnodes.cache._fork`): a child inherits none and opens its own, the
+    parent reopens its own lazily. A child forked without ``os.fork``'s hooks drops whatever it
+    inherited, never using nor closing it (closing could disturb the parent's locks).
+
+    When the ledger file is deleted or replaced under the process (``rm -rf cache_dir`` in a
+    notebook while a Cache is alive), the next section notices (its inode changed), logs a
+    warning, and opens the directory afresh (recreated, a new ledger); ``generation`` counts
+    these reopenings so the Cache can forget what it held in the old one.
 
     Args:
         root (pathlib.Path): the cache directory (absolute).
@@ -47,8 +59,10 @@ class Pool:
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
         self.locks = root / paths.LOCKS_DIR
+        self.generation = 0
         self.reset()
         forget_parent_after_fork(self)
+        _fork.on_fork(self)
 
     def reset(self) -> None:
         """Forget every connection (without closing them): a fresh state for this process."""
@@ -57,6 +71,7 @@ class Pool:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._users_fd: int | None = None
+        self._ledger_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the ledger opened
 
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's connections and its lock descriptor."""
@@ -65,15 +80,23 @@ class Pool:
             os.close(self._users_fd)  # the parent keeps its lock: its descriptor stays open
         self.reset()
 
-    def get(self) -> sqlite3.Connection:
-        """The connection of this thread, opened (and the directory checked) if needed.
+    @contextlib.contextmanager
+    def section(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, for the block: no fork happens until the block ends, and
+        the connection must not be used after it (a fork closes it).
 
         Raises:
             sqlite3.OperationalError: the ledger stayed locked longer than the busy timeout.
             OSError: the directory cannot be created or locked.
         """
+        with _fork.held():
+            yield self._get()
+
+    def _get(self) -> sqlite3.Connection:
         if self.pid != os.getpid():
             self._forget_parent()
+        if self._ledger_id is not None and self._ledger_id != _file_id(self.root):
+            self._reopen()
         conn = getattr(self._local, "conn", None)
         if conn is None:
             with self.lock:
@@ -104,7 +127,36 @@ class Pool:
                 os.close(fd)
                 raise
         self._users_fd = fd
+        self._ledger_id = _file_id(self.root)
         return conn
+
+    def _reopen(self) -> None:
+        """The ledger was deleted or replaced: open the directory afresh at the next use. The
+        old connections stay open (another thread may be inside one) until close or fork."""
+        with self.lock:
+            if self._ledger_id is None or self._ledger_id == _file_id(self.root):
+                return  # another thread did it
+            logger.warning(
+                "cache %s: the ledger was deleted or replaced under this process "
+                "(was the directory removed?): recreating it; files cached before are gone",
+                self.root,
+            )
+            if self._users_fd is not None:
+                os.close(self._users_fd)
+            self._users_fd, self._ledger_id = None, None
+            self._local = threading.local()
+            self.generation += 1
+
+    def _close_for_fork(self) -> bool:
+        """Before a fork (no section running): close every connection; whether any was open."""
+        if self.pid != os.getpid():
+            return False
+        with self.lock:
+            conns, self._conns = self._conns, []
+            self._local = threading.local()
+        for conn in conns:
+            conn.close()
+        return bool(conns)
 
     def close(self) -> None:
         """Close every connection of this process and release the directory's users lock."""
@@ -119,3 +171,13 @@ class Pool:
             conn.close()
         if fd is not None:
             os.close(fd)
+        self._ledger_id = None
+
+
+def _file_id(root: pathlib.Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the ledger of ``root``, None if it is missing."""
+    try:
+        st = os.stat(root / paths.LEDGER_NAME)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

@@ -7,10 +7,14 @@ One database, ``cache_dir/ledger.sqlite``, in WAL mode with a busy timeout, hold
   in bytes, times in seconds since the epoch.
 - ``pins(key, pid, pid_start, count)``: how many times each live process pinned each file.
 - ``counters(name, value)``: machine-wide ``hits``, ``misses``, ``evictions``,
-  ``bytes_fetched``, and ``total_bytes`` (the sum of ``files.size``, kept for the budget).
+  ``bytes_fetched``, ``total_bytes`` (the sum of ``files.size``, kept for the budget) and
+  ``max_size`` (the largest file the directory has held, reserved for downloads of unknown
+  size).
 
 Every read-then-write decision runs in a ``BEGIN IMMEDIATE`` transaction (:func:`write`), so
-the processes sharing the directory take decisions one at a time. Files are unlinked inside the
+the processes sharing the directory take decisions one at a time. Connections are opened and
+used only inside the sections of :mod:`sdsnodes.cache._fork`, so no fork happens while this
+process is inside SQLite or has the ledger open. Files are unlinked inside the
 transaction that deletes their row, so no process can see a row whose file is being replaced.
 """
 
@@ -31,7 +35,7 @@ from . import paths
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
-COUNTERS = ("hits", "misses", "evictions", "bytes_fetched", "total_bytes")
+COUNTERS = ("hits", "misses", "evictions", "bytes_fetched", "total_bytes", "max_size")
 READY, RESERVED = "ready", "reserved"
 UNPINNED = "key NOT IN (SELECT key FROM pins)"
 
@@ -50,13 +54,6 @@ CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NUL
 """
 
 
-# Opening a SQLite connection takes SQLite's process-wide mutexes; a fork while another thread
-# holds one leaves the child hung at its first open (seen: 10 of 200 forked children). Opening
-# under this lock, which fork takes first, keeps forks out of that window.
-OPEN_LOCK = threading.Lock()
-os.register_at_fork(
-    before=OPEN_LOCK.acquire, after_in_parent=OPEN_LOCK.release, after_in_child=OPEN_LOCK.release
-)
 WAL_LIMIT_BYTES = 4 * 2**20
 
 
@@ -94,24 +91,23 @@ def connect(path: pathlib.Path) -> Connection:
     Raises:
         sqlite3.DatabaseError: the file is not a SQLite database.
     """
-    with OPEN_LOCK:
-        conn = sqlite3.connect(
-            path,
-            timeout=BUSY_TIMEOUT_S,
-            isolation_level=None,
-            check_same_thread=False,
-            factory=Connection,
-        )
-        conn.write_lock = _write_lock_for(path)
-        conn.root = str(pathlib.Path(path).parent)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}").fetchall()
-        except BaseException:
-            conn.close()
-            raise
+    conn = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_S,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=Connection,
+    )
+    conn.write_lock = _write_lock_for(path)
+    conn.root = str(pathlib.Path(path).parent)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}").fetchall()
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -260,6 +256,7 @@ def set_ready(conn: sqlite3.Connection, key: str, size: int, now: float) -> None
         (READY, size, now, now, key),
     )
     bump(conn, total_bytes=size - old, bytes_fetched=size)
+    conn.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'max_size'", (size,))
 
 
 def touch(conn: sqlite3.Connection, key: str, url: str, now: float) -> None:
@@ -314,10 +311,15 @@ def unpin(conn: sqlite3.Connection, key: str, pid: int, start: int, n: int = 1) 
 
 
 def recount(conn: sqlite3.Connection) -> None:
-    """Set ``total_bytes`` to the sum of ``files.size`` (inside a transaction)."""
+    """Set ``total_bytes`` to the sum of ``files.size``, and raise ``max_size`` to the
+    largest file (inside a transaction)."""
     conn.execute(
         "UPDATE counters SET value = (SELECT COALESCE(SUM(size), 0) FROM files) "
         "WHERE name = 'total_bytes'"
+    )
+    conn.execute(
+        "UPDATE counters SET value = MAX(value, (SELECT COALESCE(MAX(size), 0) FROM files)) "
+        "WHERE name = 'max_size'"
     )
 
 

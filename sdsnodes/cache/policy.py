@@ -57,6 +57,22 @@ class Budget:
         """Whether a file created at ``created`` is past its ``ttl`` at ``now`` (seconds)."""
         return self.ttl is not None and created < now - self.ttl
 
+    def need(self, conn: sqlite3.Connection, size: int | None) -> int | None:
+        """Bytes to reserve for a download of ``size`` bytes (None: unknown, no size column).
+
+        An unknown size reserves the largest file the directory has held (the ledger counter
+        ``max_size``), so a window of downloads without sizes still keeps the budget.
+
+        Returns:
+            int | None: the bytes to reserve; None when the size is unknown and no file was
+            ever held (the caller lets one such download run alone to learn a size).
+        """
+        if size is not None:
+            return size
+        if self.max_bytes is None:
+            return 0
+        return ledger.counters(conn).get("max_size") or None
+
     def make_room(
         self, conn: sqlite3.Connection, root: pathlib.Path, need: int, now: float
     ) -> tuple[int, bool]:

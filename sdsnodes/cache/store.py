@@ -40,10 +40,14 @@ class Cache:
     one warning per Cache), while :meth:`claim` answers :data:`NO_ROOM` (except for the
     ``overshoot`` items its caller says it cannot wait for), so a caller that downloads ahead
     (``CachingDownloader``) waits for room instead. Downloads without a ``size_hint`` reserve
-    0 bytes and are trimmed after.
+    the largest file the directory has held; before any, :meth:`claim` lets only the first
+    item (its ``overshoot``) download, to learn a size.
 
-    The object is picklable (only its arguments travel) and fork-safe; ledger connections are
-    opened per process and thread. Processes sharing a directory must share a pid namespace
+    The object is picklable (only its arguments travel) and fork-safe: ledger connections are
+    opened per process and thread, and a fork waits for the ledger calls in flight, then closes
+    every connection first (:mod:`sdsnodes.cache._fork`), so a child never inherits SQLite's
+    lock state. A ledger deleted under a live process (``rm -rf cache_dir``) is recreated at
+    the next call, with a warning. Processes sharing a directory must share a pid namespace
     (dead processes are recognized by pid and start time).
 
     Args:
@@ -83,7 +87,8 @@ class Cache:
         self._pool = Pool(self.cache_dir)
         self._forget_parent()
         forget_parent_after_fork(self)
-        self._conn()  # open now: errors surface here, and what crashes left is repaired
+        with self._ledger():  # open now: errors surface here, and what crashes left is repaired
+            pass
 
     def _forget_parent(self) -> None:
         """Start this process's state afresh (called in the child after a fork)."""
@@ -93,6 +98,8 @@ class Cache:
         self._held: collections.Counter[str] = collections.Counter()  # pins taken through self
         self._process = {"hits": 0, "misses": 0, "bytes_fetched": 0}
         self._subdirs: set[pathlib.Path] = set()
+        self._generation = self._pool.generation
+        self._forgotten: set[str] = set()  # pins of a ledger deleted under us (see _ledger)
 
     def __reduce__(self):
         return (type(self), (str(self.cache_dir), self.max_bytes, self.ttl, self.policy.value))
@@ -114,10 +121,19 @@ class Cache:
             if getattr(self, "_pid", None) == os.getpid():
                 self.close()
 
-    def _conn(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _ledger(self) -> Iterator[sqlite3.Connection]:
+        """A ledger section (see :meth:`Pool.section`): use the connection inside it only."""
         if self._pid != os.getpid():  # forked without os.fork's hooks
             self._forget_parent()
-        return self._pool.get()
+        with self._pool.section() as conn:
+            if self._generation != self._pool.generation:  # the ledger was recreated
+                with self._lock:
+                    self._generation = self._pool.generation
+                    self._forgotten.update(self._held)
+                    self._held.clear()
+                    self._subdirs.clear()
+            yield conn
 
     # -- the public API ---------------------------------------------------------------------
 
@@ -137,7 +153,7 @@ class Cache:
                 temporary path (in the cache directory); called at most once per miss,
                 machine-wide.
             size_hint (int | None): expected size in bytes, reserved before the download;
-                None reserves 0 bytes and trims after.
+                None reserves the largest file the directory has held (0 before any).
 
         Returns:
             pathlib.Path: the cached file (equal to ``path_for(url)``).
@@ -152,16 +168,23 @@ class Cache:
             raise ValueError(f"{size_hint=} must be None or >= 0 (bytes)")
         key = paths.key_for(url)
         path = paths.path_for(self.cache_dir, url)
-        conn, owner = self._conn(), (self._pid, self._start)
-        row = ledger.get_row(conn, key)
-        if row is not None and row[2] == ledger.READY and self._hit(conn, key, url, path, False):
-            return path
-        with paths.flocked(self._pool.locks / f"{key}.lock", remove=True):
-            if self._hit(conn, key, url, path, True):
+        owner = (self._pid, self._start)
+        with self._ledger() as conn:
+            row = ledger.get_row(conn, key)
+            if (
+                row is not None
+                and row[2] == ledger.READY
+                and self._hit(conn, key, url, path, False)
+            ):
                 return path
-            fits = _transactions.reserve(
-                conn, self.cache_dir, key, url, size_hint or 0, self._budget, owner
-            )
+        with paths.flocked(self._pool.locks / f"{key}.lock", remove=True):
+            with self._ledger() as conn:
+                if self._hit(conn, key, url, path, True):
+                    return path
+                need = self._budget.need(conn, size_hint) or 0
+                fits = _transactions.reserve(
+                    conn, self.cache_dir, key, url, need, self._budget, owner
+                )
             self._count(key, misses=1)
             if not fits:
                 self._warn_overshoot()
@@ -173,11 +196,13 @@ class Cache:
                     raise FileNotFoundError(errno.ENOENT, f"fetch({url!r}) did not write", tmp)
                 size = tmp.stat().st_size
                 os.replace(tmp, path)
-                _transactions.commit(conn, self.cache_dir, key, size, self._budget)
+                with self._ledger() as conn:
+                    _transactions.commit(conn, self.cache_dir, key, size, self._budget)
             except BaseException:
                 paths.unlink(tmp)
                 try:
-                    _transactions.release(conn, self.cache_dir, key, url, owner)
+                    with self._ledger() as conn:
+                        _transactions.release(conn, self.cache_dir, key, url, owner)
                 except (OSError, sqlite3.Error) as e:
                     logger.warning("cache %s: cannot release %r: %s", self.cache_dir, url, e)
                 self._drop_held(key)
@@ -202,7 +227,8 @@ class Cache:
 
         Args:
             items (Sequence[tuple[str, int | None]]): (URL, size in bytes to reserve; None
-                reserves 0 and trims after).
+                reserves the largest file held so far, or, before any, is NO_ROOM unless
+                it is among the ``overshoot`` items).
             overshoot (int): leading items that may exceed the budget.
 
         Returns:
@@ -212,10 +238,11 @@ class Cache:
             ValueError: a size is < 0.
             OSError: a lock file or a subdirectory cannot be created.
         """
-        conn, owner = self._conn(), (self._pid, self._start)
+        owner = (self._pid, self._start)
         out: list[pathlib.Path | Claim | str] = []
         try:
-            _batch.claim_in(self, conn, owner, items, overshoot, out)
+            with self._ledger() as conn:
+                _batch.claim_in(self, conn, owner, items, overshoot, out)
         except BaseException:  # the transaction rolled back: forget its pins, free its locks
             for answer in out:
                 if isinstance(answer, Claim):
@@ -247,10 +274,13 @@ class Cache:
             ValueError: this process does not pin ``url``.
         """
         key = paths.key_for(url)
-        conn = self._conn()
-        with ledger.write(conn):
+        with self._ledger() as conn, ledger.write(conn):
             released = ledger.unpin(conn, key, self._pid, self._start)
         if not released:
+            with self._lock:
+                if key in self._forgotten:  # pinned in a ledger since deleted: nothing to drop
+                    self._forgotten.discard(key)
+                    return
             raise ValueError(f"cannot unpin {url!r}: this process does not pin it")
         self._drop_held(key)
 
@@ -271,13 +301,13 @@ class Cache:
         Returns:
             int: bytes freed.
         """
-        conn = self._conn()
-        with ledger.write(conn):
-            ledger.recount(conn)
-            freed, fits = self._budget.make_room(conn, self.cache_dir, 0, time.time())
-            if not fits and _recovery.reclaim_dead(conn, self.cache_dir):
-                freed += self._budget.make_room(conn, self.cache_dir, 0, time.time())[0]
-        ledger.checkpoint(conn)  # keep the WAL file small
+        with self._ledger() as conn:
+            with ledger.write(conn):
+                ledger.recount(conn)
+                freed, fits = self._budget.make_room(conn, self.cache_dir, 0, time.time())
+                if not fits and _recovery.reclaim_dead(conn, self.cache_dir):
+                    freed += self._budget.make_room(conn, self.cache_dir, 0, time.time())[0]
+            ledger.checkpoint(conn)  # keep the WAL file small
         return freed
 
     def clean(self) -> int:
@@ -286,12 +316,11 @@ class Cache:
         Returns:
             int: bytes freed.
         """
-        conn = self._conn()
-        with ledger.write(conn):
+        with self._ledger() as conn, ledger.write(conn):
             _recovery.reclaim_dead(conn, self.cache_dir)
         freed, n = 0, 1
         while n:  # in batches, not to hold the ledger for long
-            with ledger.write(conn):
+            with self._ledger() as conn, ledger.write(conn):
                 n, size = ledger.remove_unpinned(conn, self.cache_dir, 1000)
             freed += size
         return freed
@@ -306,7 +335,8 @@ class Cache:
             process's ``hits``, ``misses``, ``bytes_fetched`` (through this Cache object).
             Sizes in bytes.
         """
-        summary = ledger.summary(self._conn())
+        with self._ledger() as conn:
+            summary = ledger.summary(conn)
         out = {k: summary[k] for k in ("files", "bytes", "pinned_files", "pinned_bytes")}
         out["max_bytes"] = self.max_bytes
         out.update({k: summary[k] for k in ("hits", "misses", "evictions", "bytes_fetched")})
@@ -325,8 +355,7 @@ class Cache:
             held, self._held = self._held, collections.Counter()
         if held:
             try:
-                conn = self._conn()
-                with ledger.write(conn):
+                with self._ledger() as conn, ledger.write(conn):
                     for key, n in held.items():
                         ledger.unpin(conn, key, self._pid, self._start, n)
             except (OSError, sqlite3.Error) as e:
