@@ -1,11 +1,21 @@
 import collections
+import functools
+import itertools
 
 import pyarrow as pa
 import pytest
 from torchdata.nodes import Batcher, Loader, Mapper
-from utils import check_node_resume
+from utils import check_dataloader_resume, check_node_resume, json_roundtrip, stateful_loader
 
-from sdsnodes import IndexReader, Mixer, MixStrategy, Shuffler, StopCriterion, collate
+from sdsnodes import (
+    IndexReader,
+    Mixer,
+    MixStrategy,
+    Shuffler,
+    StopCriterion,
+    StreamingDataset,
+    collate,
+)
 from sdsnodes.nodes._schedule import draw, integer_counts
 
 
@@ -172,3 +182,133 @@ def test_epochs_draw_different_sequences():
     e0 = [i["__stream__"] for i in loader]
     e1 = [i["__stream__"] for i in loader]
     assert e0[:20] != e1[:20]
+
+
+# -- streams with fewer rows than workers (a worker's share is empty) --------------------------
+
+FOUR_WORKERS = pytest.mark.filterwarnings(
+    "ignore:This DataLoader will create 4 worker processes:UserWarning"  # a 2-core machine
+)
+
+
+def small_mix(stop, strategy="round_robin", sizes=(3, 20), batch_size=None, drop_last=False):
+    """Mixer of stream "a" (``sizes[0]`` rows) and "b" (``sizes[1]``), optionally batched."""
+
+    def stream(n, name):
+        node = reader(n, name)
+        if batch_size:
+            node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
+        return node
+
+    return Mixer(
+        {"a": stream(sizes[0], "a"), "b": stream(sizes[1], "b")},
+        {"a": 1, "b": 2},
+        strategy=strategy,
+        stop=stop,
+        seed=7,
+    )
+
+
+def mixer_states(state):
+    """Every Mixer state inside a loader state (one per worker)."""
+    found, stack = [], [state]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            if {"step", "num_workers", "streams", "padded"} <= obj.keys():
+                found.append(obj)
+            stack.extend(obj.values())
+        elif isinstance(obj, list):
+            stack.extend(obj)
+    return found
+
+
+@FOUR_WORKERS
+@pytest.mark.parametrize("stop", ["all_exhausted", "never"])
+@pytest.mark.parametrize("strategy", ["round_robin", "weighted_random"])
+def test_stream_smaller_than_num_workers_serves_every_worker(stop, strategy):
+    """3 rows over 4 workers: worker 3 has no row of "a" and reads it padded, so every worker
+    yields the stream of every draw and the mix across workers is the weights' (issue 10)."""
+    make = functools.partial(small_mix, stop, strategy)
+    dl = stateful_loader(StreamingDataset(make), 4)
+    it = iter(dl)
+    items = list(itertools.islice(it, 48))
+    state = json_roundtrip(dl.state_dict())
+    del it, dl
+    # StatefulDataLoader takes its workers in turn and every worker draws base + j: item i of
+    # the loader is draw i // 4, whichever worker's share of the stream is empty
+    probs = [1 / 3, 2 / 3]
+    expected = ["ab"[draw(MixStrategy(strategy), probs, 7, i // 4)] for i in range(len(items))]
+    assert [x["__stream__"] for x in items] == expected
+    if stop == "all_exhausted":  # shares of equal length: the workers end at the same step
+        assert len(items) % 4 == 0 and len(items) < 48
+        assert {x["__key__"] for x in items} >= {f"b/{i}" for i in range(20)}
+    else:
+        assert len(items) == 48
+    a_keys = [x["__key__"] for i, x in enumerate(items) if x["__stream__"] == "a"]
+    assert set(a_keys) == {"a/0", "a/1", "a/2"}
+    assert {x["__key__"] for i, x in enumerate(items) if i % 4 == 3 and x["__stream__"] == "a"}
+    padded = [m["padded"] for m in mixer_states(state)]
+    assert sorted(padded) == [[], [], [], ["a"]], padded  # only worker 3 pads, and it is saved
+
+
+@FOUR_WORKERS
+@pytest.mark.parametrize("stop", ["all_exhausted", "never"])
+def test_stream_smaller_than_num_workers_resumes_exactly(stop):
+    """After a few batches the state of a 4-worker loader (worker 3 padding "a") resumes to the
+    same items, and for ALL_EXHAUSTED the next epoch is the uninterrupted one."""
+    make = functools.partial(small_mix, stop, "random_order", (3, 10), 2)
+    if stop == "all_exhausted":
+        epoch0 = check_dataloader_resume(lambda: StreamingDataset(make), 4, midpoints=[3, 9])
+        assert {k for b in epoch0 for k in b} >= {f"b/{i}" for i in range(10)}
+        return
+    dl = stateful_loader(StreamingDataset(make), 4)
+    whole = [tuple(b["__key__"]) for b in itertools.islice(iter(dl), 40)]
+    for k in (3, 9):
+        dl = stateful_loader(StreamingDataset(make), 4)
+        it = iter(dl)
+        assert [tuple(b["__key__"]) for b in itertools.islice(it, k)] == whole[:k]
+        state = json_roundtrip(dl.state_dict())
+        del it, dl
+        fresh = stateful_loader(StreamingDataset(make), 4)
+        fresh.load_state_dict(state)
+        assert [tuple(b["__key__"]) for b in itertools.islice(iter(fresh), 40 - k)] == whole[k:]
+
+
+@FOUR_WORKERS
+def test_share_smaller_than_a_batch_with_drop_last_is_padded():
+    """6 rows over 4 workers, batches of 2 with drop_last: workers 2 and 3 hold one row each, no
+    whole batch; padded, they read two rows and every worker yields "a" at its draws."""
+    make = functools.partial(small_mix, "never", "round_robin", (6, 16), 2, True)
+    batches = list(itertools.islice(stateful_loader(StreamingDataset(make), 4), 24))
+    assert all(len(b["__key__"]) == 2 for b in batches)
+    expected = ["ab"[draw(MixStrategy.ROUND_ROBIN, [1 / 3, 2 / 3], 7, i // 4)] for i in range(24)]
+    assert [b["__stream__"] for b in batches] == expected
+    assert {k for b in batches if b["__stream__"] == "a" for k in b["__key__"]} == {
+        f"a/{i}" for i in range(6)
+    }
+
+
+def test_stream_empty_even_padded_names_the_fix():
+    """A stream with no rows in any shard (uneven="drop", 3 rows over 4 shards) cannot be padded:
+    a ValueError says what to change."""
+    empty = IndexReader(pa.table({"x": [0, 1, 2]}), name="a", rank=1, world_size=4, uneven="drop")
+    mixer = Mixer({"a": empty, "b": reader(5, "b")}, strategy="round_robin", stop="never")
+    with pytest.raises(ValueError, match="yields nothing in worker 0 of 1.*fewer workers"):
+        list(itertools.islice(Loader(mixer), 4))
+
+
+def test_padding_in_one_process_resumes_exactly():
+    """Without workers (rank 3 of 4 holds no row of "a"), the padded stream and its state resume
+    exactly through check_node_resume."""
+
+    def make():
+        a = Shuffler(IndexReader(pa.table({"x": [0, 1, 2]}), name="a", rank=3, world_size=4,
+                                 uneven="keep"), seed=1)  # fmt: skip
+        b = Shuffler(IndexReader(pa.table({"x": list(range(16))}), name="b", rank=3, world_size=4,
+                                 uneven="keep"), seed=1)  # fmt: skip
+        return Mixer({"a": a, "b": b}, strategy="round_robin", stop="all_exhausted", seed=3)
+
+    epoch0 = check_node_resume(make, key_fn=lambda i: i["__key__"])
+    # a b a b … : b's 4 rows, each between two a's (read padded), until b's 5th draw ends it
+    assert [k[0] for k in epoch0] == list("ababababa")

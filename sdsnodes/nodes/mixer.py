@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.utils.data import get_worker_info
 from torchdata.nodes import BaseNode
 
+from sdsnodes.nodes._epoch import EpochReader
 from sdsnodes.nodes._schedule import MixStrategy, draw, normalize
+from sdsnodes.nodes.graph import iter_nodes
 from sdsnodes.sample import STREAM
+
+logger = logging.getLogger(__name__)
 
 Weights = Mapping[str, float] | Callable[[int], Mapping[str, float]]
 
@@ -39,6 +44,13 @@ class Mixer(BaseNode[dict]):
     the same sequence); a curriculum sees the global step ``base + local step * W + w``.
     Every item gets ``item["__stream__"] = name``.
 
+    A stream that cycles (``stop`` ALL_EXHAUSTED or NEVER) and yields nothing in this worker
+    even right after a reset — its share of rows is empty, e.g. 3 rows over 4 workers, or smaller
+    than one batch with ``drop_last`` — is read padded instead: its readers switch from
+    ``uneven="keep"`` to ``"pad"`` (every shard reads ceil(rows / shards) rows, the short ones
+    wrapping to the start of the epoch's order), so this worker still yields that stream at its
+    draws and the mix keeps the weights. Which streams are padded is part of the state.
+
     Args:
         streams (Mapping[str, BaseNode]): name → graph; items must be dicts.
         weights (Mapping[str, float] | Callable[[int], Mapping[str, float]] | None): weight per
@@ -51,16 +63,21 @@ class Mixer(BaseNode[dict]):
 
     State:
         ``{"step": int, "num_workers": int, "base_step": int, "mixer": str, "exhausted": [names],
-        "streams": {name: state}}`` (``step`` is local to the worker).
+        "padded": [names], "streams": {name: state}}`` (``step`` is local to the worker).
 
     Raises:
         ValueError: no streams, bad weights, unknown strategy or stop criterion, or a
-            curriculum with an ordered strategy and no ``cycle_length``.
+            curriculum with an ordered strategy and no ``cycle_length``; while iterating, a
+            stream that yields nothing in this worker even when padded (or whose readers pad or
+            drop already).
     """
 
     STEP_KEY = "step"
     WORKERS_KEY = "num_workers"
+    BASE_STEP_KEY = "base_step"
+    MIXER_KEY = "mixer"
     EXHAUSTED_KEY = "exhausted"
+    PADDED_KEY = "padded"
     STREAMS_KEY = "streams"
 
     def __init__(
@@ -99,6 +116,9 @@ class Mixer(BaseNode[dict]):
         self.cycle_length = cycle_length
         self.mixer_id = "0"
         self._name_readers()
+        self._readers = {name: self._own_readers(stream) for name, stream in self.streams.items()}
+        self._uneven = {name: [r.uneven for r in rs] for name, rs in self._readers.items()}
+        self._padded: set[str] = set()
         self._base_step = 0
         self._next_base_step: int | None = None
         self._started = False
@@ -109,15 +129,41 @@ class Mixer(BaseNode[dict]):
     def _name_readers(self) -> None:
         """Prefix the ids of the readers and mixers inside each stream with the stream's name, so
         an elastic cursor can tell them apart."""
-        from sdsnodes.nodes._epoch import EpochReader
-        from sdsnodes.nodes.graph import iter_nodes
-
         for name, stream in self.streams.items():
             for node in iter_nodes(stream):
                 if isinstance(node, EpochReader):
                     node.reader_id = f"{name}/{node.reader_id}"
                 elif isinstance(node, Mixer):
                     node.mixer_id = f"{name}/{node.mixer_id}"
+
+    @staticmethod
+    def _own_readers(stream: BaseNode) -> list[EpochReader]:
+        """The readers of ``stream`` that no Mixer nested inside it manages (it pads its own)."""
+        nodes = list(iter_nodes(stream))
+        nested = {
+            id(r)
+            for node in nodes
+            if isinstance(node, Mixer)
+            for readers in node._readers.values()
+            for r in readers
+        }
+        return [n for n in nodes if isinstance(n, EpochReader) and id(n) not in nested]
+
+    def _set_padded(self, padded: set[str]) -> None:
+        """Make the readers of the ``padded`` streams read ``uneven="pad"`` and give every other
+        reader back its own setting (called before the streams reset)."""
+        self._padded = set(padded)
+        for name, readers in self._readers.items():
+            for reader, uneven in zip(readers, self._uneven[name]):
+                reader.uneven = "pad" if name in self._padded else uneven
+
+    def _can_pad(self, name: str) -> bool:
+        """Whether padding would change what ``name`` yields here: some reader of it keeps
+        uneven shards (the default with one rank) and it is not padded yet."""
+        return name not in self._padded and any(
+            (r.uneven or ("pad" if r.shard.world_size > 1 else "keep")) == "keep"
+            for r in self._readers[name]
+        )
 
     def set_base_step(self, step: int) -> None:
         """Start the global step count at ``step`` (the items a job consumed before an elastic
@@ -160,6 +206,7 @@ class Mixer(BaseNode[dict]):
             self._started = True
             self._step = 0
             self._exhausted = set()
+            self._set_padded(set())
             for stream in self.streams.values():
                 stream.reset(None)
             return
@@ -170,8 +217,9 @@ class Mixer(BaseNode[dict]):
             )
         self._started = True
         self._step = int(initial_state[self.STEP_KEY])
-        self._base_step = int(initial_state.get("base_step", 0))
+        self._base_step = int(initial_state.get(self.BASE_STEP_KEY, 0))
         self._exhausted = set(initial_state[self.EXHAUSTED_KEY])
+        self._set_padded(set(initial_state.get(self.PADDED_KEY, [])))
         for name, stream in self.streams.items():
             stream.reset(initial_state[self.STREAMS_KEY][name])
 
@@ -192,7 +240,7 @@ class Mixer(BaseNode[dict]):
             try:
                 item = next(stream)
             except StopIteration:
-                raise ValueError(f"stream {name!r} yields nothing, even after a reset") from None
+                item = self._next_padded(name)
         if not isinstance(item, dict):
             raise TypeError(
                 f"stream {name!r} yielded {type(item).__name__}; Mixer mixes dicts (samples or batches)"
@@ -201,12 +249,41 @@ class Mixer(BaseNode[dict]):
         self._step += 1
         return item
 
+    def _next_padded(self, name: str) -> Any:
+        """The first item of stream ``name`` read padded, after it yielded nothing in this worker
+        even right after a reset (its share of rows is empty or smaller than one batch).
+
+        Raises:
+            ValueError: padding cannot help (already padded, or its readers pad or drop), or
+                the padded stream yields nothing either.
+        """
+        stream = self.streams[name]
+        if self._can_pad(name):
+            logger.info(
+                "stream %r has no rows for worker %d of %d: reading it padded (uneven='pad')",
+                name,
+                self._worker,
+                self._num_workers,
+            )
+            self._set_padded(self._padded | {name})
+            stream.reset(None)
+            try:
+                return next(stream)
+            except StopIteration:
+                pass
+        raise ValueError(
+            f"stream {name!r} yields nothing in worker {self._worker} of {self._num_workers}, even "
+            "after a reset and padded: its share of rows is empty or smaller than one batch; give "
+            "it more rows, use fewer workers, drop_last=False, or uneven='pad' instead of 'drop'"
+        )
+
     def get_state(self) -> dict[str, Any]:
         return {
             self.STEP_KEY: self._step,
             self.WORKERS_KEY: self._num_workers,
-            "base_step": self._base_step,
-            "mixer": self.mixer_id,
+            self.BASE_STEP_KEY: self._base_step,
+            self.MIXER_KEY: self.mixer_id,
             self.EXHAUSTED_KEY: sorted(self._exhausted),
+            self.PADDED_KEY: sorted(self._padded),
             self.STREAMS_KEY: {name: s.state_dict() for name, s in self.streams.items()},
         }
