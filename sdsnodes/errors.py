@@ -22,10 +22,33 @@ class DecodeError(SdsError):
             (how torch re-raises an error caught in a worker thread or process).
     """
 
+    reason = "decode"
+    """The reason a skipped sample is counted under (subclasses name their own)."""
+
     def __init__(self, path: str, cause: str | None = None) -> None:
         super().__init__(path if cause is None else f"cannot decode {path!r}: {cause}")
         self.path = path
         self.cause = cause
+
+
+class NotAFile(DecodeError):
+    """A path that names no regular file: a FIFO, a directory, a device or a socket (refused
+    before any codec opens it, as opening a FIFO blocks forever), or a path holding a NUL byte.
+
+    Counted under the reason ``"not_a_file"``.
+    """
+
+    reason = "not_a_file"
+
+
+class TooLarge(DecodeError):
+    """A file declaring more pixels (an image, or a video frame) than its codec's
+    ``max_pixels``: refused from its header, before any pixel is decoded (a decompression bomb).
+
+    Counted under the reason ``"too_large"``.
+    """
+
+    reason = "too_large"
 
 
 class DownloadError(SdsError):

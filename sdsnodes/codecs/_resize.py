@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from sdsnodes.codecs._files import regular_file
+
 Size = int | tuple[int, int] | None
 
 
@@ -60,6 +62,20 @@ def check_crop(crop: Any) -> Crop:
         return Crop(crop)
     except ValueError:
         raise ValueError(f"{crop=} must be one of {[c.value for c in Crop]}") from None
+
+
+def check_max_pixels(max_pixels: Any) -> int | None:
+    """Validate a ``max_pixels`` argument (a pixel limit, width x height).
+
+    Raises:
+        ValueError: not None or an int >= 1.
+    """
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, (int, np.integer)) and not isinstance(max_pixels, bool):
+        if max_pixels >= 1:
+            return int(max_pixels)
+    raise ValueError(f"{max_pixels=} must be an int >= 1 (width x height pixels) or None")
 
 
 def cover_shape(height: int, width: int, size: Size) -> tuple[int, int]:
@@ -131,12 +147,17 @@ def as_source(value: Any) -> str | io.BytesIO | BinaryIO:
     A file object is rewound to its start and returned as is: the codec reads it but does not
     close it (its owner does), so several codecs may read one file in turn.
 
+    A path must name a regular file (:func:`~sdsnodes.codecs._files.regular_file`): a FIFO,
+    directory, device or socket is refused before anything opens it.
+
     Raises:
         TypeError: anything else (None included); codecs turn it into a ``DecodeError``.
+        NotAFile: a path naming no regular file, or holding a NUL byte.
+        FileNotFoundError: a path naming nothing.
     """
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
-        return path.decode() if isinstance(path, bytes) else path
+        return regular_file(path.decode() if isinstance(path, bytes) else path)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return io.BytesIO(bytes(value))
     if callable(getattr(value, "read", None)) and callable(getattr(value, "seek", None)):

@@ -140,6 +140,8 @@ class AudioWaveform:
         rng = np.random.default_rng(0) if rng is None else rng
         try:
             wave, info = self._waveform(value, rng, sample)
+        except DecodeError:
+            raise  # refused before decoding (NotAFile, TooLarge…): keeps its reason
         except _Unusable as error:
             raise DecodeError(describe(value), str(error)) from error
         except Exception as error:

@@ -121,6 +121,8 @@ class Latent:
         rng = np.random.default_rng(0) if rng is None else rng
         try:
             return self._latent(value, rng, sample)
+        except DecodeError:
+            raise  # refused before decoding (NotAFile, TooLarge…): keeps its reason
         except _Unusable as error:
             raise DecodeError(describe(value), str(error)) from error
         except Exception as error:
