@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import numpy as np
@@ -11,18 +13,25 @@ from sdsnodes.codecs._resize import (
     Size,
     as_source,
     check_crop,
+    check_max_pixels,
     check_size,
     cover_shape,
     crop_box,
     describe,
     draw_crop,
 )
-from sdsnodes.errors import DecodeError
+from sdsnodes.errors import DecodeError, TooLarge
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Default pixel limit of :class:`ImageTensor` (about 0.27 GB as RGB): Pillow's own warning
+threshold (the default ``PIL.Image.MAX_IMAGE_PIXELS``), so images within it never warn."""
 
 _MODES = {"RGB": 3, "L": 1}
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 rotate by 90 degrees, swapping width and height
 _REDUCING_GAP = 3.0  # Pillow: reduce by an integer factor first while >= 3x the target size
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
+_ARITHMETIC_SOF = (b"\xff\xc9", b"\xff\xca", b"\xff\xcb")  # arithmetic-coded JPEG frames
+_HEADER_LIMIT = 1 << 20  # bytes of a JPEG header searched for an arithmetic-coded frame
 
 
 class ImageTensor:
@@ -34,6 +43,12 @@ class ImageTensor:
     transparency are composited over white, 16-bit images keep their 8 most significant bits.
     Resizing is Pillow's antialiased bicubic with ``reducing_gap=3``.
 
+    Hostile input is refused, never padded: an image declaring more than ``max_pixels`` pixels
+    (a decompression bomb) is refused from its header, before any pixel is decoded; a truncated
+    file raises (even when ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is set, for JPEG), and so does
+    a JPEG whose header declares more pixels than its data could hold (at least one bit per 8x8
+    block: a lying header would decode as a grey image). Paths must name regular files.
+
     Args:
         size (int | tuple[int, int] | None): resize the short side to ``size`` (int), or cover
             and crop to exactly (height, width) pixels; None keeps the source size.
@@ -43,6 +58,10 @@ class ImageTensor:
         draft (bool): let libjpeg decode large JPEGs at a reduced scale (default True); False
             decodes every pixel first (slower; the result differs slightly, as the scaling
             differs).
+        max_pixels (int | None): refuse images declaring more than this many pixels (width x
+            height; default 89,478,485, about 0.27 GB as RGB). None: no limit of ours. Pillow's
+            own limit still applies above it (it refuses more than twice
+            ``PIL.Image.MAX_IMAGE_PIXELS``, warns above it); raise that too for larger images.
 
     Returns:
         torch.Tensor: uint8 [C, H, W].
@@ -50,13 +69,21 @@ class ImageTensor:
     Raises:
         ValueError: at construction, for an invalid argument.
         DecodeError: the input is missing, empty, truncated or not an image Pillow can decode.
+        TooLarge: the image declares more than ``max_pixels`` pixels (reason ``"too_large"``).
+        NotAFile: a path naming a directory, FIFO, device or socket (reason ``"not_a_file"``).
     """
 
     def __init__(
-        self, size: Size = None, crop: str = "center", mode: str = "RGB", draft: bool = True
+        self,
+        size: Size = None,
+        crop: str = "center",
+        mode: str = "RGB",
+        draft: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"{mode=} must be one of {list(_MODES)}")
+        self.max_pixels = check_max_pixels(max_pixels)
         self.size = check_size(size)
         self.crop = check_crop(crop)
         self.mode = mode
@@ -65,7 +92,7 @@ class ImageTensor:
     def __repr__(self) -> str:
         return (
             f"ImageTensor(size={self.size}, crop={self.crop.value!r}, mode={self.mode!r}, "
-            f"draft={self.draft})"
+            f"draft={self.draft}, max_pixels={self.max_pixels})"
         )
 
     def __call__(self, value: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -83,6 +110,8 @@ class ImageTensor:
         position = draw_crop(self.size, self.crop, rng)
         try:
             pixels = self._decode(value, position)
+        except DecodeError:
+            raise  # refused before decoding (NotAFile, TooLarge…): keeps its reason
         except Exception as error:
             raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
         if pixels.ndim == 2:
@@ -92,8 +121,19 @@ class ImageTensor:
     def _decode(self, value: Any, position: tuple[float, float] | None) -> np.ndarray:
         from PIL import Image, ImageOps
 
-        with Image.open(as_source(value)) as image:
+        try:
+            opened = Image.open(as_source(value))
+        except Image.DecompressionBombError as error:  # over twice Pillow's own limit
+            raise TooLarge(describe(value), str(error)) from error
+        with opened as image:
             width, height = image.size
+            if self.max_pixels is not None and width * height > self.max_pixels:
+                raise TooLarge(
+                    describe(value),
+                    f"{width}x{height} pixels declared, more than max_pixels={self.max_pixels}",
+                )
+            if image.format == "JPEG":
+                _check_jpeg_length(image, describe(value))
             rotated = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
             if rotated:
                 width, height = height, width  # the upright size
@@ -102,6 +142,9 @@ class ImageTensor:
             if self.draft and image.format == "JPEG" and large:
                 # decode at 1/2, 1/4 or 1/8 scale, still covering the target; size is (w, h) as stored
                 image.draft(self.mode, (target_h, target_w) if rotated else (target_w, target_h))
+            image.load()
+            if getattr(image, "_ended", False):  # Pillow padded it (LOAD_TRUNCATED_IMAGES)
+                raise OSError("image file is truncated (no end of image marker)")
             image = ImageOps.exif_transpose(image)
             image = _to_mode(image, self.mode)
             if image.size != (target_w, target_h):
@@ -112,6 +155,46 @@ class ImageTensor:
             if (h, w) != (target_h, target_w):
                 image = image.crop((left, top, left + w, top + h))
             return np.array(image, dtype=np.uint8)  # [H, W, 3] or [H, W]; a writable copy
+
+
+def _check_jpeg_length(image: Any, name: str) -> None:
+    """Raise if a JPEG's scan data is shorter than any JPEG of its declared size could be.
+
+    Huffman coding spends at least one bit on every 8x8 block of every component (its DC
+    code), so a file with fewer bytes after its header than ``blocks / 8`` is truncated, or its
+    header lies about its size; libjpeg would decode it as grey blocks. Arithmetic-coded JPEGs
+    (no such bound) are not checked.
+
+    Raises:
+        DecodeError: the data cannot hold the declared image.
+    """
+    fp, tile = image.fp, image.tile
+    if not tile or not getattr(image, "layer", None):
+        return
+    position = fp.tell()
+    try:
+        start = tile[0][2]  # where the scan data begins
+        fp.seek(0)
+        header = fp.read(min(start, _HEADER_LIMIT))
+        fp.seek(0, os.SEEK_END)
+        length = fp.tell() - start
+    finally:
+        fp.seek(position)
+    if any(marker in header for marker in _ARITHMETIC_SOF):
+        return
+    width, height = image.size
+    h_max = max(layer[1] for layer in image.layer)
+    v_max = max(layer[2] for layer in image.layer)
+    blocks = sum(
+        math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+        for _, h, v, _ in image.layer
+    )
+    if length * 8 < blocks:
+        raise DecodeError(
+            name,
+            f"{length} bytes of JPEG data cannot hold the {width}x{height} pixels its header "
+            f"declares (at least {math.ceil(blocks / 8)} bytes): truncated, or a lying header",
+        )
 
 
 def _to_mode(image: Any, mode: str) -> Any:

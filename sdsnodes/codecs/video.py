@@ -16,16 +16,20 @@ from sdsnodes.codecs._resize import (
     Size,
     as_source,
     check_crop,
+    check_max_pixels,
     check_size,
     cover_shape,
     crop_box,
     describe,
     draw_crop,
 )
-from sdsnodes.errors import DecodeError
+from sdsnodes.errors import DecodeError, TooLarge
 
 _EPS = 1e-3  # s: a frame at t_i + _EPS still counts as "at or before" target time t_i
 _DEFAULT_FPS = 25.0  # FFmpeg's own guess when a stream states no rate at all
+DEFAULT_MAX_FRAME_PIXELS = 1 << 26
+"""Default frame-size limit of :class:`VideoClip`: 67,108,864 pixels (8192 x 8192; 8K UHD is
+33 M), about 0.2 GB per RGB frame."""
 
 
 class ClipStart(str, enum.Enum):
@@ -105,6 +109,9 @@ class VideoClip:
         on_short (str): ``"pad"`` or ``"skip"``; see :class:`OnShort`.
         with_info (bool): return ``Decoded(clip, info)`` with the ``info`` of :meth:`clip`, which
             the Decoder stores as ``"<column>.clip_start"``, ``.clip_end`` and ``.source_fps``.
+        max_pixels (int | None): refuse videos whose frames declare more than this many pixels
+            (width x height, from the stream header, before any frame is decoded; default
+            67,108,864 = 8192 x 8192). None: no limit.
 
     Returns:
         torch.Tensor: uint8 [T, C, H, W], T == num_frames, C == 3 (RGB); or ``Decoded``.
@@ -114,6 +121,8 @@ class VideoClip:
         DecodeError: the input is missing, not a video, corrupt, truncated, has no video stream
             or no decodable frame; with ``on_short="skip"``, the video is shorter than the clip;
             with ``start="given"``, the start is missing, invalid or past the end of the video.
+        TooLarge: frames of more than ``max_pixels`` pixels (reason ``"too_large"``).
+        NotAFile: a path naming a directory, FIFO, device or socket (reason ``"not_a_file"``).
     """
 
     def __init__(
@@ -127,6 +136,7 @@ class VideoClip:
         start_column: str = "clip_start",
         on_short: OnShort | str = OnShort.PAD,
         with_info: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
     ) -> None:
         if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
             raise ValueError(f"{num_frames=} must be an int >= 1")
@@ -145,6 +155,7 @@ class VideoClip:
         self.start_column = str(start_column)
         self.on_short = check_choice(OnShort, on_short, "on_short")
         self.with_info = bool(with_info)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.needs_sample = self.start is ClipStart.GIVEN
 
     def __repr__(self) -> str:
@@ -152,7 +163,7 @@ class VideoClip:
             f"VideoClip(num_frames={self.num_frames}, fps={self.fps}, size={self.size}, "
             f"crop={self.crop.value!r}, threads={self.threads}, start={self.start.value!r}, "
             f"start_column={self.start_column!r}, on_short={self.on_short.value!r}, "
-            f"with_info={self.with_info})"
+            f"with_info={self.with_info}, max_pixels={self.max_pixels})"
         )
 
     def __call__(
@@ -182,6 +193,8 @@ class VideoClip:
         rng = np.random.default_rng(0) if rng is None else rng
         try:
             return self._clip(value, rng, sample)
+        except DecodeError:
+            raise  # refused before decoding (NotAFile, TooLarge…): keeps its reason
         except _Unusable as error:
             raise DecodeError(describe(value), str(error)) from error
         except Exception as error:
@@ -200,6 +213,12 @@ class VideoClip:
             if not container.streams.video:
                 raise _Unusable("no video stream")
             stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if self.max_pixels is not None and width * height > self.max_pixels:
+                raise TooLarge(
+                    describe(value),
+                    f"{width}x{height} pixels per frame, more than max_pixels={self.max_pixels}",
+                )
             rate, duration = _rate_and_duration(container, stream)
             fps = self.fps or rate
             length = self.num_frames / fps  # s
