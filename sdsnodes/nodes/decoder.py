@@ -12,7 +12,9 @@ from sdsnodes.codecs import Codec, Decoded
 from sdsnodes.errors import DecodeError, OnError
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
-from sdsnodes.sample import EPOCH, INDEX, Sample, url_key
+from sdsnodes.sample import EPOCH, INDEX, KEY, Sample, url_key
+
+_RANGE_URL_PREFIX = "__range_url__."  # RangeReader keeps the URL of a column read in ranges
 
 
 def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Generator:
@@ -33,7 +35,12 @@ class Decoder(ThreadMapNode):
     Codecs (``VideoClip``, ``ImageTensor``, ``Text``…) are pure; they run in ``num_threads``
     threads (PyAV and Pillow release the GIL), in order. A sample whose decoding fails (a
     :class:`~sdsnodes.errors.DecodeError`, a missing file, a None value) is skipped and counted
-    by reason (``"decode"``, ``"missing"``) under ``on_error="skip"``, or raised.
+    by reason under ``on_error="skip"``, or raised: ``"missing"`` (no such file, a None value),
+    ``"not_a_file"`` (a directory, FIFO, device or socket: refused before anything opens it),
+    ``"too_large"`` (more pixels than the codec's ``max_pixels``), ``"decode"`` (the rest).
+    A :class:`~sdsnodes.errors.DecodeError` names the sample's ``__key__``, the column and the
+    URL the user knows (``__url__.<column>``, for a file the downloader cached; the cache path
+    follows it), not only the local path the codec read.
 
     Args:
         source (BaseNode): upstream node (paths must be local: put a CachingDownloader before).
@@ -73,10 +80,13 @@ class Decoder(ThreadMapNode):
         self.seed = int(seed)
 
     def classify(self, error: BaseException) -> str:
-        if isinstance(error, (FileNotFoundError, _Missing)) or isinstance(
-            error.__cause__, FileNotFoundError
-        ):
-            return "missing"
+        cause: BaseException | None = error
+        for _ in range(4):  # the error, what it wraps, and so on
+            if isinstance(cause, (FileNotFoundError, _Missing)):
+                return "missing"
+            cause = None if cause is None else cause.__cause__
+        if isinstance(error, DecodeError):
+            return error.reason
         return self.reason
 
     def process(self, sample: Sample) -> Sample:
@@ -89,11 +99,14 @@ class Decoder(ThreadMapNode):
                     str(sample.get(url_key(source)) or source), f"column {source!r} is None"
                 )
             rng = sample_rng(self.seed, sample, i)
-            result = (
-                codec(value, rng, sample=out)
-                if getattr(codec, "needs_sample", False)
-                else codec(value, rng)
-            )
+            try:
+                result = (
+                    codec(value, rng, sample=out)
+                    if getattr(codec, "needs_sample", False)
+                    else codec(value, rng)
+                )
+            except DecodeError as error:
+                raise _named(error, sample, source) from error
             if isinstance(result, Decoded):
                 out[column] = result.value
                 out.update({f"{column}.{name}": v for name, v in result.info.items()})
@@ -105,5 +118,24 @@ class Decoder(ThreadMapNode):
         release(skipped.sample)
 
 
+def _named(error: DecodeError, sample: Sample, column: str) -> DecodeError:
+    """``error`` (same class, so the same reason) about the URL of ``column`` the user knows,
+    with the sample's key, the column and the local path (the cache file) after the cause."""
+    url = sample.get(url_key(column)) or sample.get(_RANGE_URL_PREFIX + column)
+    url = url if isinstance(url, str) else None
+    cause = str(error) if error.cause is None else error.cause
+    detail = f"column {column!r} of {KEY}={sample.get(KEY)!r}"
+    if url is not None and error.path != url:
+        detail += f", cached as {error.path!r}"
+    try:
+        named = type(error)(url or error.path, f"{cause} ({detail})")
+    except Exception:  # noqa: BLE001 - a codec's own subclass with another signature
+        named = DecodeError(url or error.path, f"{cause} ({detail})")
+        named.reason = error.reason
+    return named
+
+
 class _Missing(DecodeError):
     """A column the codec needs holds None."""
+
+    reason = "missing"
