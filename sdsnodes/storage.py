@@ -25,6 +25,7 @@ from typing import Any
 import fsspec
 from fsspec.core import split_protocol
 
+from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
 from sdsnodes.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def filesystem(
 
 
 def _is_permanent(error: BaseException) -> bool:
-    """Errors that no retry will fix: missing objects, permissions, a full disk."""
+    """Errors that no retry will fix: missing objects, permissions, a full disk, a checksum."""
+    if isinstance(error, ChecksumMismatch):
+        return True
     if isinstance(
         error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
     ):
@@ -111,6 +114,7 @@ def fetch(
     backoff_s: float = 0.5,
     expected_size: int | None = None,
     timeout: float | None = 60.0,
+    checksum: tuple[str, str] | None = None,
 ) -> int:
     """Copy the object at ``url`` to the local file ``dest``, retrying transient errors.
 
@@ -127,6 +131,9 @@ def fetch(
         expected_size (int | None): size in bytes the object must have, if known.
         timeout (float | None): seconds one attempt may take (async filesystems: s3, gs,
             http); None waits as long as the filesystem does.
+        checksum (tuple[str, str] | None): ``(algorithm, digest)`` the file must have, algorithm
+            ``"md5"``, ``"sha256"`` or ``"crc32c"``, digest hex or base64 (as GCS gives it);
+            checked on ``dest`` once complete, before success. None checks nothing.
 
     Returns:
         int: bytes written.
@@ -134,8 +141,12 @@ def fetch(
     Raises:
         FileNotFoundError: the object does not exist.
         OSError: the local disk is full (``errno.ENOSPC``) or another permanent error.
+        ChecksumMismatch: (a DownloadError, ``reason == "checksum"``) the file's digest is not
+            ``checksum``'s; never retried, ``dest`` is removed.
         DownloadError: transient errors outlived the retries, or the size did not match.
+        ValueError: ``checksum`` is malformed (raised before anything is downloaded).
     """
+    expected = None if checksum is None else parse_checksum(checksum)
     fs, path = filesystem(url, storage_options)
     # fsspec's sync wrapper of async filesystems takes a `timeout` (FSTimeoutError past it)
     kwargs = (
@@ -149,7 +160,7 @@ def fetch(
             else:  # through our own file object: some sync get_file leak it on errors (ftp)
                 with fs.open(path, "rb") as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out, COPY_CHUNK_BYTES)
-            return _checked_size(url, dest, expected_size)
+            return _checked(url, dest, expected_size, expected)
         except Exception as error:  # noqa: BLE001 - classified below
             if isinstance(error, ftplib.error_perm) and str(error).startswith("550"):
                 raise FileNotFoundError(errno.ENOENT, str(error), url) from error
@@ -161,11 +172,23 @@ def fetch(
     raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
 
 
-def _checked_size(url: str, dest: str | os.PathLike, expected_size: int | None) -> int:
-    """The size of the downloaded ``dest``; DownloadError if it is not ``expected_size``."""
+def _checked(
+    url: str,
+    dest: str | os.PathLike,
+    expected_size: int | None,
+    expected: tuple[str, bytes] | None,
+) -> int:
+    """The size of the downloaded ``dest``; DownloadError if it is not ``expected_size`` (worth
+    a retry), ChecksumMismatch (``dest`` removed) if its digest is not ``expected``."""
     size = os.path.getsize(dest)
     if expected_size is not None and size != expected_size:
         raise DownloadError(url, f"got {size} bytes, expected {expected_size}")
+    if expected is not None:
+        try:
+            verify(url, dest, expected)
+        except ChecksumMismatch:
+            _remove(os.fspath(dest))
+            raise
     return size
 
 
@@ -185,6 +208,7 @@ def fetch_soon(
     executor: concurrent.futures.Executor | None = None,
     abandoned: threading.Event | None = None,
     expected_size: int | None = None,
+    checksum: tuple[str, str] | None = None,
 ) -> concurrent.futures.Future:
     """Start :func:`fetch` without waiting: the future of its result (bytes written).
 
@@ -195,7 +219,7 @@ def fetch_soon(
     reach the coroutine only after it finished writing).
 
     Args:
-        url, dest, storage_options, retries, backoff_s, timeout, expected_size: as
+        url, dest, storage_options, retries, backoff_s, timeout, expected_size, checksum: as
             :func:`fetch`.
         executor (concurrent.futures.Executor | None): where a sync filesystem's download runs
             (required for those).
@@ -205,14 +229,15 @@ def fetch_soon(
         concurrent.futures.Future: resolves to the bytes written, or to :func:`fetch`'s errors.
 
     Raises:
-        ValueError: a sync filesystem and no ``executor``.
+        ValueError: a sync filesystem and no ``executor``, or a malformed ``checksum``.
     """
+    expected = None if checksum is None else parse_checksum(checksum)
     fs, path = filesystem(url, storage_options)
     abandoned = abandoned or threading.Event()
     dest = os.fspath(dest)
     if getattr(fs, "async_impl", False):
         coro = _fetch_async(
-            fs, url, path, dest, retries, backoff_s, timeout, abandoned, expected_size
+            fs, url, path, dest, retries, backoff_s, timeout, abandoned, expected_size, expected
         )
         return _Download(fs.loop, coro)
     if executor is None:
@@ -223,7 +248,7 @@ def fetch_soon(
             return 0
         try:
             return fetch(
-                url, dest, storage_options, retries, backoff_s, expected_size, timeout=timeout
+                url, dest, storage_options, retries, backoff_s, expected_size, timeout, checksum
             )
         finally:
             if abandoned.is_set():
@@ -285,6 +310,7 @@ async def _fetch_async(
     timeout: float | None,
     abandoned: threading.Event,
     expected_size: int | None,
+    expected: tuple[str, bytes] | None,
 ) -> int:
     last: BaseException | None = None
     try:
@@ -296,7 +322,7 @@ async def _fetch_async(
                 if abandoned.is_set():  # given up while the last bytes arrived
                     _remove(dest)
                     return 0
-                return _checked_size(url, dest, expected_size)
+                return _checked(url, dest, expected_size, expected)
             except Exception as error:  # noqa: BLE001 - classified below
                 if _is_permanent(error):
                     raise
