@@ -1,0 +1,296 @@
+"""Soak: four processes stream shuffled epochs through one cache directory whose budget is 20%
+of the data, for ``scaled(60, 600)`` seconds (issue 10, suite item 4).
+
+Each process is this file run as a script (``python test_soak.py CONFIG.json RANK``): a
+``torchdata.nodes.Loader`` over ``build_image_graph`` of images served by the loopback HTTP
+server (index with a ``size`` column), its own shuffle seed, epoch after epoch until its time is
+up. At every epoch's end it records its open descriptors (files and sockets apart) and threads;
+every second its sample count. Meanwhile the test samples:
+
+- the bytes of the cache directory's media files (``.tmp`` downloads included) every 10 ms,
+  the ledger and its WAL/SHM apart (they are not in ``max_bytes``);
+- every process's RSS (psutil) every 0.5 s.
+
+Asserted: peak media bytes <= ``max_bytes`` + one (largest) file per process; RSS growth after
+warm-up < 5% in every process; no descriptor (other than sockets, whose number follows the
+open HTTP connections) or thread more at the last epoch's end than at the first one after
+warm-up; the ledger clean at the end. Throughput per interval is printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- a soak process
+def _descriptors() -> dict[str, int]:
+    """This process's open descriptors by kind: ``files`` (paths; ``ledger``: those of the
+    cache's ledger, its WAL and SHM, among them), ``sockets``, ``other``."""
+    counts = {"files": 0, "ledger": 0, "sockets": 0, "other": 0}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor listdir itself used, closed since
+        kind = "sockets" if target.startswith("socket:") else "files" if target.startswith("/") else "other"
+        counts[kind] += 1
+        counts["ledger"] += "/ledger.sqlite" in target
+    return counts
+
+
+def _resources() -> dict[str, int]:
+    return {
+        **_descriptors(),
+        "threads": threading.active_count(),
+        "native_threads": len(os.listdir("/proc/self/task")),
+    }
+
+
+def run_soak_process(config_path: str, rank: int) -> int:
+    """Stream shuffled epochs until ``duration_s`` passed; write a JSON report."""
+    import gc
+    import warnings
+
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+    from torchdata.nodes import Loader
+
+    from sdsnodes import build_image_graph, error_stats
+    from sdsnodes.nodes.graph import shutdown
+
+    cfg = json.loads(Path(config_path).read_text())
+    out = Path(cfg["out"]) / f"proc{rank}.json"
+    before = _resources()
+    graph = build_image_graph(
+        cfg["src"], size=32, batch_size=8, cache_dir=cfg["cache_dir"],
+        max_bytes=cfg["max_bytes"], seed=rank, num_threads=2,
+        download_threads=cfg["download_threads"],
+    )  # fmt: skip
+    loader = Loader(graph)
+    start = time.monotonic()
+    deadline = start + cfg["duration_s"]
+    samples, ticks, epochs = 0, [], []
+    next_tick = start + 1.0
+    while time.monotonic() < deadline:
+        for batch in loader:
+            samples += len(batch["__key__"])
+            now = time.monotonic()
+            if now >= next_tick:
+                ticks.append((round(now - start, 3), samples))
+                next_tick = now + 1.0
+            if now >= deadline:
+                break
+        else:
+            epochs.append({"t": round(time.monotonic() - start, 3), **_resources()})
+    errors = error_stats(loader.state_dict())
+    shutdown(graph)
+    del loader, graph
+    gc.collect()
+    report = {
+        "pid": os.getpid(), "samples": samples, "ticks": ticks, "epochs": epochs,
+        "before": before, "after_shutdown": _resources(), "errors": errors,
+        "seconds": time.monotonic() - start,
+    }  # fmt: skip
+    out.write_text(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_soak_process(sys.argv[1], int(sys.argv[2])))
+
+
+# ----------------------------------------------------------------------------------- the test
+import random  # noqa: E402
+import sqlite3  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+
+import psutil  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from _faults import SEED, scaled  # noqa: E402
+
+from sdsnodes._synthetic import write_image  # noqa: E402
+
+PROCESSES = 4
+NUM_IMAGES = 160
+LEDGER_FILES = ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm")
+
+
+class DiskSampler(threading.Thread):
+    """Samples the cache directory every ``period_s``: media bytes (cached files and ``.tmp``
+    downloads in its ``<2 hex>/`` folders) and the ledger's bytes (database, WAL, SHM)."""
+
+    def __init__(self, cache_dir: Path, period_s: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.cache_dir, self.period_s = cache_dir, period_s
+        self.peak_media = self.peak_ledger = self.samples = 0
+        self.stop = threading.Event()
+
+    def _scan(self) -> tuple[int, int]:
+        media = ledger = 0
+        try:
+            top = list(os.scandir(self.cache_dir))
+        except FileNotFoundError:
+            return 0, 0
+        for entry in top:
+            try:
+                if entry.name in LEDGER_FILES:
+                    ledger += entry.stat().st_size
+                elif len(entry.name) == 2 and entry.is_dir():
+                    for f in os.scandir(entry.path):
+                        try:
+                            media += f.stat().st_size
+                        except FileNotFoundError:
+                            pass  # evicted or renamed meanwhile
+            except FileNotFoundError:
+                pass
+        return media, ledger
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            media, ledger = self._scan()
+            self.peak_media = max(self.peak_media, media)
+            self.peak_ledger = max(self.peak_ledger, ledger)
+            self.samples += 1
+            self.stop.wait(self.period_s)
+
+
+def _rss_growth(series: list[tuple[float, int]], warmup_s: float, window_s: float) -> float:
+    """Median RSS of the last ``window_s`` over the median of the first ``window_s`` after
+    ``warmup_s``, minus 1."""
+    series = [(t, r) for t, r in series if r > 0]  # a zombie's RSS reads 0
+    end = series[-1][0]
+    first = [r for t, r in series if warmup_s <= t < warmup_s + window_s]
+    last = [r for t, r in series if t >= end - window_s]
+    return statistics.median(last) / statistics.median(first) - 1.0
+
+
+def test_four_processes_soak_one_cache_within_budget_without_leaks(http_dir, tmp_path):
+    rng = random.Random(SEED)
+    sizes = []
+    for i in range(NUM_IMAGES):
+        path = http_dir.path / f"s{i:03d}.jpg"
+        write_image(path, width=64 + i % 32, height=48, seed=i)
+        path.write_bytes(path.read_bytes() + rng.randbytes(rng.randrange(30_000, 70_000)))
+        sizes.append(path.stat().st_size)
+    urls = [http_dir.url_for(f"s{i:03d}.jpg") for i in range(NUM_IMAGES)]
+    index = tmp_path / "index.parquet"
+    pq.write_table(pa.table({"image": urls, "caption": [""] * NUM_IMAGES, "size": sizes}), index)
+    max_bytes = sum(sizes) // 5
+    bound = max_bytes + PROCESSES * max(sizes)
+    duration = scaled(60, 600)
+    warmup = duration / 4
+    cache_dir = tmp_path / "cache"
+    config = tmp_path / "soak.json"
+    config.write_text(json.dumps({
+        "src": str(index), "cache_dir": str(cache_dir), "max_bytes": max_bytes,
+        "duration_s": duration, "download_threads": 4, "out": str(tmp_path),
+    }))  # fmt: skip
+
+    sampler = DiskSampler(cache_dir)
+    sampler.start()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "test_soak.py"), str(config), str(rank)], cwd=HERE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for rank in range(PROCESSES)
+    ]
+    handles = {p.pid: psutil.Process(p.pid) for p in procs}
+    rss: dict[int, list[tuple[float, int]]] = {pid: [] for pid in handles}
+    t0 = time.monotonic()
+    try:
+        while any(p.poll() is None for p in procs):
+            assert time.monotonic() - t0 < duration + 300, "the soak processes hang"
+            now = time.monotonic() - t0
+            for pid, handle in handles.items():
+                try:
+                    if now <= duration:  # not the exit (graph shut down, report written)
+                        rss[pid].append((now, handle.memory_info().rss))
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        sampler.stop.set()
+        sampler.join()
+    outputs = [p.communicate()[0].decode(errors="replace") for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    reports = [json.loads((tmp_path / f"proc{r}.json").read_text()) for r in range(PROCESSES)]
+
+    # throughput per interval (all processes together), printed
+    interval = duration / 6
+    edges = [interval * k for k in range(7)]
+    rates = []
+    for lo, hi in zip(edges, edges[1:]):
+        n = 0
+        for rep in reports:
+            at = dict([(0.0, 0)] + [(t, s) for t, s in rep["ticks"]])
+            times = sorted(at)
+            below = max((t for t in times if t <= lo), default=0.0)
+            upto = max((t for t in times if t <= hi), default=0.0)
+            n += at[upto] - at[below]
+        rates.append(n / interval)
+    total = sum(rep["samples"] for rep in reports)
+
+    # RSS of each process: growth from just after warm-up to the end
+    window = max(5.0, duration / 10)
+    growth = {pid: _rss_growth(series, warmup, window) for pid, series in rss.items()}
+
+    # leaks: resources at the first epoch end after warm-up against the last epoch end
+    leaks, details = 0, []
+    for rep in reports:
+        settled = [e for e in rep["epochs"] if e["t"] >= warmup]
+        assert len(settled) >= 2, f"too few epochs after warm-up to compare: {rep['epochs']}"
+        first, last = settled[0], settled[-1]
+        for kind in ("files", "other", "threads", "native_threads"):
+            leaks += max(0, last[kind] - first[kind])
+        details.append(
+            f"pid {rep['pid']}: {len(rep['epochs'])} epochs, fds {first['files']}→{last['files']} "
+            f"(ledger {first['ledger']}→{last['ledger']}), "
+            f"sockets {first['sockets']}→{last['sockets']}, threads {first['threads']}→"
+            f"{last['threads']} (native {first['native_threads']}→{last['native_threads']}); "
+            f"before the graph {rep['before']}, after its shutdown {rep['after_shutdown']}"
+        )
+
+    conn = sqlite3.connect(cache_dir / "ledger.sqlite", timeout=30)
+    pins = conn.execute("SELECT count(*) FROM pins").fetchone()[0]
+    reserved = conn.execute("SELECT count(*) FROM files WHERE state != 'ready'").fetchone()[0]
+    conn.close()
+
+    ratio = sampler.peak_media / bound
+    worst = max(growth.values())
+    print(
+        f"FIGURE soak: peak/bound {ratio:.2f} (peak/max_bytes {sampler.peak_media / max_bytes:.2f}),"
+        f" RSS growth {100 * worst:.1f}%, leaks {leaks}"
+        f" ({PROCESSES} processes, {duration:.0f} s, {total / duration:.0f} samples/s)"
+    )
+    print(
+        f"  max_bytes {max_bytes} B, bound {bound} B (+{PROCESSES} x {max(sizes)} B), peak media "
+        f"{sampler.peak_media} B, peak ledger+WAL+SHM {sampler.peak_ledger} B (not in the budget), "
+        f"{sampler.samples} disk samples"
+    )
+    print("  samples/s per interval of %.0f s: %s" % (interval, ", ".join(f"{r:.0f}" for r in rates)))
+    print("  RSS growth per process: " + ", ".join(f"{100 * g:.1f}%" for g in growth.values()))
+    for line in details:
+        print("  " + line)
+    print(f"  errors {[rep['errors'] for rep in reports]}")
+
+    assert all(rep["errors"] == {} for rep in reports), [rep["errors"] for rep in reports]
+    assert pins == 0 and reserved == 0, f"the ledger keeps {pins} pins, {reserved} reservations"
+    assert sampler.peak_media <= bound, (
+        f"peak disk {sampler.peak_media} B > max_bytes {max_bytes} B + one file per process "
+        f"({bound} B): {ratio:.2f}x the bound"
+    )
+    assert leaks == 0, details
+    assert worst < 0.05, f"RSS grew {100 * worst:.1f}% after warm-up: {growth}"
