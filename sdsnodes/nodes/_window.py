@@ -3,18 +3,28 @@ and recording a download in the cache as soon as it ends."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import errno
+import logging
+import time
+from collections.abc import Iterable
 from typing import Any
 
+from sdsnodes.cache import paths
 from sdsnodes.cache.store import Cache, Claim
 from sdsnodes.sample import Sample
+
+logger = logging.getLogger(__name__)
 
 BUSY_POLL_S = 0.01
 """How often a sample whose file another downloader is fetching asks the cache again (s)."""
 DROP_WAIT_S = 5.0
 """How long dropping a window waits for its cancelled downloads to end (s)."""
+STALL_S = 30.0
+"""How long the head of a window waits for room while downstream releases nothing this node
+delivered, before the node concludes that downstream holds samples until it gets more (s)."""
 
 
 @dataclasses.dataclass
@@ -45,6 +55,73 @@ class WindowEntry:
 
     def unclaimed(self) -> list[WindowFile]:
         return [f for f in self.files if f.future is None and not f.pinned]
+
+
+class Delivered:
+    """The files a downloader delivered that may still be pinned downstream (read ahead by a
+    Decoder, say): while any is, the head of the window waits for room like any other sample,
+    since their release makes room; once all are released, the head may pass the budget (it
+    is then the one sample without which nothing progresses).
+
+    A delivered file counts as released once this process's pins of its key, taken through the
+    downloader's Cache (the object the Evictor unpins through), are no more than the window's
+    own. If the head waits ``STALL_S`` with no release at all, downstream holds samples until it
+    gets more (a Batcher before the Evictor): waiting would never end, so from then on every
+    head may pass the budget (warned once).
+    """
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.stalled_since: float | None = None  # when the head began to wait for room
+        self.gathers = False
+
+    def add(self, entry: WindowEntry) -> None:
+        """Record the files of a sample the node yields."""
+        if not self.gathers:
+            self.keys.update(paths.key_for(f.url) for f in entry.files)
+
+    def clear(self) -> None:
+        """Forget everything (a reset: downstream starts afresh)."""
+        self.keys.clear()
+        self.stalled_since = None
+
+    def all_released(self, cache: Cache, window: Iterable[WindowEntry]) -> bool:
+        """Whether the head may pass the budget: every delivered file released (or ``gathers``)."""
+        if self.gathers or not self.keys:
+            return True
+        held = cache._held  # pins this process took through ``cache``, by key
+        own = collections.Counter(
+            paths.key_for(f.url)
+            for entry in window
+            for f in entry.files
+            if f.pinned or f.future is not None
+        )
+        released = {key for key in self.keys if held.get(key, 0) <= own[key]}
+        if released:
+            self.keys -= released
+            self.stalled_since = None  # downstream moves: waiting is not in vain
+        return not self.keys
+
+    def watch(self, waits: bool, cache_dir: str, max_bytes: int | None) -> None:
+        """Time how long the head has waited for room (``waits``) while downstream still holds
+        delivered files; past ``STALL_S``, set ``gathers`` and warn."""
+        if not waits or not self.keys:
+            self.stalled_since = None
+            return
+        now = time.monotonic()
+        if self.stalled_since is None:
+            self.stalled_since = now
+        elif now - self.stalled_since > STALL_S:
+            logger.warning(
+                "cache %s: no room for the next sample for %.0f s while %d files delivered "
+                "stay pinned: something between the CachingDownloader and the Evictor holds "
+                "samples until it gets more (a Batcher before the Evictor?). From now on each "
+                "next sample passes max_bytes=%s; put the Evictor right after the Decoder or "
+                "raise max_bytes.",
+                cache_dir, now - self.stalled_since, len(self.keys), max_bytes,
+            )  # fmt: skip
+            self.gathers = True
+            self.clear()
 
 
 def record(

@@ -22,6 +22,7 @@ from sdsnodes.nodes._threads import register_live
 from sdsnodes.nodes._window import (
     BUSY_POLL_S,
     DROP_WAIT_S,
+    Delivered,
     WindowEntry,
     WindowFile,
     error_of,
@@ -45,10 +46,16 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
 
     The byte budget holds: a download starts only when the files pinned and in flight, all
     processes together, leave room for it under ``max_bytes`` (its size from the index's
-    ``size`` / ``<column>_size`` column, else the largest file this node has downloaded), in
-    window order. Only the sample the consumer waits for may start without room, so the
-    directory exceeds ``max_bytes`` by at most that file per process (never more than one file
-    per process sharing the cache, and only when the budget is tiny next to the windows).
+    ``size`` / ``<column>_size`` column, else the largest file the cache directory has held;
+    before any, one file at a time), in window order. Samples this node delivered stay pinned
+    until the :class:`Evictor` releases them (the Decoder's read-ahead holds several), and they
+    count in the budget like any other. Only a sample without which nothing can progress may
+    start without room: the head of the window, and only once every sample this node delivered
+    was released. So the directory exceeds ``max_bytes`` by at most one file per process (per
+    CachingDownloader of the process). A graph that keeps several delivered samples pinned
+    until it gets more (a Batcher before the Evictor) would wait forever for room: after
+    ``STALL_S`` (30 s) without any release the node logs a warning and lets each head pass the
+    budget from then on (the bound is then ``max_bytes`` + the samples held before the Evictor).
 
     Each file is written under a temporary name and renamed into place, so a crash never leaves
     a half file that looks whole; a file whose size differs from the index's size column is
@@ -117,8 +124,8 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._exhausted = False
         self._state: dict[str, Any] | None = None
-        self._largest = 0  # bytes of the largest file downloaded: the size of unknown ones
         self._abandoned = threading.Event()  # set when the window is dropped
+        self._delivered = Delivered()  # files delivered and maybe still pinned downstream
 
     # -- torchdata node protocol ------------------------------------------------------------
 
@@ -126,6 +133,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         super().reset(initial_state)
         register_live(self)
         self._drop_window()
+        self._delivered.clear()  # downstream resets too
         if initial_state is None:  # a new epoch: counts go on accumulating
             self.source.reset(None)
         else:
@@ -148,6 +156,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
             if entry.error is None:
                 self.errors.ok()
                 entry.out[CACHE_DIR] = self.cache_dir
+                self._delivered.add(entry)
                 return entry.out
             self._release(entry)
             if self.is_fatal(entry.error):
@@ -239,11 +248,10 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         if not todo:
             return
         head = self._window[0]
-        overshoot = sum(1 for entry, _ in todo if entry is head)
-        items = [
-            (f.url, f.size_hint if f.size_hint is not None else self._largest) for _, f in todo
-        ]
         cache = self._cache()
+        may = self._delivered.all_released(cache, self._window)
+        overshoot = sum(1 for entry, _ in todo if entry is head) if may else 0
+        items = [(f.url, f.size_hint) for _, f in todo]  # None: the cache reserves the largest
         try:
             answers = cache.claim(items, overshoot=overshoot)
         except Exception as error:  # noqa: BLE001 - the head sample carries it
@@ -251,6 +259,8 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 if entry is head:
                     self._fail(entry, f, error)
             return
+        waits = any(e is head and a == NO_ROOM for (e, _), a in zip(todo, answers))
+        self._delivered.watch(waits, self.cache_dir, self.max_bytes)
         for (entry, f), answer in zip(todo, answers):
             if answer == NO_ROOM:
                 continue
@@ -297,7 +307,6 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 f.future, f.download, f.claim = None, None, None
                 error = error_of(future)
                 if error is None:
-                    self._largest = max(self._largest, future.result())
                     self._pinned(entry, f, claim.path)
                 else:
                     self._fail(entry, f, error)
@@ -357,6 +366,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_window"] = collections.deque()
+        state["_delivered"] = Delivered()
         state["_executor"] = state["_abandoned"] = None
         return state
 
