@@ -23,6 +23,14 @@ to ``--download-threads`` files downloading or downloaded-but-not-yet-consumed, 
 pinned files cannot be evicted. CachingDownloader starts a download only when it fits the budget
 next to what is pinned, except the one its consumer waits for: with a tight budget the
 directory may exceed ``max_bytes`` by one file per worker at most.
+
+A second table (``--cases read-ahead``, issue 10) runs the cases where the bound used to break:
+``IndexReader → CachingDownloader → Decoder(ImageTensor) → Evictor`` over ~200 KiB PNGs of
+random pixels with a 1 MiB budget, a consumer that pauses ``--step-ms`` per sample (as a training
+step does, so the Decoder's read-ahead of 2 samples per decode thread stays full), and one row per
+case: no ``size`` column with 8 and 32 download threads (the first window knows no size), a size
+column with 4 and 8 decode threads, and 6 worker processes. Each row prints the peak against
+``max_bytes`` and against the bound ``max_bytes + processes × largest file``, the ledger apart.
 """
 
 from __future__ import annotations
@@ -174,6 +182,127 @@ def run_once(table, max_bytes: int, seed: int, args, workdir: Path) -> dict[str,
     }  # fmt: skip
 
 
+READ_AHEAD_BUDGET = 1 << 20
+READ_AHEAD_CASES = [  # (label, processes, size column, download threads, decode threads)
+    ("1 process, no size column, 8 downloads", 1, False, 8, 4),
+    ("1 process, no size column, 32 downloads", 1, False, 32, 4),
+    ("1 process, size column, 4 decoders", 1, True, 16, 4),
+    ("1 process, size column, 8 decoders", 1, True, 16, 8),
+    ("6 processes, size column, 4 decoders", 6, True, 16, 4),
+]
+
+
+def read_ahead_graph(table, cache_dir: str, max_bytes: int, downloads: int, decoders: int):
+    """``IndexReader → CachingDownloader(max_bytes) → Decoder(ImageTensor) → Evictor``."""
+    from sdsnodes import CachingDownloader, Decoder, Evictor, ImageTensor, IndexReader
+
+    downloader = CachingDownloader(
+        IndexReader(table), ["file"], cache_dir=cache_dir, max_bytes=max_bytes,
+        num_threads=downloads, on_error="raise",
+    )  # fmt: skip
+    return Evictor(Decoder(downloader, {"file": ImageTensor(size=32)}, num_threads=decoders))
+
+
+def noise_pngs(server, workdir: Path, n: int, rng) -> tuple[list[str], list[int]]:
+    """``n`` served PNGs of random pixels (incompressible, 180-200 KiB each)."""
+    import io
+
+    from PIL import Image
+
+    urls, sizes = [], []
+    for i in range(n):
+        side = int(rng.integers(245, 258))
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype="uint8")).save(buf, "PNG")
+        path = server.root / "read-ahead" / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.getvalue())
+        urls.append(server.url_for(path))
+        sizes.append(len(buf.getvalue()))
+    return urls, sizes
+
+
+def run_read_ahead_case(table, case, args, workdir: Path) -> dict[str, Any]:
+    """One epoch of one case on a fresh cache directory, sampled from before the first sample."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from sdsnodes import StreamingDataset
+
+    _, processes, _, downloads, decoders = case
+    cache_dir = tempfile.mkdtemp(dir=workdir, prefix="cache-")
+    factory = functools.partial(
+        read_ahead_graph, table, cache_dir, READ_AHEAD_BUDGET, downloads, decoders
+    )
+    workers = 0 if processes == 1 else processes
+    loader = StatefulDataLoader(StreamingDataset(factory), batch_size=None, num_workers=workers)
+    try:
+        sampler = DiskSampler(cache_dir, args.interval_ms / 1000, lambda: 0)
+        with sampler:  # walks the directory only (no SQLite in this process across the fork)
+            n = 0
+            for _ in loader:
+                n += 1
+                time.sleep(args.step_ms / 1000)
+        if n != table.num_rows:
+            raise RuntimeError(f"an epoch delivered {n} samples, expected {table.num_rows}")
+    finally:
+        del loader
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return {"peak": sampler.peak, "peak_ledger": sampler.peak_ledger, "peak_wal": sampler.peak_wal}
+
+
+def read_ahead_table(args, servers, workdir: Path, repeats: int) -> None:
+    """The issue-10 cases (see the module docstring): one row per case, medians of repeats."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(1)
+    n = 40 if args.quick else 120
+    cases = READ_AHEAD_CASES[1::2] if args.quick else READ_AHEAD_CASES
+    with servers.http.HTTPServer(root=workdir / "served-read-ahead") as server:
+        urls, sizes = noise_pngs(server, workdir, n, rng)
+        largest = max(sizes)
+        print(
+            f"read-ahead cases: {n} PNGs of {min(sizes) / 1024:.0f}-{largest / 1024:.0f} KiB over "
+            f"HTTP, max_bytes {READ_AHEAD_BUDGET / 2**20:g} MiB, consumer step {args.step_ms:g} ms "
+            f"per sample, sampled every {args.interval_ms:g} ms; {repeats} repeat(s)",
+            flush=True,
+        )
+        runs: dict[str, list[dict[str, Any]]] = {case[0]: [] for case in cases}
+        for repeat in range(repeats):
+            for case in cases:
+                label, _, with_size, *_ = case
+                columns = {"file": urls, **({"size": sizes} if with_size else {})}
+                run = run_read_ahead_case(pa.table(columns), case, args, workdir)
+                runs[label].append(run)
+                print(
+                    f"  repeat {repeat + 1}/{repeats}, {label}: peak {run['peak'] / 2**20:.2f} MiB",
+                    flush=True,
+                )
+    print()
+    width = max(len(case[0]) for case in cases)
+    head = (
+        f"{'case':<{width}}  {'peak MiB':>8}  {'peak/max_bytes':>14}  {'bound MiB':>9}  "
+        f"{'peak/bound (min-max)':>20}  {'ledger+wal KiB':>14}  {'of it wal':>9}"
+    )
+    print(f"disk_peak read-ahead: max_bytes {READ_AHEAD_BUDGET / 2**20:g} MiB; bound = max_bytes "
+          "+ processes x largest file; medians over the repeats")  # fmt: skip
+    print(head + "\n" + "-" * len(head))
+    for label, _, *_ in cases:
+        processes = next(c[1] for c in cases if c[0] == label)
+        bound = READ_AHEAD_BUDGET + processes * largest
+        peaks = [r["peak"] for r in runs[label]]
+        ratios = [p / bound for p in peaks]
+        peak = statistics.median(peaks)
+        ledger = statistics.median(r["peak_ledger"] for r in runs[label]) / 1024
+        wal = statistics.median(r["peak_wal"] for r in runs[label]) / 1024
+        spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        print(
+            f"{label:<{width}}  {peak / 2**20:>8.2f}  {peak / READ_AHEAD_BUDGET:>14.2f}  "
+            f"{bound / 2**20:>9.2f}  {spread:>20}  {ledger:>14.0f}  {wal:>9.0f}"
+        )
+    print()
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=f"python -m benchmarks.run {NAME}", description=DESCRIPTION
@@ -201,6 +330,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CachingDownloader threads per worker (default 8, its default)",
     )
     add("--interval-ms", type=float, default=2.0, help="sampling interval in ms (default 2)")
+    add(
+        "--cases", nargs="+", choices=["budgets", "read-ahead"], default=["budgets", "read-ahead"],
+        help="tables to run: the budgets with 4 workers, and the read-ahead cases of issue 10",
+    )  # fmt: skip
+    add(
+        "--step-ms", type=float, default=5.0,
+        help="read-ahead cases: the consumer's pause per sample in ms (default 5)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.num_files = args.num_files or (80 if args.quick else 300)
     args.max_mb = args.max_mb or ([8.0, 2.0] if args.quick else [32.0, 8.0])
@@ -281,6 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     largest = int(sizes.max())
     budget_runs: dict[int, list[dict[str, Any]]] = {int(mb * 1e6): [] for mb in args.max_mb}
     try:
+        if "read-ahead" in args.cases:
+            read_ahead_table(args, servers, workdir, repeats)
+        if "budgets" not in args.cases:
+            return 0
         with servers.http.HTTPServer(root=workdir / "served") as server:
             urls = []
             for i, size in enumerate(sizes):
