@@ -13,19 +13,22 @@ import concurrent.futures
 import contextlib
 import errno
 import ftplib
+import functools
 import json
 import logging
 import os
-import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
 from fsspec.core import split_protocol
 
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
+from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES, Retrier
+from sdsnodes._retry import is_permanent as _is_permanent  # also nodes/_blockfile.py
 from sdsnodes.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +37,6 @@ LOCAL_PROTOCOLS = (None, "file", "local")
 _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
 _fs_lock = threading.Lock()
 COPY_CHUNK_BYTES = 2**20
-_jitter = random.Random()  # backoff jitter only: never the global RNG, never sample randomness
 
 
 def default_cache_dir() -> str:
@@ -90,50 +92,42 @@ def filesystem(
     return fs, fs._strip_protocol(url)
 
 
-def _is_permanent(error: BaseException) -> bool:
-    """Errors that no retry will fix: missing objects, permissions, a full disk, a checksum."""
-    if isinstance(error, ChecksumMismatch):
-        return True
-    if isinstance(
-        error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-    ):
-        return True
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-        return True
-    if isinstance(error, ftplib.error_perm):  # an FTP 5xx reply
-        return True
-    status = getattr(error, "status", None) or getattr(error, "code", None)
-    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
-
-
 def fetch(
     url: str,
     dest: str | os.PathLike,
     storage_options: dict[str, Any] | None = None,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     backoff_s: float = 0.5,
     expected_size: int | None = None,
     timeout: float | None = 60.0,
     checksum: tuple[str, str] | None = None,
+    deadline_s: float | None = DEFAULT_DEADLINE_S,
 ) -> int:
     """Copy the object at ``url`` to the local file ``dest``, retrying transient errors.
 
-    Transient errors (5xx, connection resets, timeouts) are retried ``retries`` times with
-    exponential backoff (``backoff_s * 2**attempt`` seconds, with jitter). Missing objects,
-    permission errors and a full disk are not retried.
+    Transient errors (5xx, 408, 429, refused or reset connections, timeouts, bodies shorter
+    than announced or than ``expected_size``) are retried with exponential backoff and full
+    jitter (waits drawn from ``[0, min(4, backoff_s * 2**n)]`` seconds), honouring a 429/503's
+    ``Retry-After``, until ``retries`` retries were made or ``deadline_s`` seconds passed since
+    the first attempt (see :mod:`sdsnodes._retry` and ``docs/retries.md``): the defaults ride out
+    an outage of about 25 s. Missing objects, other 4xx, permission errors, a full disk and a
+    checksum mismatch are not retried.
 
     Args:
         url (str): the remote object.
         dest (str | os.PathLike): local file to write (overwritten).
         storage_options (dict | None): fsspec options for ``url``'s filesystem.
-        retries (int): retries after the first attempt.
-        backoff_s (float): first backoff, in seconds.
+        retries (int): most retries after the first attempt (>= 0).
+        backoff_s (float): upper bound of the first wait, in seconds; doubled per retry.
         expected_size (int | None): size in bytes the object must have, if known.
         timeout (float | None): seconds one attempt may take (async filesystems: s3, gs,
             http); None waits as long as the filesystem does.
         checksum (tuple[str, str] | None): ``(algorithm, digest)`` the file must have, algorithm
             ``"md5"``, ``"sha256"`` or ``"crc32c"``, digest hex or base64 (as GCS gives it);
             checked on ``dest`` once complete, before success. None checks nothing.
+        deadline_s (float | None): seconds after the first attempt when no new attempt
+            starts; None: only ``retries`` bounds them. An attempt running then still has its
+            ``timeout``, so failing takes at most ``deadline_s + timeout`` seconds.
 
     Returns:
         int: bytes written.
@@ -143,17 +137,19 @@ def fetch(
         OSError: the local disk is full (``errno.ENOSPC``) or another permanent error.
         ChecksumMismatch: (a DownloadError, ``reason == "checksum"``) the file's digest is not
             ``checksum``'s; never retried, ``dest`` is removed.
-        DownloadError: transient errors outlived the retries, or the size did not match.
-        ValueError: ``checksum`` is malformed (raised before anything is downloaded).
+        DownloadError: transient errors outlived the retries or the deadline (the message names
+            the URL, the attempts, the seconds spent and the last error, redacted).
+        ValueError: ``checksum`` is malformed, or ``retries`` / ``deadline_s`` out of range
+            (raised before anything is downloaded).
     """
     expected = None if checksum is None else parse_checksum(checksum)
+    retrier = Retrier(url, retries, backoff_s, deadline_s)
     fs, path = filesystem(url, storage_options)
     # fsspec's sync wrapper of async filesystems takes a `timeout` (FSTimeoutError past it)
     kwargs = (
         {"timeout": timeout} if timeout is not None and getattr(fs, "async_impl", False) else {}
     )
-    last: BaseException | None = None
-    for attempt in range(retries + 1):
+    while True:
         try:
             if getattr(fs, "async_impl", False):
                 fs.get_file(path, os.fspath(dest), **kwargs)
@@ -166,10 +162,10 @@ def fetch(
                 raise FileNotFoundError(errno.ENOENT, str(error), url) from error
             if _is_permanent(error):
                 raise
-            last = error
-            if attempt < retries:
-                time.sleep(_backoff(url, error, attempt, backoff_s))
-    raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
+            wait = retrier.wait_s(error)
+            if wait is None:
+                raise retrier.give_up(error) from error
+        time.sleep(wait)
 
 
 def _checked(
@@ -192,23 +188,18 @@ def _checked(
     return size
 
 
-def _backoff(url: str, error: BaseException, attempt: int, backoff_s: float) -> float:
-    delay = backoff_s * (2**attempt) * (0.5 + _jitter.random())
-    logger.debug("retrying %s in %.2fs after %r", url, delay, error)
-    return delay
-
-
 def fetch_soon(
     url: str,
     dest: str | os.PathLike,
     storage_options: dict[str, Any] | None = None,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     backoff_s: float = 0.5,
     timeout: float | None = 60.0,
     executor: concurrent.futures.Executor | None = None,
     abandoned: threading.Event | None = None,
     expected_size: int | None = None,
     checksum: tuple[str, str] | None = None,
+    deadline_s: float | None = DEFAULT_DEADLINE_S,
 ) -> concurrent.futures.Future:
     """Start :func:`fetch` without waiting: the future of its result (bytes written).
 
@@ -219,8 +210,8 @@ def fetch_soon(
     reach the coroutine only after it finished writing).
 
     Args:
-        url, dest, storage_options, retries, backoff_s, timeout, expected_size, checksum: as
-            :func:`fetch`.
+        url, dest, storage_options, retries, backoff_s, timeout, expected_size, checksum,
+            deadline_s: as :func:`fetch` (the deadline counts from the first attempt).
         executor (concurrent.futures.Executor | None): where a sync filesystem's download runs
             (required for those).
         abandoned (threading.Event | None): set when the caller gives the download up.
@@ -229,16 +220,17 @@ def fetch_soon(
         concurrent.futures.Future: resolves to the bytes written, or to :func:`fetch`'s errors.
 
     Raises:
-        ValueError: a sync filesystem and no ``executor``, or a malformed ``checksum``.
+        ValueError: a sync filesystem and no ``executor``, a malformed ``checksum``, or
+            ``retries`` / ``deadline_s`` out of range.
     """
     expected = None if checksum is None else parse_checksum(checksum)
+    retry = functools.partial(Retrier, url, retries, backoff_s, deadline_s)
+    retry()  # arguments checked here, in the caller's thread
     fs, path = filesystem(url, storage_options)
     abandoned = abandoned or threading.Event()
     dest = os.fspath(dest)
     if getattr(fs, "async_impl", False):
-        coro = _fetch_async(
-            fs, url, path, dest, retries, backoff_s, timeout, abandoned, expected_size, expected
-        )
+        coro = _fetch_async(fs, url, path, dest, retry, timeout, abandoned, expected_size, expected)
         return _Download(fs.loop, coro)
     if executor is None:
         raise ValueError(f"{url!r} is on a sync filesystem: fetch_soon needs an executor")
@@ -248,8 +240,9 @@ def fetch_soon(
             return 0
         try:
             return fetch(
-                url, dest, storage_options, retries, backoff_s, expected_size, timeout, checksum
-            )
+                url, dest, storage_options, retries, backoff_s, expected_size, timeout, checksum,
+                deadline_s,
+            )  # fmt: skip
         finally:
             if abandoned.is_set():
                 _remove(dest)
@@ -305,16 +298,15 @@ async def _fetch_async(
     url: str,
     path: str,
     dest: str,
-    retries: int,
-    backoff_s: float,
+    retry: Callable[[], Retrier],
     timeout: float | None,
     abandoned: threading.Event,
     expected_size: int | None,
     expected: tuple[str, bytes] | None,
 ) -> int:
-    last: BaseException | None = None
+    retrier = retry()  # the deadline counts from here
     try:
-        for attempt in range(retries + 1):
+        while True:
             if abandoned.is_set():
                 return 0
             try:
@@ -322,19 +314,24 @@ async def _fetch_async(
                 if abandoned.is_set():  # given up while the last bytes arrived
                     _remove(dest)
                     return 0
-                return _checked(url, dest, expected_size, expected)
+                if expected is None:
+                    return _checked(url, dest, expected_size, None)
+                # hashing a large file would stall every coroutine of fsspec's loop
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, _checked, url, dest, expected_size, expected
+                )
             except Exception as error:  # noqa: BLE001 - classified below
                 if _is_permanent(error):
                     raise
-                last = error
-                if attempt < retries:
-                    await asyncio.sleep(_backoff(url, error, attempt, backoff_s))
+                wait = retrier.wait_s(error)
+                if wait is None:
+                    raise retrier.give_up(error) from error
+            await asyncio.sleep(wait)
     except BaseException:
         if abandoned.is_set():
             _remove(dest)
             return 0  # nobody waits for it: an exception here would be logged as unretrieved
         raise
-    raise DownloadError(url, f"failed after {retries + 1} attempts: {last!r}") from last
 
 
 def _remove(path: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 
 import google_crc32c
 import pytest
@@ -80,3 +81,43 @@ def test_malformed_checksum_is_refused_before_downloading(http_server, http_dir,
     with pytest.raises(ValueError):
         parse_checksum(bad)
     assert http_server.stats(url)["get"] == 0
+
+
+# ----------------------------------------------------------------------- the retry policy
+def test_transient_statuses_are_retried_permanent_ones_are_not(http_server, http_dir, tmp_path):
+    (http_dir.path / "a.bin").write_bytes(DATA)
+    url = http_dir.url_for("a.bin")
+    for status in (500, 502, 503, 504, 429, 408):
+        http_server.reset_stats()
+        http_server.faults(fail_next=2, status=status)
+        assert fetch(url, tmp_path / "a.bin", backoff_s=0.05) == len(DATA)
+        assert http_server.stats(url)["statuses"] == [status, status, 200]
+    for status in (400, 401, 403, 410, 501):
+        http_server.reset_stats()
+        http_server.faults(fail_next=1, status=status)
+        with pytest.raises(Exception) as info:
+            fetch(url, tmp_path / "a.bin", backoff_s=0.05)
+        assert getattr(info.value, "status", None) == status
+        assert http_server.stats(url)["statuses"] == [status]  # one request, no retry
+        http_server.clear_faults()
+
+
+def test_deadline_bounds_the_retries_and_the_error_says_why(http_server, http_dir, tmp_path):
+    (http_dir.path / "a.bin").write_bytes(DATA)
+    url = http_dir.url_for("a.bin")
+    http_server.faults(fail_next=10**6, status=503)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        fetch_soon(url, tmp_path / "a.bin", backoff_s=0.05, deadline_s=2.0).result(timeout=60)
+    elapsed = time.monotonic() - start
+    gets = http_server.stats(url)["get"]
+    message = str(info.value)
+    assert url in message and "2 s deadline" in message and "503" in message
+    assert f"failed after {gets} attempts" in message
+    assert 2.0 <= elapsed < 30  # not before the deadline; generous hang guard after it
+    assert gets <= 21  # the default retries bound the requests too
+    http_server.reset_stats()
+    with pytest.raises(DownloadError, match="3 retries"):
+        fetch(url, tmp_path / "a.bin", retries=3, backoff_s=0.05)
+    assert http_server.stats(url)["get"] == 4
+    print(f"FIGURE deadline: 2 s deadline, gave up after {elapsed:.1f} s and {gets} requests")
