@@ -257,8 +257,112 @@ def test_http_delay_hits_client_timeout(http_server: HTTPServer, http_dir) -> No
     assert sorted(http_server.stats(url)["statuses"]) == [200, 499]
 
 
+def _raw_get(url: str, timeout: float = 10) -> tuple[bytes, bytes, str]:
+    """One request on a raw socket: (status line and headers, body, how it ended)."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        request = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n"
+        sock.sendall(request.encode())
+        data, ended = b"", "eof"
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                ended = "reset"
+                break
+            except TimeoutError:
+                ended = "open"  # the server kept the connection: the answer was complete
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                 if line.lower().startswith(b"content-length:")),
+                None,
+            )  # fmt: skip
+            if length is not None and len(body) >= length:
+                sock.settimeout(0.3)  # complete: does the server close now?
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body, ended
+
+
+def _header(head: bytes, name: str) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.decode().partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def test_http_retry_after_on_injected_429_and_503(http_server: HTTPServer, http_dir) -> None:
+    (http_dir.path / "x.bin").write_bytes(b"payload")
+    url = http_dir.url_for("x.bin")
+    http_server.faults(fail_next=1, status=429, retry_after=2)
+    http_server.faults(fail_next=1, status=503, retry_after="Wed, 21 Oct 2037 07:28:00 GMT")
+    fs = http_server.fs()
+    for status, after in ((429, "2"), (503, "Wed, 21 Oct 2037 07:28:00 GMT")):
+        with pytest.raises(aiohttp.ClientResponseError) as exc_info:
+            fs.cat_file(url)
+        assert exc_info.value.status == status
+        assert exc_info.value.headers["Retry-After"] == after
+    assert fs.cat_file(url) == b"payload"
+    assert http_server.stats(url)["statuses"] == [429, 503, 200]
+
+
+def test_http_short_body_ends_cleanly_before_content_length(http_server, http_dir) -> None:
+    (http_dir.path / "x.bin").write_bytes(DATA)
+    url = http_dir.url_for("x.bin")
+    http_server.faults(short_next=1, after_bytes=1234)
+    head, body, ended = _raw_get(url)
+    assert _header(head, "Content-Length") == str(len(DATA))
+    assert body == DATA[:1234] and ended == "eof"  # FIN, not RST
+    with pytest.raises(aiohttp.ClientPayloadError):  # the next one too
+        http_server.faults(short_next=1)
+        http_server.fs().cat_file(url)
+    assert http_server.fs().cat_file(url) == DATA
+
+
+def test_http_consistent_content_length_lies(http_server: HTTPServer, http_dir) -> None:
+    (http_dir.path / "x.bin").write_bytes(DATA)
+    url = http_dir.url_for("x.bin")
+    http_server.faults(lie_length=-1000, method="*")  # until cleared, GET and HEAD
+    for _ in range(2):
+        head, body, ended = _raw_get(url)
+        assert _header(head, "Content-Length") == str(len(DATA) - 1000)
+        assert body == DATA[:-1000] and ended == "open"  # a complete answer, wrong bytes
+    assert http_server.fs().info(url)["size"] == len(DATA) - 1000
+    assert http_server.fs().cat_file(url) == DATA[:-1000]  # a client cannot tell
+    http_server.clear_faults()
+    http_server.faults(lie_length=10)
+    head, body, ended = _raw_get(url)
+    assert _header(head, "Content-Length") == str(len(DATA) + 10)
+    assert body == DATA and ended == "eof"
+
+
+def test_http_slow_body(http_server: HTTPServer, http_dir) -> None:
+    (http_dir.path / "x.bin").write_bytes(DATA[:20_000])
+    url = http_dir.url_for("x.bin")
+    http_server.faults(rate_bps=40_000, count=1)
+    start = time.monotonic()
+    assert http_server.fs().cat_file(url) == DATA[:20_000]
+    slow = time.monotonic() - start
+    start = time.monotonic()
+    assert http_server.fs().cat_file(url) == DATA[:20_000]
+    print(f"20 kB at 40 kB/s: {slow:.2f} s, then {time.monotonic() - start:.3f} s")
+    assert (
+        slow >= 0.4
+    )  # 9 pauses of 0.05 s before the last piece: the server cannot send faster than its rate (a floor, not a target)
+
+
 def test_http_bad_fault_rule_is_rejected(http_server: HTTPServer) -> None:
-    with pytest.raises(ValueError, match="fail_next, delay_s, reset_next"):
+    with pytest.raises(
+        ValueError, match="fail_next, delay_s, reset_next, short_next, rate_bps, lie_length"
+    ):
         http_server.faults(status=500)
 
 

@@ -16,11 +16,19 @@ What it serves, for every path under ``--root``:
 
 Control endpoints (not counted in the stats, never faulted):
   - ``POST /__faults__`` with one JSON rule, applied to the next matching requests:
-    ``{"fail_next": N, "status": 500}``: answer N requests with that status;
+    ``{"fail_next": N, "status": 500}``: answer N requests with that status; with
+    ``"retry_after": "2"`` (seconds, or an HTTP date) the answer carries that ``Retry-After``;
     ``{"delay_s": S, "count": N}``: wait S seconds before answering (N omitted: until cleared);
     ``{"reset_next": N, "after_bytes": K}``: send the headers and K body bytes (default: half the
-    body), then drop the connection. Every rule also takes ``"path"`` (a substring the URL path
-    must contain) and ``"method"`` (``"GET"`` by default, ``"HEAD"``, or ``"*"`` for both).
+    body), then drop the connection (RST);
+    ``{"short_next": N, "after_bytes": K}``: the same, but close the connection cleanly (FIN): a
+    body shorter than its ``Content-Length``;
+    ``{"rate_bps": R, "count": N}``: a slow body, R bytes per second (N omitted: until cleared);
+    ``{"lie_length": D, "count": N}``: announce ``Content-Length`` + D (GET and HEAD alike, N
+    omitted: until cleared); D < 0 sends only the announced bytes (a consistent liar: the client
+    sees a complete, shorter file), D > 0 sends the real body and closes the connection.
+    Every rule also takes ``"path"`` (a substring the URL path must contain) and ``"method"``
+    (``"GET"`` by default, ``"HEAD"``, or ``"*"`` for both). Rules of different kinds combine.
   - ``GET /__faults__`` lists the active rules, ``DELETE /__faults__`` clears them.
   - ``GET /__stats__``: ``{"get": n, "head": n, "bytes": n, "paths": {path: {"get", "head",
     "bytes", "ranges", "statuses"}}}``; ``bytes`` counts body bytes actually sent, ``ranges`` the
@@ -49,7 +57,7 @@ from typing import Any
 
 from . import ServerProcess
 
-__all__ = ["HTTPServer", "make_app"]
+__all__ = ["HTTPServer", "Faults", "make_app"]
 
 _TESTS_DIR = Path(__file__).resolve().parent.parent
 _CHUNK = 256 * 1024
@@ -59,13 +67,16 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # ------------------------------------------------------------------------------------- the app
 @dataclass
 class _Rule:
-    kind: str  # "fail" | "delay" | "reset"
+    kind: str  # "fail" | "delay" | "reset" | "short" | "rate" | "lie"
     remaining: int | None  # None: until cleared
     path: str = ""
     method: str = "GET"
     status: int = 500
     delay_s: float = 0.0
     after_bytes: int | None = None
+    retry_after: str | None = None
+    rate_bps: float = 0.0
+    lie_length: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -81,21 +92,33 @@ def _parse_rule(body: dict[str, Any]) -> _Rule:
         status = int(body.get("status", 500))
         if not 400 <= status <= 599:
             raise ValueError(f"{status=} must be an HTTP error status")
-        return _Rule("fail", int(body["fail_next"]), status=status, **common)
+        after = body.get("retry_after")
+        retry_after = None if after is None else str(after)
+        return _Rule(
+            "fail", int(body["fail_next"]), status=status, retry_after=retry_after, **common
+        )
     if "delay_s" in body:
         count = body.get("count")
         return _Rule(
             "delay", None if count is None else int(count), delay_s=float(body["delay_s"]), **common
         )
-    if "reset_next" in body:
-        after = body.get("after_bytes")
-        return _Rule(
-            "reset",
-            int(body["reset_next"]),
-            after_bytes=None if after is None else int(after),
-            **common,
-        )
-    raise ValueError("a fault needs one of fail_next, delay_s, reset_next")
+    for key, kind in (("reset_next", "reset"), ("short_next", "short")):
+        if key in body:
+            after = body.get("after_bytes")
+            return _Rule(
+                kind, int(body[key]), after_bytes=None if after is None else int(after), **common
+            )
+    count = body.get("count")
+    remaining = None if count is None else int(count)
+    if "rate_bps" in body:
+        if not float(body["rate_bps"]) > 0:
+            raise ValueError("rate_bps must be > 0 (bytes per second)")
+        return _Rule("rate", remaining, rate_bps=float(body["rate_bps"]), **common)
+    if "lie_length" in body:
+        return _Rule("lie", remaining, lie_length=int(body["lie_length"]), **common)
+    raise ValueError(
+        "a fault needs one of fail_next, delay_s, reset_next, short_next, rate_bps, lie_length"
+    )
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -122,56 +145,181 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return start, size - 1 if end is None else min(end, size - 1)
 
 
-def make_app(root: Path):
-    """The aiohttp application serving ``root`` (see the module docstring)."""
-    from aiohttp import web
+class Stats:
+    """Request stats of a server (``GET /__stats__``): counts, body bytes sent, statuses."""
 
-    root = root.resolve()
-    rules: list[_Rule] = []
-    stats: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.reset()
 
-    def reset_stats() -> None:
-        stats.clear()
-        stats.update(get=0, head=0, bytes=0, paths={})
+    def reset(self) -> None:
+        self.data.clear()
+        self.data.update(get=0, head=0, bytes=0, paths={})
 
-    def record(method: str, path: str, status: int, sent: int, range_header: str | None) -> None:
-        entry = stats["paths"].setdefault(
+    def record(
+        self, method: str, path: str, status: int, sent: int, range_header: str | None
+    ) -> None:
+        entry = self.data["paths"].setdefault(
             path, {"get": 0, "head": 0, "bytes": 0, "ranges": [], "statuses": []}
         )
-        key = method.lower()
+        key = method.lower() if method in ("GET", "HEAD") else "get"
         entry[key] += 1
-        stats[key] += 1
+        self.data[key] += 1
         entry["bytes"] += sent
-        stats["bytes"] += sent
+        self.data["bytes"] += sent
         entry["statuses"].append(status)
         if method == "GET":
             entry["ranges"].append(range_header)
 
-    reset_stats()
+    async def endpoint(self, request: Any) -> Any:
+        from aiohttp import web
 
-    async def faults(request: web.Request) -> web.Response:
+        if request.method == "DELETE":
+            self.reset()
+        return web.json_response(self.data)
+
+
+class Faults:
+    """The active fault rules of a server and how they shape one answer (see the module
+    docstring); the fault proxy in front of moto (``servers.proxy``) applies the same rules.
+
+    Args:
+        error_body: ``status -> (body, content_type)`` of an injected error answer.
+    """
+
+    def __init__(self, error_body: Any = None) -> None:
+        self.rules: list[_Rule] = []
+        self.error_body = error_body or (
+            lambda status: (f"injected fault {status}\n".encode(), "text/plain")
+        )
+
+    async def endpoint(self, request: Any) -> Any:
+        from aiohttp import web
+
         if request.method == "POST":
             try:
                 rule = _parse_rule(await request.json())
             except (ValueError, TypeError, json.JSONDecodeError) as exc:
                 return web.json_response({"error": str(exc)}, status=400)
-            rules.append(rule)
+            self.rules.append(rule)
         elif request.method == "DELETE":
-            rules.clear()
-        return web.json_response([asdict(r) for r in rules])
+            self.rules.clear()
+        return web.json_response([asdict(r) for r in self.rules])
 
-    async def stats_endpoint(request: web.Request) -> web.Response:
-        if request.method == "DELETE":
-            reset_stats()
-        return web.json_response(stats)
-
-    def take(kind: str, method: str, path: str) -> _Rule | None:
-        for rule in rules:
+    def take(self, kind: str, method: str, path: str) -> _Rule | None:
+        for rule in self.rules:
             if rule.kind == kind and rule.matches(method, path):
                 if rule.remaining is not None:
                     rule.remaining -= 1
                 return rule
         return None
+
+    async def before(self, request: Any, stats: Stats) -> Any:
+        """Apply the delay and fail rules: the error answer to send, or None to go on.
+
+        Raises:
+            asyncio.CancelledError: the client hung up during a delay (recorded as 499).
+        """
+        from aiohttp import web
+
+        method, path = request.method, request.path
+        range_header = request.headers.get("Range")
+        delay = self.take("delay", method, path)
+        if delay is not None:
+            await asyncio.sleep(delay.delay_s)
+            if request.transport is None or request.transport.is_closing():
+                stats.record(method, path, 499, 0, range_header)  # the client gave up (nginx)
+                raise asyncio.CancelledError
+        fail = self.take("fail", method, path)
+        if fail is None:
+            return None
+        body, content_type = self.error_body(fail.status)
+        headers = {} if fail.retry_after is None else {"Retry-After": fail.retry_after}
+        stats.record(method, path, fail.status, 0 if method == "HEAD" else len(body), range_header)
+        return web.Response(
+            status=fail.status, body=body, headers=headers, content_type=content_type
+        )
+
+    def body_plan(self, method: str, path: str) -> _BodyPlan:
+        """How the body of this answer goes wrong (or not): cut, slowed, mis-announced."""
+        lie = self.take("lie", method, path)
+        plan = _BodyPlan(lie=0 if lie is None else lie.lie_length)
+        if method != "GET":
+            return plan
+        rate = self.take("rate", method, path)
+        plan.rate_bps = 0.0 if rate is None else rate.rate_bps
+        for kind in ("reset", "short"):
+            rule = self.take(kind, method, path)
+            if rule is not None:
+                plan.cut, plan.after_bytes = kind, rule.after_bytes
+                break
+        return plan
+
+
+@dataclass
+class _BodyPlan:
+    lie: int = 0  # added to the announced Content-Length
+    rate_bps: float = 0.0  # 0: full speed
+    cut: str | None = None  # "reset" (RST) | "short" (FIN) after ``after_bytes``
+    after_bytes: int | None = None
+
+    def announced(self, length: int) -> int:
+        return max(0, length + self.lie)
+
+    async def write(self, request: Any, resp: Any, chunks: Any, length: int) -> int:
+        """Write the body from the async iterator ``chunks`` of ``length`` bytes as planned;
+        the bytes sent. Call :meth:`end` after recording them."""
+        limit = min(length, self.announced(length))
+        if self.cut is not None:
+            limit = min(limit, length // 2 if self.after_bytes is None else self.after_bytes)
+        sent = 0
+        async for chunk in chunks:
+            chunk = chunk[: limit - sent]
+            if self.rate_bps > 0:
+                piece = max(1, int(self.rate_bps / 20))  # 20 writes per second
+                for i in range(0, len(chunk), piece):
+                    await resp.write(chunk[i : i + piece])
+                    await asyncio.sleep(len(chunk[i : i + piece]) / self.rate_bps)
+            elif chunk:
+                await resp.write(chunk)
+            sent += len(chunk)
+            if sent >= limit:
+                break
+        return sent
+
+    async def end(self, request: Any, resp: Any) -> None:
+        """Finish the answer: cleanly, or by dropping the connection as planned."""
+        if self.cut is None and self.lie <= 0:
+            await resp.write_eof()
+            return
+        if request.transport is not None:
+            if self.cut == "reset":
+                request.transport.abort()  # RST before Content-Length bytes arrived
+            else:
+                request.transport.close()  # FIN: a body shorter than announced
+        raise asyncio.CancelledError  # nothing more to send on this connection
+
+
+async def _file_chunks(target: Path, start: int, length: int):
+    with open(target, "rb") as f:
+        f.seek(start)
+        left = length
+        while left > 0:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+def make_app(root: Path):
+    """The aiohttp application serving ``root`` (see the module docstring)."""
+    from aiohttp import web
+
+    root = root.resolve()
+    faults = Faults()
+    stats = Stats()
+    record = stats.record
 
     def index_page(directory: Path, url_path: str) -> bytes:
         base = "/" + url_path.strip("/")
@@ -193,17 +341,9 @@ def make_app(root: Path):
     async def serve(request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
         range_header = request.headers.get("Range")
-        delay = take("delay", method, path)
-        if delay is not None:
-            await asyncio.sleep(delay.delay_s)
-            if request.transport is None or request.transport.is_closing():
-                record(method, path, 499, 0, range_header)  # the client gave up (nginx's 499)
-                raise asyncio.CancelledError
-        fail = take("fail", method, path)
-        if fail is not None:
-            body = f"injected fault {fail.status}\n".encode()
-            record(method, path, fail.status, sent_size(method, body), range_header)
-            return web.Response(status=fail.status, body=body)
+        early = await faults.before(request, stats)
+        if early is not None:
+            return early
 
         target = (root / path.lstrip("/")).resolve()
         if target != root and root not in target.parents or not target.exists():
@@ -233,37 +373,22 @@ def make_app(root: Path):
             status, (start, end) = 206, parsed
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = end - start + 1
+        plan = faults.body_plan(method, path)
         resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = length
+        resp.content_length = plan.announced(length)
         await resp.prepare(request)
         if method == "HEAD":
             record(method, path, status, 0, range_header)
             await resp.write_eof()
             return resp
-
-        reset = take("reset", method, path)
-        after = None if reset is None else reset.after_bytes
-        limit = length if reset is None else min(length, length // 2 if after is None else after)
-        sent = 0
-        with open(target, "rb") as f:
-            f.seek(start)
-            while sent < limit:
-                chunk = f.read(min(_CHUNK, limit - sent))
-                if not chunk:
-                    break
-                await resp.write(chunk)
-                sent += len(chunk)
+        sent = await plan.write(request, resp, _file_chunks(target, start, length), length)
         record(method, path, status, sent, range_header)
-        if reset is not None:
-            if request.transport is not None:
-                request.transport.abort()  # RST / close before Content-Length bytes arrived
-            raise asyncio.CancelledError  # nothing more to send on this connection
-        await resp.write_eof()
+        await plan.end(request, resp)
         return resp
 
     app = web.Application()
-    app.router.add_route("*", "/__faults__", faults)
-    app.router.add_route("*", "/__stats__", stats_endpoint)
+    app.router.add_route("*", "/__faults__", faults.endpoint)
+    app.router.add_route("*", "/__stats__", stats.endpoint)
     app.router.add_get("/{tail:.*}", serve, allow_head=True)  # add_route("GET") has no HEAD
     return app
 
