@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _faults import SEED, scaled
+from _faults import LONG, SEED, scaled
 from PIL import Image
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -86,15 +86,15 @@ def noise_pngs(http_dir, n: int, seed: int) -> tuple[list[str], list[int]]:
     return urls, sizes
 
 
-CASES = [  # (size column, download threads, decode threads)
-    pytest.param(False, 32, 4, id="no-size-32-downloads"),
-    pytest.param(True, 16, 4, id="size-4-decoders"),
-    pytest.param(True, 16, 8, id="size-8-decoders"),
+CASES = [  # (size column, download threads, decode threads, num_workers); all with SDS_FAULTS=long
+    (with_size, downloads, decoders, workers)
+    for with_size, downloads, decoders in [(False, 32, 4), (True, 16, 4), (True, 16, 8)]
+    for workers in (0, 2)
+    if LONG or (with_size, decoders, workers) != (True, 4, 2)
 ]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize(("with_size", "download_threads", "decode_threads"), CASES)
+@pytest.mark.parametrize(("with_size", "download_threads", "decode_threads", "num_workers"), CASES)
 def test_peak_disk_stays_within_max_bytes_plus_one_file_per_process(
     http_server, http_dir, tmp_path, num_workers, with_size, download_threads, decode_threads
 ):
