@@ -415,3 +415,51 @@ def test_crashing_server_reports_its_stderr() -> None:
     with pytest.raises(ServerStartError, match="boom on startup"):
         server.start()
     server.close()
+
+
+# ------------------------------------------------------------------- the fault proxy (S3)
+@pytest.fixture
+def s3_proxy(s3_server: S3Server):
+    from servers.proxy import FaultProxy
+
+    with FaultProxy(s3_server.url, storage_options=s3_server.storage_options) as proxy:
+        yield proxy
+
+
+def test_proxy_forwards_s3_and_injects_s3_errors(s3_proxy, s3_server, s3_bucket) -> None:
+    import botocore.exceptions
+
+    s3_server.fs().pipe(f"{s3_bucket}/a.bin", DATA)
+    url = f"{s3_bucket}/a.bin"
+    fs = s3_proxy.fs(config_kwargs={"retries": {"total_max_attempts": 1}})
+    fs.retries = 1  # s3fs's own retry loop: one try
+    assert fs.cat_file(url) == DATA  # signed requests pass through
+    fs.pipe(f"{s3_bucket}/b.bin", b"put through the proxy")  # and uploads
+    assert s3_server.fs().cat_file(f"{s3_bucket}/b.bin") == b"put through the proxy"
+    s3_proxy.faults(fail_next=1, status=503, retry_after=3)
+    with pytest.raises(OSError) as info:
+        fs.cat_file(url)
+    cause = info.value.__cause__
+    assert isinstance(cause, botocore.exceptions.ClientError)
+    assert cause.response["Error"]["Code"] == "SlowDown"
+    assert cause.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"] == "3"
+    s3_proxy.faults(short_next=1, after_bytes=100)
+    with pytest.raises(Exception):  # noqa: B017 - botocore/aiohttp's incomplete-body error
+        fs.cat_file(url)
+    assert fs.cat_file(url) == DATA
+    stats = s3_proxy.stats(url)
+    assert stats["get"] == 4 and stats["statuses"].count(503) == 1  # (s3fs HEADs first)
+    assert s3_proxy.stats()["injected"] == 2
+
+
+def test_proxy_outage_keeps_the_objects(s3_proxy, s3_server, s3_bucket) -> None:
+    s3_server.fs().pipe(f"{s3_bucket}/a.bin", DATA)
+    fs = s3_proxy.fs(config_kwargs={"retries": {"total_max_attempts": 1}})
+    fs.retries = 1  # s3fs's own retry loop: one try
+    port = s3_proxy.port
+    s3_proxy.stop()
+    with pytest.raises(OSError):
+        fs.cat_file(f"{s3_bucket}/a.bin")
+    s3_proxy.start()
+    assert s3_proxy.port == port
+    assert fs.cat_file(f"{s3_bucket}/a.bin") == DATA

@@ -30,9 +30,10 @@ Control endpoints (not counted in the stats, never faulted):
     Every rule also takes ``"path"`` (a substring the URL path must contain) and ``"method"``
     (``"GET"`` by default, ``"HEAD"``, or ``"*"`` for both). Rules of different kinds combine.
   - ``GET /__faults__`` lists the active rules, ``DELETE /__faults__`` clears them.
-  - ``GET /__stats__``: ``{"get": n, "head": n, "bytes": n, "paths": {path: {"get", "head",
-    "bytes", "ranges", "statuses"}}}``; ``bytes`` counts body bytes actually sent, ``ranges`` the
-    ``Range`` header of each GET (null when none); a delayed request whose client hung up meanwhile
+  - ``GET /__stats__``: ``{"get": n, "head": n, "bytes": n, "injected": n, "paths": {path:
+    {"get", "head", "bytes", "ranges", "statuses", "times"}}}``; ``bytes`` counts body bytes
+    actually sent, ``injected`` the faults applied, ``ranges`` the ``Range`` header of each GET
+    (null when none), ``times`` when each request was recorded (``time.time()``, seconds); a delayed request whose client hung up meanwhile
     is recorded with status 499. ``DELETE /__stats__`` zeroes them.
 
 Files live in ``root`` and survive restarts; fault rules and stats are in memory and do not.
@@ -48,6 +49,7 @@ import json
 import mimetypes
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -154,17 +156,18 @@ class Stats:
 
     def reset(self) -> None:
         self.data.clear()
-        self.data.update(get=0, head=0, bytes=0, paths={})
+        self.data.update(get=0, head=0, bytes=0, injected=0, paths={})
 
     def record(
         self, method: str, path: str, status: int, sent: int, range_header: str | None
     ) -> None:
         entry = self.data["paths"].setdefault(
-            path, {"get": 0, "head": 0, "bytes": 0, "ranges": [], "statuses": []}
+            path, {"get": 0, "head": 0, "bytes": 0, "ranges": [], "statuses": [], "times": []}
         )
-        key = method.lower() if method in ("GET", "HEAD") else "get"
-        entry[key] += 1
-        self.data[key] += 1
+        entry["times"].append(time.time())
+        key = method.lower()  # "get", "head"; a proxy also counts "put", "post"…
+        entry[key] = entry.get(key, 0) + 1
+        self.data[key] = self.data.get(key, 0) + 1
         entry["bytes"] += sent
         self.data["bytes"] += sent
         entry["statuses"].append(status)
@@ -184,10 +187,12 @@ class Faults:
     docstring); the fault proxy in front of moto (``servers.proxy``) applies the same rules.
 
     Args:
+        stats (Stats): counts each fault applied under ``"injected"``.
         error_body: ``status -> (body, content_type)`` of an injected error answer.
     """
 
-    def __init__(self, error_body: Any = None) -> None:
+    def __init__(self, stats: Stats, error_body: Any = None) -> None:
+        self.stats = stats
         self.rules: list[_Rule] = []
         self.error_body = error_body or (
             lambda status: (f"injected fault {status}\n".encode(), "text/plain")
@@ -211,10 +216,11 @@ class Faults:
             if rule.kind == kind and rule.matches(method, path):
                 if rule.remaining is not None:
                     rule.remaining -= 1
+                self.stats.data["injected"] += 1
                 return rule
         return None
 
-    async def before(self, request: Any, stats: Stats) -> Any:
+    async def before(self, request: Any) -> Any:
         """Apply the delay and fail rules: the error answer to send, or None to go on.
 
         Raises:
@@ -224,6 +230,7 @@ class Faults:
 
         method, path = request.method, request.path
         range_header = request.headers.get("Range")
+        stats = self.stats
         delay = self.take("delay", method, path)
         if delay is not None:
             await asyncio.sleep(delay.delay_s)
@@ -317,8 +324,8 @@ def make_app(root: Path):
     from aiohttp import web
 
     root = root.resolve()
-    faults = Faults()
     stats = Stats()
+    faults = Faults(stats)
     record = stats.record
 
     def index_page(directory: Path, url_path: str) -> bytes:
@@ -341,7 +348,7 @@ def make_app(root: Path):
     async def serve(request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
         range_header = request.headers.get("Range")
-        early = await faults.before(request, stats)
+        early = await faults.before(request)
         if early is not None:
             return early
 
@@ -473,7 +480,7 @@ class HTTPServer(ServerProcess):
             return stats
         if path.startswith(self.url):
             path = urllib.parse.unquote(path[len(self.url) :])
-        empty = {"get": 0, "head": 0, "bytes": 0, "ranges": [], "statuses": []}
+        empty = {"get": 0, "head": 0, "bytes": 0, "ranges": [], "statuses": [], "times": []}
         return stats["paths"].get("/" + path.lstrip("/"), empty)
 
     def reset_stats(self) -> None:
