@@ -123,7 +123,8 @@ class ImageTensor:
 
         try:
             opened = Image.open(as_source(value))
-        except Image.DecompressionBombError as error:  # over twice Pillow's own limit
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            # over twice Pillow's own limit, or over it with warnings turned into errors
             raise TooLarge(describe(value), str(error)) from error
         with opened as image:
             width, height = image.size
