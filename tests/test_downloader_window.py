@@ -21,6 +21,7 @@ from utils import check_node_resume
 
 from sdsnodes import CachingDownloader, Evictor, IndexReader, error_stats
 from sdsnodes.cache import Cache
+from sdsnodes.errors import DownloadError
 from sdsnodes.nodes._cache_ref import close_caches
 
 
@@ -312,3 +313,82 @@ def test_a_node_dropped_without_shutdown_locks_nothing(http_server, http_dir, tm
     assert again == urls
     assert time.monotonic() - start < 10
     abandoned.shutdown()
+
+
+def digests(files: dict, algorithm: str) -> list[str]:
+    """The hex digest of each file's bytes (crc32c: base64 of the big-endian 4 bytes, as GCS)."""
+    import base64
+    import hashlib
+
+    import google_crc32c
+
+    if algorithm == "crc32c":
+        return [
+            base64.b64encode(google_crc32c.Checksum(d).digest()).decode() for d in files.values()
+        ]
+    return [hashlib.new(algorithm, d).hexdigest() for d in files.values()]
+
+
+def test_a_server_lying_about_content_length_is_caught_by_the_index_checksum(
+    http_server, http_dir, tmp_path
+):
+    # A consistent liar: Content-Length 100 bytes short and only that many bytes sent, so the
+    # client sees a complete, shorter file. No size column: only the checksum can tell.
+    files = make_files(http_dir, 12, seed=7)
+    urls = list(files)
+    http_server.faults(lie_length=-100, path="/" + http_dir.path.name + "/")
+    path = tmp_path / "index-md5.parquet"
+    pq.write_table(pa.table({"file": urls, "md5": digests(files, "md5")}), path)  # auto-detected
+    loader = Loader(Evictor(downloader(tmp_path, str(path), retries=0, max_error_rate=1.0)))
+    assert list(loader) == []  # nothing torn is delivered
+    assert error_stats(loader.state_dict()) == {"checksum": 12}
+    size, tmps = on_disk(tmp_path / "cache")
+    assert (size, tmps) == (0, [])  # nothing entered the cache
+    assert http_server.stats()["get"] == 12  # a mismatch is not retried
+    sample = {"file": urls[0], "md5": digests(files, "md5")[0]}
+    with pytest.raises(DownloadError, match="checksum"):  # random access checks it too
+        downloader(tmp_path, str(path)).process(sample)
+    # without the check the same server delivers every file torn (what the index guards)
+    torn = Loader(Evictor(downloader(tmp_path, str(path), cache_dir=str(tmp_path / "c2"),
+                                     checksum_columns={})))  # fmt: skip
+    delivered = [s for s in torn]
+    assert len(delivered) == 12
+    assert all(Path(s["file"]).stat().st_size == len(files[u]) - 100
+               for s, u in zip(delivered, urls))  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "crc32c"])
+def test_named_checksum_columns_let_right_bytes_through(http_server, http_dir, tmp_path, algorithm):
+    files = make_files(http_dir, 8, seed=8)
+    urls, data = list(files), list(files.values())
+    good = digests(files, algorithm)
+    good[3] = None  # a null digest is not checked
+    wrong = list(good)
+    wrong[5] = digests({"x": b"other bytes"}, algorithm)[0]
+    path = tmp_path / "index.parquet"
+    table = {"file": urls, f"file.{algorithm}": good, f"other_{algorithm}": wrong}
+    pq.write_table(pa.table(table), path)
+
+    def run(mapping):
+        cache = str(tmp_path / f"cache-{uuid.uuid4().hex[:6]}")
+        loader = Loader(
+            Evictor(downloader(tmp_path, str(path), cache_dir=cache, checksum_columns=mapping))
+        )
+        got = {s["__url__.file"]: Path(s["file"]).read_bytes() for s in loader}
+        return got, error_stats(loader.state_dict())
+
+    assert run(None) == (files, {})  # "file.<algorithm>" found by its name
+    assert run({"file": f"file.{algorithm}"}) == (files, {})
+    got, stats = run({"file": f"other_{algorithm}"})  # the named column, with one wrong digest
+    assert stats == {"checksum": 1}
+    assert got == {u: d for i, (u, d) in enumerate(zip(urls, data)) if i != 5}
+
+
+def test_checksum_columns_are_checked_at_construction(tmp_path):
+    reader = IndexReader(pa.table({"file": ["http://x/a"]}))
+    with pytest.raises(ValueError, match="not downloaded"):
+        CachingDownloader(
+            reader, ["file"], cache_dir=str(tmp_path), checksum_columns={"v": "v.md5"}
+        )
+    with pytest.raises(ValueError, match="must say its algorithm"):
+        CachingDownloader(reader, ["file"], cache_dir=str(tmp_path), checksum_columns={"file": "h"})

@@ -11,7 +11,7 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from sdsnodes.cache import EvictionPolicy
-from sdsnodes.errors import OnError
+from sdsnodes.errors import OnError, SdsError
 from sdsnodes.nodes._threads import ThreadMapNode
 from sdsnodes.storage import default_cache_dir
 
@@ -69,7 +69,12 @@ class RemoteSettings:
         self.policy = policy
 
     def classify(self, error: BaseException) -> str:
-        return "missing" if isinstance(error, FileNotFoundError) else self.reason
+        """``"missing"`` (no such object), the error's own reason (``"checksum"``), or
+        ``self.reason``."""
+        if isinstance(error, FileNotFoundError):
+            return "missing"
+        reason = getattr(error, "reason", None) if isinstance(error, SdsError) else None
+        return reason if isinstance(reason, str) else self.reason
 
     def is_fatal(self, error: BaseException) -> bool:
         """A full disk stops the run at once: skipping every sample would hide it."""

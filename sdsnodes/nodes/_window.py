@@ -1,5 +1,5 @@
 """The window of :class:`~sdsnodes.nodes.downloader.CachingDownloader`: its samples and files,
-and recording a download in the cache as soon as it ends."""
+the digest each file must have, and recording a download in the cache as soon as it ends."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from sdsnodes._checksum import ALGORITHMS
 from sdsnodes.cache import paths
 from sdsnodes.cache.store import Cache, Claim
 from sdsnodes.sample import Sample
@@ -34,6 +35,7 @@ class WindowFile:
     column: str
     url: str
     size_hint: int | None
+    checksum: tuple[str, str] | None = None  # (algorithm, digest) the bytes must have
     claim: Claim | None = None
     download: concurrent.futures.Future | None = None  # the bytes coming
     future: concurrent.futures.Future | None = None  # then recorded in the cache: the size
@@ -55,6 +57,58 @@ class WindowEntry:
 
     def unclaimed(self) -> list[WindowFile]:
         return [f for f in self.files if f.future is None and not f.pinned]
+
+
+def checksum_candidates(
+    columns: list[str], checksum_columns: dict[str, str] | None
+) -> dict[str, list[tuple[str, str]]]:
+    """Media column → the (index column, algorithm) pairs that may hold its digest, in order.
+
+    Given ``checksum_columns`` (media column → digest column) each digest column must name its
+    algorithm (``video.md5``, ``sha256``…); None looks, for media column ``c``, at ``c.md5``,
+    ``c.sha256``, ``c.crc32c``, and at plain ``md5``, ``sha256``, ``crc32c`` when ``c`` is the
+    only media column. ``{}`` checks nothing.
+
+    Raises:
+        ValueError: ``checksum_columns`` maps a column not downloaded, or a digest column whose
+            name does not end in an algorithm.
+    """
+    if checksum_columns is None:
+        found = {c: [(f"{c}.{a}", a) for a in ALGORITHMS] for c in columns}
+        if len(columns) == 1:
+            found[columns[0]] += [(a, a) for a in ALGORITHMS]
+        return found
+    if not isinstance(checksum_columns, dict):
+        raise ValueError(f"{checksum_columns=} must be a dict: media column -> digest column")
+    out = {}
+    for column, digest_column in checksum_columns.items():
+        if column not in columns:
+            raise ValueError(
+                f"checksum_columns names {column!r}, which is not downloaded: use one of {columns}"
+            )
+        algorithm = str(digest_column).replace("_", ".").rsplit(".", 1)[-1].lower()
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"checksum column {digest_column!r} of {column!r} must say its algorithm: end "
+                f"its name in one of {ALGORITHMS} (e.g. {column + '.md5'!r})"
+            )
+        out[column] = [(str(digest_column), algorithm)]
+    return out
+
+
+def checksum_of(sample: Sample, candidates: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The first non-null digest of ``sample`` among ``candidates``: ``(algorithm, digest)``
+    (bytes as hex, an int crc32c as 8 hex digits), or None (not checked)."""
+    for name, algorithm in candidates:
+        value = sample.get(name)
+        if value is None:
+            continue
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).hex()
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:08x}"
+        return algorithm, str(value)
+    return None
 
 
 class Delivered:

@@ -25,6 +25,8 @@ from sdsnodes.nodes._window import (
     Delivered,
     WindowEntry,
     WindowFile,
+    checksum_candidates,
+    checksum_of,
     error_of,
     record,
     unpin_if_kept,
@@ -59,8 +61,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
 
     Each file is written under a temporary name and renamed into place, so a crash never leaves
     a half file that looks whole; a file whose size differs from the index's size column is
-    retried, then counted as a failed download; the same URL is downloaded once even when several workers or
-    processes ask for it (the others wait for it). Local paths (and ``file://`` URLs) are used
+    retried, then counted as a failed download; a file whose digest differs from the index's
+    checksum column is never cached (counted as ``"checksum"``); the same URL is downloaded once
+    even when several workers or processes ask for it (the others wait for it). Local paths (and ``file://`` URLs) are used
     in place. The original value is kept under ``__url__.<column>``; ``__cache_dir__`` tells
     :class:`Evictor` where to release the files.
 
@@ -77,20 +80,28 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         policy (str): eviction policy, ``"keepset"`` (default) or ``"lru"``.
         on_error (str): ``"skip"`` (count and drop the sample) or ``"raise"``.
         max_error_rate (float): raise once more than this fraction of samples was skipped.
+        checksum_columns (dict[str, str] | None): media column → index column holding the
+            digest its bytes must have, checked before the file enters the cache; the digest
+            column's name says the algorithm (``"video.md5"``, ``"sha256"``, ``"crc32c"``), its
+            value hex or base64 (as GCS gives it), null not checked. None (default) finds
+            ``<column>.md5`` / ``.sha256`` / ``.crc32c``, and plain ``md5`` / ``sha256`` /
+            ``crc32c`` when one column is downloaded; ``{}`` checks nothing.
 
     State:
         ``{"source": <source state after the last yielded sample>, "errors": {"seen": int,
-        "skipped": {reason: int}}}`` (reasons ``"missing"``, ``"download"``): downloads in
-        flight are not part of it; a resumed node starts them again (cache hits if they
-        finished).
+        "skipped": {reason: int}}}`` (reasons ``"missing"``, ``"download"``, ``"checksum"``):
+        downloads in flight are not part of it; a resumed node starts them again (cache hits
+        if they finished).
 
     Errors:
-        a missing object (404) is counted as ``"missing"``, other failures after retries as
-        ``"download"``; under ``on_error="raise"`` they raise. A full disk always raises
-        ``OSError(ENOSPC)`` naming the cache directory.
+        a missing object (404) is counted as ``"missing"``, a digest mismatch as ``"checksum"``,
+        other failures after retries as ``"download"``; under ``on_error="raise"`` they raise.
+        A full disk always raises ``OSError(ENOSPC)`` naming the cache directory.
 
     Raises:
-        ValueError: ``columns_to_download`` is empty, or an argument is out of range.
+        ValueError: ``columns_to_download`` is empty, an argument is out of range, or
+            ``checksum_columns`` names a column not downloaded or a digest column whose name
+            does not end in an algorithm.
     """
 
     SOURCE_KEY = "source"
@@ -109,6 +120,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         policy: str = "keepset",
         on_error: OnError | str = OnError.SKIP,
         max_error_rate: float = 0.5,
+        checksum_columns: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(num_threads, int) or num_threads < 1:
@@ -120,6 +132,8 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         self.source = source
         self.num_threads = num_threads
         self.errors = ErrorPolicy(on_error, max_error_rate)
+        self.checksum_columns = checksum_columns
+        self._digests = checksum_candidates(self.columns, checksum_columns)
         self._window: collections.deque[WindowEntry] = collections.deque()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._exhausted = False
@@ -188,8 +202,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         try:
             for file in self._files_of(sample, out):
                 download = functools.partial(
-                    fetch, file.url, expected_size=file.size_hint, **self._fetch_options()
-                )
+                    fetch, file.url, expected_size=file.size_hint, checksum=file.checksum,
+                    **self._fetch_options(),
+                )  # fmt: skip
                 out[file.column] = str(cache.get(file.url, download, size_hint=file.size_hint))
                 pinned.append(file.url)
         except BaseException as error:
@@ -224,7 +239,8 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 continue
             size = sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
             hint = int(size) if isinstance(size, int) and size >= 0 else None
-            files.append(WindowFile(column, value, hint))
+            digest = checksum_of(sample, self._digests.get(column, []))
+            files.append(WindowFile(column, value, hint, digest))
         return files
 
     def _fill(self) -> None:
@@ -273,7 +289,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 try:
                     f.download = fetch_soon(
                         f.url, answer.tmp, executor=self._threads(), abandoned=self._abandoned,
-                        expected_size=f.size_hint, **self._fetch_options(),
+                        expected_size=f.size_hint, checksum=f.checksum, **self._fetch_options(),
                     )  # fmt: skip
                 except Exception as error:  # noqa: BLE001 - an unknown protocol, say
                     cache.finish([(answer, error)])
