@@ -39,7 +39,13 @@ def _descriptors() -> dict[str, int]:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue  # the descriptor listdir itself used, closed since
-        kind = "sockets" if target.startswith("socket:") else "files" if target.startswith("/") else "other"
+        kind = (
+            "sockets"
+            if target.startswith("socket:")
+            else "files"
+            if target.startswith("/")
+            else "other"
+        )
         counts[kind] += 1
         counts["ledger"] += "/ledger.sqlite" in target
     return counts
@@ -136,7 +142,8 @@ class DiskSampler(threading.Thread):
     def _scan(self) -> tuple[int, int]:
         media = ledger = 0
         try:
-            top = list(os.scandir(self.cache_dir))
+            with os.scandir(self.cache_dir) as it:
+                top = list(it)
         except FileNotFoundError:
             return 0, 0
         for entry in top:
@@ -144,11 +151,12 @@ class DiskSampler(threading.Thread):
                 if entry.name in LEDGER_FILES:
                     ledger += entry.stat().st_size
                 elif len(entry.name) == 2 and entry.is_dir():
-                    for f in os.scandir(entry.path):
-                        try:
-                            media += f.stat().st_size
-                        except FileNotFoundError:
-                            pass  # evicted or renamed meanwhile
+                    with os.scandir(entry.path) as files:
+                        for f in files:
+                            try:
+                                media += f.stat().st_size
+                            except FileNotFoundError:
+                                pass  # evicted or renamed meanwhile
             except FileNotFoundError:
                 pass
         return media, ledger
@@ -198,8 +206,10 @@ def test_four_processes_soak_one_cache_within_budget_without_leaks(http_dir, tmp
     sampler.start()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "test_soak.py"), str(config), str(rank)], cwd=HERE,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, str(HERE / "test_soak.py"), str(config), str(rank)],
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         for rank in range(PROCESSES)
     ]
@@ -280,7 +290,8 @@ def test_four_processes_soak_one_cache_within_budget_without_leaks(http_dir, tmp
         f"{sampler.peak_media} B, peak ledger+WAL+SHM {sampler.peak_ledger} B (not in the budget), "
         f"{sampler.samples} disk samples"
     )
-    print("  samples/s per interval of %.0f s: %s" % (interval, ", ".join(f"{r:.0f}" for r in rates)))
+    per_interval = ", ".join(f"{r:.0f}" for r in rates)
+    print(f"  samples/s per interval of {interval:.0f} s: {per_interval}")
     print("  RSS growth per process: " + ", ".join(f"{100 * g:.1f}%" for g in growth.values()))
     for line in details:
         print("  " + line)
