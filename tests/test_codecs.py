@@ -13,7 +13,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from sdsnodes._synthetic import frame_index, make_image_dataset, make_video_dataset
 from sdsnodes.codecs import Codec, ImageTensor, Text, VideoClip
-from sdsnodes.errors import DecodeError, NotAFile, TooLarge
+from sdsnodes.errors import DecodeError, NotAFile
 from tests import media
 
 
