@@ -5,7 +5,8 @@ Each trial draws a configuration from ``random.Random(SEED + trial)`` (printable
 ``num_workers`` 0–4, batch size, prefetch, decode and download threads, ``drop_last``, local or
 HTTP images (the loopback server of ``tests/servers/``), a fresh or a shared cache directory
 with or without a tight budget, and a ``Mixer`` of 2–3 image graphs with a random strategy
-(every ``MixStrategy``), weights (0 allowed) and stop criterion — or a single graph. It runs the
+(every ``MixStrategy``), weights (0 allowed) and stop criterion, mixing whole batches or
+samples (then batched) — or a single graph; persistent workers and snapshot intervals too. It runs the
 uninterrupted epoch (and the next), then a loader stopped after a random batch k, its state
 through JSON, and a fresh loader with the same configuration loading it:
 
@@ -37,10 +38,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _faults import SEED, scaled
+from torchdata.nodes import BaseNode
 from torchdata.stateful_dataloader import StatefulDataLoader
 from utils import json_roundtrip
 
-from sdsnodes import Mixer, MixStrategy, StreamingDataset, build_image_graph
+from sdsnodes import (
+    Batcher,
+    CachingDownloader,
+    Decoder,
+    Evictor,
+    ImageTensor,
+    IndexReader,
+    Mapper,
+    Mixer,
+    MixStrategy,
+    Prefetcher,
+    Shuffler,
+    StreamingDataset,
+    build_image_graph,
+    collate,
+)
 from sdsnodes._synthetic import write_image
 
 NUM_IMAGES = 16
@@ -69,6 +86,7 @@ class Trial:
     k_fraction: float  # the checkpoint after batch round(k_fraction * n)
     persistent_workers: bool
     snapshot_every: int  # StatefulDataLoader's snapshot_every_n_steps
+    level: str  # what the Mixer mixes: "batches" (of image graphs) or "samples" (then batched)
 
 
 def draw_trial(number: int) -> Trial:
@@ -94,7 +112,7 @@ def draw_trial(number: int) -> Trial:
             "stop": rng.choice(STOPS),
             "seed": rng.randint(0, 99),
         }
-    return Trial(
+    trial = Trial(
         number=number,
         num_workers=rng.randint(0, 4),
         batch_size=rng.randint(1, 4),
@@ -111,7 +129,15 @@ def draw_trial(number: int) -> Trial:
         k_fraction=rng.random(),
         persistent_workers=rng.random() < 0.3,
         snapshot_every=rng.choice([1, 1, 2, 3]),
+        level=rng.choice(["batches", "batches", "samples"]) if mixer else "batches",
     )
+    if trial.level == "samples":
+        # one kind of source: downloaded samples carry "__url__.image", local ones do not, and
+        # samples of both do not collate into one batch (a documented limit of mixing samples)
+        kind = trial.streams[0][1]
+        streams = tuple((name, kind, rows) for name, _, rows in trial.streams)
+        trial = dataclasses.replace(trial, streams=streams)
+    return trial
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +156,8 @@ def infeasible(trial: Trial) -> bool:
     batch with ``drop_last`` can never yield a batch."""
     if trial.mixer is None or trial.mixer["stop"] == "first_exhausted" or not trial.drop_last:
         return False
+    if trial.level == "samples":  # a padded share holds at least one sample
+        return False
     shards = max(trial.num_workers, 1)
     return any(
         trial.mixer["weights"][name] > 0 and -(-len(rows) // shards) < trial.batch_size
@@ -137,8 +165,33 @@ def infeasible(trial: Trial) -> bool:
     )
 
 
+def sample_stream(
+    trial: Trial, place: Place, name: str, index: Path, cache_dir: Path, seed: int
+) -> BaseNode:
+    """One stream of decoded samples (no Batcher): IndexReader → Shuffler → (CachingDownloader
+    for HTTP) → Decoder → Evictor, the chain of the presets up to the batch."""
+    reader = IndexReader(str(index), name=name, index_cache_dir=str(cache_dir / "index"))
+    node: BaseNode = Shuffler(reader, seed=seed)
+    if reader.index.table.column("image")[0].as_py().startswith("http"):
+        max_bytes = place.budget if trial.budget else None
+        node = CachingDownloader(node, ["image"], cache_dir=str(cache_dir), max_bytes=max_bytes,
+                                 num_threads=trial.download_threads)  # fmt: skip
+    node = Decoder(node, {"image": ImageTensor(size=(8, 8))}, num_threads=trial.decode_threads)
+    return Evictor(node)
+
+
 def make_graph(trial: Trial, place: Place, indexes: dict[str, Path], cache_dir: Path):
-    """The graph of ``trial``: one image graph per stream, mixed by a Mixer (if any)."""
+    """The graph of ``trial``: one image graph per stream, mixed by a Mixer (if any); or, at
+    level "samples", a Mixer of sample streams, then Batcher, collate and Prefetcher."""
+    if trial.level == "samples":
+        streams = {
+            name: sample_stream(trial, place, name, indexes[name], cache_dir, trial.seed + i)
+            for i, (name, _, _) in enumerate(trial.streams)
+        }
+        node: BaseNode = Mapper(
+            Batcher(Mixer(streams, **trial.mixer), trial.batch_size, trial.drop_last), collate
+        )
+        return Prefetcher(node, trial.prefetch) if trial.prefetch else node
     graphs = {
         name: build_image_graph(
             str(indexes[name]),
@@ -161,8 +214,9 @@ def make_graph(trial: Trial, place: Place, indexes: dict[str, Path], cache_dir: 
 
 
 def batch_keys(batch: dict) -> tuple:
-    """A batch as (stream, keys): hashable, and telling the streams apart."""
-    return (batch.get("__stream__", "-"), tuple(batch["__key__"]))
+    """A batch as (stream(s), keys), telling the streams apart."""
+    stream = batch.get("__stream__", "-")
+    return (tuple(stream) if isinstance(stream, list) else stream, tuple(batch["__key__"]))
 
 
 def run_trial(trial: Trial, place: Place) -> dict[str, Any]:
@@ -295,7 +349,8 @@ def test_resume_anywhere_loses_and_repeats_nothing(http_dir, image_files, tmp_pa
             if "yields nothing in worker" in str(error) and infeasible(trial):
                 result["note"] = "refused as documented (a stream can never fill a batch)"
             else:
-                result["problems"] = [f"{type(error).__name__}: {error}"[:500]]
+                last = str(error).strip().splitlines()[-1]  # a worker's error ends its traceback
+                result["problems"] = [f"{type(error).__name__}: {last}"[:500]]
                 traceback.print_exc()
         lost, repeated = lost + result["lost"], repeated + result["repeated"]
         padded += bool(result.get("padded"))
