@@ -342,6 +342,22 @@ def _kill_group(job: subprocess.Popen) -> None:
         pass
 
 
+_TALLY: collections.Counter = collections.Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary():
+    """Print the figure of every kill of the module, both stores together."""
+    yield
+    if _TALLY["kills"]:
+        t = _TALLY
+        print(
+            f"\nFIGURE kills: {t['kills']}, {t['torn']} torn ({t['job']} of the job, "
+            f"{t['worker']} of a worker; {t['lost']} lost, {t['repeated']} repeated, "
+            f"{t['unrepaired']} caches not repaired; {t['completed']} of 2 stores completed)"
+        )
+
+
 @pytest.mark.parametrize("store", ["http", "s3"])
 def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources, tmp_path, request):
     files, digests = sources
@@ -417,7 +433,12 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
             assert job.returncode == 0, f"the job failed unprompted:\n{text[-3000:]}"
         if target is not None and not (tmp_path / "done.json").exists():
             kills[mode, target] += 1  # (a job killed after it wrote its result finished first)
-        left = _check_cache_after_restart(cache_dir, by_key, max_bytes)
+            _TALLY.update(["kills", target])
+        try:
+            left = _check_cache_after_restart(cache_dir, by_key, max_bytes)
+        except AssertionError:
+            _TALLY["unrepaired"] += 1
+            raise
         left_behind.update({k: int(v > 0) for k, v in left.items()})
         print(
             f"  run {runs}: {mode} {target} after {time.monotonic() - started:.1f} s, left {left}"
@@ -440,12 +461,13 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
         for m in ("delay", "download", "ledger")
     }
     print(
-        f"FIGURE kills: {n_kills} ({store}: {of['job']} job, {of['worker']} worker; "
+        f"FIGURE kills-{store}: {n_kills} ({of['job']} job, {of['worker']} worker; "
         f"{at['download']} on a download, {at['ledger']} on a ledger write, {at['delay']} random; "
         f"{left_behind['tmp']} left a .tmp, {left_behind['reserved']} a reservation, "
         f"{left_behind['pins']} pins), {len(torn)} torn, {len(lost)} lost, {len(repeated)} repeated"
     )
     print(f"  {runs} runs, {len(delivered)} batches delivered in all, errors {done['errors']}")
+    _TALLY.update(torn=len(torn), lost=len(lost), repeated=len(repeated), completed=1)
     assert torn == [], f"torn images decoded: {torn[:5]}"
     assert lost == [] and repeated == [], f"{lost=} {repeated=}"
     assert sum(got.values()) == NUM_IMAGES and done["errors"] == {}
