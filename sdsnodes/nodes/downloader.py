@@ -13,6 +13,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from sdsnodes._retry import DEFAULT_RETRIES
 from sdsnodes.cache.ledger import disk_full_error
 from sdsnodes.cache.store import BUSY, NO_ROOM, Cache
 from sdsnodes.errors import ErrorPolicy, OnError
@@ -75,7 +76,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         max_bytes (int | None): byte budget of the whole cache directory; None is unbounded.
         storage_options (dict | None): fsspec options for the URLs (credentials, endpoint_url…).
         num_threads (int): samples downloaded ahead and at once (>= 1).
-        retries (int): retries of transient errors (5xx, resets, timeouts), with backoff.
+        retries (int): most retries of a transient error (5xx, resets, timeouts, short bodies),
+            with full-jitter backoff; storage's deadline (30 s after a file's first attempt)
+            binds first with the default, so an outage of ~25 s is ridden out.
         timeout (float | None): seconds one download attempt may take (S3, GCS, HTTP).
         policy (str): eviction policy, ``"keepset"`` (default) or ``"lru"``.
         on_error (str): ``"skip"`` (count and drop the sample) or ``"raise"``.
@@ -115,7 +118,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         max_bytes: int | None = None,
         storage_options: dict[str, Any] | None = None,
         num_threads: int = 8,
-        retries: int = 3,
+        retries: int = DEFAULT_RETRIES,
         timeout: float | None = 60.0,
         policy: str = "keepset",
         on_error: OnError | str = OnError.SKIP,
