@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _faults import SEED, scaled
+from _faults import LONG, SEED, scaled
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sdsnodes import StreamingDataset, build_image_graph, error_stats
@@ -134,6 +135,79 @@ def test_deadline_bounds_the_retries_and_the_error_says_why(http_server, http_di
         fetch(url, tmp_path / "a.bin", retries=3, backoff_s=0.05)
     assert http_server.stats(url)["get"] == 4
     print(f"FIGURE deadline: 2 s deadline, gave up after {elapsed:.1f} s and {gets} requests")
+
+
+def test_retry_after_is_honoured_in_seconds_and_as_a_date(http_server, http_dir, tmp_path):
+    import email.utils
+
+    (http_dir.path / "a.bin").write_bytes(DATA)
+    url = http_dir.url_for("a.bin")
+    http_server.faults(fail_next=1, status=429, retry_after=1)
+    assert fetch(url, tmp_path / "a.bin") == len(DATA)
+    when = email.utils.formatdate(time.time() + 2.5, usegmt=True)  # whole seconds: 1.5-2.5 s
+    http_server.faults(fail_next=1, status=503, retry_after=when)
+    assert fetch_soon(url, tmp_path / "a.bin").result(timeout=60) == len(DATA)
+    stats = http_server.stats(url)
+    assert stats["statuses"] == [429, 200, 503, 200]
+    times = stats["times"]
+    assert times[1] - times[0] >= 0.95 and times[3] - times[2] >= 1.4, times
+
+
+def test_retry_after_past_the_deadline_fails_at_once(http_server, http_dir, tmp_path) -> None:
+    (http_dir.path / "a.bin").write_bytes(DATA)
+    url = http_dir.url_for("a.bin")
+    http_server.faults(fail_next=1, status=503, retry_after=3600)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="Retry-After 3600 s passes the 30 s deadline"):
+        fetch(url, tmp_path / "a.bin")
+    assert time.monotonic() - start < 20  # not an hour, nor the 30 s deadline (hang guard)
+    assert http_server.stats(url)["get"] == 1
+
+
+def test_consistent_content_length_lies(http_server, http_dir, tmp_path) -> None:
+    """A server announcing 100 bytes less than the file, every time, gives a complete-looking
+    torn file: only a checksum (or the index's size) catches it. One announcing more than it
+    sends fails every attempt: a DownloadError once the deadline passed, never a torn file."""
+    (http_dir.path / "a.bin").write_bytes(DATA)
+    url = http_dir.url_for("a.bin")
+    http_server.faults(lie_length=-100, method="*")
+    assert fetch(url, tmp_path / "torn.bin") == len(DATA) - 100  # no way to tell
+    with pytest.raises(ChecksumMismatch):
+        fetch(url, tmp_path / "a.bin", checksum=("md5", hashlib.md5(DATA).hexdigest()))
+    assert not (tmp_path / "a.bin").exists()
+    with pytest.raises(DownloadError, match=f"got {len(DATA) - 100} bytes, expected"):
+        fetch(url, tmp_path / "a.bin", expected_size=len(DATA), retries=2, backoff_s=0.05)
+    assert http_server.stats(url)["get"] == 1 + 1 + 3
+
+    http_server.clear_faults()
+    http_server.reset_stats()
+    http_server.faults(lie_length=+100)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        fetch_soon(url, tmp_path / "a.bin", backoff_s=0.05, deadline_s=2.0).result(timeout=60)
+    elapsed = time.monotonic() - start
+    assert "ClientPayloadError" in str(info.value) and "2 s deadline" in str(info.value)
+    assert 2.0 <= elapsed < 30, elapsed
+    print(
+        f"FIGURE lies: torn file caught by checksum; short bodies gave up after {elapsed:.1f} s,"
+        f" {http_server.stats(url)['get']} requests"
+    )
+
+
+@pytest.mark.xfail(
+    reason="nodes/downloader.py, nodes/_remote.py, presets.py and _preset_parts.py still "
+    "default to retries=3 and pass no deadline_s: see docs/retries.md",
+    strict=False,
+)
+def test_the_graph_defaults_are_the_storage_policy() -> None:
+    import inspect
+
+    from sdsnodes import CachingDownloader
+
+    for fn in (build_image_graph, CachingDownloader.__init__):
+        params = inspect.signature(fn).parameters
+        assert params["retries"].default == DEFAULT_RETRIES, fn
+        assert "deadline_s" in params, fn
 
 
 # ---------------------------------------------------------------- through a real loader
@@ -317,3 +391,94 @@ def test_s3_faults_through_the_proxy_lose_nothing(
     # botocore retries inside each of our attempts: still one more request per spoilt answer
     gets = sum(v["get"] for k, v in stats["paths"].items() if k.startswith(f"/{bucket}/"))
     assert NUM_IMAGES <= gets <= NUM_IMAGES + stats["injected"], gets
+
+
+# ------------------------------------------------------------------------------ outages
+OUTAGE_S = 5.0
+
+
+class _Outage:
+    """Stop ``server`` for ``seconds`` in a thread of its own, then start it on the same port.
+
+    A test server dies with the thread that started it (``PR_SET_PDEATHSIG``), so the thread
+    that restarts it lives on until :meth:`close`, which stops the server first and lets the
+    main thread start it again.
+    """
+
+    def __init__(self, server, seconds: float, pause: bool = False) -> None:
+        self.server, self.seconds, self.pause = server, seconds, pause
+        self.back = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        if self.pause:
+            self.server.pause()
+            time.sleep(self.seconds)
+            self.server.resume()
+        else:
+            self.server.stop()
+            time.sleep(self.seconds)
+            self.server.start()
+        self.back.set()
+        self._done.wait()
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self.back.wait(timeout=60)
+        if not self.pause:
+            self.server.stop()  # it would die with the thread that started it
+        self._done.set()
+        self._thread.join(timeout=10)
+        self.server.ensure_running()
+
+
+@pytest.mark.parametrize("kind", ["stopped", "paused"] if LONG else ["stopped"])
+def test_http_outage_of_5_s_mid_epoch_loses_nothing(
+    http_server, http_dir, images, decoded, tmp_path, kind
+) -> None:
+    for name, path in images.items():
+        (http_dir.path / name).write_bytes(path.read_bytes())
+    index = _index([http_dir.url_for(n) for n in images], tmp_path)
+    http_server.faults(delay_s=0.4)  # every answer: the epoch is still downloading at batch 1
+    outage = _Outage(http_server, OUTAGE_S, pause=kind == "paused")
+    try:
+        epoch = _epoch(index, tmp_path / "cache", during=outage, download_threads=2)
+        assert outage.back.is_set(), "the epoch ended before the server came back"
+        after = http_server.stats()["get"]
+    finally:
+        outage.close()
+    _record(f"outage-http-{kind}", 1, NUM_IMAGES - len(epoch.delivered), epoch)
+    _assert_nothing_lost(epoch, decoded)
+    if kind == "stopped":  # stats restart with the server: these came after the outage
+        assert after > 0, "no download was pending during the outage: it tested nothing"
+    print(f"FIGURE outage-http-{kind}: {OUTAGE_S:.0f} s, {len(epoch.delivered)} of 40 delivered")
+
+
+def test_s3_outage_of_5_s_mid_epoch_loses_nothing(
+    s3_server, s3_bucket, s3_proxy, images, decoded, tmp_path
+) -> None:
+    fs = s3_server.fs()
+    for name, path in images.items():
+        fs.put_file(str(path), f"{s3_bucket}/{name}")
+    index = _index([f"{s3_bucket}/{n}" for n in images], tmp_path)
+    s3_proxy.faults(delay_s=0.4)
+    outage = _Outage(s3_proxy, OUTAGE_S)
+    try:
+        epoch = _epoch(
+            index, tmp_path / "cache", during=outage, download_threads=2,
+            storage_options=s3_proxy.storage_options,
+        )  # fmt: skip
+        assert outage.back.is_set(), "the epoch ended before the proxy came back"
+        after = s3_proxy.stats()["get"]
+    finally:
+        outage.close()
+    _record("outage-s3", 1, NUM_IMAGES - len(epoch.delivered), epoch)
+    _assert_nothing_lost(epoch, decoded)
+    assert after > 0, "no download was pending during the outage: it tested nothing"
+    print(f"FIGURE outage-s3: {OUTAGE_S:.0f} s, {len(epoch.delivered)} of 40 delivered")
