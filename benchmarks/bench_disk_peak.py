@@ -335,8 +335,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="tables to run: the budgets with 4 workers, and the read-ahead cases of issue 10",
     )  # fmt: skip
     add(
-        "--step-ms", type=float, default=5.0,
-        help="read-ahead cases: the consumer's pause per sample in ms (default 5)",
+        "--step-ms", type=float, default=20.0,
+        help="read-ahead cases: the consumer's pause per sample in ms (default 20)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     args.num_files = args.num_files or (80 if args.quick else 300)
