@@ -460,6 +460,7 @@ def test_http_outage_of_5_s_mid_epoch_loses_nothing(
     print(f"FIGURE outage-http-{kind}: {OUTAGE_S:.0f} s, {len(epoch.delivered)} of 40 delivered")
 
 
+@pytest.mark.skipif(not LONG, reason="15 s: in the long run (SDS_FAULTS=long) only")
 def test_s3_outage_of_5_s_mid_epoch_loses_nothing(
     s3_server, s3_bucket, s3_proxy, images, decoded, tmp_path
 ) -> None:
