@@ -392,3 +392,31 @@ def test_checksum_columns_are_checked_at_construction(tmp_path):
         )
     with pytest.raises(ValueError, match="must say its algorithm"):
         CachingDownloader(reader, ["file"], cache_dir=str(tmp_path), checksum_columns={"file": "h"})
+
+
+def test_a_graph_that_gathers_before_releasing_is_not_stuck(
+    http_server, http_dir, tmp_path, monkeypatch, caplog
+):
+    # A Batcher before any release holds 8 delivered samples while it asks for more: waiting
+    # for their release would never end. After STALL_S without one, heads pass the budget.
+    import logging
+
+    from torchdata.nodes import Batcher
+
+    from sdsnodes.nodes import _window
+    from sdsnodes.nodes._cache_ref import release
+
+    monkeypatch.setattr(_window, "STALL_S", 0.3)
+    files = make_files(http_dir, 24, seed=9, low=10_000, high=10_000)
+    urls = list(files)
+    index = index_of(tmp_path, urls, [10_000] * 24)
+    node = downloader(tmp_path, index, max_bytes=30_000, num_threads=8)  # 3 files fit
+    got = []
+    with caplog.at_level(logging.WARNING, logger="sdsnodes.nodes._window"):
+        for batch in Loader(Batcher(node, batch_size=8)):
+            got += [s["__url__.file"] for s in batch]
+            for sample in batch:
+                release(sample)
+    assert got == urls
+    stalls = [r for r in caplog.records if "holds samples until it gets more" in r.getMessage()]
+    assert len(stalls) == 1
