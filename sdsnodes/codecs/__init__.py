@@ -3,7 +3,11 @@
 A codec is a small picklable object called as ``codec(value, rng)``: ``value`` is a local path
 (str or os.PathLike) or bytes, ``rng`` a ``numpy.random.Generator`` the caller seeds per sample.
 Every failure to decode raises :class:`sdsnodes.errors.DecodeError`, with the original error as
-its ``__cause__``.
+its ``__cause__``. Hostile input is refused before any decoder sees it: a path must name a
+regular file (:class:`~sdsnodes.errors.NotAFile` for a directory, FIFO, device or socket, checked
+with ``os.stat``, so a FIFO is never opened), and images and video frames declaring more than
+the codec's ``max_pixels`` raise :class:`~sdsnodes.errors.TooLarge` from their header. Each
+subclass carries the ``reason`` the Decoder counts a skipped sample under.
 
 Optional codec attributes the :class:`~sdsnodes.Decoder` honours:
 
