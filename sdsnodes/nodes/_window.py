@@ -26,6 +26,9 @@ DROP_WAIT_S = 5.0
 STALL_S = 30.0
 """How long the head of a window waits for room while downstream releases nothing this node
 delivered, before the node concludes that downstream holds samples until it gets more (s)."""
+MAX_TRACKED = 4096
+"""Delivered files tracked at most; more means their releases cannot be seen (they are unpinned
+through another Cache object of the process): the node then stops waiting for them."""
 
 
 @dataclasses.dataclass
@@ -131,8 +134,18 @@ class Delivered:
 
     def add(self, entry: WindowEntry) -> None:
         """Record the files of a sample the node yields."""
-        if not self.gathers:
-            self.keys.update(paths.key_for(f.url) for f in entry.files)
+        if self.gathers:
+            return
+        self.keys.update(paths.key_for(f.url) for f in entry.files)
+        if len(self.keys) > MAX_TRACKED:
+            logger.warning(
+                "%d files delivered and not seen released: they are unpinned through another "
+                "Cache object of this process (two nodes with other settings on one cache "
+                "directory?); the next sample may now pass max_bytes whenever it waits for room",
+                len(self.keys),
+            )
+            self.gathers = True
+            self.clear()
 
     def clear(self) -> None:
         """Forget everything (a reset: downstream starts afresh)."""

@@ -173,7 +173,8 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
             if entry.error is None:
                 self.errors.ok()
                 entry.out[CACHE_DIR] = self.cache_dir
-                self._delivered.add(entry)
+                if self.max_bytes is not None:  # without a budget nothing waits for room
+                    self._delivered.add(entry)
                 return entry.out
             self._release(entry)
             if self.is_fatal(entry.error):
