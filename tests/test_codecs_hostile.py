@@ -225,3 +225,12 @@ def test_a_good_sample_still_decodes_through_the_decoder(tmp_path):
     _, out = decode_one({"__key__": "k", "image": str(path), "__url__.image": "s3://b/ok.jpg"},
                         {"image": ImageTensor(size=8)})  # fmt: skip
     assert isinstance(out["image"], torch.Tensor) and out["image"].shape == (3, 8, 11)
+
+
+def test_a_column_read_in_ranges_is_named_by_its_url(tmp_path):
+    path = media.text_file(tmp_path, "page.jpg")
+    url = "https://data.example.com/page.jpg"
+    with open(path, "rb") as file, pytest.raises(DecodeError) as caught:
+        decode_one({"__key__": "k", "image": file, "__range_url__.image": url},
+                   {"image": ImageTensor()})  # fmt: skip
+    assert str(caught.value).startswith(f"cannot decode {url!r}: ")
