@@ -110,7 +110,7 @@ def fetch(
     jitter (waits drawn from ``[0, min(4, backoff_s * 2**n)]`` seconds), honouring a 429/503's
     ``Retry-After``, until ``retries`` retries were made or ``deadline_s`` seconds passed since
     the first attempt (see :mod:`sdsnodes._retry` and ``docs/retries.md``): the defaults ride out
-    an outage of about 25 s. Missing objects, other 4xx, permission errors, a full disk and a
+    an outage shorter than 30 s. Missing objects, other 4xx, permission errors, a full disk and a
     checksum mismatch are not retried.
 
     Args:

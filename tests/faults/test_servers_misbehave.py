@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import functools
 import hashlib
+import operator
 import os
 import random
 import threading
@@ -26,7 +27,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sdsnodes import StreamingDataset, build_image_graph, error_stats
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum
-from sdsnodes._retry import DEFAULT_RETRIES
+from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES
 from sdsnodes._synthetic import write_image
 from sdsnodes.codecs import ImageTensor
 from sdsnodes.errors import DownloadError
@@ -129,7 +130,7 @@ def test_deadline_bounds_the_retries_and_the_error_says_why(http_server, http_di
     assert url in message and "2 s deadline" in message and "503" in message
     assert f"failed after {gets} attempts" in message
     assert 2.0 <= elapsed < 30  # not before the deadline; generous hang guard after it
-    assert gets <= 21  # the default retries bound the requests too
+    assert gets <= DEFAULT_RETRIES + 1  # the retries bound the requests too
     http_server.reset_stats()
     with pytest.raises(DownloadError, match="3 retries"):
         fetch(url, tmp_path / "a.bin", retries=3, backoff_s=0.05)
@@ -208,6 +209,38 @@ def test_the_graph_defaults_are_the_storage_policy() -> None:
         params = inspect.signature(fn).parameters
         assert params["retries"].default == DEFAULT_RETRIES, fn
         assert "deadline_s" in params, fn
+
+
+@pytest.mark.parametrize("outage_s", [5.0, 15.0, 25.0, 29.0])
+def test_the_default_schedule_rides_out_an_outage_shorter_than_the_deadline(outage_s) -> None:
+    """The claim of docs/retries.md, on simulated time: every attempt fails (a refused
+    connection) until ``outage_s`` after the first; files = URLs (each its own jitter)."""
+    from sdsnodes._retry import DEFAULT_MAX_SLEEP_S, Retrier
+
+    files = scaled(2000, 50_000)
+    lost, requests, longest = 0, 0, 0.0
+    for i in range(files):
+        now = [0.0]
+        clock = functools.partial(operator.getitem, now, 0)
+        retrier = Retrier(f"https://example.com/{SEED}/{i}.jpg", clock=clock)
+        while True:
+            requests += 1
+            if now[0] >= outage_s:
+                break  # this attempt succeeds
+            wait = retrier.wait_s(ConnectionRefusedError(111, "Connection refused"))
+            if wait is None:
+                lost += 1
+                break
+            assert 0 <= wait <= DEFAULT_MAX_SLEEP_S
+            now[0] += wait
+        longest = max(longest, now[0])
+        assert retrier.attempts <= DEFAULT_RETRIES + 1
+    print(
+        f"FIGURE schedule-{outage_s:.0f}s: {files} files, {lost} lost, "
+        f"{requests / files:.1f} requests per file, last success at {longest:.1f} s"
+    )
+    assert lost == 0
+    assert longest <= DEFAULT_DEADLINE_S
 
 
 # ---------------------------------------------------------------- through a real loader
