@@ -12,9 +12,8 @@ from sdsnodes.codecs import Codec, Decoded
 from sdsnodes.errors import DecodeError, OnError
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
+from sdsnodes.nodes.range_reader import range_url_key
 from sdsnodes.sample import EPOCH, INDEX, KEY, Sample, url_key
-
-_RANGE_URL_PREFIX = "__range_url__."  # RangeReader keeps the URL of a column read in ranges
 
 
 def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Generator:
@@ -121,7 +120,7 @@ class Decoder(ThreadMapNode):
 def _named(error: DecodeError, sample: Sample, column: str) -> DecodeError:
     """``error`` (same class, so the same reason) about the URL of ``column`` the user knows,
     with the sample's key, the column and the local path (the cache file) after the cause."""
-    url = sample.get(url_key(column)) or sample.get(_RANGE_URL_PREFIX + column)
+    url = sample.get(url_key(column)) or sample.get(range_url_key(column))
     url = url if isinstance(url, str) else None
     cause = str(error) if error.cause is None else error.cause
     detail = f"column {column!r} of {KEY}={sample.get(KEY)!r}"
