@@ -63,10 +63,10 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     Each file is written under a temporary name and renamed into place, so a crash never leaves
     a half file that looks whole; a file whose size differs from the index's size column is
     retried, then counted as a failed download; a file whose digest differs from the index's
-    checksum column is never cached (counted as ``"checksum"``); the same URL is downloaded once
-    even when several workers or processes ask for it (the others wait for it). Local paths (and ``file://`` URLs) are used
-    in place. The original value is kept under ``__url__.<column>``; ``__cache_dir__`` tells
-    :class:`Evictor` where to release the files.
+    checksum column is never cached (counted as ``"checksum"``); the same URL is downloaded
+    once even when several workers or processes ask for it (the others wait for it). Local
+    paths (and ``file://`` URLs) are used in place. The original value is kept under
+    ``__url__.<column>``; ``__cache_dir__`` tells :class:`Evictor` where to release the files.
 
     Args:
         source (BaseNode): upstream node yielding sample dicts.
