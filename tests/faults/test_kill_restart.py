@@ -113,13 +113,13 @@ from sdsnodes.cache import Cache  # noqa: E402
 from sdsnodes.cache.paths import key_for, parse_tmp  # noqa: E402
 from sdsnodes.codecs import ImageTensor  # noqa: E402
 
-NUM_IMAGES = 48
+NUM_IMAGES = 32
 JOB_TIMEOUT_S = 180  # hang guard for one run of the job
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """48 JPEGs of 0.3-1.5 MB (trailing random bytes, so bodies take several writes) and the digest of each one's decoded pixels, as the graph decodes them."""
+    """32 JPEGs of 0.3-1.5 MB (trailing random bytes, so bodies take several writes) and the digest of each one's decoded pixels, as the graph decodes them."""
     root = tmp_path_factory.mktemp("kill-sources")
     rng = random.Random(SEED)
     files, digests = [], {}
@@ -192,9 +192,16 @@ def _lock_holders(cache_dir: Path) -> list[int]:
     return pids
 
 
-def _check_cache_after_restart(cache_dir: Path, by_key: dict[str, bytes], max_bytes: int) -> dict:
-    """Open the cache (the next start after a kill) and check it was repaired; returns what the
-    kill had left behind before the repair."""
+def _check_cache_after_restart(
+    cache_dir: Path, by_key: dict[str, bytes], max_bytes: int
+) -> tuple[dict, list[str], int]:
+    """Open the cache (the next start after a kill, alone on the directory: a cold start) and
+    check it was repaired.
+
+    Returns:
+        tuple: what the kill had left behind before the repair (counts), what is still wrong
+        after it (messages), and how many cached files differ from their source (torn).
+    """
     left = {"tmp": len(_tmp_files(cache_dir))}
     if (cache_dir / "ledger.sqlite").exists():
         try:
@@ -204,19 +211,28 @@ def _check_cache_after_restart(cache_dir: Path, by_key: dict[str, bytes], max_by
             left["unfinished_ledger"] = 1  # killed while the ledger was being created
     with Cache(cache_dir, max_bytes=max_bytes):
         after = _ledger(cache_dir)
-    assert after["integrity"] == "ok", after["integrity"]
-    assert after["reserved"] == 0, f"reservations of dead processes survive the restart: {after}"
-    assert after["pins"] == [], f"pins of dead processes survive the restart: {after['pins']}"
-    assert _tmp_files(cache_dir) == [], "a half-written download survives the restart"
+    holders = _lock_holders(cache_dir)
+    wrong = []
+    if after["integrity"] != "ok":
+        wrong.append(f"integrity check: {after['integrity']}")
+    if after["reserved"]:
+        wrong.append(f"{after['reserved']} reservations of dead processes survive the restart")
+    if after["pins"]:
+        wrong.append(f"pins of dead processes survive the restart: {after['pins']}")
+    if _tmp_files(cache_dir):
+        wrong.append(f"half-written downloads survive the restart: {_tmp_files(cache_dir)}")
+    torn = 0
     for key, size in after["ready"]:
         found = list((cache_dir / key[:2]).glob(key + "*"))
-        assert len(found) == 1, (
-            f"ready row {key} has files {found} after a cold start ({_lock_holders(cache_dir)} "
-            f"hold the cache's users lock); the kill had left {left}"
-        )
+        if len(found) != 1:
+            wrong.append(
+                f"ready row {key[:12]}… has {len(found)} files after a cold start (users lock "
+                f"held by {holders}); the kill had left {left}"
+            )
+            continue
         data = found[0].read_bytes()
-        assert len(data) == size and data == by_key[key], f"torn cached file {found[0]}"
-    return left
+        torn += len(data) != size or data != by_key[key]
+    return left, wrong, torn
 
 
 def _start(config: Path) -> subprocess.Popen:
@@ -354,7 +370,8 @@ def _summary():
         print(
             f"\nFIGURE kills: {t['kills']}, {t['torn']} torn ({t['job']} of the job, "
             f"{t['worker']} of a worker; {t['lost']} lost, {t['repeated']} repeated, "
-            f"{t['unrepaired']} caches not repaired; {t['completed']} of 2 stores completed)"
+            f"{t['unrepaired']} restarts left the ledger wrong; {t['completed']} of 2 stores "
+            "completed)"
         )
 
 
@@ -380,7 +397,7 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
             fs.put_file(str(path), f"{bucket}/imgs/{path.name}")
             urls.append(f"{bucket}/imgs/{path.name}")
         storage_options = s3.storage_options
-        kills_wanted = scaled(2, 15)
+        kills_wanted = scaled(1, 15)
     names = [p.name for p in files]
     sizes = [p.stat().st_size for p in files]
     by_key = {key_for(u): p.read_bytes() for u, p in zip(urls, files)}
@@ -404,6 +421,8 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
     log = tmp_path / "log.jsonl"
 
     kills = collections.Counter()
+    unrepaired: list[str] = []
+    torn_cached = 0
     left_behind = collections.Counter()
     runs = 0
     while not (tmp_path / "done.json").exists():
@@ -434,11 +453,10 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
         if target is not None and not (tmp_path / "done.json").exists():
             kills[mode, target] += 1  # (a job killed after it wrote its result finished first)
             _TALLY.update(["kills", target])
-        try:
-            left = _check_cache_after_restart(cache_dir, by_key, max_bytes)
-        except AssertionError:
-            _TALLY["unrepaired"] += 1
-            raise
+        left, wrong, torn_files = _check_cache_after_restart(cache_dir, by_key, max_bytes)
+        unrepaired += wrong
+        torn_cached += torn_files
+        _TALLY.update(unrepaired=int(bool(wrong)), torn=torn_files)
         left_behind.update({k: int(v > 0) for k, v in left.items()})
         print(
             f"  run {runs}: {mode} {target} after {time.monotonic() - started:.1f} s, left {left}"
@@ -464,14 +482,16 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
         f"FIGURE kills-{store}: {n_kills} ({of['job']} job, {of['worker']} worker; "
         f"{at['download']} on a download, {at['ledger']} on a ledger write, {at['delay']} random; "
         f"{left_behind['tmp']} left a .tmp, {left_behind['reserved']} a reservation, "
-        f"{left_behind['pins']} pins), {len(torn)} torn, {len(lost)} lost, {len(repeated)} repeated"
+        f"{left_behind['pins']} pins), {len(torn)} torn ({torn_cached} torn cached files), "
+        f"{len(lost)} lost, {len(repeated)} repeated, {len(unrepaired)} faults left after a restart"
     )
     print(f"  {runs} runs, {len(delivered)} batches delivered in all, errors {done['errors']}")
     _TALLY.update(torn=len(torn), lost=len(lost), repeated=len(repeated), completed=1)
-    assert torn == [], f"torn images decoded: {torn[:5]}"
+    assert torn == [] and torn_cached == 0, f"torn images decoded: {torn[:5]}, {torn_cached=}"
     assert lost == [] and repeated == [], f"{lost=} {repeated=}"
     assert sum(got.values()) == NUM_IMAGES and done["errors"] == {}
     assert n_kills >= kills_wanted // 2, f"too few kills landed: {kills}"
+    assert unrepaired == [], "the cache was not repaired after a kill:\n" + "\n".join(unrepaired)
 
 
 def test_a_cold_start_never_adopts_the_file_of_a_reservation_it_reclaims(tmp_path):
