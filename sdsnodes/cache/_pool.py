@@ -69,13 +69,13 @@ class Pool:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []  # (owner, conn)
         self._users_fd: int | None = None
         self._ledger_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the ledger opened
 
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's connections and its lock descriptor."""
-        _INHERITED.extend(self._conns)
+        _INHERITED.extend(conn for _, conn in self._conns)
         if self._users_fd is not None:
             os.close(self._users_fd)  # the parent keeps its lock: its descriptor stays open
         self.reset()
@@ -100,11 +100,12 @@ class Pool:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             with self.lock:
+                self._close_ended_threads()
                 if self._users_fd is None:
                     conn = self._open()
                 else:
                     conn = ledger.connect(self.root / paths.LEDGER_NAME)
-                self._conns.append(conn)
+                self._conns.append((threading.current_thread(), conn))
             self._local.conn = conn
         return conn
 
@@ -130,6 +131,15 @@ class Pool:
         self._ledger_id = _file_id(self.root)
         return conn
 
+    def _close_ended_threads(self) -> None:
+        """Close the connections of threads that ended (a graph's thread pools are new each
+        epoch: keeping them would leak two descriptors per thread and epoch)."""
+        ended = [conn for thread, conn in self._conns if not thread.is_alive()]
+        if ended:
+            self._conns = [(t, c) for t, c in self._conns if t.is_alive()]
+            for conn in ended:
+                conn.close()
+
     def _reopen(self) -> None:
         """The ledger was deleted or replaced: open the directory afresh at the next use. The
         old connections stay open (another thread may be inside one) until close or fork."""
@@ -154,7 +164,7 @@ class Pool:
         with self.lock:
             conns, self._conns = self._conns, []
             self._local = threading.local()
-        for conn in conns:
+        for _, conn in conns:
             conn.close()
         return bool(conns)
 
@@ -167,7 +177,7 @@ class Pool:
             conns, self._conns = self._conns, []
             fd, self._users_fd = self._users_fd, None
             self._local = threading.local()
-        for conn in conns:
+        for _, conn in conns:
             conn.close()
         if fd is not None:
             os.close(fd)
