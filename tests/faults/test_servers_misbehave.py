@@ -211,6 +211,19 @@ def test_the_graph_defaults_are_the_storage_policy() -> None:
         assert "deadline_s" in params, fn
 
 
+def test_errors_never_show_credentials(http_server, http_dir, tmp_path, caplog) -> None:
+    (http_dir.path / "a.bin").write_bytes(DATA)
+    url = http_dir.url_for("a.bin")
+    secret_url = url.replace("http://", "http://alice:hunter2@") + "?X-Amz-Signature=s3cr3t&x=1"
+    http_server.faults(fail_next=10**6, status=503)
+    caplog.set_level("DEBUG", logger="sdsnodes")
+    with pytest.raises(DownloadError) as info:
+        fetch(secret_url, tmp_path / "a.bin", backoff_s=0.05, deadline_s=0.5)
+    shown = str(info.value) + caplog.text
+    assert "503" in str(info.value) and "X-Amz-Signature=***" in str(info.value)
+    assert "hunter2" not in shown and "s3cr3t" not in shown and "alice" not in shown
+
+
 @pytest.mark.parametrize("outage_s", [5.0, 15.0, 25.0, 29.0])
 def test_the_default_schedule_rides_out_an_outage_shorter_than_the_deadline(outage_s) -> None:
     """The claim of docs/retries.md, on simulated time: every attempt fails (a refused
