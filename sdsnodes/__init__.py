@@ -9,8 +9,10 @@ from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state
 from sdsnodes.errors import (
     DecodeError,
     DownloadError,
+    NotAFile,
     OnError,
     SdsError,
+    TooLarge,
     TooManyErrors,
     error_stats,
 )
@@ -66,6 +68,7 @@ __all__ = [
     "Mapper",
     "MixStrategy",
     "Mixer",
+    "NotAFile",
     "OnError",
     "ParallelMapper",
     "PinMemory",
@@ -76,6 +79,7 @@ __all__ = [
     "StopCriterion",
     "StreamingDataset",
     "Text",
+    "TooLarge",
     "TooManyErrors",
     "VideoClip",
     "build_audio_graph",

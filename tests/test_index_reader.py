@@ -1,4 +1,5 @@
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -116,3 +117,10 @@ def test_resume_refuses_another_layout_or_index(table):
         IndexReader(table, rank=0, world_size=2).reset(state)
     with pytest.raises(ValueError, match="index changed"):
         IndexReader(table.slice(0, 5)).reset(state)
+
+
+def test_an_index_that_is_a_fifo_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "index.parquet"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    with pytest.raises(ValueError, match="not a regular file"):
+        IndexReader(str(fifo))

@@ -49,6 +49,12 @@ def _source_files(url: str, storage_options: dict[str, Any] | None) -> tuple[Any
             infos = [fs.info(path)]
     except FileNotFoundError:
         raise IndexSourceError(f"index {url!r} does not exist") from None
+    special = [i["name"] for i in infos if i.get("type") == "other"]
+    if special:  # a FIFO, socket or device: opening it could block forever
+        raise IndexSourceError(
+            f"index {url!r}: {special[0]!r} is not a regular file (a FIFO, socket or device); "
+            "pass an index file or a directory"
+        )
     return fs, infos
 
 
