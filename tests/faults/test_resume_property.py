@@ -1,14 +1,15 @@
 """Resume property (issue 10, suite item 1): a checkpoint taken after any batch, under random
 settings, resumes with nothing lost and nothing repeated.
 
-Each trial draws a configuration from ``random.Random(SEED + trial)`` (printable, replayable):
-``num_workers`` 0–4, batch size, prefetch, decode and download threads, ``drop_last``, local or
-HTTP images (the loopback server of ``tests/servers/``), a fresh or a shared cache directory
-with or without a tight budget, and a ``Mixer`` of 2–3 image graphs with a random strategy
-(every ``MixStrategy``), weights (0 allowed) and stop criterion, mixing whole batches or
-samples (then batched) — or a single graph; persistent workers and snapshot intervals too. It runs the
-uninterrupted epoch (and the next), then a loader stopped after a random batch k, its state
-through JSON, and a fresh loader with the same configuration loading it:
+Each trial draws a configuration from ``random.Random(f(SEED, trial))`` (printable,
+replayable): ``num_workers`` 0–4, persistent or not, snapshot interval, batch size, prefetch,
+decode and download threads, ``drop_last``, local or HTTP images (the loopback server of
+``tests/servers/``), a fresh or a shared cache directory with or without a tight budget, and a
+``Mixer`` of 2–3 streams with a random strategy (every ``MixStrategy``), weights (0 allowed) and
+stop criterion, mixing whole batches of image graphs or samples (then batched) — or a single
+image graph. It runs the uninterrupted epoch (and the next), taking the state after every
+batch; picks a random batch k; and loads that state, through JSON, into a fresh loader with
+the same configuration:
 
     (batches <= k) + (resumed batches) == the uninterrupted epoch, as a multiset of keys
     the epoch after the resumed one == the uninterrupted next epoch, as a multiset
