@@ -238,16 +238,20 @@ def run_read_ahead_case(table, case, args, workdir: Path) -> dict[str, Any]:
     try:
         sampler = DiskSampler(cache_dir, args.interval_ms / 1000, lambda: 0)
         with sampler:  # walks the directory only (no SQLite in this process across the fork)
-            n = 0
+            n, start = 0, time.perf_counter()
             for _ in loader:
                 n += 1
                 time.sleep(args.step_ms / 1000)
+            seconds = time.perf_counter() - start
         if n != table.num_rows:
             raise RuntimeError(f"an epoch delivered {n} samples, expected {table.num_rows}")
     finally:
         del loader
         shutil.rmtree(cache_dir, ignore_errors=True)
-    return {"peak": sampler.peak, "peak_ledger": sampler.peak_ledger, "peak_wal": sampler.peak_wal}
+    return {
+        "peak": sampler.peak, "peak_ledger": sampler.peak_ledger, "peak_wal": sampler.peak_wal,
+        "seconds": seconds,
+    }  # fmt: skip
 
 
 def read_ahead_table(args, servers, workdir: Path, repeats: int) -> None:
@@ -282,7 +286,8 @@ def read_ahead_table(args, servers, workdir: Path, repeats: int) -> None:
     width = max(len(case[0]) for case in cases)
     head = (
         f"{'case':<{width}}  {'peak MiB':>8}  {'peak/max_bytes':>14}  {'bound MiB':>9}  "
-        f"{'peak/bound (min-max)':>20}  {'ledger+wal KiB':>14}  {'of it wal':>9}"
+        f"{'peak/bound (min-max)':>20}  {'ledger+wal KiB':>14}  {'of it wal':>9}  "
+        f"{'epoch s':>7}"
     )
     print(f"disk_peak read-ahead: max_bytes {READ_AHEAD_BUDGET / 2**20:g} MiB; bound = max_bytes "
           "+ processes x largest file; medians over the repeats")  # fmt: skip
@@ -296,10 +301,13 @@ def read_ahead_table(args, servers, workdir: Path, repeats: int) -> None:
         ledger = statistics.median(r["peak_ledger"] for r in runs[label]) / 1024
         wal = statistics.median(r["peak_wal"] for r in runs[label]) / 1024
         spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        seconds = statistics.median(r["seconds"] for r in runs[label])
         print(
             f"{label:<{width}}  {peak / 2**20:>8.2f}  {peak / READ_AHEAD_BUDGET:>14.2f}  "
-            f"{bound / 2**20:>9.2f}  {spread:>20}  {ledger:>14.0f}  {wal:>9.0f}"
+            f"{bound / 2**20:>9.2f}  {spread:>20}  {ledger:>14.0f}  {wal:>9.0f}  {seconds:>7.2f}"
         )
+    floor = n * args.step_ms / 1000
+    print(f"epoch s: the consumer's own pauses take {floor:.2f} s; more is time it waited")
     print()
 
 
