@@ -6,8 +6,8 @@ trials, a 10-minute soak, more kills and faults), echoes its output, and collect
 ``FIGURE <name>: <text>`` the tests print. Then it prints:
 
 - the summary line of the issue, ``resume: … · kills: … · soak: … · faults: … · hostile: … ·
-  forks: … · disk: …`` (a name printed by several tests, one per case, reads ``N cases``; a
-  name no test printed reads ``—``);
+  forks: … · disk: …`` (a name printed by several tests, one per case, reads ``N cases
+  (table)``; a name no test printed reads ``—``);
 - a table of every figure line, in the order printed;
 - pytest's own last line (passed, failed, seconds).
 
@@ -57,12 +57,12 @@ def parse_figures(lines: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def summary_line(figures: Sequence[tuple[str, str]]) -> str:
-    """``resume: … · kills: … · …``: each summary name's text; ``N cases`` where several
+    """``resume: … · kills: … · …``: each summary name's text; ``N cases (table)`` where several
     lines share the name; ``—`` where none has it."""
     parts = []
     for name in SUMMARY:
         texts = [text for n, text in figures if n == name]
-        value = texts[0] if len(texts) == 1 else f"{len(texts)} cases" if texts else "—"
+        value = texts[0] if len(texts) == 1 else f"{len(texts)} cases (table)" if texts else "—"
         parts.append(f"{name}: {value}")
     return " · ".join(parts)
 
