@@ -196,8 +196,8 @@ def test_consistent_content_length_lies(http_server, http_dir, tmp_path) -> None
 
 
 @pytest.mark.xfail(
-    reason="nodes/downloader.py, nodes/_remote.py, presets.py and _preset_parts.py still "
-    "default to retries=3 and pass no deadline_s: see docs/retries.md",
+    reason="presets.py still defaults to retries=3 and no node takes deadline_s: see "
+    "docs/retries.md",
     strict=False,
 )
 def test_the_graph_defaults_are_the_storage_policy() -> None:
