@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from torchdata.nodes import BaseNode, Batcher, Mapper, Prefetcher
+from torchdata.nodes import BaseNode, Batcher, Mapper
 
 from sdsnodes.codecs import Codec, Text
 from sdsnodes.nodes.collate import collate
@@ -19,6 +19,7 @@ from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
 from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.index_reader import IndexReader
+from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.shuffler import Shuffler
 

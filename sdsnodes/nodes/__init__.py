@@ -1,6 +1,6 @@
 """The chainable pieces: one ``torchdata.nodes.BaseNode`` per module."""
 
-from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
+from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory
 
 from sdsnodes.nodes._schedule import MixStrategy
 from sdsnodes.nodes.collate import collate
@@ -10,6 +10,7 @@ from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.mixer import Mixer, StopCriterion
+from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.shuffler import Shuffler
 

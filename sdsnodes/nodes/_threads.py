@@ -62,7 +62,9 @@ class ThreadMapNode(BaseNode[Sample]):
             ``num_threads``); None: ``2 * num_threads``.
 
     State:
-        ``{"source": <ParallelMapper state>, "errors": {"seen": int, "skipped": {reason: int}}}``.
+        ``{"source": <ParallelMapper state>, "errors": {"seen": int, "skipped": {reason: int}}}``;
+        once the source is exhausted, the mapper state holds the source's final state (with the
+        skips after the last item), not the one at the last item.
     """
 
     SOURCE_KEY = "source"
@@ -87,6 +89,7 @@ class ThreadMapNode(BaseNode[Sample]):
         self._mapper = ParallelMapper(
             source, self._guarded, num_workers=num_threads, method="thread", max_concurrent=window
         )
+        self._end_state: dict[str, Any] | None = None
 
     def process(self, sample: Sample) -> Sample:  # pragma: no cover - overridden
         return sample
@@ -111,6 +114,7 @@ class ThreadMapNode(BaseNode[Sample]):
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         _live.add(self)
+        self._end_state = None
         if initial_state is None:  # a new epoch: counts go on accumulating
             self._mapper.reset(None)
         else:
@@ -119,7 +123,14 @@ class ThreadMapNode(BaseNode[Sample]):
 
     def next(self) -> Sample:
         while True:
-            item = next(self._mapper)
+            try:
+                item = next(self._mapper)
+            except StopIteration:
+                # the mapper keeps the source's state at its last item; what the source did
+                # after it (skips at the tail) is only in the source's final state, safe to read
+                # here: the mapper's reader thread has ended
+                self._end_state = self.source.state_dict()
+                raise
             if not isinstance(item, Skipped):
                 self.errors.ok()
                 return item
@@ -129,7 +140,10 @@ class ThreadMapNode(BaseNode[Sample]):
             self.errors.skip(item.reason, item.error, item.what)
 
     def get_state(self) -> dict[str, Any]:
-        return {self.SOURCE_KEY: self._mapper.state_dict(), self.ERRORS_KEY: self.errors.state()}
+        mapper = self._mapper.state_dict()
+        if self._end_state is not None:
+            mapper = {"it_state": {"snapshot": self._end_state, "steps_since_snapshot": 0}}
+        return {self.SOURCE_KEY: mapper, self.ERRORS_KEY: self.errors.state()}
 
     def shutdown(self) -> None:
         """Stop the worker threads (they are daemons; this frees them at once)."""

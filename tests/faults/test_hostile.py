@@ -522,9 +522,8 @@ def test_s3_dot_dot_keys_and_credentials(s3_server, s3_bucket, tmp_path, caplog,
 @pytest.mark.xfail(
     strict=True,
     reason="skips after a worker's last batch never reach the loader's state: torchdata's "
-    "Prefetcher (_populate_queue) puts StopIteration without a snapshot, and StatefulDataLoader "
-    "takes its snapshot only when it yields a batch (_process_data), not when a worker's final "
-    "state arrives with _IterableDatasetStopIteration. Not in a file of the codecs' owner.",
+    "StatefulDataLoader takes its snapshot only when it yields a batch (_process_data), not "
+    "when a worker's final state arrives with _IterableDatasetStopIteration.",
 )
 def test_skips_after_each_workers_last_batch_are_counted(tmp_path):
     good = [str(media.video(tmp_path, f"g{i}.mp4", num_frames=8)) for i in range(2)]

@@ -6,13 +6,13 @@ HTTP server's fault injection: every GET answering 500 (more often than ``retrie
 short of their ``Content-Length``, and an index ``size`` column that disagrees with the bytes;
 local paths that do not exist are the comparison (skipped by the Decoder, not the downloader).
 
-Where the counts get lost (measured, see the report of issue 10): the downloader's own state has
-every skip (``test_the_downloader_state_has_every_skip``, passes), but nodes that snapshot their
-source's state with each item — the Decoder's ``ParallelMapper`` and torchdata's ``Prefetcher`` —
-keep the snapshot of the last item when the source ends, and ``StatefulDataLoader`` with workers
-never folds a worker's end-of-epoch state into its ``state_dict()``. The loader-level cases are
-strict xfails until those are fixed (``sdsnodes/nodes/_threads.py``, the Prefetcher the presets
-use, and the multi-worker loader); they start passing (XPASS fails the run) once they are.
+The downloader's own state has every skip (``test_the_downloader_state_has_every_skip``); the
+nodes that snapshot their source's state with each item (the Decoder's thread pool and the
+presets' ``Prefetcher``) report their source's final state once it is exhausted, so the loader's
+state has them too. One gap remains, in torchdata: ``StatefulDataLoader`` with workers never
+folds a worker's end-of-epoch state (sent with its StopIteration) into ``state_dict()``, so skips
+after a worker's last batch are missing there: those cases are strict xfails (XPASS fails the run
+once torchdata or a wrapper fixes it).
 """
 
 from __future__ import annotations
@@ -81,20 +81,15 @@ def test_the_downloader_state_has_every_skip(http_server, http_dir, tmp_path, fa
     assert stats == {REASON[fault]: N}
 
 
-_SNAPSHOTS = (
-    "the Decoder's ParallelMapper and the presets' Prefetcher keep their last item's snapshot at "
-    "StopIteration, so the source's tail skips stay out of their state (sdsnodes/nodes/_threads.py, "
-    "sdsnodes/_preset_parts.py)"
-)
 _WORKERS = (
-    " and StatefulDataLoader(num_workers>0) never folds a worker's end-of-epoch state (sent with "
+    "StatefulDataLoader(num_workers>0) never folds a worker's end-of-epoch state (sent with "
     "its StopIteration) into state_dict(): the state after the epoch is the last batch's"
 )
 LOADER_CASES = [  # (fault, num_workers): all of them with SDS_FAULTS=long
     pytest.param(
         fault,
         workers,
-        marks=pytest.mark.xfail(strict=True, reason=_SNAPSHOTS + (_WORKERS if workers else "")),
+        marks=[pytest.mark.xfail(strict=True, reason=_WORKERS)] if workers else [],
     )
     for fault in [*REMOTE, "local-missing"]
     for workers in (0, 2)
