@@ -17,6 +17,7 @@ import pyarrow as pa
 from torchdata.nodes import BaseNode
 
 from sdsnodes._preset_parts import assemble, caption_codec, common, square
+from sdsnodes._retry import DEFAULT_RETRIES
 from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, VideoClip
 
 Src = str | os.PathLike | pa.Table
@@ -40,7 +41,7 @@ def build_video_graph(
     seed: int = 0,
     num_threads: int = 4,
     download_threads: int = 8,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
@@ -67,7 +68,9 @@ def build_video_graph(
         shuffle (bool), seed (int): a new permutation each epoch, deterministic in (seed, epoch).
         num_threads (int): decoding threads (4); download_threads (int): samples downloaded ahead and at once (8).
         retries (int), timeout (float | None): retries of transient download errors (with
-            exponential backoff; 3) and seconds one download attempt may take (60).
+            exponential backoff and jitter, within a 30 s deadline per file; 30, so the deadline
+            binds: an outage shorter than 30 s loses nothing, see docs/retries.md) and seconds
+            one download attempt may take (60).
         prefetch_factor (int): batches prefetched in the background (2; 0 for none).
         drop_last (bool): drop a last, smaller batch.
         on_error (str), max_error_rate (float): bad-sample policy (``"skip"``, 0.5; see
@@ -111,7 +114,7 @@ def build_image_graph(
     seed: int = 0,
     num_threads: int = 4,
     download_threads: int = 16,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
@@ -157,7 +160,7 @@ def build_audio_graph(
     seed: int = 0,
     num_threads: int = 4,
     download_threads: int = 8,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
@@ -235,7 +238,7 @@ def build_text_to_video_graph(
     seed: int = 0,
     num_threads: int = 4,
     download_threads: int = 8,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
