@@ -14,10 +14,11 @@ from ``SEED``): the whole group, mid-download or mid-ledger-write, or one DataLo
   and every ready file byte-identical to its source;
 - the job restarts from its last checkpoint.
 
-At the end of the epoch: the keys of the last checkpoints before each kill plus those after the
-last restart are the epoch exactly, as a multiset (nothing lost, nothing repeated), and every
-image ever delivered (also those delivered after a checkpoint and re-delivered after the
-restart) has the pixels of its source: no torn file was ever decoded.
+At the end of the epoch (the long run kills through several epochs, one cache directory): the
+keys of the last checkpoints before each kill plus those after the last restart are the epoch
+exactly, as a multiset (nothing lost, nothing repeated), and every image ever delivered (also
+those delivered after a checkpoint and re-delivered after the restart) has the pixels of its
+source: no torn file was ever decoded.
 """
 
 from __future__ import annotations
@@ -235,11 +236,14 @@ def _check_cache_after_restart(
     return left, wrong, torn
 
 
-def _start(config: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "test_kill_restart.py"), str(config)],
-        cwd=HERE, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+def _start(config: Path, output: Path) -> subprocess.Popen:
+    """The job in its own process group (its DataLoader workers join it), its output to a
+    file (a pipe nobody reads while waiting for the moment to kill could fill and stall it)."""
+    with open(output, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, str(HERE / "test_kill_restart.py"), str(config)],
+            cwd=HERE, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def _batches_after(log: Path, offset: int) -> int:
@@ -408,70 +412,86 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
     pq.write_table(pa.table(columns), index)
     expected = {str(i): digests[name] for i, name in enumerate(names)}  # __key__ is the row
 
-    cache_dir = tmp_path / "cache"
+    cache_dir = tmp_path / "cache"  # kept across rounds: later epochs start warm
     max_bytes = sum(sizes) // 2  # evictions and reservations happen
-    config = tmp_path / "job.json"
-    config.write_text(json.dumps({
-        "src": str(index), "cache_dir": str(cache_dir), "max_bytes": max_bytes,
-        "storage_options": storage_options, "seed": SEED % 1000, "num_workers": 2,
-        "download_threads": 2, "epoch_len": NUM_IMAGES,
-        "checkpoint": str(tmp_path / "ckpt.json"), "done": str(tmp_path / "done.json"),
-        "log": str(tmp_path / "log.jsonl"),
-    }))  # fmt: skip
-    log = tmp_path / "log.jsonl"
-
     kills = collections.Counter()
     unrepaired: list[str] = []
-    torn_cached = 0
+    torn: list = []
+    lost: list = []
+    repeated: list = []
+    torn_cached = runs = batches = epochs = 0
     left_behind = collections.Counter()
-    runs = 0
-    while not (tmp_path / "done.json").exists():
-        runs += 1
-        assert runs <= 3 * kills_wanted + 5, "the job makes no progress between kills"
-        started = time.monotonic()
-        job = _start(config)
-        target = mode = None
-        if sum(kills.values()) < kills_wanted:
-            mode = rng.choice(["delay", "download", "ledger"])
-            target = rng.choice(["job", "worker"])
-            target = _kill_once(job, mode, target, rng, cache_dir, log)
-        try:
-            out, _ = job.communicate(timeout=JOB_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _kill_group(job)
-            out, _ = job.communicate()
-            pytest.fail(
-                f"the job hung (> {JOB_TIMEOUT_S} s) after {target=}:\n{out.decode()[-3000:]}"
+    errors = {}
+    # one epoch per round, killed again and again; the long run needs several epochs
+    for round_ in range(scaled(1, 20)):
+        if sum(kills.values()) >= kills_wanted:
+            break
+        here = tmp_path / f"round{round_}"
+        here.mkdir()
+        config, log, done_path = here / "job.json", here / "log.jsonl", here / "done.json"
+        config.write_text(json.dumps({
+            "src": str(index), "cache_dir": str(cache_dir), "max_bytes": max_bytes,
+            "storage_options": storage_options, "seed": SEED % 1000 + round_,
+            "num_workers": 2, "download_threads": 2, "epoch_len": NUM_IMAGES,
+            "checkpoint": str(here / "ckpt.json"), "done": str(done_path), "log": str(log),
+        }))  # fmt: skip
+        runs_before = runs
+        while not done_path.exists():
+            runs += 1
+            assert runs - runs_before <= 3 * kills_wanted + 5, "no progress between kills"
+            started = time.monotonic()
+            output = here / f"run{runs}.log"
+            job = _start(config, output)
+            target = mode = None
+            if sum(kills.values()) < kills_wanted:
+                mode = rng.choice(["delay", "download", "ledger"])
+                target = rng.choice(["job", "worker"])
+                target = _kill_once(job, mode, target, rng, cache_dir, log)
+            try:
+                job.wait(timeout=JOB_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _kill_group(job)
+                job.wait()
+                pytest.fail(
+                    f"the job hung (> {JOB_TIMEOUT_S} s) after {target=}:\n"
+                    + output.read_text(errors="replace")[-3000:]
+                )
+            _kill_group(job)  # what a dying job left of its group (a worker) goes too
+            _wait_group_gone(job)
+            text = output.read_text(errors="replace")
+            if target == "worker" and job.returncode != 0:
+                assert "exited unexpectedly" in text or "killed by signal" in text, text[-3000:]
+            elif target != "job":
+                assert job.returncode == 0, f"the job failed unprompted:\n{text[-3000:]}"
+            if target is not None and not done_path.exists():
+                kills[mode, target] += 1  # (a job killed after it wrote its result: no kill)
+                _TALLY.update(["kills", target])
+            left, wrong, torn_files = _check_cache_after_restart(cache_dir, by_key, max_bytes)
+            unrepaired += wrong
+            torn_cached += torn_files
+            _TALLY.update(unrepaired=int(bool(wrong)), torn=torn_files)
+            left_behind.update({k: int(v > 0) for k, v in left.items()})
+            print(
+                f"  round {round_} run {runs}: {mode} {target} after "
+                f"{time.monotonic() - started:.1f} s, left {left}"
             )
-        _kill_group(job)  # what a dying job left of its group (a worker) goes too
-        _wait_group_gone(job)
-        text = out.decode(errors="replace")
-        if target == "worker" and job.returncode != 0:
-            assert "exited unexpectedly" in text or "killed by signal" in text, text[-3000:]
-        elif target != "job":
-            assert job.returncode == 0, f"the job failed unprompted:\n{text[-3000:]}"
-        if target is not None and not (tmp_path / "done.json").exists():
-            kills[mode, target] += 1  # (a job killed after it wrote its result finished first)
-            _TALLY.update(["kills", target])
-        left, wrong, torn_files = _check_cache_after_restart(cache_dir, by_key, max_bytes)
-        unrepaired += wrong
-        torn_cached += torn_files
-        _TALLY.update(unrepaired=int(bool(wrong)), torn=torn_files)
-        left_behind.update({k: int(v > 0) for k, v in left.items()})
-        print(
-            f"  run {runs}: {mode} {target} after {time.monotonic() - started:.1f} s, left {left}"
-        )
 
-    done = json.loads((tmp_path / "done.json").read_text())
-    delivered = [
-        json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"keys"')
-    ]
-    torn = [
-        (k, d) for rec in delivered for k, d in zip(rec["keys"], rec["digests"]) if expected[k] != d
-    ]
-    got = collections.Counter(done["keys"])
-    lost = sorted(set(expected) - set(got), key=int)
-    repeated = sorted((k for k, n in got.items() if n > 1), key=int)
+        done = json.loads(done_path.read_text())
+        delivered = [
+            json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"keys"')
+        ]
+        batches += len(delivered)
+        torn += [
+            (k, d)
+            for rec in delivered
+            for k, d in zip(rec["keys"], rec["digests"])
+            if expected[k] != d
+        ]
+        got = collections.Counter(done["keys"])
+        lost += sorted(set(expected) - set(got), key=int)
+        repeated += sorted((k for k, n in got.items() if n > 1), key=int)
+        errors.update(done["errors"])
+        epochs += 1
     n_kills = sum(kills.values())
     of = {t: sum(n for (_, t2), n in kills.items() if t2 == t) for t in ("job", "worker")}
     at = {
@@ -485,11 +505,11 @@ def test_kill_and_restart_loses_nothing_and_decodes_nothing_torn(store, sources,
         f"{left_behind['pins']} pins), {len(torn)} torn ({torn_cached} torn cached files), "
         f"{len(lost)} lost, {len(repeated)} repeated, {len(unrepaired)} faults left after a restart"
     )
-    print(f"  {runs} runs, {len(delivered)} batches delivered in all, errors {done['errors']}")
+    print(f"  {epochs} epochs, {runs} runs, {batches} batches delivered, errors {errors}")
     _TALLY.update(torn=len(torn), lost=len(lost), repeated=len(repeated), completed=1)
     assert torn == [] and torn_cached == 0, f"torn images decoded: {torn[:5]}, {torn_cached=}"
     assert lost == [] and repeated == [], f"{lost=} {repeated=}"
-    assert sum(got.values()) == NUM_IMAGES and done["errors"] == {}
+    assert errors == {}, errors
     assert n_kills >= kills_wanted // 2, f"too few kills landed: {kills}"
     assert unrepaired == [], "the cache was not repaired after a kill:\n" + "\n".join(unrepaired)
 

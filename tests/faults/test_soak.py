@@ -210,11 +210,12 @@ def test_four_processes_soak_one_cache_within_budget_without_leaks(http_dir, tmp
 
     sampler = DiskSampler(cache_dir)
     sampler.start()
-    procs = [
+    logs = [open(tmp_path / f"proc{rank}.log", "wb") for rank in range(PROCESSES)]  # noqa: SIM115
+    procs = [  # output to files, not pipes: a full pipe nobody reads would stall a process
         subprocess.Popen(
             [sys.executable, str(HERE / "test_soak.py"), str(config), str(rank)],
             cwd=HERE,
-            stdout=subprocess.PIPE,
+            stdout=logs[rank],
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         for rank in range(PROCESSES)
@@ -238,9 +239,10 @@ def test_four_processes_soak_one_cache_within_budget_without_leaks(http_dir, tmp
                 p.kill()
         sampler.stop.set()
         sampler.join()
-    outputs = [p.communicate()[0].decode(errors="replace") for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    for p, log in zip(procs, logs):
+        p.wait()
+        log.close()
+        assert p.returncode == 0, Path(log.name).read_text(errors="replace")[-3000:]
     reports = [json.loads((tmp_path / f"proc{r}.json").read_text()) for r in range(PROCESSES)]
 
     # throughput per interval (all processes together), printed
