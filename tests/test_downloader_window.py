@@ -420,3 +420,30 @@ def test_a_graph_that_gathers_before_releasing_is_not_stuck(
     assert got == urls
     stalls = [r for r in caplog.records if "holds samples until it gets more" in r.getMessage()]
     assert len(stalls) == 1
+
+
+def test_a_reset_releases_what_a_reading_ahead_decoder_held(http_server, http_dir, tmp_path):
+    """A Decoder's threads read ahead: at a mid-epoch reset they drop samples whose files the
+    downloader delivered pinned; the reset must release those pins (they used to stay until
+    the process exited, shrinking the budget)."""
+    from sdsnodes import Decoder
+
+    files = make_files(http_dir, 24, seed=5)
+    index = index_of(tmp_path, list(files), [len(b) for b in files.values()])
+    node = downloader(tmp_path, index, num_threads=8, max_bytes=200_000)
+    graph = Evictor(Decoder(node, {"file": lambda path, *_: Path(path).read_bytes()}, num_threads=4))
+    graph.reset()
+    for _ in range(3):
+        next(graph)
+    time.sleep(0.3)  # the Decoder's threads fill their read-ahead
+    graph.reset()  # mid-epoch: the read-ahead is dropped (and a new one starts)
+    keys = []
+    while True:
+        try:
+            keys.append(next(graph)["__key__"])
+        except StopIteration:
+            break
+    assert sorted(keys) == sorted(str(i) for i in range(24))
+    root = tmp_path / "cache"
+    assert Cache(root).stats()["pinned_files"] == 0  # the epoch is over: nothing is held
+    node.shutdown()

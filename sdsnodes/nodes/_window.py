@@ -129,6 +129,7 @@ class Delivered:
 
     def __init__(self) -> None:
         self.keys: set[str] = set()
+        self.urls: dict[str, str] = {}  # key -> URL of the delivered files, to release them
         self.stalled_since: float | None = None  # when the head began to wait for room
         self.gathers = False
 
@@ -136,7 +137,10 @@ class Delivered:
         """Record the files of a sample the node yields."""
         if self.gathers:
             return
-        self.keys.update(paths.key_for(f.url) for f in entry.files)
+        for f in entry.files:
+            key = paths.key_for(f.url)
+            self.keys.add(key)
+            self.urls[key] = f.url
         if len(self.keys) > MAX_TRACKED:
             logger.warning(
                 "%d files delivered and not seen released: they are unpinned through another "
@@ -150,7 +154,28 @@ class Delivered:
     def clear(self) -> None:
         """Forget everything (a reset: downstream starts afresh)."""
         self.keys.clear()
+        self.urls.clear()
         self.stalled_since = None
+
+    def release_all(self, cache: Cache, window: Iterable[WindowEntry]) -> int:
+        """At a reset, downstream dropped the samples it held (a Decoder's read-ahead, say)
+        without releasing their files: unpin the delivered files this process still pins,
+        except those the (dropped) ``window`` pins too, then forget everything.
+
+        Returns:
+            int: pins released.
+        """
+        in_window = {paths.key_for(f.url) for entry in window for f in entry.files}
+        released = 0
+        for key in self.keys - in_window:
+            for _ in range(cache._held.get(key, 0)):
+                try:
+                    cache.unpin(self.urls[key])
+                except ValueError:  # released meanwhile through another Cache object
+                    break
+                released += 1
+        self.clear()
+        return released
 
     def all_released(self, cache: Cache, window: Iterable[WindowEntry]) -> bool:
         """Whether the head may pass the budget: every delivered file released (or ``gathers``)."""
@@ -166,6 +191,8 @@ class Delivered:
         released = {key for key in self.keys if held.get(key, 0) <= own[key]}
         if released:
             self.keys -= released
+            for key in released:
+                del self.urls[key]
             self.stalled_since = None  # downstream moves: waiting is not in vain
         return not self.keys
 

@@ -149,8 +149,10 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         register_live(self)
+        window = list(self._window)
         self._drop_window()
-        self._delivered.clear()  # downstream resets too
+        if self._delivered.keys:  # downstream resets too: what it held is released here
+            self._delivered.release_all(self._cache(), window)
         if initial_state is None:  # a new epoch: counts go on accumulating
             self.source.reset(None)
         else:
