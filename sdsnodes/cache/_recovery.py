@@ -60,6 +60,9 @@ def sweep(conn: sqlite3.Connection, root: pathlib.Path) -> None:
                 conn.execute("DELETE FROM files WHERE key = ?", (key,))
                 paths.unlink(found[0])
                 resized += 1
+        # reclaim_dead removed the files of dead processes' reservations (whole or not): the
+        # scan above saw them, so adopt only what is still there
+        disk = {key: found for key, found in disk.items() if found[0].exists()}
         for key, (_, size, mtime) in disk.items():
             conn.execute(
                 "INSERT INTO files VALUES (?, NULL, ?, ?, ?, ?, ?)",
