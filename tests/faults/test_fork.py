@@ -169,23 +169,78 @@ def test_forks_under_load_never_lock_or_hang(tmp_path):
     assert not failed and not hung, f"children failed: {failed[:10]}, hung: {hung}"
 
 
+def _served_images(http_dir, tmp_path, n: int) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    for i in range(n):
+        Image.new("RGB", (32, 24), (i, 2 * i % 256, 50)).save(http_dir.path / f"{i:03d}.jpg")
+    index = tmp_path / "index.parquet"
+    urls = [http_dir.url_for(f"{i:03d}.jpg") for i in range(n)]
+    pq.write_table(pa.table({"image": urls}), index)
+    return str(index)
+
+
+@pytest.mark.timeout(600)
+def test_random_access_beside_a_forking_loader(http_server, http_dir, tmp_path):
+    """Two threads call ``dataset[i]`` while a 2-worker loader runs several epochs (forking its
+    workers each epoch): before the fix, 4 of 8 epochs died after 30-35 s."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from sdsnodes import StreamingDataset, build_image_graph
+
+    n = 40
+    index = _served_images(http_dir, tmp_path, n)
+    ds = StreamingDataset(
+        build_image_graph(
+            index, size=16, batch_size=4, caption_column=None,
+            cache_dir=str(tmp_path / "cache"), max_bytes=10**7,
+            storage_options=http_server.storage_options,
+        )
+    )  # fmt: skip
+    reference = {i: ds[i]["image"].clone() for i in (0, n - 1)}
+    stop, wrong, errors = threading.Event(), [], []
+
+    def access(seed: int) -> None:
+        i = seed
+        while not stop.is_set():
+            try:
+                row = i % n
+                sample = ds[row]
+                if row in reference and not sample["image"].equal(reference[row]):
+                    wrong.append(row)
+            except Exception as error:  # reported below
+                errors.append(repr(error))
+            i += 7
+
+    threads = [threading.Thread(target=access, args=(s,), daemon=True) for s in (0, 3)]
+    for t in threads:
+        t.start()
+    epochs = int(scaled(3, 8))
+    try:
+        dl = StatefulDataLoader(ds, batch_size=None, num_workers=2)
+        for _ in range(epochs):
+            keys = [k for batch in dl for k in batch["__key__"]]
+            assert sorted(keys, key=int) == [str(i) for i in range(n)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors and not wrong, (errors[:3], wrong[:3])
+
+
 @pytest.mark.timeout(600)
 def test_a_dropped_loader_then_a_forking_loader(http_server, http_dir, tmp_path):
     """The issue's pattern: a num_workers=0 loader reads one batch and is dropped (a quick
     validation pass, its downloads still running), then a num_workers=2 loader over the same
     cache forks its workers. Before the fix 4 of 16 rounds died after ~30 s."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     from sdsnodes import StreamingDataset, build_image_graph
 
     n = 60
-    for i in range(n):
-        Image.new("RGB", (32, 24), (i, 2 * i % 256, 50)).save(http_dir.path / f"{i:03d}.jpg")
-    index = tmp_path / "index.parquet"
-    pq.write_table(pa.table({"image": [http_dir.url_for(f"{i:03d}.jpg") for i in range(n)]}), index)
+    index = _served_images(http_dir, tmp_path, n)
     http_server.faults(delay_s=0.03)
     rounds = int(scaled(4, 16))
     try:
@@ -194,7 +249,7 @@ def test_a_dropped_loader_then_a_forking_loader(http_server, http_dir, tmp_path)
 
             def graph(cache_dir=cache_dir, r=r):
                 return build_image_graph(
-                    str(index),
+                    index,
                     size=16,
                     batch_size=4,
                     cache_dir=str(cache_dir),
