@@ -27,3 +27,13 @@ def test_rejects_empty_and_mismatched():
         collate([])
     with pytest.raises(ValueError, match="share keys"):
         collate([{"a": 1}, {"b": 1}])
+
+
+def test_reserved_keys_only_some_samples_carry_are_none_in_the_others():
+    local = {"__key__": "a", "image": torch.zeros(2)}
+    remote = {"__key__": "b", "image": torch.ones(2), "__url__.image": "https://h/b.jpg"}
+    batch = collate([local, remote])
+    assert batch["__url__.image"] == [None, "https://h/b.jpg"]
+    assert batch["image"].shape == (2, 2)
+    with pytest.raises(ValueError, match="do not share keys"):
+        collate([local, {"__key__": "c", "caption": "x", "image": torch.ones(2)}])

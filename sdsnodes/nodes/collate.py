@@ -18,22 +18,30 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
     kept as a list of length B.
 
     Args:
-        samples (Sequence[dict]): B >= 1 samples with the same keys.
+        samples (Sequence[dict]): B >= 1 samples with the same keys; reserved keys
+            (``__…``, e.g. ``__url__.<column>`` of downloaded files) that only some carry are
+            None in the others.
 
     Returns:
         dict[str, Any]: the batch.
 
     Raises:
-        ValueError: ``samples`` is empty or the samples do not share their keys.
+        ValueError: ``samples`` is empty or the samples do not share their (non-reserved) keys.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     keys = list(samples[0].keys())
-    for sample in samples[1:]:
-        if sample.keys() != samples[0].keys():
+    if any(sample.keys() != samples[0].keys() for sample in samples[1:]):
+        keys = list(dict.fromkeys(k for sample in samples for k in sample))
+        differ = [k for k in keys if any(k not in sample for sample in samples)]
+        if any(not k.startswith("__") for k in differ):
             raise ValueError(
-                f"samples do not share keys: {sorted(samples[0].keys())} vs {sorted(sample.keys())}"
+                f"samples do not share keys: {sorted(samples[0].keys())} vs "
+                f"{sorted(next(s for s in samples if s.keys() != samples[0].keys()).keys())}"
             )
+        # reserved keys only some samples carry (``__url__.<column>`` of downloaded files,
+        # when local and remote streams are mixed): None where absent, as for missing columns
+        samples = [{k: sample.get(k) for k in keys} for sample in samples]
     batch: dict[str, Any] = {}
     for key in keys:
         values = [s[key] for s in samples]
