@@ -5,7 +5,13 @@ import itertools
 import pyarrow as pa
 import pytest
 from torchdata.nodes import Batcher, Loader, Mapper
-from utils import check_dataloader_resume, check_node_resume, json_roundtrip, stateful_loader
+from utils import (
+    check_dataloader_resume,
+    check_node_resume,
+    json_roundtrip,
+    mixer_states,
+    stateful_loader,
+)
 
 from sdsnodes import (
     IndexReader,
@@ -207,20 +213,6 @@ def small_mix(stop, strategy="round_robin", sizes=(3, 20), batch_size=None, drop
         stop=stop,
         seed=7,
     )
-
-
-def mixer_states(state):
-    """Every Mixer state inside a loader state (one per worker)."""
-    found, stack = [], [state]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, dict):
-            if {"step", "num_workers", "streams", "padded"} <= obj.keys():
-                found.append(obj)
-            stack.extend(obj.values())
-        elif isinstance(obj, list):
-            stack.extend(obj)
-    return found
 
 
 @FOUR_WORKERS

@@ -109,3 +109,17 @@ def check_dataloader_resume(
             assert rest == epoch0[k:], f"resume after {k} batches differs ({num_workers=})"
             assert [key_fn(b) for b in fresh] == epoch1, f"epoch after resume differs ({k=})"
     return epoch0
+
+
+def mixer_states(state: Any) -> list[dict]:
+    """Every Mixer state inside a loader state (one per worker)."""
+    found, stack = [], [state]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            if {"step", "num_workers", "streams", "padded"} <= obj.keys():
+                found.append(obj)
+            stack.extend(obj.values())
+        elif isinstance(obj, list):
+            stack.extend(obj)
+    return found

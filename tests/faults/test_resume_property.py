@@ -41,7 +41,7 @@ import pytest
 from _faults import SEED, scaled
 from torchdata.nodes import BaseNode
 from torchdata.stateful_dataloader import StatefulDataLoader
-from utils import json_roundtrip
+from utils import json_roundtrip, mixer_states
 
 from sdsnodes import (
     Batcher,
@@ -296,20 +296,6 @@ def run_trial(trial: Trial, place: Place) -> dict[str, Any]:
     padded = any(m["padded"] for st in states for m in mixer_states(st))
     return {"lost": lost, "repeated": repeated, "problems": problems, "k": k, "n": len(epoch0),
             "padded": padded}  # fmt: skip
-
-
-def mixer_states(state: Any) -> list[dict]:
-    """Every Mixer state inside a loader state (one per worker)."""
-    found, stack = [], [state]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, dict):
-            if {"step", "num_workers", "streams", "padded"} <= obj.keys():
-                found.append(obj)
-            stack.extend(obj.values())
-        elif isinstance(obj, list):
-            stack.extend(obj)
-    return found
 
 
 @pytest.fixture(scope="module")
