@@ -97,18 +97,24 @@ LOADER_CASES = [  # (fault, num_workers): all of them with SDS_FAULTS=long
 ]
 
 
-@pytest.mark.parametrize(("fault", "num_workers"), LOADER_CASES)
-def test_every_skip_is_in_the_checkpointed_loader_state(
-    http_server, http_dir, tmp_path, fault, num_workers
-):
-    index = index_file(tmp_path, files(http_dir, tmp_path, fault, http_server))
+def run_epoch(index: str, tmp_path, num_workers: int) -> tuple[int, dict[str, int]]:
+    """One epoch of the image graph through ``StatefulDataLoader``: samples delivered, and the
+    skip counts of the loader's state after it."""
     graph = build_image_graph(
         index, size=32, batch_size=4, caption_column=None, cache_dir=str(tmp_path / "cache"),
         retries=1, max_error_rate=1.0, shuffle=False, download_threads=8, num_threads=2,
     )  # fmt: skip
     loader = StatefulDataLoader(StreamingDataset(graph), batch_size=None, num_workers=num_workers)
     delivered = sum(len(batch["image"]) for batch in loader)
-    stats = error_stats(loader.state_dict())
+    return delivered, error_stats(loader.state_dict())
+
+
+@pytest.mark.parametrize(("fault", "num_workers"), LOADER_CASES)
+def test_every_skip_is_in_the_checkpointed_loader_state(
+    http_server, http_dir, tmp_path, fault, num_workers
+):
+    index = index_file(tmp_path, files(http_dir, tmp_path, fault, http_server))
+    delivered, stats = run_epoch(index, tmp_path, num_workers)
     print(
         f"FIGURE skips: {fault}, {num_workers} workers: {delivered} of {N} delivered, "
         f"checkpointed state counts {stats}"
@@ -128,13 +134,7 @@ def test_skips_followed_by_a_delivered_sample_are_counted(
     failing = "/" + http_dir.path.name + "/0"  # 00.jpg … 09.jpg
     http_server.faults(fail_next=100 * N, status=500, path=failing)
     index = index_file(tmp_path, table)
-    graph = build_image_graph(
-        index, size=32, batch_size=4, caption_column=None, cache_dir=str(tmp_path / "cache"),
-        retries=1, max_error_rate=1.0, shuffle=False, download_threads=8, num_threads=2,
-    )  # fmt: skip
-    loader = StatefulDataLoader(StreamingDataset(graph), batch_size=None, num_workers=num_workers)
-    delivered = sum(len(batch["image"]) for batch in loader)
-    stats = error_stats(loader.state_dict())
+    delivered, stats = run_epoch(index, tmp_path, num_workers)
     print(f"FIGURE skips: first 10 failing, {num_workers} workers: {delivered} delivered, {stats}")
     assert delivered == N - 10
     assert stats == {"download": 10}
