@@ -282,3 +282,16 @@ def test_unknown_sizes_reserve_the_largest_file_held(tmp_path):
         assert answers[1] == NO_ROOM
         cache.finish([(answers[0], OSError("gave up"))])
         cache.unpin("s3://b/a")
+
+
+def test_unpinning_after_close_is_a_no_op(tmp_path):
+    cache = Cache(tmp_path, max_bytes=1000)
+    for _ in range(2):
+        cache.get("s3://b/x", lambda tmp: tmp.write_bytes(b"x"))
+    cache.close()  # releases both pins
+    assert cache.stats()["pinned_files"] == 0
+    cache.unpin("s3://b/x")  # a node shut down after its cache was closed
+    cache.unpin("s3://b/x")
+    with pytest.raises(ValueError, match="does not pin"):
+        cache.unpin("s3://b/x")
+    cache.close()

@@ -99,7 +99,8 @@ class Cache:
         self._process = {"hits": 0, "misses": 0, "bytes_fetched": 0}
         self._subdirs: set[pathlib.Path] = set()
         self._generation = self._pool.generation
-        self._forgotten: set[str] = set()  # pins of a ledger deleted under us (see _ledger)
+        # pins released by close() or lost with a deleted ledger: unpinning them is a no-op
+        self._forgotten: collections.Counter[str] = collections.Counter()
 
     def __reduce__(self):
         return (type(self), (str(self.cache_dir), self.max_bytes, self.ttl, self.policy.value))
@@ -278,8 +279,10 @@ class Cache:
             released = ledger.unpin(conn, key, self._pid, self._start)
         if not released:
             with self._lock:
-                if key in self._forgotten:  # pinned in a ledger since deleted: nothing to drop
-                    self._forgotten.discard(key)
+                if self._forgotten[key] > 0:  # released already (close, deleted ledger)
+                    self._forgotten[key] -= 1
+                    if not self._forgotten[key]:
+                        del self._forgotten[key]
                     return
             raise ValueError(f"cannot unpin {url!r}: this process does not pin it")
         self._drop_held(key)
@@ -347,12 +350,14 @@ class Cache:
     def close(self) -> None:
         """Release the pins this object still holds and close its ledger connections.
 
-        The Cache can be used again afterwards (it reopens).
+        The Cache can be used again afterwards (it reopens); unpinning a file pinned before the
+        close is then a no-op.
         """
         if self._pid != os.getpid():
             self._forget_parent()
         with self._lock:
             held, self._held = self._held, collections.Counter()
+            self._forgotten.update(held)
         if held:
             try:
                 with self._ledger() as conn, ledger.write(conn):
