@@ -14,11 +14,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import random
 import threading
 import time
 from typing import Any
 
+from sdsnodes._retry import Retrier
 from sdsnodes.errors import DownloadError
 from sdsnodes.nodes._cache_ref import open_cache
 from sdsnodes.storage import _is_permanent, default_cache_dir, filesystem
@@ -249,21 +249,20 @@ class BlockFile(io.RawIOBase):
         return {"timeout": self.timeout} if self.timeout is not None and async_fs else {}
 
     def _retry(self, what: str, call: Any) -> Any:
-        last: BaseException | None = None
-        for attempt in range(self.retries + 1):
+        """``call()`` under the storage retry policy (:class:`sdsnodes._retry.Retrier`: backoff
+        with jitter, ``Retry-After``, a deadline per read)."""
+        retrier = Retrier(self.name, self.retries)
+        while True:
             try:
                 return call()
             except Exception as error:  # noqa: BLE001 - classified below
                 if _is_permanent(error):
                     raise
-                last = error
-                if attempt < self.retries:
-                    delay = 0.5 * (2**attempt) * (0.5 + random.random())
-                    logger.debug("retrying %s of %s in %.2fs: %r", what, self.name, delay, error)
-                    time.sleep(delay)
-        raise DownloadError(
-            self.name, f"{what}: failed after {self.retries + 1} attempts: {last!r}"
-        )
+                wait = retrier.wait_s(error)
+                if wait is None:
+                    failure = retrier.give_up(error)
+                    raise DownloadError(failure.url, f"{what}: {failure.cause}") from error
+                time.sleep(wait)
 
     def _check_closed(self) -> None:
         if self.closed:

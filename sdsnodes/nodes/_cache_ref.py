@@ -37,11 +37,12 @@ def _any_cache(cache_dir: str) -> Cache:
 
 def close_caches(cache_dir: str | None = None) -> None:
     """Close this process's Cache objects (of ``cache_dir``, or all): their pins are released and
-    their ledger connections closed (e.g. before unmounting the cache's disk)."""
+    their ledger connections closed (e.g. before unmounting the cache's disk). They stay the
+    objects nodes use, reopened at their next use, so a node that still holds a pin released
+    here unpins it without error (see :meth:`Cache.close`)."""
     path = None if cache_dir is None else os.path.abspath(cache_dir)
     with _lock:
-        keys = [k for k in _caches if path is None or k[1] == path]
-        caches = [_caches.pop(k) for k in keys]
+        caches = [c for k, c in _caches.items() if path is None or k[1] == path]
     for cache in caches:
         cache.close()
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from sdsnodes._retry import DEFAULT_RETRIES
 from sdsnodes.errors import OnError
 from sdsnodes.nodes._blockfile import DEFAULT_BLOCK_SIZE, BlockFile
 from sdsnodes.nodes._remote import RemoteColumnsNode
@@ -50,8 +51,9 @@ class RangeReader(RemoteColumnsNode):
         block_size (int): bytes per block (default 1 MiB).
         prefetch_head (bool): fetch the first block while opening.
         num_threads (int): files opened concurrently.
-        retries (int), timeout (float | None): retries of a request's transient errors (with
-            backoff) and seconds one request may take.
+        retries (int), timeout (float | None): retries of a request's transient errors (30,
+            with backoff, jitter and ``Retry-After``, within a 30 s deadline per request: see
+            docs/retries.md) and seconds one request may take.
         policy (str): the cache's eviction policy.
         on_error (str), max_error_rate (float): the skip/raise policy.
 
@@ -73,7 +75,7 @@ class RangeReader(RemoteColumnsNode):
         block_size: int = DEFAULT_BLOCK_SIZE,
         prefetch_head: bool = True,
         num_threads: int = 4,
-        retries: int = 3,
+        retries: int = DEFAULT_RETRIES,
         timeout: float | None = 60.0,
         policy: str = "keepset",
         on_error: OnError | str = OnError.SKIP,
