@@ -99,8 +99,7 @@ class Cache:
         self._process = {"hits": 0, "misses": 0, "bytes_fetched": 0}
         self._subdirs: set[pathlib.Path] = set()
         self._generation = self._pool.generation
-        # pins released by close() or lost with a deleted ledger: unpinning them is a no-op
-        self._forgotten: collections.Counter[str] = collections.Counter()
+        self._forgotten: collections.Counter[str] = collections.Counter()  # see unpin()
 
     def __reduce__(self):
         return (type(self), (str(self.cache_dir), self.max_bytes, self.ttl, self.policy.value))
@@ -280,9 +279,7 @@ class Cache:
         if not released:
             with self._lock:
                 if self._forgotten[key] > 0:  # released already (close, deleted ledger)
-                    self._forgotten[key] -= 1
-                    if not self._forgotten[key]:
-                        del self._forgotten[key]
+                    self._forgotten -= collections.Counter([key])
                     return
             raise ValueError(f"cannot unpin {url!r}: this process does not pin it")
         self._drop_held(key)

@@ -180,19 +180,6 @@ def _lock_holders(cache_dir: Path) -> list[int]:
     return pids
 
 
-def _lock_holders(cache_dir: Path) -> list[int]:
-    """Pids with ``.locks/users.lock`` open (every process that has the cache open)."""
-    target = str(cache_dir / ".locks" / "users.lock")
-    pids = []
-    for proc in psutil.process_iter():
-        try:
-            if any(f.path == target for f in proc.open_files()):
-                pids.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
-
-
 def _check_cache_after_restart(
     cache_dir: Path, by_key: dict[str, bytes], max_bytes: int
 ) -> tuple[dict, list[str], int]:
