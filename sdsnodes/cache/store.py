@@ -267,6 +267,11 @@ class Cache:
         """
         return _batch.finish(self, done)
 
+    def pins_held(self, url: str) -> int:
+        """How many pins of ``url`` this process holds through this Cache object."""
+        with self._lock:
+            return self._held.get(paths.key_for(url), 0)
+
     def unpin(self, url: str) -> None:
         """Drop one pin of ``url`` by this process (taken by :meth:`get`).
 
@@ -296,11 +301,8 @@ class Cache:
             self.unpin(url)
 
     def trim(self) -> int:
-        """Evict unpinned files older than ``ttl``, then until the directory fits ``max_bytes``.
-
-        Returns:
-            int: bytes freed.
-        """
+        """Evict unpinned files older than ``ttl``, then until the directory fits ``max_bytes``;
+        the bytes freed."""
         with self._ledger() as conn:
             with ledger.write(conn):
                 ledger.recount(conn)
@@ -311,11 +313,7 @@ class Cache:
         return freed
 
     def clean(self) -> int:
-        """Remove every cached file that no live process pins.
-
-        Returns:
-            int: bytes freed.
-        """
+        """Remove every cached file that no live process pins; the bytes freed."""
         with self._ledger() as conn, ledger.write(conn):
             _recovery.reclaim_dead(conn, self.cache_dir)
         freed, n = 0, 1

@@ -128,8 +128,7 @@ class Delivered:
     """
 
     def __init__(self) -> None:
-        self.keys: set[str] = set()
-        self.urls: dict[str, str] = {}  # key -> URL of the delivered files, to release them
+        self.urls: dict[str, str] = {}  # cache key -> URL of each delivered file not released
         self.stalled_since: float | None = None  # when the head began to wait for room
         self.gathers = False
 
@@ -137,69 +136,55 @@ class Delivered:
         """Record the files of a sample the node yields."""
         if self.gathers:
             return
-        for f in entry.files:
-            key = paths.key_for(f.url)
-            self.keys.add(key)
-            self.urls[key] = f.url
-        if len(self.keys) > MAX_TRACKED:
+        self.urls.update((paths.key_for(f.url), f.url) for f in entry.files)
+        if len(self.urls) > MAX_TRACKED:
             logger.warning(
                 "%d files delivered and not seen released: they are unpinned through another "
                 "Cache object of this process (two nodes with other settings on one cache "
                 "directory?); the next sample may now pass max_bytes whenever it waits for room",
-                len(self.keys),
+                len(self.urls),
             )
             self.gathers = True
             self.clear()
 
     def clear(self) -> None:
         """Forget everything (a reset: downstream starts afresh)."""
-        self.keys.clear()
         self.urls.clear()
         self.stalled_since = None
 
-    def release_all(self, cache: Cache, window: Iterable[WindowEntry]) -> int:
+    def release_all(self, cache: Cache, window: Iterable[WindowEntry]) -> None:
         """At a reset, downstream dropped the samples it held (a Decoder's read-ahead, say)
         without releasing their files: unpin the delivered files this process still pins,
-        except those the (dropped) ``window`` pins too, then forget everything.
-
-        Returns:
-            int: pins released.
-        """
-        in_window = {paths.key_for(f.url) for entry in window for f in entry.files}
-        released = 0
-        for key in self.keys - in_window:
-            for _ in range(cache._held.get(key, 0)):
+        except those the (dropped) ``window`` pins too, then forget everything."""
+        in_window = {f.url for entry in window for f in entry.files}
+        for url in self.urls.values():
+            if url in in_window:
+                continue
+            for _ in range(cache.pins_held(url)):
                 try:
-                    cache.unpin(self.urls[key])
+                    cache.unpin(url)
                 except ValueError:  # released meanwhile through another Cache object
                     break
-                released += 1
         self.clear()
-        return released
 
     def all_released(self, cache: Cache, window: Iterable[WindowEntry]) -> bool:
         """Whether the head may pass the budget: every delivered file released (or ``gathers``)."""
-        if self.gathers or not self.keys:
+        if self.gathers or not self.urls:
             return True
-        held = cache._held  # pins this process took through ``cache``, by key
         own = collections.Counter(
-            paths.key_for(f.url)
-            for entry in window
-            for f in entry.files
-            if f.pinned or f.future is not None
+            f.url for entry in window for f in entry.files if f.pinned or f.future is not None
         )
-        released = {key for key in self.keys if held.get(key, 0) <= own[key]}
+        released = [k for k, url in self.urls.items() if cache.pins_held(url) <= own[url]]
         if released:
-            self.keys -= released
             for key in released:
                 del self.urls[key]
             self.stalled_since = None  # downstream moves: waiting is not in vain
-        return not self.keys
+        return not self.urls
 
     def watch(self, waits: bool, cache_dir: str, max_bytes: int | None) -> None:
         """Time how long the head has waited for room (``waits``) while downstream still holds
         delivered files; past ``STALL_S``, set ``gathers`` and warn."""
-        if not waits or not self.keys:
+        if not waits or not self.urls:
             self.stalled_since = None
             return
         now = time.monotonic()
@@ -212,7 +197,7 @@ class Delivered:
                 "samples until it gets more (a Batcher before the Evictor?). From now on each "
                 "next sample passes max_bytes=%s; put the Evictor right after the Decoder or "
                 "raise max_bytes.",
-                cache_dir, now - self.stalled_since, len(self.keys), max_bytes,
+                cache_dir, now - self.stalled_since, len(self.urls), max_bytes,
             )  # fmt: skip
             self.gathers = True
             self.clear()

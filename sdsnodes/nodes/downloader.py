@@ -151,7 +151,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         register_live(self)
         window = list(self._window)
         self._drop_window()
-        if self._delivered.keys:  # downstream resets too: what it held is released here
+        if self._delivered.urls:  # downstream resets too: what it held is released here
             self._delivered.release_all(self._cache(), window)
         if initial_state is None:  # a new epoch: counts go on accumulating
             self.source.reset(None)
