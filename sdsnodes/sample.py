@@ -29,6 +29,15 @@ def url_key(column: str) -> str:
     return URL_PREFIX + column
 
 
+RANGE_URL_PREFIX = "__range_url__."
+"""``__range_url__.<column>`` keeps the original value of a column opened by RangeReader."""
+
+
+def range_url_key(column: str) -> str:
+    """The key under which RangeReader keeps the URL of ``column``."""
+    return RANGE_URL_PREFIX + column
+
+
 def describe(sample: Sample, column: str | None = None) -> str:
     """A short human description of a sample for error messages: key, column and URL."""
     parts = [f"{KEY}={sample.get(KEY)!r}"]

@@ -27,8 +27,7 @@ import fsspec
 from fsspec.core import split_protocol
 
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
-from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES, Retrier
-from sdsnodes._retry import is_permanent as _is_permanent  # also nodes/_blockfile.py
+from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES, Retrier, is_permanent
 from sdsnodes.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -160,7 +159,7 @@ def fetch(
         except Exception as error:  # noqa: BLE001 - classified below
             if isinstance(error, ftplib.error_perm) and str(error).startswith("550"):
                 raise FileNotFoundError(errno.ENOENT, str(error), url) from error
-            if _is_permanent(error):
+            if is_permanent(error):
                 raise
             wait = retrier.wait_s(error)
             if wait is None:
@@ -321,7 +320,7 @@ async def _fetch_async(
                     None, _checked, url, dest, expected_size, expected
                 )
             except Exception as error:  # noqa: BLE001 - classified below
-                if _is_permanent(error):
+                if is_permanent(error):
                     raise
                 wait = retrier.wait_s(error)
                 if wait is None:

@@ -25,7 +25,8 @@ from sdsnodes._synthetic import write_video
 from sdsnodes.cache import Cache
 from sdsnodes.nodes._blockfile import BlockFile, block_key
 from sdsnodes.nodes.index_reader import IndexReader
-from sdsnodes.nodes.range_reader import RangeReader, range_url_key
+from sdsnodes.nodes.range_reader import RangeReader
+from sdsnodes.sample import range_url_key
 
 BLOCK = 16 << 10  # 16 KiB: a 60-s test video of ~0.5 MB spans ~30 blocks
 SEEDS = (1, 7)

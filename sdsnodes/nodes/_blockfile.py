@@ -18,10 +18,10 @@ import threading
 import time
 from typing import Any
 
-from sdsnodes._retry import Retrier
+from sdsnodes._retry import Retrier, is_permanent
 from sdsnodes.errors import DownloadError
 from sdsnodes.nodes._cache_ref import open_cache
-from sdsnodes.storage import _is_permanent, default_cache_dir, filesystem
+from sdsnodes.storage import default_cache_dir, filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class BlockFile(io.RawIOBase):
             try:
                 return call()
             except Exception as error:  # noqa: BLE001 - classified below
-                if _is_permanent(error):
+                if is_permanent(error):
                     raise
                 wait = retrier.wait_s(error)
                 if wait is None:

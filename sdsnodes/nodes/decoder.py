@@ -12,8 +12,7 @@ from sdsnodes.codecs import Codec, Decoded
 from sdsnodes.errors import DecodeError, OnError
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
-from sdsnodes.nodes.range_reader import range_url_key
-from sdsnodes.sample import EPOCH, INDEX, KEY, Sample, url_key
+from sdsnodes.sample import EPOCH, INDEX, KEY, Sample, range_url_key, url_key
 
 
 def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Generator:

@@ -12,16 +12,8 @@ from sdsnodes.errors import OnError
 from sdsnodes.nodes._blockfile import DEFAULT_BLOCK_SIZE, BlockFile
 from sdsnodes.nodes._remote import RemoteColumnsNode
 from sdsnodes.nodes._threads import Skipped
-from sdsnodes.sample import Sample
+from sdsnodes.sample import Sample, range_url_key
 from sdsnodes.storage import is_remote, local_path
-
-RANGE_URL_PREFIX = "__range_url__."
-"""``__range_url__.<column>`` keeps the original value of a column opened by RangeReader."""
-
-
-def range_url_key(column: str) -> str:
-    """The key under which RangeReader keeps the URL of ``column``."""
-    return RANGE_URL_PREFIX + column
 
 
 class RangeReader(RemoteColumnsNode):
