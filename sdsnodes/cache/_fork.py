@@ -46,7 +46,6 @@ class _Gate:
         self.active = 0  # sections running, all threads together
         self.forking = False
         self.depth = threading.local()  # sections the current thread is inside
-        self.forks = 0  # forks this process made while it had the ledger open (for tests)
 
 
 _gate = _Gate()
@@ -96,8 +95,7 @@ def _before_fork() -> None:
         return
     for obj in list(_closers):
         try:
-            if obj._close_for_fork():
-                gate.forks += 1
+            obj._close_for_fork()
         except Exception as error:  # never fail the user's fork
             logger.warning("could not close a ledger connection before fork: %r", error)
 
@@ -112,11 +110,6 @@ def _after_in_parent() -> None:
 def _after_in_child() -> None:
     global _gate
     _gate = _Gate()  # the parent's other threads do not exist here
-
-
-def forks() -> int:
-    """How many forks of this process closed open ledger connections first."""
-    return _gate.forks
 
 
 os.register_at_fork(

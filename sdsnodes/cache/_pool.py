@@ -157,16 +157,15 @@ class Pool:
             self._local = threading.local()
             self.generation += 1
 
-    def _close_for_fork(self) -> bool:
-        """Before a fork (no section running): close every connection; whether any was open."""
+    def _close_for_fork(self) -> None:
+        """Before a fork (no section running): close every connection."""
         if self.pid != os.getpid():
-            return False
+            return
         with self.lock:
             conns, self._conns = self._conns, []
             self._local = threading.local()
         for _, conn in conns:
             conn.close()
-        return bool(conns)
 
     def close(self) -> None:
         """Close every connection of this process and release the directory's users lock."""
