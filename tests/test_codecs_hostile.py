@@ -3,15 +3,12 @@ the header, lying or truncated JPEGs raise, and the Decoder names the URL the us
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
 import re
-import signal
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 from torchdata.nodes import IterableWrapper
+from utils import hang_guard
 
 from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, VideoClip
 from sdsnodes.codecs._files import regular_file
@@ -29,22 +27,6 @@ from tests import media
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: int = 60) -> Iterator[None]:
-    """Interrupt the main thread (e.g. blocked opening a FIFO) after ``seconds``."""
-
-    def hung(signum, frame):
-        raise TimeoutError(f"blocked for {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def jpeg_declaring(path: Path, width: int, height: int, progressive: bool = False) -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from torchdata.nodes import BaseNode, Loader
@@ -123,3 +125,20 @@ def mixer_states(state: Any) -> list[dict]:
         elif isinstance(obj, list):
             stack.extend(obj)
     return found
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int = 60) -> Iterator[None]:
+    """Interrupt the main thread (e.g. blocked opening a FIFO, or on a loader) after
+    ``seconds``: SIGALRM raises TimeoutError there."""
+
+    def hung(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import signal
 import struct
 import threading
 import traceback
@@ -35,6 +34,7 @@ import torch
 from _faults import SEED, scaled
 from PIL import Image
 from torchdata.stateful_dataloader import StatefulDataLoader
+from utils import hang_guard
 
 from sdsnodes import (
     StreamingDataset,
@@ -70,17 +70,9 @@ def hostile(count: int) -> Iterator[None]:
     """Count ``count`` hostile inputs; they are handled if the block ends without error within
     the hang guard (SIGALRM raises in the main thread, which waits on the loader)."""
 
-    def hung(signum, frame):
-        raise TimeoutError(f"the loader hung for {HANG_GUARD_S} s on hostile input")
-
     _TALLY["inputs"] += count
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(HANG_GUARD_S)
-    try:
+    with hang_guard(HANG_GUARD_S):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     _TALLY["handled"] += count
 
 
