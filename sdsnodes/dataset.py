@@ -156,7 +156,7 @@ class StreamingDataset(IterableDataset):
 
     def __len__(self) -> int:
         """Rows of the index (of all streams, when mixing)."""
-        from sdsnodes.nodes._epoch import EpochReader
+        from sdsnodes.nodes.epoch_reader import EpochReader
 
         readers = [n for n in iter_nodes(self._template) if isinstance(n, EpochReader)]
         shuffled = {id(getattr(r, "source", None)) for r in readers}  # a Shuffler's IndexReader

@@ -22,7 +22,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from sdsnodes.nodes._epoch import EpochReader, position_of
+from sdsnodes.nodes.epoch_reader import EpochReader, position_of
 from sdsnodes.nodes.graph import iter_nodes
 from sdsnodes.nodes.mixer import Mixer
 

@@ -12,7 +12,7 @@ from sdsnodes.distributed import broadcast_from_rank0, can_broadcast
 from sdsnodes.index.filters import parse_filter
 from sdsnodes.index.materialize import materialize
 from sdsnodes.index.table import IndexTable
-from sdsnodes.nodes._epoch import EpochReader
+from sdsnodes.nodes.epoch_reader import EpochReader
 
 
 def _load(

@@ -10,7 +10,7 @@ from typing import Any
 from torch.utils.data import get_worker_info
 from torchdata.nodes import BaseNode
 
-from sdsnodes.nodes._epoch import EpochReader
+from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes._schedule import MixStrategy, draw, normalize
 from sdsnodes.nodes.graph import iter_nodes
 from sdsnodes.sample import STREAM

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdsnodes.index.permutation import ChunkPermutation, FeistelPermutation
-from sdsnodes.nodes._epoch import EpochReader
+from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes.index_reader import IndexReader
 
 MODES = ("global", "chunk")
