@@ -37,3 +37,11 @@ def test_reserved_keys_only_some_samples_carry_are_none_in_the_others():
     assert batch["image"].shape == (2, 2)
     with pytest.raises(ValueError, match="do not share keys"):
         collate([local, {"__key__": "c", "caption": "x", "image": torch.ones(2)}])
+
+
+def test_numbers_become_int64_float64_bool_as_documented():
+    # docs/quickstart.md and docs/nodes.md: int → int64, float → float64 (Python floats are
+    # doubles: a clip start in seconds keeps its precision), bool → bool
+    batch = collate([{"i": 1, "f": 0.1, "b": True}, {"i": 2, "f": 1e-9 + 1.0, "b": False}])
+    assert batch["i"].dtype == torch.int64 and batch["b"].dtype == torch.bool
+    assert batch["f"].dtype == torch.float64 and batch["f"][1].item() == 1e-9 + 1.0
