@@ -52,6 +52,7 @@ def test_random_strategies_match_weights_within_one_percent(strategy, seed):
         MixStrategy.ROUND_ROBIN,
         MixStrategy.FIXED_RANDOM_ORDER,
         MixStrategy.RANDOM_ORDER,
+        MixStrategy.CONSECUTIVE,
         MixStrategy.CONSECUTIVE_INTERLEAVED,
     ],
 )
@@ -66,8 +67,10 @@ def test_ordered_strategies_are_exact_per_cycle(strategy):
         assert all(c == cycles[0] for c in cycles)
     if strategy is MixStrategy.RANDOM_ORDER:
         assert len({tuple(c) for c in cycles}) > 1
-    if strategy is MixStrategy.CONSECUTIVE_INTERLEAVED:
-        assert cycles[0] == ["a", "a", "a", "b", "b", "c"]
+    if strategy is MixStrategy.CONSECUTIVE:
+        assert all(c == ["a", "a", "a", "b", "b", "c"] for c in cycles)
+    if strategy is MixStrategy.CONSECUTIVE_INTERLEAVED:  # SDS's: one of each left, in turn
+        assert all(c == ["a", "b", "c", "a", "b", "a"] for c in cycles)
     if strategy is MixStrategy.ROUND_ROBIN:
         assert cycles[0][:3] == ["a", "b", "a"]  # spread out, not blocks
 
@@ -155,7 +158,9 @@ def test_bad_arguments():
         Mixer({})
 
 
-@pytest.mark.parametrize("strategy", ["round_robin", "consecutive_interleaved", "weighted_random"])
+@pytest.mark.parametrize(
+    "strategy", ["round_robin", "consecutive", "consecutive_interleaved", "weighted_random"]
+)
 def test_workers_each_read_every_stream(strategy):
     """With DataLoader workers, every worker draws every stream: the epoch covers both streams."""
     import functools

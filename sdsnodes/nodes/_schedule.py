@@ -24,8 +24,14 @@ class MixStrategy(str, enum.Enum):
     """Integer counts from the weights, one shuffled order (from the seed) repeated every cycle."""
     RANDOM_ORDER = "random_order"
     """Integer counts from the weights, the order reshuffled every cycle."""
+    CONSECUTIVE = "consecutive"
+    """Blocks: ``count`` items from the first stream, then ``count`` from the next, and so on;
+    counts {a: 2, b: 3, c: 4} give ``a a b b b c c c c`` every cycle (SDS's ``consecutive``).
+    Before issue 15 this order was named ``consecutive_interleaved``."""
     CONSECUTIVE_INTERLEAVED = "consecutive_interleaved"
-    """``count`` items from the first stream, then ``count`` from the next, and so on."""
+    """Rounds: one item from each stream that still has items left in the cycle, in the order of
+    the streams, round after round; counts {a: 2, b: 3, c: 4} give ``a b c a b c b c c`` every
+    cycle (SDS's ``consecutive_interleaved``)."""
 
 
 def uniform(seed: int, step: int) -> float:
@@ -77,8 +83,10 @@ def cycle_order(
     strategy: MixStrategy, counts: tuple[int, ...], seed: int, cycle: int
 ) -> tuple[int, ...]:
     """Stream indices of one cycle of an ordered strategy (cached: a cycle is used many steps)."""
-    if strategy is MixStrategy.CONSECUTIVE_INTERLEAVED:
+    if strategy is MixStrategy.CONSECUTIVE:
         return tuple(i for i, c in enumerate(counts) for _ in range(c))
+    if strategy is MixStrategy.CONSECUTIVE_INTERLEAVED:  # round r holds the streams with count > r
+        return tuple(i for r in range(max(counts)) for i, c in enumerate(counts) if c > r)
     if strategy is MixStrategy.ROUND_ROBIN:  # smooth weighted round robin (as in nginx)
         current, total, order = [0] * len(counts), sum(counts), []
         for _ in range(total):

@@ -1,0 +1,136 @@
+"""Parity with SDS (seed 000, snap-research/sds) for a user moving their config and data over
+(issue 15): the mixing orders per cycle, ``split_file_paths.txt`` of index shards, pickled
+latents behind ``allow_pickle``."""
+
+from __future__ import annotations
+
+import collections
+
+import pyarrow as pa
+import pytest
+from torchdata.nodes import Loader
+from utils import check_node_resume, json_roundtrip
+
+from sdsnodes import IndexReader, Mixer, MixStrategy, Shuffler
+from sdsnodes.nodes._schedule import cycle_order, draw
+
+# -- mixing orders ---------------------------------------------------------------------------
+
+#: counts per cycle → one cycle of SDS's ``consecutive_interleaved`` and ``consecutive``
+CYCLES = {
+    (2, 3, 4): ("abcabcbcc", "aabbbcccc"),  # SDS's own test case
+    (3, 2, 1): ("abcaba", "aaabbc"),
+    (1, 1, 1): ("abc", "abc"),
+    (5, 1): ("abaaaa", "aaaaab"),
+    (1, 4): ("abbbb", "abbbb"),
+    (2, 0, 3): ("acacc", "aaccc"),  # a zero count is never drawn
+    (4,): ("aaaa", "aaaa"),
+}
+
+
+def letters(indices) -> str:
+    return "".join("abc"[i] for i in indices)
+
+
+@pytest.mark.parametrize("counts", list(CYCLES))
+def test_consecutive_interleaved_cycle_is_sds(counts):
+    interleaved, blocks = CYCLES[counts]
+    assert letters(cycle_order(MixStrategy.CONSECUTIVE_INTERLEAVED, counts, 0, 0)) == interleaved
+    assert letters(cycle_order(MixStrategy.CONSECUTIVE, counts, 0, 0)) == blocks
+
+
+@pytest.mark.parametrize(
+    "strategy, index", [(MixStrategy.CONSECUTIVE_INTERLEAVED, 0), (MixStrategy.CONSECUTIVE, 1)]
+)
+@pytest.mark.parametrize("counts", [(2, 3, 4), (3, 2, 1), (5, 1)])
+def test_every_cycle_repeats_the_order_whatever_the_seed(strategy, index, counts):
+    total = sum(counts)
+    probs = [c / total for c in counts]
+    for seed in (0, 7):
+        drawn = letters(draw(strategy, probs, seed, step) for step in range(4 * total))
+        assert drawn == CYCLES[counts][index] * 4
+
+
+def reader(n: int, name: str) -> Shuffler:
+    return Shuffler(IndexReader(pa.table({"x": list(range(n))}), name=name), seed=1)
+
+
+def streams(sizes=(("a", 30), ("b", 40), ("c", 50))) -> dict:
+    return {name: reader(n, name) for name, n in sizes}
+
+
+@pytest.mark.parametrize(
+    "strategy, expected",
+    [("consecutive_interleaved", "abcabcbcc"), ("consecutive", "aabbbcccc")],
+)
+def test_the_mixer_yields_the_sds_cycle(strategy, expected):
+    mixer = Mixer(streams(), {"a": 2, "b": 3, "c": 4}, strategy=strategy, stop="never")
+    it = iter(Loader(mixer))
+    assert "".join(next(it)["__stream__"] for _ in range(27)) == expected * 3
+
+
+def test_equal_weights_with_a_cycle_length():
+    def names(strategy):
+        mixer = Mixer(streams(), None, strategy=strategy, stop="never", cycle_length=12)
+        it = iter(Loader(mixer))
+        return "".join(next(it)["__stream__"] for _ in range(24))
+
+    assert names("consecutive") == "aaaabbbbcccc" * 2
+    assert names("consecutive_interleaved") == "abc" * 8
+
+
+@pytest.mark.parametrize("strategy", ["consecutive_interleaved", "consecutive"])
+def test_resume_mid_cycle_is_exact(strategy):
+    """States taken inside a cycle of 9 (after 1, 4, 5 and 13 items) resume the same order and
+    the same samples."""
+    epoch0 = check_node_resume(
+        lambda: Mixer(streams(), {"a": 2, "b": 3, "c": 4}, strategy=strategy, seed=3),
+        midpoints=[1, 4, 5, 13],
+        key_fn=lambda item: (item["__stream__"], item["__key__"]),
+    )
+    expected = "abcabcbcc" if strategy == "consecutive_interleaved" else "aabbbcccc"
+    assert "".join(s for s, _ in epoch0[:18]) == expected * 2
+
+
+def _per_stream(items) -> dict[str, list[str]]:
+    out = collections.defaultdict(list)
+    for item in items:
+        out[item["__stream__"]].append(item["__key__"])
+    return out
+
+
+def test_a_state_saved_under_the_old_meaning_still_resumes():
+    """Before issue 15, ``consecutive_interleaved`` gave blocks (what ``consecutive`` gives now).
+    The Mixer's state holds the step, not the strategy, so such a checkpoint loads under either
+    name: ``consecutive`` resumes the old order exactly; ``consecutive_interleaved`` resumes every
+    stream where it stopped (nothing lost or repeated) in the new order from the saved step."""
+    weights = {"a": 2, "b": 3, "c": 4}
+
+    def make(strategy):
+        return Mixer(streams(), weights, strategy=strategy, stop="never", seed=3)
+
+    old = Loader(make("consecutive"))  # the old meaning, under its new name
+    it = iter(old)
+    before = [next(it) for _ in range(13)]  # mid-cycle: 4 items into the second cycle
+    state = json_roundtrip(old.state_dict())
+    uninterrupted = before + [next(it) for _ in range(36)]
+
+    same = Loader(make("consecutive"))
+    same.load_state_dict(state)
+    it = iter(same)
+    after = [next(it) for _ in range(36)]
+    assert [(i["__stream__"], i["__key__"]) for i in after] == [
+        (i["__stream__"], i["__key__"]) for i in uninterrupted[13:]
+    ]
+
+    new = Loader(make("consecutive_interleaved"))
+    new.load_state_dict(state)
+    it = iter(new)
+    after = [next(it) for _ in range(36)]
+    # steps 13.. of the new order: 13 % 9 = 4 → the rest of a cycle "bcbcc", then whole cycles
+    assert "".join(i["__stream__"] for i in after) == "bcbcc" + "abcabcbcc" * 3 + "abca"
+    # each stream goes on from its own position: its keys are a prefix of what it yields alone
+    it = iter(Loader(make("consecutive")))
+    reference = _per_stream(next(it) for _ in range(200))
+    for name, keys in _per_stream(before + after).items():
+        assert keys == reference[name][: len(keys)], name
