@@ -5,13 +5,18 @@ latents behind ``allow_pickle``."""
 from __future__ import annotations
 
 import collections
+import json
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 from torchdata.nodes import Loader
 from utils import check_node_resume, json_roundtrip
 
 from sdsnodes import IndexReader, Mixer, MixStrategy, Shuffler
+from sdsnodes.index import read_index
+from sdsnodes.index.materialize import materialize
 from sdsnodes.nodes._schedule import cycle_order, draw
 
 # -- mixing orders ---------------------------------------------------------------------------
@@ -134,3 +139,96 @@ def test_a_state_saved_under_the_old_meaning_still_resumes():
     reference = _per_stream(next(it) for _ in range(200))
     for name, keys in _per_stream(before + after).items():
         assert keys == reference[name][: len(keys)], name
+
+
+# -- split_file_paths.txt: a .txt of index shards ----------------------------------------------
+
+
+def shard_tables() -> list[pa.Table]:
+    return [
+        pa.table({"video": [f"v{s}_{i}.mp4" for i in range(n)], "shard": [s] * n})
+        for s, n in enumerate((3, 4, 2))
+    ]
+
+
+def expected_rows() -> list[tuple[str, int]]:
+    return [(v, t["shard"][0].as_py()) for t in shard_tables() for v in t["video"].to_pylist()]
+
+
+def rows_of(table: pa.Table) -> list[tuple[str, int]]:
+    return list(zip(table["video"].to_pylist(), table["shard"].to_pylist()))
+
+
+@pytest.fixture
+def local_split(tmp_path):
+    """split_file_paths.txt beside shards/ (parquet, CSV, JSONL): relative, absolute, comments."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    a, b, c = shard_tables()
+    pq.write_table(a, shards / "part-0.parquet")
+    pa_csv.write_csv(b, shards / "part-1.csv")
+    (shards / "part-2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in c.to_pylist()))
+    txt = tmp_path / "split_file_paths.txt"
+    txt.write_text(
+        f"# shards of one index\nshards/part-0.parquet\n\n{shards / 'part-1.csv'}\n"
+        "shards/part-2.jsonl\n"
+    )
+    return txt
+
+
+def test_local_split_file_paths_is_read_as_index_shards(local_split, tmp_path):
+    table, key = materialize(local_split, cache_dir=tmp_path / "ix")
+    assert rows_of(table) == expected_rows()
+    assert rows_of(read_index(local_split)) == expected_rows()
+    assert "path" not in table.column_names  # not a list of media files
+    reader = IndexReader(str(local_split), index_cache_dir=str(tmp_path / "ix"))
+    assert [(r["video"], r["shard"]) for r in Loader(reader)] == expected_rows()
+    # a changed shard is a changed index: a new fingerprint, never the stale copy
+    pq.write_table(shard_tables()[2], local_split.parent / "shards" / "part-0.parquet")
+    table, key2 = materialize(local_split, cache_dir=tmp_path / "ix")
+    assert key2 != key and table.num_rows == 8
+
+
+def test_the_txt_mode_can_be_forced_and_a_mix_is_refused(local_split, tmp_path):
+    as_media = read_index(local_split, txt="media")  # one row per line, as before
+    assert as_media.num_rows == 3 and "path" in as_media.column_names
+    table, _ = materialize(local_split, cache_dir=tmp_path / "ix", txt="media")
+    assert table["path"].to_pylist() == as_media["path"].to_pylist()
+    media = tmp_path / "media.txt"
+    media.write_text("a.mp4\nb.jpg\n")
+    assert read_index(media)["video"].to_pylist() == [f"{tmp_path}/a.mp4", None]
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("shards/part-0.parquet\na.mp4\n")
+    with pytest.raises(ValueError, match="txt='index'.*txt='media'"):
+        materialize(mixed, cache_dir=tmp_path / "ix")
+    with pytest.raises(ValueError, match="a.mp4' is not an index file"):
+        read_index(mixed, txt="index")
+    assert read_index(mixed, txt="media").num_rows == 2
+    with pytest.raises(ValueError, match="txt='bogus' must be 'index'"):
+        materialize(local_split, cache_dir=tmp_path / "ix", txt="bogus")
+    missing = tmp_path / "missing.txt"
+    missing.write_text("shards/part-0.parquet\nshards/nope.parquet\n")
+    with pytest.raises(ValueError, match="nope.parquet', listed in .* does not exist"):
+        materialize(missing, cache_dir=tmp_path / "ix")
+    with pytest.raises(ValueError, match="nope.parquet', listed in .* does not exist"):
+        read_index(missing)
+
+
+def test_split_file_paths_of_remote_parquet_shards(s3_server, s3_bucket, tmp_path):
+    """Shards on S3 (moto), listed by a .txt on S3 (relative lines) or a local one (URLs)."""
+    fs = s3_server.fs()
+    names = []
+    for n, shard in enumerate(shard_tables()):
+        pq.write_table(shard, tmp_path / f"part-{n}.parquet")
+        fs.put_file(str(tmp_path / f"part-{n}.parquet"), f"{s3_bucket}/idx/shards/part-{n}.parquet")
+        names.append(f"shards/part-{n}.parquet")
+    fs.pipe(f"{s3_bucket}/idx/split_file_paths.txt", "\n".join(names).encode())
+    local = tmp_path / "split_file_paths.txt"
+    local.write_text("".join(f"{s3_bucket}/idx/{name}\n" for name in names))
+    options = s3_server.storage_options
+    for src in (f"{s3_bucket}/idx/split_file_paths.txt", str(local)):
+        table, _ = materialize(src, options, cache_dir=tmp_path / "ix")
+        assert rows_of(table) == expected_rows(), src
+        assert rows_of(read_index(src, options)) == expected_rows(), src
+        reader = IndexReader(src, storage_options=options, index_cache_dir=str(tmp_path / "ix"))
+        assert sorted((r["video"], r["shard"]) for r in Loader(reader)) == sorted(expected_rows())

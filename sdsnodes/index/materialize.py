@@ -1,11 +1,12 @@
 """Indexes of any size as memory-mapped Arrow files: converted once, streamed, cached.
 
-Any index source (parquet, CSV, JSON/JSONL, a wildcard of them, a directory, a ``.txt`` list,
-local or remote) is converted once into an uncompressed Arrow IPC file in the index cache,
-record batch by record batch (memory bounded by a batch, a progress bar for big ones), with the
-filter and column renames applied on the way. The file is named by a fingerprint of the source
-(each file's path, size and mtime or ETag) and of the options, so a changed source gets a new
-file — never a stale copy — and the fingerprint travels in reader states so a resume notices.
+Any index source (parquet, CSV, JSON/JSONL, a wildcard of them, a directory, a ``.txt`` list of
+media files or of index shards, local or remote) is converted once into an uncompressed Arrow
+IPC file in the index cache, record batch by record batch (memory bounded by a batch, a
+progress bar for big ones), with the filter and column renames applied on the way. The file
+is named by a fingerprint of the source (each file's path, size and mtime or ETag) and of the
+options, so a changed source gets a new file — never a stale copy — and the fingerprint travels
+in reader states so a resume notices.
 Reading it back is a memory map: zero-copy, O(1) random access to any row, shared by forked
 workers, and RSS grows only with the pages touched.
 """
@@ -13,6 +14,7 @@ workers, and RSS grows only with the pages touched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -29,7 +31,13 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from sdsnodes.index.filters import parse_filter
-from sdsnodes.index.sources import IndexSourceError, read_index
+from sdsnodes.index.sources import (
+    IndexSourceError,
+    check_txt_mode,
+    read_index,
+    txt_kind,
+    txt_lines,
+)
 from sdsnodes.storage import default_cache_dir, filesystem
 
 logger = logging.getLogger(__name__)
@@ -37,8 +45,23 @@ BATCH_ROWS = 65_536
 STREAMED = (".parquet", ".csv")
 
 
-def _source_files(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[dict]]:
-    """The filesystem and the ``info`` of each file the source consists of (sorted)."""
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    """One file (or the directory) an index source consists of."""
+
+    fs: Any
+    """its fsspec filesystem"""
+    info: dict
+    """its ``fs.info``: name, size, type, mtime or ETag"""
+    url: str
+    """how to name it to :func:`~sdsnodes.index.read_index` (with the protocol)"""
+
+
+def _source_files(
+    url: str, storage_options: dict[str, Any] | None, txt: str | None = None
+) -> list[SourceFile]:
+    """The files the source consists of: the matches of a wildcard (sorted), the shards a
+    ``.txt`` of index shards lists (in its order), else the one file or directory."""
     fs, path = filesystem(url, storage_options)
     try:
         if any(ch in path for ch in "*?["):
@@ -55,18 +78,55 @@ def _source_files(url: str, storage_options: dict[str, Any] | None) -> tuple[Any
             f"index {url!r}: {special[0]!r} is not a regular file (a FIFO, socket or device); "
             "pass an index file or a directory"
         )
-    return fs, infos
+    if len(infos) == 1 and infos[0].get("type") == "file" and path.lower().endswith(".txt"):
+        shards = _txt_shards(url, fs, path, txt)
+        if shards is not None:
+            return [_shard_file(url, shard, storage_options) for shard in shards]
+    return [SourceFile(fs, i, _url_of(url, fs, i)) for i in infos]
 
 
-def fingerprint(url: str, storage_options: dict[str, Any] | None = None, **options: Any) -> str:
+def _url_of(url: str, fs: Any, info: dict) -> str:
+    if info.get("type") == "directory":
+        return url
+    return fs.unstrip_protocol(info["name"]) if "://" in url else info["name"]
+
+
+def _txt_shards(url: str, fs: Any, path: str, txt: str | None) -> list[str] | None:
+    """The index shards the ``.txt`` at ``url`` lists, or None when it lists media files."""
+    if txt == "media":
+        return None
+    with fs.open(path, "rb") as f:
+        lines = txt_lines(url, f.read())
+    return lines if lines and txt_kind(url, lines, txt) == "index" else None
+
+
+def _shard_file(url: str, shard: str, storage_options: dict[str, Any] | None) -> SourceFile:
+    fs, path = filesystem(shard, storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise IndexSourceError(
+            f"index shard {shard!r}, listed in {url!r}, does not exist"
+        ) from None
+    if info.get("type") != "file":
+        raise IndexSourceError(f"index shard {shard!r}, listed in {url!r}, is not a regular file")
+    return SourceFile(fs, info, shard)
+
+
+def fingerprint(
+    url: str, storage_options: dict[str, Any] | None = None, txt: str | None = None, **options: Any
+) -> str:
     """A short hash of the source's files (path, size, mtime/ETag) and of ``options``; for a
-    directory, of its listing (files added or removed anywhere below it change it)."""
-    fs, infos = _source_files(url, storage_options)
+    directory, of its listing (files added or removed anywhere below it change it); for a
+    ``.txt`` of index shards, of the shards (``txt`` as in :func:`materialize`)."""
+    files = _source_files(url, storage_options, txt)
+    infos = [f.info for f in files]
     if len(infos) == 1 and infos[0].get("type") == "directory":
         from sdsnodes.index.listing import list_files
 
         infos = [
-            {"name": name, "size": size} for name, size in list_files(url, storage_options, fs=fs)
+            {"name": name, "size": size}
+            for name, size in list_files(url, storage_options, fs=files[0].fs)
         ]
     parts = [
         (
@@ -88,19 +148,14 @@ def fingerprint(url: str, storage_options: dict[str, Any] | None = None, **optio
 
 
 def _batches(
-    url: str, fs: Any, info: dict, storage_options: dict[str, Any] | None
+    file: SourceFile, storage_options: dict[str, Any] | None, txt: str | None
 ) -> Iterator[pa.RecordBatch]:
-    name = info["name"]
+    name = file.info["name"]
     ext = os.path.splitext(name)[1].lower()
-    if info.get("type") == "directory" or ext not in STREAMED:
-        src = (
-            url
-            if info.get("type") == "directory"
-            else (fs.unstrip_protocol(name) if "://" in url else name)
-        )
-        yield from read_index(src, storage_options).to_batches(BATCH_ROWS)
+    if file.info.get("type") == "directory" or ext not in STREAMED:
+        yield from read_index(file.url, storage_options, txt).to_batches(BATCH_ROWS)
         return
-    with fs.open(name, "rb") as f:
+    with file.fs.open(name, "rb") as f:
         if ext == ".parquet":
             yield from pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS)
         else:
@@ -134,6 +189,7 @@ def materialize(
     rename: dict[str, str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
+    txt: str | None = None,
 ) -> tuple[pa.Table, str]:
     """The index at ``src`` as a memory-mapped table, converting it on first use.
 
@@ -145,6 +201,10 @@ def materialize(
         rename (dict[str, str] | None): old column name → new one.
         cache_dir (str | None): where converted indexes live; default ``<cache>/index``.
         progress (bool | None): a progress bar while converting; None shows one past 1M rows.
+        txt (str | None): what a ``.txt`` source lists: ``"index"`` (shards of the index, like
+            SDS's ``split_file_paths.txt``: each shard is streamed in as a wildcard's files
+            are), ``"media"`` (one sample per line), or None to decide by the lines'
+            extensions (see :mod:`sdsnodes.index.sources`).
 
     Returns:
         tuple[pyarrow.Table, str]: the table (backed by the memory-mapped file) and the
@@ -155,15 +215,16 @@ def materialize(
             filter), or its files have incompatible schemas; the message names the fix.
     """
     url = os.fspath(src)
+    check_txt_mode(txt)
     rename = dict(rename or {})
     filter_text = None if filter is None else str(filter)
     expression = None if filter is None else parse_filter(filter)
-    key = fingerprint(url, storage_options, filter=filter_text, rename=rename)
+    key = fingerprint(url, storage_options, txt, filter=filter_text, rename=rename)
     root = Path(cache_dir or Path(default_cache_dir()) / "index")
     target = root / f"{key}.arrow"
     with _locked(root / f"{key}.lock"):
         if not target.exists():
-            _convert(url, storage_options, target, expression, rename, progress)
+            _convert(url, storage_options, target, expression, rename, progress, txt)
     table = pa.ipc.open_file(pa.memory_map(str(target))).read_all()
     if table.num_rows == 0:
         raise IndexSourceError(
@@ -179,11 +240,12 @@ def _convert(
     expression: Any,
     rename: dict,
     progress: bool | None,
+    txt: str | None,
 ) -> None:
     from tqdm import tqdm
 
-    fs, infos = _source_files(url, storage_options)
-    if not infos:
+    files = _source_files(url, storage_options, txt)
+    if not files:
         raise IndexSourceError(f"index wildcard {url!r} matches no files")
     total = 0
     schemas = []
@@ -191,17 +253,17 @@ def _convert(
         int, Iterator[pa.RecordBatch]
     ] = {}  # files whose first batch was read for its schema
     try:
-        for n, info in enumerate(infos):
+        for n, file in enumerate(files):
             if (
-                os.path.splitext(info["name"])[1].lower() == ".parquet"
-                and info.get("type") != "directory"
+                os.path.splitext(file.info["name"])[1].lower() == ".parquet"
+                and file.info.get("type") != "directory"
             ):
-                with fs.open(info["name"], "rb") as f:
+                with file.fs.open(file.info["name"], "rb") as f:
                     meta = pq.ParquetFile(f).metadata
                     schemas.append(meta.schema.to_arrow_schema())
                     total += meta.num_rows
                 continue
-            batches = _batches(url, fs, info, storage_options)
+            batches = _batches(file, storage_options, txt)
             first = next(batches, None)
             if first is not None:
                 schemas.append(first.schema)
@@ -242,8 +304,8 @@ def _convert(
             pa.ipc.new_file(sink, out_schema) as writer,
             tqdm(total=total or None, unit="row", desc="indexing", disable=not show) as bar,
         ):
-            for n, info in enumerate(infos):
-                for batch in streams.get(n) or _batches(url, fs, info, storage_options):
+            for n, file in enumerate(files):
+                for batch in streams.get(n) or _batches(file, storage_options, txt):
                     table = _conform(batch, schema).rename_columns(out_schema.names)
                     bar.update(table.num_rows)
                     if expression is not None:

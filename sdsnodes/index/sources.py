@@ -3,6 +3,13 @@
 Sources: a parquet, CSV, JSON (array of objects) or JSONL file; a directory of media files (one
 row per file); a wildcard of index files (schemas unified, missing columns null); a ``.txt`` file
 of paths (blank lines and ``#`` comments skipped). Local paths and URLs alike.
+
+A ``.txt`` is one of two things (``txt=``): a list of media files, one row per line, or — as
+SDS's ``split_file_paths.txt`` — a list of index files, the shards of one index (read as a
+wildcard of them would be). By default the lines tell: when every line is an index file
+(``.parquet``, ``.csv``, ``.json``, ``.jsonl``) it lists shards, when none is it lists media, and
+a mix is refused (pass ``txt=`` to say which). Relative lines resolve against the ``.txt``'s own
+directory; any line may be a URL (``s3://…``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ MEDIA_EXTENSIONS: dict[str, tuple[str, ...]] = {
 }
 logger = logging.getLogger(__name__)
 INDEX_EXTENSIONS = (".parquet", ".csv", ".json", ".jsonl", ".txt")
+#: what a ``.txt`` of index shards may list (not ``.txt``: lists do not nest)
+SHARD_EXTENSIONS = (".parquet", ".csv", ".json", ".jsonl")
+TXT_MODES = ("index", "media")
 
 
 class IndexSourceError(ValueError):
@@ -49,7 +59,13 @@ def _kind_of(path: str) -> str | None:
     return None
 
 
-def _read_file(url: str, fs: Any, path: str) -> pa.Table:
+def _read_file(
+    url: str,
+    fs: Any,
+    path: str,
+    storage_options: dict[str, Any] | None = None,
+    txt: str | None = None,
+) -> pa.Table:
     ext = os.path.splitext(path)[1].lower()
     with fs.open(path, "rb") as f:
         data = f.read()
@@ -63,14 +79,80 @@ def _read_file(url: str, fs: Any, path: str) -> pa.Table:
             return _from_rows(url, json.loads(data))
         return pa_json.read_json(io.BytesIO(data))
     if ext == ".txt":
-        lines = [ln.strip() for ln in data.decode("utf-8").splitlines()]
-        paths = [ln for ln in lines if ln and not ln.startswith("#")]
-        base = url.rsplit("/", 1)[0] if "/" in url else ""
-        paths = [
-            p if ("://" in p or os.path.isabs(p) or not base) else f"{base}/{p}" for p in paths
-        ]
+        paths = txt_lines(url, data)
+        if txt_kind(url, paths, txt) == "index":
+            return _read_shards(url, paths, storage_options)
         return _table_of_files(paths, sizes=None)
     raise IndexSourceError(f"index file {url!r} has an unknown extension {ext!r}. {_FIX}")
+
+
+def _read_shards(url: str, shards: list[str], storage_options: dict[str, Any] | None) -> pa.Table:
+    """The index files ``shards`` listed by the ``.txt`` at ``url`` as one table (columns
+    unified as for a wildcard)."""
+    tables = []
+    for shard in shards:
+        fs, path = filesystem(shard, storage_options)
+        if not fs.exists(path):
+            raise IndexSourceError(f"index shard {shard!r}, listed in {url!r}, does not exist")
+        tables.append(_read_file(shard, fs, path, storage_options))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def txt_lines(url: str, data: bytes) -> list[str]:
+    """The paths a ``.txt`` list holds (blank lines and ``#`` comments skipped), relative ones
+    resolved against the directory of ``url``."""
+    lines = [ln.strip() for ln in data.decode("utf-8").splitlines()]
+    paths = [ln for ln in lines if ln and not ln.startswith("#")]
+    base = url.rsplit("/", 1)[0] if "/" in url else ""
+    return [p if ("://" in p or os.path.isabs(p) or not base) else f"{base}/{p}" for p in paths]
+
+
+def _is_shard(path: str) -> bool:
+    if "://" in path:  # a URL's query or fragment is not part of its extension
+        path = path.split("?", 1)[0].split("#", 1)[0]
+    return os.path.splitext(path)[1].lower() in SHARD_EXTENSIONS
+
+
+def check_txt_mode(txt: str | None) -> None:
+    """Raise ValueError unless ``txt`` is None, ``"index"`` or ``"media"``."""
+    if txt is not None and txt not in TXT_MODES:
+        raise ValueError(
+            f"{txt=} must be 'index' (a .txt of index shards), 'media' (a .txt of media "
+            "files) or None (decide by the lines' extensions)"
+        )
+
+
+def txt_kind(url: str, paths: list[str], txt: str | None = None) -> str:
+    """What the ``.txt`` at ``url`` with lines ``paths`` lists: ``"index"`` (shards of an index)
+    or ``"media"`` (one sample per line).
+
+    Args:
+        url (str): the ``.txt`` (named in errors).
+        paths (list[str]): its lines (see :func:`txt_lines`).
+        txt (str | None): ``"index"`` or ``"media"`` to say; None decides by the extensions:
+            ``"index"`` when every line is a ``.parquet``/``.csv``/``.json``/``.jsonl`` file.
+
+    Raises:
+        IndexSourceError (ValueError): ``txt="index"`` with a line that is not an index file,
+            or ``txt=None`` with a mix of index files and other files.
+    """
+    check_txt_mode(txt)
+    shards = [p for p in paths if _is_shard(p)]
+    others = [p for p in paths if not _is_shard(p)]
+    if txt == "media" or not shards:
+        return "media"
+    if not others:
+        return "index"
+    if txt == "index":
+        raise IndexSourceError(
+            f"{url!r} is read as a list of index shards (txt='index'), but line {others[0]!r} "
+            f"is not an index file {SHARD_EXTENSIONS}"
+        )
+    raise IndexSourceError(
+        f"{url!r} mixes index files ({shards[0]!r}) and other files ({others[0]!r}): pass "
+        "txt='index' to read its lines as shards of one index, or txt='media' for one sample "
+        "per line"
+    )
 
 
 def _from_rows(url: str, rows: list[dict]) -> pa.Table:
@@ -109,12 +191,20 @@ def _read_directory(url: str, fs: Any, path: str) -> pa.Table:
     )
 
 
-def read_index(src: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> pa.Table:
+def read_index(
+    src: str | os.PathLike,
+    storage_options: dict[str, Any] | None = None,
+    txt: str | None = None,
+) -> pa.Table:
     """Read the index at ``src`` into one table.
 
     Args:
         src (str | os.PathLike): index file, directory, wildcard or ``.txt`` list (local or URL).
-        storage_options (dict | None): fsspec options for remote sources.
+        storage_options (dict | None): fsspec options for remote sources (and the shards of a
+            ``.txt`` of index shards).
+        txt (str | None): what a ``.txt`` lists: ``"index"`` (shards of the index, like SDS's
+            ``split_file_paths.txt``), ``"media"`` (one sample per line), or None to decide by
+            the lines' extensions (see the module's docstring). Other sources ignore it.
 
     Returns:
         pyarrow.Table: one row per sample; columns as in the source(s), unified across files.
@@ -124,6 +214,7 @@ def read_index(src: str | os.PathLike, storage_options: dict[str, Any] | None = 
             the message names the source and the fix.
     """
     url = os.fspath(src)
+    check_txt_mode(txt)
     fs, path = filesystem(url, storage_options)
     try:
         if any(ch in path for ch in "*?["):
@@ -131,7 +222,10 @@ def read_index(src: str | os.PathLike, storage_options: dict[str, Any] | None = 
             if not matches:
                 raise IndexSourceError(f"index wildcard {url!r} matches no files. {_FIX}")
             protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
-            tables = [_read_file(protocol + m if protocol else m, fs, m) for m in matches]
+            tables = [
+                _read_file(protocol + m if protocol else m, fs, m, storage_options, txt)
+                for m in matches
+            ]
             table = pa.concat_tables(tables, promote_options="permissive")
         elif fs.isdir(path):
             table = _read_directory(url, fs, path)
@@ -141,7 +235,7 @@ def read_index(src: str | os.PathLike, storage_options: dict[str, Any] | None = 
                     f"directory {url!r} holds no media files (looked for {exts})."
                 )
         elif fs.exists(path):
-            table = _read_file(url, fs, path)
+            table = _read_file(url, fs, path, storage_options, txt)
         else:
             raise IndexSourceError(f"index {url!r} does not exist. {_FIX}")
     except IndexSourceError:
