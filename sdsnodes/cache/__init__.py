@@ -2,7 +2,8 @@
 
 :class:`Cache` is the API. Inside: ``paths`` (where a URL lives, lock files), ``ledger`` (the
 SQLite ledger), ``policy`` (eviction order and budget), ``_transactions`` (the steps of
-``Cache.get``), ``_batch`` (``Cache.claim`` / ``finish``), ``_pool`` (connections per process
+``Cache.get``), ``_batch`` (``Cache.claim`` / ``finish``), ``_holdings`` (what a Cache object
+holds in this process: pins, counters, ledger sections), ``_pool`` (connections per process
 and thread, fork safety), ``_recovery`` (repairing what crashed processes left), ``_procs`` (is
 a pid alive). Standard library only
 (sqlite3; fcntl: Linux).

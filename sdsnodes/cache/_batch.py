@@ -1,5 +1,9 @@
 """The batch form of ``Cache.get``: ``Cache.claim`` and ``Cache.finish``, for callers
-that download several files at once themselves (``CachingDownloader``)."""
+that download several files at once themselves (``CachingDownloader``).
+
+The Cache hands these functions what they work on: its :class:`~sdsnodes.cache._holdings.Holdings`
+(this process's pins, counters and ledger sections) and its :class:`~sdsnodes.cache.policy.Budget`.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,10 @@ import pathlib
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from . import _transactions, ledger, paths
-
-if TYPE_CHECKING:
-    from .store import Cache
+from ._holdings import Holdings
+from .policy import Budget
 
 BUSY = "busy"
 """What :meth:`Cache.claim` answers for a URL another thread or process is downloading now."""
@@ -36,41 +38,65 @@ class Claim:
     fd: int
 
 
-def claim_in(
-    cache: Cache,
+def claim(
+    holdings: Holdings,
+    budget: Budget,
+    items: Sequence[tuple[str, int | None]],
+    overshoot: int,
+) -> list[pathlib.Path | Claim | str]:
+    """The work of :meth:`Cache.claim`: one transaction; when it fails (rolled back), the pins
+    it took are forgotten and its key locks freed before the error propagates."""
+    out: list[pathlib.Path | Claim | str] = []
+    try:
+        with holdings.section() as conn:
+            _claim_in(holdings, budget, conn, items, overshoot, out)
+    except BaseException:
+        for answer in out:
+            if isinstance(answer, Claim):
+                paths.unflock(holdings.pool.locks / f"{answer.key}.lock", answer.fd)
+                holdings.drop(answer.key)
+            elif isinstance(answer, pathlib.Path):
+                holdings.drop(answer.name.split(".")[0])
+        raise
+    return out
+
+
+def _claim_in(
+    holdings: Holdings,
+    budget: Budget,
     conn: sqlite3.Connection,
-    owner: tuple[int, int],
     items: Sequence[tuple[str, int | None]],
     overshoot: int,
     out: list[pathlib.Path | Claim | str],
 ) -> None:
-    """The transaction of :meth:`Cache.claim`, appending its answers to ``out``."""
+    """The transaction of :func:`claim`, appending its answers to ``out``."""
+    root, owner = holdings.pool.root, holdings.owner
     blocked = False
     with ledger.write(conn):
         now = time.time()
         for i, (url, hint) in enumerate(items):
             if hint is not None and hint < 0:
                 raise ValueError(f"size {hint} of {url!r} must be None or >= 0 (bytes)")
-            key, path = paths.key_for(url), paths.path_for(cache.cache_dir, url)
-            args = (conn, cache.cache_dir, key, url, path, cache._budget, owner)
+            key, path = paths.key_for(url), paths.path_for(root, url)
+            args = (conn, root, key, url, path, budget, owner)
             if _transactions.hit_in(*args, False, now):
-                cache._count(key, hits=1)
+                holdings.count(key, hits=1)
                 out.append(path)
                 continue
             if blocked:
                 out.append(NO_ROOM)
                 continue
-            lock = cache._pool.locks / f"{key}.lock"
+            lock = holdings.pool.locks / f"{key}.lock"
             fd = paths.try_flock(lock)
             if fd is None:
                 out.append(BUSY)
                 continue
             if _transactions.hit_in(*args, True, now):  # finished while we looked
                 paths.unflock(lock, fd)
-                cache._count(key, hits=1)
+                holdings.count(key, hits=1)
                 out.append(path)
                 continue
-            need = cache._budget.need(conn, hint)
+            need = budget.need(conn, hint)
             if need is None:  # no size known yet: the head downloads alone, the rest wait
                 if i >= overshoot:
                     paths.unflock(lock, fd)
@@ -78,28 +104,28 @@ def claim_in(
                     out.append(NO_ROOM)
                     continue
                 need = 0
-            if not _transactions.make_room_for(conn, cache.cache_dir, need, cache._budget, now):
+            if not _transactions.make_room_for(conn, root, need, budget, now):
                 if i >= overshoot:
                     paths.unflock(lock, fd)
                     blocked = True
                     out.append(NO_ROOM)
                     continue
-                cache._warn_overshoot()
+                holdings.warn_overshoot(budget.max_bytes)
             try:
-                if path.parent not in cache._subdirs:
-                    path.parent.mkdir(exist_ok=True)
-                    cache._subdirs.add(path.parent)
+                holdings.make_dir(path.parent)
             except BaseException:
                 paths.unflock(lock, fd)
                 raise
             _transactions.insert_reservation(conn, key, url, need, owner, now)
-            cache._count(key, misses=1)
+            holdings.count(key, misses=1)
             out.append(Claim(url, key, path, paths.tmp_path_for(path, *owner), need, fd))
 
 
-def finish(cache: Cache, done: Sequence[tuple[Claim, BaseException | None]]) -> list[int | None]:
+def finish(
+    holdings: Holdings, budget: Budget, done: Sequence[tuple[Claim, BaseException | None]]
+) -> list[int | None]:
     """The work of :meth:`Cache.finish`."""
-    owner = (cache._pid, cache._start)
+    root, owner = holdings.pool.root, holdings.owner
     sizes: list[int | None] = []
     for claim, error in done:
         size = None
@@ -113,20 +139,20 @@ def finish(cache: Cache, done: Sequence[tuple[Claim, BaseException | None]]) -> 
             paths.unlink(claim.tmp)
         sizes.append(size)
     try:
-        with cache._ledger() as conn, ledger.write(conn):
+        with holdings.section() as conn, ledger.write(conn):
             now = time.time()
             for (claim, _), size in zip(done, sizes):
                 if size is None:
-                    _transactions.release_in(conn, cache.cache_dir, claim.key, claim.url, owner)
+                    _transactions.release_in(conn, root, claim.key, claim.url, owner)
                 else:
                     ledger.set_ready(conn, claim.key, size, now)
-            cache._budget.make_room(conn, cache.cache_dir, 0, now)
+            budget.make_room(conn, root, 0, now)
     finally:
         for claim, _ in done:
-            paths.unflock(cache._pool.locks / f"{claim.key}.lock", claim.fd)
+            paths.unflock(holdings.pool.locks / f"{claim.key}.lock", claim.fd)
     for (claim, _), size in zip(done, sizes):
         if size is None:
-            cache._drop_held(claim.key)
+            holdings.drop(claim.key)
         else:
-            cache._count(claim.key, pins=0, bytes_fetched=size)
+            holdings.count(claim.key, pins=0, bytes_fetched=size)
     return sizes

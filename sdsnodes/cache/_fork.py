@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,13 @@ class _Gate:
 
 
 _gate = _Gate()
-_closers: weakref.WeakSet = weakref.WeakSet()
+_closers: set[weakref.WeakMethod] = set()
 
 
-def on_fork(obj: object) -> None:
-    """Call ``obj._close_for_fork()`` before each fork of this process (``obj`` held weakly),
+def on_fork(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` before each fork of this process (its object held weakly),
     after every section has ended and while none can start."""
-    _closers.add(obj)
+    _closers.add(weakref.WeakMethod(method, _closers.discard))
 
 
 @contextlib.contextmanager
@@ -93,9 +93,12 @@ def _before_fork() -> None:
     if own:  # forking from inside a section: its connection is in use, it cannot be closed
         logger.warning("fork() inside a ledger section: the child must not use the cache")
         return
-    for obj in list(_closers):
+    for ref in list(_closers):
+        close = ref()
+        if close is None:
+            continue
         try:
-            obj._close_for_fork()
+            close()
         except Exception as error:  # never fail the user's fork
             logger.warning("could not close a ledger connection before fork: %r", error)
 

@@ -9,24 +9,27 @@ import pathlib
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import _fork, _recovery, ledger, paths
 
 logger = logging.getLogger(__name__)
 
-_FORKABLE: weakref.WeakSet = weakref.WeakSet()
+_FORKABLE: set[weakref.WeakMethod] = set()
 _INHERITED: list[sqlite3.Connection] = []  # the parent's connections, kept so they never close
 
 
-def forget_parent_after_fork(obj: object) -> None:
-    """Call ``obj._forget_parent()`` in the child after every fork (``obj`` is held weakly)."""
-    _FORKABLE.add(obj)
+def forget_parent_after_fork(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in the child after every fork; its object is held weakly (the
+    hook goes with it)."""
+    _FORKABLE.add(weakref.WeakMethod(method, _FORKABLE.discard))
 
 
 def _after_fork_in_child() -> None:
-    for obj in list(_FORKABLE):
-        obj._forget_parent()
+    for ref in list(_FORKABLE):
+        method = ref()
+        if method is not None:
+            method()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -61,8 +64,8 @@ class Pool:
         self.locks = root / paths.LOCKS_DIR
         self.generation = 0
         self.reset()
-        forget_parent_after_fork(self)
-        _fork.on_fork(self)
+        forget_parent_after_fork(self.forget_parent)
+        _fork.on_fork(self.close_for_fork)
 
     def reset(self) -> None:
         """Forget every connection (without closing them): a fresh state for this process."""
@@ -73,7 +76,7 @@ class Pool:
         self._users_fd: int | None = None
         self._ledger_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the ledger opened
 
-    def _forget_parent(self) -> None:
+    def forget_parent(self) -> None:
         """In a forked child: drop the parent's connections and its lock descriptor."""
         _INHERITED.extend(conn for _, conn in self._conns)
         if self._users_fd is not None:
@@ -94,7 +97,7 @@ class Pool:
 
     def _get(self) -> sqlite3.Connection:
         if self.pid != os.getpid():
-            self._forget_parent()
+            self.forget_parent()
         if self._ledger_id is not None and self._ledger_id != _file_id(self.root):
             self._reopen()
         conn = getattr(self._local, "conn", None)
@@ -157,7 +160,7 @@ class Pool:
             self._local = threading.local()
             self.generation += 1
 
-    def _close_for_fork(self) -> None:
+    def close_for_fork(self) -> None:
         """Before a fork (no section running): close every connection."""
         if self.pid != os.getpid():
             return
@@ -170,7 +173,7 @@ class Pool:
     def close(self) -> None:
         """Close every connection of this process and release the directory's users lock."""
         if self.pid != os.getpid():
-            self._forget_parent()
+            self.forget_parent()
             return
         with self.lock:
             conns, self._conns = self._conns, []

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import logging
 import os
 import pathlib
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from . import _batch, _procs, _recovery, _transactions, ledger, paths
+from . import _batch, _recovery, _transactions, ledger, paths
 from ._batch import BUSY, NO_ROOM, Claim  # noqa: F401 - re-exported: the answers of claim()
-from ._pool import Pool, forget_parent_after_fork
+from ._holdings import Holdings
+from ._pool import Pool
 from .policy import Budget, EvictionPolicy
 
 logger = logging.getLogger(__name__)
@@ -83,23 +82,10 @@ class Cache:
         self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.ttl = None if ttl is None else float(ttl)
         self._budget = Budget(self.max_bytes, self.ttl, self.policy)
-        self._warned = False
         self._pool = Pool(self.cache_dir)
-        self._forget_parent()
-        forget_parent_after_fork(self)
+        self._holdings = Holdings(self._pool)  # this process's pins and counters
         with self._ledger():  # open now: errors surface here, and what crashes left is repaired
             pass
-
-    def _forget_parent(self) -> None:
-        """Start this process's state afresh (called in the child after a fork)."""
-        self._pid = os.getpid()
-        self._start = _procs.own_start()
-        self._lock = threading.Lock()
-        self._held: collections.Counter[str] = collections.Counter()  # pins taken through self
-        self._process = {"hits": 0, "misses": 0, "bytes_fetched": 0}
-        self._subdirs: set[pathlib.Path] = set()
-        self._generation = self._pool.generation
-        self._forgotten: collections.Counter[str] = collections.Counter()  # see unpin()
 
     def __reduce__(self):
         return (type(self), (str(self.cache_dir), self.max_bytes, self.ttl, self.policy.value))
@@ -118,22 +104,13 @@ class Cache:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            if getattr(self, "_pid", None) == os.getpid():
+            holdings = getattr(self, "_holdings", None)
+            if holdings is not None and holdings.is_current():
                 self.close()
 
-    @contextlib.contextmanager
-    def _ledger(self) -> Iterator[sqlite3.Connection]:
-        """A ledger section (see :meth:`Pool.section`): use the connection inside it only."""
-        if self._pid != os.getpid():  # forked without os.fork's hooks
-            self._forget_parent()
-        with self._pool.section() as conn:
-            if self._generation != self._pool.generation:  # the ledger was recreated
-                with self._lock:
-                    self._generation = self._pool.generation
-                    self._forgotten.update(self._held)
-                    self._held.clear()
-                    self._subdirs.clear()
-            yield conn
+    def _ledger(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A ledger section (see :meth:`Holdings.section`): use the connection inside it only."""
+        return self._holdings.section()
 
     # -- the public API ---------------------------------------------------------------------
 
@@ -168,7 +145,7 @@ class Cache:
             raise ValueError(f"{size_hint=} must be None or >= 0 (bytes)")
         key = paths.key_for(url)
         path = paths.path_for(self.cache_dir, url)
-        owner = (self._pid, self._start)
+        owner = self._holdings.owner
         with self._ledger() as conn:
             row = ledger.get_row(conn, key)
             if (
@@ -185,9 +162,9 @@ class Cache:
                 fits = _transactions.reserve(
                     conn, self.cache_dir, key, url, need, self._budget, owner
                 )
-            self._count(key, misses=1)
+            self._holdings.count(key, misses=1)
             if not fits:
-                self._warn_overshoot()
+                self._holdings.warn_overshoot(self.max_bytes)
             tmp = paths.tmp_path_for(path, *owner)
             try:
                 path.parent.mkdir(exist_ok=True)
@@ -205,9 +182,9 @@ class Cache:
                         _transactions.release(conn, self.cache_dir, key, url, owner)
                 except (OSError, sqlite3.Error) as e:
                     logger.warning("cache %s: cannot release %r: %s", self.cache_dir, url, e)
-                self._drop_held(key)
+                self._holdings.drop(key)
                 raise
-        self._count(key, bytes_fetched=size, pins=0)
+        self._holdings.count(key, bytes_fetched=size, pins=0)
         return path
 
     def claim(
@@ -238,20 +215,7 @@ class Cache:
             ValueError: a size is < 0.
             OSError: a lock file or a subdirectory cannot be created.
         """
-        owner = (self._pid, self._start)
-        out: list[pathlib.Path | Claim | str] = []
-        try:
-            with self._ledger() as conn:
-                _batch.claim_in(self, conn, owner, items, overshoot, out)
-        except BaseException:  # the transaction rolled back: forget its pins, free its locks
-            for answer in out:
-                if isinstance(answer, Claim):
-                    paths.unflock(self._pool.locks / f"{answer.key}.lock", answer.fd)
-                    self._drop_held(answer.key)
-                elif isinstance(answer, pathlib.Path):
-                    self._drop_held(answer.name.split(".")[0])
-            raise
-        return out
+        return _batch.claim(self._holdings, self._budget, items, overshoot)
 
     def finish(self, done: Sequence[tuple[Claim, BaseException | None]]) -> list[int | None]:
         """Hand back claims of :meth:`claim`: each downloaded file (error None) is renamed into
@@ -265,12 +229,11 @@ class Cache:
             list[int | None]: the size in bytes of each file now in place, None for the
             failures (including a download that wrote nothing: ``FileNotFoundError``).
         """
-        return _batch.finish(self, done)
+        return _batch.finish(self._holdings, self._budget, done)
 
     def pins_held(self, url: str) -> int:
         """How many pins of ``url`` this process holds through this Cache object."""
-        with self._lock:
-            return self._held.get(paths.key_for(url), 0)
+        return self._holdings.pins(paths.key_for(url))
 
     def unpin(self, url: str) -> None:
         """Drop one pin of ``url`` by this process (taken by :meth:`get`).
@@ -280,14 +243,12 @@ class Cache:
         """
         key = paths.key_for(url)
         with self._ledger() as conn, ledger.write(conn):
-            released = ledger.unpin(conn, key, self._pid, self._start)
+            released = ledger.unpin(conn, key, *self._holdings.owner)
         if not released:
-            with self._lock:
-                if self._forgotten[key] > 0:  # released already (close, deleted ledger)
-                    self._forgotten -= collections.Counter([key])
-                    return
+            if self._holdings.was_forgotten(key):  # released already (close, deleted ledger)
+                return
             raise ValueError(f"cannot unpin {url!r}: this process does not pin it")
-        self._drop_held(key)
+        self._holdings.drop(key)
 
     @contextlib.contextmanager
     def pinned(
@@ -338,8 +299,7 @@ class Cache:
         out = {k: summary[k] for k in ("files", "bytes", "pinned_files", "pinned_bytes")}
         out["max_bytes"] = self.max_bytes
         out.update({k: summary[k] for k in ("hits", "misses", "evictions", "bytes_fetched")})
-        with self._lock:
-            out["process"] = dict(self._process)
+        out["process"] = self._holdings.counters()
         return out
 
     def close(self) -> None:
@@ -348,16 +308,14 @@ class Cache:
         The Cache can be used again afterwards (it reopens); unpinning a file pinned before the
         close is then a no-op.
         """
-        if self._pid != os.getpid():
-            self._forget_parent()
-        with self._lock:
-            held, self._held = self._held, collections.Counter()
-            self._forgotten.update(held)
+        if not self._holdings.is_current():
+            self._holdings.reset()
+        held = self._holdings.forget()
         if held:
             try:
                 with self._ledger() as conn, ledger.write(conn):
                     for key, n in held.items():
-                        ledger.unpin(conn, key, self._pid, self._start, n)
+                        ledger.unpin(conn, key, *self._holdings.owner, n)
             except (OSError, sqlite3.Error) as e:
                 logger.warning("cache %s: could not release %d pins: %s", self, len(held), e)
         self._pool.close()
@@ -367,31 +325,8 @@ class Cache:
     def _hit(
         self, conn: sqlite3.Connection, key: str, url: str, path: pathlib.Path, clear: bool
     ) -> bool:
-        owner, root = (self._pid, self._start), self.cache_dir
+        owner, root = self._holdings.owner, self.cache_dir
         hit = _transactions.take_hit(conn, root, key, url, path, self._budget, owner, clear)
         if hit:
-            self._count(key, hits=1)
+            self._holdings.count(key, hits=1)
         return hit
-
-    def _warn_overshoot(self) -> None:
-        if not self._warned:
-            self._warned = True
-            logger.warning(
-                "cache %s: budget too small for the files in flight: raise max_bytes or "
-                "lower the lookahead (files pinned or downloading fill max_bytes=%d)",
-                self.cache_dir,
-                self.max_bytes,
-            )
-
-    def _drop_held(self, key: str) -> None:
-        with self._lock:
-            self._held[key] -= 1
-            if self._held[key] <= 0:
-                del self._held[key]
-
-    def _count(self, key: str, pins: int = 1, **deltas: int) -> None:
-        with self._lock:
-            if pins:
-                self._held[key] += pins
-            for name, value in deltas.items():
-                self._process[name] += value
