@@ -9,8 +9,9 @@ give up.
 
 Waits grow exponentially with *full jitter* (AWS Architecture Blog, "Exponential Backoff and
 Jitter", 2015): before retry ``n`` (from 0) wait ``uniform(0, min(max_sleep_s, backoff_s * 2**n))``
-seconds, drawn from a generator seeded by the URL (never the global RNG: reproducible, yet files
-retried together wake at different times). A ``Retry-After`` header on a 429 or 503 answer (seconds
+seconds, drawn from a generator of the :class:`Retrier`'s own, seeded by the URL and what is read
+of it (never the global RNG: reproducible, yet files or byte ranges retried together wake at
+different times). A ``Retry-After`` header on a 429 or 503 answer (seconds
 or an HTTP date) replaces the drawn wait: the server's word is honoured, beyond ``max_sleep_s``.
 
 A file gives up after ``retries + 1`` attempts or once ``deadline_s`` seconds have passed since its
@@ -20,10 +21,16 @@ With the defaults a file rides out any outage shorter than the deadline (30 s): 
 200,000 files, none lost to an outage of 28 s, one to an outage of 29.9 s. An attempt already running is
 bounded by its own ``timeout`` only, so a :class:`~sdsnodes.errors.DownloadError` comes at most
 ``deadline_s + timeout`` seconds after the first request.
+
+This is the one retry loop of sdsnodes: :meth:`Retrier.call` (threads) and
+:meth:`Retrier.call_async` (coroutines on fsspec's loop) run an attempt under it. Whole-file
+downloads (:func:`sdsnodes.storage.fetch`, :func:`~sdsnodes.storage.fetch_soon`) and the block
+reads of partial reads (``BlockFile``) all go through them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import errno
 import ftplib
@@ -31,13 +38,15 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sdsnodes._checksum import ChecksumMismatch
 from sdsnodes.errors import DownloadError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_RETRIES = 30
 """Retries after the first attempt: enough that the deadline binds first (31 requests at most)."""
@@ -185,7 +194,8 @@ def describe(error: BaseException) -> str:
 
 
 class Retrier:
-    """One file's retry schedule: call :meth:`wait_s` after each failed attempt.
+    """One file's retry schedule: run the attempts with :meth:`call` or :meth:`call_async`
+    (or call :meth:`wait_s` after each failed attempt and :meth:`give_up` when it says None).
 
     Args:
         url (str): the file (seeds the jitter; named in the error).
@@ -196,6 +206,8 @@ class Retrier:
         max_sleep_s (float): upper bound of a drawn wait, in seconds.
         clock (Callable[[], float]): seconds, monotonic (``time.monotonic``; a test may
             simulate time with its own).
+        what (str): what is read of ``url`` (e.g. ``"bytes 0-1023"``), "" for the whole file:
+            seeds the jitter with the URL and leads the cause in the error.
 
     Raises:
         ValueError: an argument out of range.
@@ -209,6 +221,7 @@ class Retrier:
         deadline_s: float | None = DEFAULT_DEADLINE_S,
         max_sleep_s: float = DEFAULT_MAX_SLEEP_S,
         clock: Callable[[], float] = time.monotonic,
+        what: str = "",
     ) -> None:
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"{retries=} must be an int >= 0")
@@ -217,6 +230,7 @@ class Retrier:
         if deadline_s is not None and not deadline_s > 0:
             raise ValueError(f"{deadline_s=} must be None or > 0 (seconds)")
         self.url = url
+        self.what = what
         self.retries = retries
         self.backoff_s = backoff_s
         self.deadline_s = deadline_s
@@ -224,7 +238,8 @@ class Retrier:
         self.attempts = 0
         self._clock = clock
         self.started = clock()
-        self._rng = random.Random(f"sdsnodes-retry:{url}")  # str seeds hash stably (SHA-512)
+        seed = f"sdsnodes-retry:{url}" + (f"#{what}" if what else "")
+        self._rng = random.Random(seed)  # per file, never the global RNG; str seeds are stable
         self._why_stop = ""
 
     def elapsed_s(self) -> float:
@@ -262,11 +277,47 @@ class Retrier:
         return wait
 
     def give_up(self, last: BaseException | None) -> DownloadError:
-        """The error to raise once :meth:`wait_s` said None: the URL, attempts, seconds, why
-        it stopped and the last cause (redacted)."""
+        """The error to raise once :meth:`wait_s` said None: the URL, what was read of it,
+        attempts, seconds, why it stopped and the last cause (redacted)."""
         cause = describe(last) if last is not None else "no error recorded"
         return DownloadError(
             redact(self.url),
-            f"failed after {self.attempts} attempts in {self.elapsed_s():.1f} s "
+            (f"{self.what}: " if self.what else "")
+            + f"failed after {self.attempts} attempts in {self.elapsed_s():.1f} s "
             f"({self._why_stop or 'stopped'}); last error: {cause}",
         )
+
+    def call(self, attempt: Callable[[], T], sleep: Callable[[float], Any] = time.sleep) -> T:
+        """``attempt()`` until it returns: a permanent error (:func:`is_permanent`) is raised
+        as it is, a transient one waited out (``sleep(wait)``), and once the schedule gives up
+        :meth:`give_up`'s :class:`~sdsnodes.errors.DownloadError` is raised from the last.
+
+        Raises:
+            DownloadError: transient errors outlived the retries or the deadline.
+            Exception: a permanent error of ``attempt``, unchanged.
+        """
+        while True:
+            try:
+                return attempt()
+            except Exception as error:  # noqa: BLE001 - classified by _next_wait
+                wait = self._next_wait(error)
+            sleep(wait)
+
+    async def call_async(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`call` for a coroutine function: ``await attempt()``, waiting with
+        ``asyncio.sleep`` (cancellable) between attempts."""
+        while True:
+            try:
+                return await attempt()
+            except Exception as error:  # noqa: BLE001 - classified by _next_wait
+                wait = self._next_wait(error)
+            await asyncio.sleep(wait)
+
+    def _next_wait(self, error: Exception) -> float:
+        """The wait after ``error``; raises it if permanent, or the give-up error."""
+        if is_permanent(error):
+            raise error
+        wait = self.wait_s(error)
+        if wait is None:
+            raise self.give_up(error) from error
+        return wait

@@ -19,15 +19,14 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import fsspec
-from fsspec.core import split_protocol
+from fsspec.core import split_protocol, strip_protocol
 
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
-from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES, Retrier, is_permanent
+from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES, Retrier
 from sdsnodes.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ def filesystem(
         if fs is None:
             fs = cls(**options, skip_instance_cache=True)
             _fs_cache[key] = fs
-    return fs, fs._strip_protocol(url)
+    return fs, strip_protocol(url)
 
 
 def fetch(
@@ -148,23 +147,21 @@ def fetch(
     kwargs = (
         {"timeout": timeout} if timeout is not None and getattr(fs, "async_impl", False) else {}
     )
-    while True:
+
+    def attempt() -> int:
         try:
             if getattr(fs, "async_impl", False):
                 fs.get_file(path, os.fspath(dest), **kwargs)
             else:  # through our own file object: some sync get_file leak it on errors (ftp)
                 with fs.open(path, "rb") as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out, COPY_CHUNK_BYTES)
-            return _checked(url, dest, expected_size, expected)
-        except Exception as error:  # noqa: BLE001 - classified below
-            if isinstance(error, ftplib.error_perm) and str(error).startswith("550"):
+        except ftplib.error_perm as error:
+            if str(error).startswith("550"):  # FTP's "no such file"
                 raise FileNotFoundError(errno.ENOENT, str(error), url) from error
-            if is_permanent(error):
-                raise
-            wait = retrier.wait_s(error)
-            if wait is None:
-                raise retrier.give_up(error) from error
-        time.sleep(wait)
+            raise
+        return _checked(url, dest, expected_size, expected)
+
+    return retrier.call(attempt)
 
 
 def _checked(
@@ -304,28 +301,23 @@ async def _fetch_async(
     expected: tuple[str, bytes] | None,
 ) -> int:
     retrier = retry()  # the deadline counts from here
+
+    async def attempt() -> int:
+        if abandoned.is_set():
+            return 0
+        await asyncio.wait_for(fs._get_file(path, dest), timeout)
+        if abandoned.is_set():  # given up while the last bytes arrived
+            _remove(dest)
+            return 0
+        if expected is None:
+            return _checked(url, dest, expected_size, None)
+        # hashing a large file would stall every coroutine of fsspec's loop
+        return await asyncio.get_running_loop().run_in_executor(
+            None, _checked, url, dest, expected_size, expected
+        )
+
     try:
-        while True:
-            if abandoned.is_set():
-                return 0
-            try:
-                await asyncio.wait_for(fs._get_file(path, dest), timeout)
-                if abandoned.is_set():  # given up while the last bytes arrived
-                    _remove(dest)
-                    return 0
-                if expected is None:
-                    return _checked(url, dest, expected_size, None)
-                # hashing a large file would stall every coroutine of fsspec's loop
-                return await asyncio.get_running_loop().run_in_executor(
-                    None, _checked, url, dest, expected_size, expected
-                )
-            except Exception as error:  # noqa: BLE001 - classified below
-                if is_permanent(error):
-                    raise
-                wait = retrier.wait_s(error)
-                if wait is None:
-                    raise retrier.give_up(error) from error
-            await asyncio.sleep(wait)
+        return await retrier.call_async(attempt)
     except BaseException:
         if abandoned.is_set():
             _remove(dest)

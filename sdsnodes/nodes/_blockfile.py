@@ -15,10 +15,9 @@ import io
 import logging
 import os
 import threading
-import time
 from typing import Any
 
-from sdsnodes._retry import Retrier, is_permanent
+from sdsnodes._retry import DEFAULT_BACKOFF_S, DEFAULT_DEADLINE_S, Retrier
 from sdsnodes.errors import DownloadError
 from sdsnodes.nodes._cache_ref import open_cache
 from sdsnodes.storage import default_cache_dir, filesystem
@@ -53,9 +52,15 @@ class BlockFile(io.RawIOBase):
         block_size (int): bytes per block, >= 4096.
         size (int | None): the object's size in bytes, if known; None asks the store once
             (cached).
-        retries (int): retries of a block's transient errors, with exponential backoff.
+        retries (int): retries of a block's transient errors, >= 0 (the storage retry policy,
+            :class:`sdsnodes._retry.Retrier`: exponential backoff with full jitter, a 429/503's
+            ``Retry-After`` honoured).
         timeout (float | None): seconds one request may take (async filesystems).
         policy (str): the cache's eviction policy.
+        backoff_s (float): upper bound of the first wait between attempts, in seconds (> 0);
+            doubled per retry up to 4 s.
+        deadline_s (float | None): seconds after a read's first attempt when no new attempt
+            starts; None: only ``retries`` bounds them.
 
     Attributes:
         name (str): ``url``.
@@ -80,6 +85,8 @@ class BlockFile(io.RawIOBase):
         retries: int = 3,
         timeout: float | None = 60.0,
         policy: str = "keepset",
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        deadline_s: float | None = DEFAULT_DEADLINE_S,
     ) -> None:
         super().__init__()
         self._lock = threading.Lock()
@@ -91,6 +98,9 @@ class BlockFile(io.RawIOBase):
         self.name = url
         self.block_size = block_size
         self.retries = retries
+        self.backoff_s = backoff_s
+        self.deadline_s = deadline_s
+        Retrier(url, retries, backoff_s, deadline_s)  # the retry arguments, checked now
         self.timeout = timeout
         self.stats = {"blocks_fetched": 0, "blocks_cached": 0, "bytes_fetched": 0}
         self._cache = open_cache(str(cache_dir or default_cache_dir()), max_bytes, policy=policy)
@@ -249,20 +259,11 @@ class BlockFile(io.RawIOBase):
         return {"timeout": self.timeout} if self.timeout is not None and async_fs else {}
 
     def _retry(self, what: str, call: Any) -> Any:
-        """``call()`` under the storage retry policy (:class:`sdsnodes._retry.Retrier`: backoff
-        with jitter, ``Retry-After``, a deadline per read)."""
-        retrier = Retrier(self.name, self.retries)
-        while True:
-            try:
-                return call()
-            except Exception as error:  # noqa: BLE001 - classified below
-                if is_permanent(error):
-                    raise
-                wait = retrier.wait_s(error)
-                if wait is None:
-                    failure = retrier.give_up(error)
-                    raise DownloadError(failure.url, f"{what}: {failure.cause}") from error
-                time.sleep(wait)
+        """``call()`` under the storage retry policy (:meth:`sdsnodes._retry.Retrier.call`:
+        backoff with full jitter from a generator seeded by the URL and ``what``,
+        ``Retry-After``, a deadline per read)."""
+        retrier = Retrier(self.name, self.retries, self.backoff_s, self.deadline_s, what=what)
+        return retrier.call(call)
 
     def _check_closed(self) -> None:
         if self.closed:
