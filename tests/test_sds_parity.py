@@ -5,16 +5,22 @@ latents behind ``allow_pickle``."""
 from __future__ import annotations
 
 import collections
+import gzip
+import io
 import json
+import pickle
 
+import media
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+import torch
 from torchdata.nodes import Loader
 from utils import check_node_resume, json_roundtrip
 
-from sdsnodes import IndexReader, Mixer, MixStrategy, Shuffler
+from sdsnodes import DecodeError, IndexReader, Latent, Mixer, MixStrategy, Shuffler
 from sdsnodes.index import read_index
 from sdsnodes.index.materialize import materialize
 from sdsnodes.nodes._schedule import cycle_order, draw
@@ -232,3 +238,72 @@ def test_split_file_paths_of_remote_parquet_shards(s3_server, s3_bucket, tmp_pat
         assert rows_of(read_index(src, options)) == expected_rows(), src
         reader = IndexReader(src, storage_options=options, index_cache_dir=str(tmp_path / "ix"))
         assert sorted((r["video"], r["shard"]) for r in Loader(reader)) == sorted(expected_rows())
+
+
+# -- .pkl / .pkl.gz latents and text embeddings (allow_pickle) ---------------------------------
+
+
+def sds_latent() -> dict:
+    """A video latent as SDS pickled it: numpy mean/logvar [T, C, H, W] and non-tensor fields."""
+    gen = np.random.default_rng(0)
+    return {
+        "mean": gen.standard_normal((3, 4, 2, 2)).astype(np.float32),
+        "logvar": np.full((3, 4, 2, 2), -2.0, np.float32),
+        "input_shape": (9, 3, 16, 16),
+        "input_framerate": 24.0,
+    }
+
+
+def write_pickle(path, obj) -> str:
+    data = pickle.dumps(obj)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["lat.pkl", "lat.pkl.gz"])
+def test_pickled_latents_need_allow_pickle(tmp_path, name):
+    path = write_pickle(tmp_path / name, sds_latent())
+    with pytest.raises(DecodeError, match="allow_pickle=True.*") as caught:
+        Latent()(path)
+    assert "unsafe" in str(caught.value) and path in str(caught.value)
+    mean = Latent(allow_pickle=True)(path)
+    torch.testing.assert_close(mean, torch.from_numpy(sds_latent()["mean"]))
+    drawn = Latent(allow_pickle=True, sample=True)(path, np.random.default_rng(1))
+    assert drawn.shape == (3, 4, 2, 2) and drawn.dtype == torch.float32
+    assert 0 < (drawn - mean).abs().max() < 3  # std exp(-1): drawn near the mean
+    data = (tmp_path / name).read_bytes()  # downloaded bytes too
+    torch.testing.assert_close(Latent(allow_pickle=True)(data), mean)
+    with pytest.raises(DecodeError, match="allow_pickle=True"):
+        Latent()(data)
+
+
+def test_refused_pickles_are_never_run(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(
+        media.Payload, "__setstate__", lambda s, state: ran.append(1), raising=False
+    )
+    for name in ("obj.pkl", "obj.pkl.gz"):
+        with pytest.raises(DecodeError, match="allow_pickle"):
+            Latent()(write_pickle(tmp_path / name, {"mean": media.Payload()}))
+    assert ran == []
+
+
+def test_pickled_text_embeddings_and_lists(tmp_path):
+    """SDS's text embeddings: {"embeddings": [tokens, D], "eot_location": int}."""
+    emb = np.arange(40, dtype=np.float32).reshape(5, 8)
+    path = write_pickle(tmp_path / "emb.pkl.gz", {"embeddings": emb, "eot_location": 3})
+    out = Latent(key="embeddings", allow_pickle=True)(path)
+    torch.testing.assert_close(out, torch.from_numpy(emb))  # float32 [5, 8]
+    with pytest.raises(DecodeError, match="pass key="):
+        Latent(allow_pickle=True)(path)
+    lists = write_pickle(tmp_path / "l.pkl", {"mean": [[1, 2], [3, 4]], "note": ["a", 1]})
+    assert Latent(allow_pickle=True)(lists).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_gzipped_npy_needs_no_pickle(tmp_path):
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((2, 3), np.float16))
+    (tmp_path / "x.npy.gz").write_bytes(gzip.compress(buffer.getvalue()))
+    out = Latent(dtype=None)(str(tmp_path / "x.npy.gz"))
+    assert out.dtype == torch.float16 and out.shape == (2, 3)
+    assert "allow_pickle=False" in repr(Latent())

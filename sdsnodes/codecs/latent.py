@@ -1,10 +1,13 @@
-"""Precomputed latents (.npy, .npz, .pt): VAE mean/logvar sampling, slicing to a video clip."""
+"""Precomputed latents (.npy, .npz, .pt; pickles only when allowed): VAE mean/logvar sampling,
+slicing to a video clip."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
 import numbers
+import pickle
 import zipfile
 from typing import Any
 
@@ -17,6 +20,13 @@ from sdsnodes.errors import DecodeError
 _NPY = b"\x93NUMPY"
 _ZIP = b"PK\x03\x04"  # torch.save (since 1.6) and numpy.savez
 _LEGACY_TORCH = b"\x80\x02\x8a\x0a"  # pickle protocol 2 + torch's magic number (before 1.6)
+_PICKLE = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6))  # PROTO opcode
+_GZIP = b"\x1f\x8b"
+PICKLE_REFUSED = (
+    "a pickle (.pkl/.pkl.gz, as SDS wrote latents and text embeddings): loading a pickle runs "
+    "whatever code it holds, so it is unsafe and refused; pass allow_pickle=True to the codec "
+    "only for files you made or trust"
+)
 _LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers' DiagonalGaussianDistribution clamps it
 
 
@@ -30,8 +40,15 @@ class Latent:
 
     Files: ``.npy`` (``numpy.load(allow_pickle=False)``, memory-mapped for paths, so slicing
     reads only the clip), ``.npz``, or torch files (``torch.load(weights_only=True)`` only: a
-    pickle of anything but tensors and containers is refused). The format is sniffed from the
-    bytes, not the extension. A file may hold a tensor or a dict of tensors (``key`` picks one).
+    pickle of anything but tensors and containers is refused), each maybe gzip-compressed. The
+    format is sniffed from the bytes, not the extension. A file may hold a tensor or a dict of
+    tensors (``key`` picks one).
+
+    Pickles (``.pkl``, ``.pkl.gz``: how SDS stored VAE latents, a dict with ``mean``/``logvar``
+    arrays, and text embeddings, a dict with ``embeddings`` [tokens, D] and ``eot_location``)
+    load only with ``allow_pickle=True``. **Unpickling runs any code the file holds**: allow it
+    only for files you made or trust. Lists of numbers in a pickle become arrays; entries that
+    are not numbers (``input_shape``…) are ignored unless ``key`` names them.
 
     VAE moments: a dict with ``mean_key``/``logvar_key``, or (``moments=True``) a tensor with
     2 * C channels on ``channel_dim``, mean first (diffusers' ``DiagonalGaussianDistribution``
@@ -60,6 +77,7 @@ class Latent:
         temporal_stride (int | None): source frames per latent frame.
         causal (bool): with ``temporal_stride``, the first latent frame covers frame 0 alone.
         dtype (torch.dtype | None): output dtype; None keeps the stored one.
+        allow_pickle (bool): load plain pickles (``.pkl``, ``.pkl.gz``) — unsafe, see above.
 
     Returns:
         torch.Tensor: the stored shape (with a ``moments`` tensor's channels halved, and the
@@ -67,7 +85,8 @@ class Latent:
 
     Raises:
         ValueError: at construction, for an invalid argument.
-        DecodeError: the file is missing, empty, truncated, garbage, a pickle, holds no tensor
+        DecodeError: the file is missing, empty, truncated, garbage, a pickle (unless
+            ``allow_pickle``; the message names it), holds no tensor
             under the keys asked, has an odd channel count for ``moments``, no logvar to sample
             from, or the clip to align to is missing or starts after the latent's end.
     """
@@ -86,6 +105,7 @@ class Latent:
         temporal_stride: int | None = None,
         causal: bool = False,
         dtype: torch.dtype | None = torch.float32,
+        allow_pickle: bool = False,
     ) -> None:
         if latent_fps is not None and not (
             isinstance(latent_fps, numbers.Real) and math.isfinite(latent_fps) and latent_fps > 0
@@ -106,11 +126,13 @@ class Latent:
         self.mean_key, self.logvar_key = mean_key, logvar_key
         self.align_to, self.latent_fps = align_to, latent_fps
         self.temporal_stride, self.causal, self.dtype = temporal_stride, bool(causal), dtype
+        self.allow_pickle = bool(allow_pickle)
         self.needs_sample = align_to is not None
 
     def __repr__(self) -> str:
         names = ("key", "sample", "moments", "channel_dim", "mean_key", "logvar_key", "align_to")
         names += ("temporal_dim", "latent_fps", "temporal_stride", "causal", "dtype")
+        names += ("allow_pickle",)
         return f"Latent({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
 
     def __call__(
@@ -129,7 +151,7 @@ class Latent:
             raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
 
     def _latent(self, value: Any, rng: np.random.Generator, sample: Any) -> torch.Tensor:
-        mean, logvar = self._moments(_load(value))
+        mean, logvar = self._moments(_load(value, self.allow_pickle))
         if self.align_to is not None:
             window = self._window(sample, mean.ndim)
             mean = _frames(mean, self.temporal_dim, *window)
@@ -191,15 +213,25 @@ class Latent:
         return f0 // stride, -(-frames // stride)
 
 
-def _load(value: Any) -> Any:
+def _head(source: Any) -> bytes:
+    """The first 8 bytes of a path or file object (which is left rewound)."""
+    if isinstance(source, str):
+        with open(source, "rb") as file:
+            return file.read(8)
+    head = source.read(8)
+    source.seek(0)
+    return head
+
+
+def _load(value: Any, allow_pickle: bool = False) -> Any:
     """What a latent file holds: an ndarray (maybe memory-mapped), a tensor, or a dict."""
     if isinstance(value, (np.ndarray, torch.Tensor, dict)):
         return value
     source = as_source(value)
-    if isinstance(source, str):
-        with open(source, "rb") as file:
-            head = file.read(8)
-    else:
+    head = _head(source)
+    if head.startswith(_GZIP):  # .npy.gz, .pkl.gz…: the format is sniffed inside
+        with gzip.open(source, "rb") as file:
+            source = io.BytesIO(file.read())
         head = source.getvalue()[:8]
     if head.startswith(_NPY):
         return np.load(
@@ -208,14 +240,39 @@ def _load(value: Any) -> Any:
     if head.startswith(_ZIP):
         with zipfile.ZipFile(source) as archive:
             names = archive.namelist()
-        if isinstance(source, io.BytesIO):
+        if not isinstance(source, str):
             source.seek(0)
         if names and all(name.endswith(".npy") for name in names):  # numpy.savez
             with np.load(source, allow_pickle=False) as archive:
                 return {name: archive[name] for name in archive.files}
+    elif head[:2] in _PICKLE and not head.startswith(_LEGACY_TORCH):
+        if not allow_pickle:
+            raise _Unusable(PICKLE_REFUSED)
+        return _arrays(_unpickle(source))
     elif not head.startswith(_LEGACY_TORCH):
-        raise _Unusable(f"not a .npy, .npz or torch file (starts with {head!r})")
+        raise _Unusable(f"not a .npy, .npz, torch file or pickle (starts with {head!r})")
     return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def _unpickle(source: Any) -> Any:
+    """``pickle.load`` (unsafe: the caller allowed it)."""
+    if isinstance(source, str):
+        with open(source, "rb") as file:
+            return pickle.load(file)  # noqa: S301 - allow_pickle=True asked for it
+    return pickle.load(source)  # noqa: S301
+
+
+def _arrays(obj: Any) -> Any:
+    """A pickle's content with lists/tuples of numbers as arrays (SDS stored some that way)."""
+    if isinstance(obj, dict):
+        return {k: _arrays(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        try:
+            array = np.asarray(obj)
+        except ValueError:  # ragged
+            return obj
+        return array if array.dtype.kind in "iuf" else obj
+    return obj
 
 
 def _check(obj: Any, none: bool = False) -> Any:
