@@ -86,9 +86,15 @@ class ErrorPolicy:
         min_samples (int): samples to see before the rate is judged.
         log_every_s (float): at most one log line per reason every this many seconds.
 
+    State:
+        ``{SEEN_KEY: int, SKIPPED_KEY: {reason: int}}``, by which :func:`error_stats` finds it.
+
     Raises:
         ValueError: ``on_error`` is not a known policy or ``max_error_rate`` is outside [0, 1].
     """
+
+    SEEN_KEY = "seen"
+    SKIPPED_KEY = "skipped"
 
     def __init__(
         self,
@@ -141,36 +147,30 @@ class ErrorPolicy:
             ) from error
 
     def state(self) -> dict:
-        return {"seen": self.seen, "skipped": dict(self.skipped)}
+        return {self.SEEN_KEY: self.seen, self.SKIPPED_KEY: dict(self.skipped)}
 
     def load(self, state: dict | None) -> None:
         state = state or {}
-        self.seen = int(state.get("seen", 0))
-        self.skipped = {str(k): int(v) for k, v in state.get("skipped", {}).items()}
+        self.seen = int(state.get(self.SEEN_KEY, 0))
+        self.skipped = {str(k): int(v) for k, v in state.get(self.SKIPPED_KEY, {}).items()}
 
 
 def error_stats(state: object) -> dict[str, int]:
     """Sum the skip counts found anywhere in a (loader or node) state dict.
 
     Works on ``StatefulDataLoader.state_dict()`` with any number of workers, and on
-    ``torchdata.nodes.Loader.state_dict()``.
+    ``torchdata.nodes.Loader.state_dict()``: every :class:`ErrorPolicy` state in the tree.
 
     Returns:
         dict[str, int]: skipped samples by reason (every node that skips counts its own).
     """
+    # imported here: sdsnodes.nodes imports this module (its nodes raise these errors)
+    from sdsnodes.nodes.graph import iter_states
+
     out: dict[str, int] = {}
-
-    def walk(x: object) -> None:
-        if isinstance(x, dict):
-            if "errors" in x and isinstance(x["errors"], dict) and "skipped" in x["errors"]:
-                err = x["errors"]
-                for k, v in err["skipped"].items():
-                    out[k] = out.get(k, 0) + int(v)
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-
-    walk(state)
+    for d in iter_states(state):
+        skipped = d.get(ErrorPolicy.SKIPPED_KEY)
+        if ErrorPolicy.SEEN_KEY in d and isinstance(skipped, dict):
+            for reason, count in skipped.items():
+                out[reason] = out.get(reason, 0) + int(count)
     return out
