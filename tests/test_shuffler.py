@@ -4,6 +4,8 @@ from torchdata.nodes import Loader
 from utils import check_node_resume
 
 from sdsnodes import IndexReader, Shuffler
+from sdsnodes.nodes.epoch_reader import EpochReader
+from sdsnodes.nodes.graph import NODE_KEY
 
 TABLE = pa.table({"x": list(range(50))})
 
@@ -40,8 +42,10 @@ def test_state_is_small_and_resumes():
     it = iter(Loader(shuffler))
     next(it)
     state = shuffler.state_dict()
-    assert {k: state[k] for k in ("epoch", "position", "seed", "num_rows")} == {
-        "epoch": 0, "position": 1, "seed": 0, "num_rows": 50,
+    reader = state[Shuffler.SOURCE_KEY]  # the IndexReader's state, nested
+    assert state[Shuffler.SEED_KEY] == 0
+    assert {k: reader[k] for k in ("epoch", "position", "num_rows")} == {
+        "epoch": 0, "position": 1, "num_rows": 50,
     }  # fmt: skip
     assert len(str(state)) < 200
     check_node_resume(lambda: Shuffler(IndexReader(TABLE), seed=7), key_fn=lambda s: s["x"])
@@ -94,3 +98,31 @@ def test_bad_modes():
         Shuffler(IndexReader(TABLE), mode="local")
     with pytest.raises(ValueError, match="chunk_size"):
         Shuffler(IndexReader(TABLE), mode="chunk", chunk_size=0)
+
+
+def test_a_wrapper_that_resets_its_reader_and_nests_its_state():
+    reader = IndexReader(TABLE)
+    shuffler = Shuffler(reader, seed=3)
+    it = iter(Loader(shuffler))
+    first = [next(it)["x"] for _ in range(5)]
+    state = shuffler.state_dict()
+    assert state == {Shuffler.SOURCE_KEY: reader.state_dict(), Shuffler.SEED_KEY: 3}
+    assert state[Shuffler.SOURCE_KEY][EpochReader.POSITION_KEY] == 5
+    assert [reader.index.sample(reader.order(0)(p), 0)["x"] for p in range(5)] == first
+    with pytest.raises(ValueError, match="shuffled already"):
+        Shuffler(reader, seed=4)
+
+
+def test_a_state_saved_before_nesting_still_resumes():
+    """Older versions saved the reader's keys and the seed in one flat dict."""
+    loader = Loader(Shuffler(IndexReader(TABLE), seed=2))
+    it = iter(loader)
+    for _ in range(7):
+        next(it)
+    state = loader.state_dict()
+    rest = [s["x"] for s in it]
+    flat = {**state["root"][Shuffler.SOURCE_KEY], Shuffler.SEED_KEY: 2}
+    del flat[NODE_KEY]
+    old = Loader(Shuffler(IndexReader(TABLE), seed=2))
+    old.load_state_dict({**state, "root": flat})
+    assert [s["x"] for s in old] == rest and len(rest) == 43

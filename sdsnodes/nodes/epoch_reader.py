@@ -1,6 +1,7 @@
-"""Shared base of the leaf nodes that walk an epoch of index positions (IndexReader, Shuffler).
+"""EpochReader: the base of the leaf nodes that walk an epoch of index positions (IndexReader).
 
-An epoch is a sequence of global positions ``0..n-1``; ``row = order(epoch, position)``. The
+An epoch is a sequence of global positions ``0..n-1``; ``row = order(epoch)(position)``, the
+identity unless a :class:`~sdsnodes.nodes.shuffler.Shuffler` gave the reader a permutation. The
 (rank, worker) pair with shard ``s`` of ``S`` reads the ``r``-th remaining position for
 ``r = s, s + S, s + 2S, …``, so the state of a reader is just ``(epoch, local position)``: O(1)
 to store, O(1) to resume. "Remaining" is everything from ``base`` on except a short ``skip``
@@ -11,15 +12,21 @@ count: see :mod:`sdsnodes.elastic`), where they describe what the old layout had
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
 from sdsnodes.distributed import ShardInfo, shard_info
 from sdsnodes.index.table import IndexTable
+from sdsnodes.nodes.graph import NODE_KEY
 from sdsnodes.sample import Sample
 
 UNEVEN = ("pad", "drop", "keep")
+
+Order = Callable[[int], Callable[[int], int]]
+"""The order of the epochs: ``order(epoch)(position) -> row``, a pure function of its arguments
+(the same in every process, so the shards of all (rank, worker) pairs stay disjoint)."""
 
 
 def position_of(base: int, skip: list[int], rank: int) -> int:
@@ -32,7 +39,9 @@ def position_of(base: int, skip: list[int], rank: int) -> int:
 
 
 class EpochReader(BaseNode[Sample]):
-    """Base class: iterates this shard's positions of an epoch; subclasses map position → row.
+    """Base class: iterates this shard's positions of an epoch, position → row by ``order``.
+
+    Subclasses provide the index (``_index``); a Shuffler sets ``order`` (see :data:`Order`).
 
     Args:
         rank (int | None), world_size (int | None): explicit distributed position.
@@ -41,11 +50,25 @@ class EpochReader(BaseNode[Sample]):
             (every shard reads floor(n / S)) or ``"keep"`` (shards differ by one). None: ``"pad"``
             when ``world_size > 1`` (so every rank gets as many batches and DDP never hangs),
             else ``"keep"``.
+
+    State:
+        ``{NODE_KEY: STATE_TAG, EPOCH_KEY: int, POSITION_KEY: int}`` plus the layout it was
+        saved under (``SHARD_KEY``, ``NUM_SHARDS_KEY``, ``NUM_ROWS_KEY``, ``INDEX_KEY``: checked
+        on resume) and the elastic cursor's (``BASE_KEY``, ``SKIP_KEY``, ``READER_KEY``): ten
+        small values, whatever the index size. Read and written through these constants only.
     """
 
+    STATE_TAG = "EpochReader"
+    """``state[NODE_KEY]``: how elastic resume finds the readers' states in a loader's state."""
     EPOCH_KEY = "epoch"
-    POSITION_KEY = "position"
-    LAYOUT_KEYS = ("shard", "num_shards", "num_rows", "base", "skip", "reader", "index")
+    POSITION_KEY = "position"  # the next local position of this shard
+    SHARD_KEY = "shard"  # the layout the state was saved under: checked on resume
+    NUM_SHARDS_KEY = "num_shards"
+    NUM_ROWS_KEY = "num_rows"
+    INDEX_KEY = "index"  # the index's fingerprint
+    BASE_KEY = "base"  # positions consumed before an elastic resume: all below base, and skip
+    SKIP_KEY = "skip"
+    READER_KEY = "reader"  # the reader's id in elastic cursors
 
     def __init__(
         self, rank: int | None = None, world_size: int | None = None, uneven: str | None = None
@@ -58,6 +81,8 @@ class EpochReader(BaseNode[Sample]):
         self.world_size = world_size
         self.uneven = uneven
         self.reader_id = "0"  # names this reader in elastic cursors; Mixer prefixes stream names
+        self.order: Order | None = None  # None: index order; a Shuffler sets its permutation
+        self._row_at: Callable[[int], int] = int
         self._epoch = 0
         self._next_epoch: int | None = None
         self._next_layout: tuple[int, list[int]] | None = None
@@ -73,13 +98,6 @@ class EpochReader(BaseNode[Sample]):
     def index(self) -> IndexTable:
         """The whole index (all shards), for random access: ``reader.index.sample(i)``."""
         return self._index
-
-    def _begin_epoch(self, epoch: int) -> None:
-        """Hook: prepare the order of ``epoch`` (called on every reset)."""
-
-    def _row_at(self, position: int) -> int:
-        """Row of the index at global ``position`` of the current epoch."""
-        return position
 
     # -- epochs ---------------------------------------------------------------------------------
     def set_epoch(self, epoch: int, base: int = 0, skip: list[int] | None = None) -> None:
@@ -115,10 +133,8 @@ class EpochReader(BaseNode[Sample]):
             self._check_layout(initial_state)
             self._epoch = int(initial_state[self.EPOCH_KEY])
             self._position = int(initial_state[self.POSITION_KEY])
-            self._base, self._skip = (
-                int(initial_state.get("base", 0)),
-                list(initial_state.get("skip", [])),
-            )
+            self._base = int(initial_state.get(self.BASE_KEY, 0))
+            self._skip = list(initial_state.get(self.SKIP_KEY, []))
         else:
             if self._next_epoch is not None:
                 self._epoch, self._next_epoch = self._next_epoch, None
@@ -128,17 +144,17 @@ class EpochReader(BaseNode[Sample]):
                 self._base, self._skip = 0, []
             self._position = 0
         self._started = True
-        self._begin_epoch(self._epoch)
+        self._row_at = self.order(self._epoch) if self.order is not None else int
 
     def _check_layout(self, state: dict[str, Any]) -> None:
-        shards, rows = state.get("num_shards"), state.get("num_rows")
+        shards, rows = state.get(self.NUM_SHARDS_KEY), state.get(self.NUM_ROWS_KEY)
         if shards is not None and shards != self._shard.num_shards:
             raise ValueError(
                 f"the state was saved with {shards} shards (world_size * num_workers), this run has "
                 f"{self._shard.num_shards}; to resume with another layout use "
                 "sdsnodes.load_elastic_state(...) (docs/distributed.md)"
             )
-        saved = state.get("index")
+        saved = state.get(self.INDEX_KEY)
         if saved is not None and saved != self.index.fingerprint:
             raise ValueError(
                 f"the state was saved for index {saved}, this one is {self.index.fingerprint}: the "
@@ -181,13 +197,14 @@ class EpochReader(BaseNode[Sample]):
     def get_state(self) -> dict[str, Any]:
         s = self._shard
         return {
+            NODE_KEY: self.STATE_TAG,
             self.EPOCH_KEY: self._epoch,
             self.POSITION_KEY: self._position,
-            "shard": s.shard,
-            "num_shards": s.num_shards,
-            "num_rows": len(self.index),
-            "base": self._base,
-            "skip": list(self._skip),
-            "reader": self.reader_id,
-            "index": self.index.fingerprint,
+            self.SHARD_KEY: s.shard,
+            self.NUM_SHARDS_KEY: s.num_shards,
+            self.NUM_ROWS_KEY: len(self.index),
+            self.BASE_KEY: self._base,
+            self.SKIP_KEY: list(self._skip),
+            self.READER_KEY: self.reader_id,
+            self.INDEX_KEY: self.index.fingerprint,
         }

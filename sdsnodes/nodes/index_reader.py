@@ -72,9 +72,9 @@ class IndexReader(EpochReader):
         index_cache_dir (str | None): where converted indexes live (``<cache>/index``).
 
     State:
-        ``{"epoch": int, "position": int}`` — the next local position to read — plus the layout
-        it was saved under (``shard``, ``num_shards``, ``num_rows``, ``base``, ``skip``,
-        ``reader``), checked on resume and used by elastic resume.
+        :class:`~sdsnodes.nodes.epoch_reader.EpochReader`'s: the epoch and the next local
+        position to read (``EPOCH_KEY``, ``POSITION_KEY``), plus the layout it was saved under,
+        checked on resume and used by elastic resume, and the tag ``STATE_TAG``.
 
     Raises:
         ValueError: the source is missing, unreadable or empty (the message names it and the fix).

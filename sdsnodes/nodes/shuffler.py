@@ -1,17 +1,32 @@
-"""Shuffler: a new permutation of the index every epoch, deterministic in (seed, epoch)."""
+"""Shuffler: a new permutation of the index every epoch, deterministic in (seed, epoch).
+
+Why a wrapper that hands its reader an order, not a reader of its own nor an
+``IndexReader(shuffle=...)`` option: the order of an epoch must live where positions are sharded
+and counted — in the reader — so that a graph has one reader per index, one state per reader
+and one id in elastic cursors (a Shuffler that was a second reader over the same index, as
+before, gave a graph two readers with one id and left its source never reset). A permutation
+cannot be applied downstream of a sequential stream without buffering, so the Shuffler gives
+its :class:`IndexReader` the permutation (``reader.order``) once, at construction, and from then
+on is a plain wrapper: it resets its source, yields what its source yields, and nests its
+source's state under ``SOURCE_KEY`` beside its own seed. ``Shuffler(reader, seed=...)`` stays
+the one way to shuffle, chained like every other node; IndexReader keeps no shuffle arguments.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from torchdata.nodes import BaseNode
+
 from sdsnodes.index.permutation import ChunkPermutation, FeistelPermutation
-from sdsnodes.nodes.epoch_reader import EpochReader
+from sdsnodes.index.table import IndexTable
 from sdsnodes.nodes.index_reader import IndexReader
+from sdsnodes.sample import Sample
 
 MODES = ("global", "chunk")
 
 
-class Shuffler(EpochReader):
+class Shuffler(BaseNode[Sample]):
     """Read an :class:`IndexReader`'s rows in a fresh random order every epoch.
 
     ``mode="global"`` (default): an exact permutation of all rows, a keyed Feistel network over
@@ -19,7 +34,8 @@ class Shuffler(EpochReader):
     same in every process, so the shards of all (rank, worker) pairs stay disjoint and their
     union is the epoch. ``mode="chunk"``: chunk-local — chunks of ``chunk_size`` rows in a random
     order, rows shuffled within windows of ``window`` chunks — for indexes whose reads should stay
-    local (row groups of a huge remote index). The source is used for random access only.
+    local (row groups of a huge remote index). The reader keeps sharding and counting positions;
+    the Shuffler sets its ``order`` (so one reader can be shuffled by one Shuffler only).
 
     Args:
         source (IndexReader): the index to shuffle (random access is required).
@@ -29,14 +45,17 @@ class Shuffler(EpochReader):
         window (int): chunks shuffled together in chunk mode.
 
     State:
-        ``{"epoch": int, "position": int, "seed": int, ...layout}`` (see :class:`IndexReader`) —
-        O(1), whatever the index size.
+        ``{SOURCE_KEY: <the reader's state>, SEED_KEY: int}`` — O(1), whatever the index size.
+        A state saved before the reader's state was nested (the reader's keys and the seed in
+        one dict) still loads.
 
     Raises:
         TypeError: ``source`` is not an :class:`IndexReader`.
-        ValueError: an unknown ``mode``, or ``chunk_size``/``window`` < 1.
+        ValueError: an unknown ``mode``, ``chunk_size``/``window`` < 1, or a ``source`` that
+            another Shuffler shuffles already.
     """
 
+    SOURCE_KEY = "source"
     SEED_KEY = "seed"
 
     def __init__(
@@ -47,6 +66,7 @@ class Shuffler(EpochReader):
         chunk_size: int = 65536,
         window: int = 8,
     ) -> None:
+        super().__init__()
         if not isinstance(source, IndexReader):
             raise TypeError(
                 f"Shuffler needs an IndexReader source (random access to rows), got "
@@ -56,12 +76,12 @@ class Shuffler(EpochReader):
             raise ValueError(f"{mode=} must be one of {MODES}")
         if chunk_size < 1 or window < 1:
             raise ValueError(f"{chunk_size=} and {window=} must be >= 1")
-        super().__init__(source.rank, source.world_size, source.uneven)
+        if source.order is not None:
+            raise ValueError("this IndexReader is shuffled already: give each Shuffler its own")
         self.source = source
         self.seed = int(seed)
         self.mode, self.chunk_size, self.window = mode, chunk_size, window
-        self._index = source.index
-        self._order: FeistelPermutation | ChunkPermutation | None = None
+        source.order = self.order
 
     def order(self, epoch: int) -> FeistelPermutation | ChunkPermutation:
         """The permutation of ``epoch``: position → row."""
@@ -70,22 +90,40 @@ class Shuffler(EpochReader):
             return ChunkPermutation(n, self.chunk_size, self.window, self.seed, epoch)
         return FeistelPermutation(n, self.seed, epoch)
 
-    def _begin_epoch(self, epoch: int) -> None:
-        self._order = self.order(epoch)
+    @property
+    def index(self) -> IndexTable:
+        """The whole index (all shards): the source's."""
+        return self.source.index
 
-    def _row_at(self, position: int) -> int:
-        return self._order(position)  # type: ignore[misc]
+    @property
+    def epoch(self) -> int:
+        """The epoch being read (the source's)."""
+        return self.source.epoch
+
+    def set_epoch(self, epoch: int, base: int = 0, skip: list[int] | None = None) -> None:
+        """The source's :meth:`~sdsnodes.nodes.epoch_reader.EpochReader.set_epoch`."""
+        self.source.set_epoch(epoch, base, skip)
+
+    def __len__(self) -> int:
+        """Samples this shard reads this epoch (the source's count)."""
+        return len(self.source)
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        if (
-            initial_state is not None
-            and int(initial_state.get(self.SEED_KEY, self.seed)) != self.seed
-        ):
-            raise ValueError(
-                f"state was saved with seed={initial_state[self.SEED_KEY]}, this Shuffler has "
-                f"seed={self.seed}: resume with the same seed"
-            )
         super().reset(initial_state)
+        if initial_state is None:
+            self.source.reset(None)
+            return
+        seed = int(initial_state.get(self.SEED_KEY, self.seed))
+        if seed != self.seed:
+            raise ValueError(
+                f"state was saved with seed={seed}, this Shuffler has seed={self.seed}: resume "
+                "with the same seed"
+            )
+        # a state saved before the source's was nested is the reader's state itself
+        self.source.reset(initial_state.get(self.SOURCE_KEY, initial_state))
+
+    def next(self) -> Sample:
+        return next(self.source)
 
     def get_state(self) -> dict[str, Any]:
-        return {**super().get_state(), self.SEED_KEY: self.seed}
+        return {self.SOURCE_KEY: self.source.state_dict(), self.SEED_KEY: self.seed}
