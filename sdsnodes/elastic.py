@@ -17,71 +17,95 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
 from sdsnodes.nodes.epoch_reader import EpochReader, position_of
-from sdsnodes.nodes.graph import iter_nodes
+from sdsnodes.nodes.graph import find_states, iter_nodes, iter_states
 from sdsnodes.nodes.mixer import Mixer
 
-_READER_KEYS = {"epoch", "position", "shard", "num_shards", "num_rows", "base", "skip", "reader"}
+R, M = EpochReader, Mixer
+EPOCH_KEY, READERS_KEY, MIXERS_KEY = "epoch", "readers", "mixers"  # the cursor's keys
+_DATASET_EPOCH_KEY, _DATASET_GRAPH_KEY = "epoch", "graph"  # StreamingDataset.state_dict()'s
 
 
-def _walk(x: Any) -> Iterator[dict]:
-    if isinstance(x, dict):
-        yield x
-        for v in x.values():
-            yield from _walk(v)
-    elif isinstance(x, (list, tuple)):
-        for v in x:
-            yield from _walk(v)
+def _reader_keys() -> tuple[str, ...]:
+    """What elastic resume reads from a reader's state (states saved before the tag are found
+    by these keys)."""
+    return (
+        R.EPOCH_KEY, R.POSITION_KEY, R.SHARD_KEY, R.NUM_SHARDS_KEY, R.NUM_ROWS_KEY, R.BASE_KEY,
+        R.SKIP_KEY, R.READER_KEY,
+    )  # fmt: skip
 
 
-def _graph_states(state: Any) -> list[Any]:
-    """The graph state of each worker in a loader state (StatefulDataLoader or Loader)."""
-    found = [
-        d["graph"]
-        for d in _walk(state)
-        if "graph" in d and "epoch" in d and isinstance(d["graph"], dict)
-    ]
-    return found or [state]
+def _mixer_keys() -> tuple[str, ...]:
+    """What elastic resume reads from a Mixer's state (``BASE_STEP_KEY`` is optional)."""
+    return (M.STEP_KEY, M.WORKERS_KEY, M.MIXER_KEY, M.STREAMS_KEY)
+
+
+def _found(state: Any, tag: str, keys: tuple[str, ...]) -> list[dict]:
+    """The states tagged ``tag`` in ``state``, each checked to hold ``keys``.
+
+    Raises:
+        ValueError: a tagged state lacks one of ``keys`` (saved by another version?).
+    """
+    found = find_states(state, tag, legacy_keys=keys)
+    for d in found:
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise ValueError(
+                f"a state tagged {tag!r} lacks {missing} (it has {sorted(d)}): saved by another "
+                "version of sdsnodes? elastic resume needs them all; resume with that version"
+            )
+    return found
 
 
 def _reader_cursor(shards: list[dict]) -> dict[str, Any]:
-    epoch = max(s["epoch"] for s in shards)
-    current = {s["shard"]: s for s in shards if s["epoch"] == epoch}
-    num_shards, num_rows = shards[0]["num_shards"], shards[0]["num_rows"]
-    if sorted(current) != list(range(num_shards)) and epoch == min(s["epoch"] for s in shards):
+    epoch = max(s[R.EPOCH_KEY] for s in shards)
+    current = {s[R.SHARD_KEY]: s for s in shards if s[R.EPOCH_KEY] == epoch}
+    num_shards, num_rows = shards[0][R.NUM_SHARDS_KEY], shards[0][R.NUM_ROWS_KEY]
+    if sorted(current) != list(range(num_shards)) and epoch == min(s[R.EPOCH_KEY] for s in shards):
         raise ValueError(
-            f"reader {shards[0]['reader']!r}: got the states of shards {sorted(current)}, need all "
-            f"{num_shards} (every rank's loader state, with every worker)"
+            f"reader {shards[0][R.READER_KEY]!r}: got the states of shards {sorted(current)}, "
+            f"need all {num_shards} (every rank's loader state, with every worker)"
         )
-    base, skip = current[next(iter(current))]["base"], current[next(iter(current))]["skip"]
+    first = current[next(iter(current))]
+    base, skip = first[R.BASE_KEY], first[R.SKIP_KEY]
     remaining = num_rows - base - len(skip)
     next_positions = {}
     for shard, s in current.items():
-        rank = shard + s["position"] * num_shards
+        rank = shard + s[R.POSITION_KEY] * num_shards
         next_positions[shard] = position_of(base, skip, rank) if rank < remaining else math.inf
     new_base = min(next_positions.values(), default=math.inf)
     if new_base == math.inf:  # the epoch is complete: start the next one
-        return {"epoch": epoch + 1, "base": 0, "skip": [], "num_rows": num_rows}
-    consumed = {p for p in skip if p >= new_base}
-    for shard, s in current.items():
-        for i in range(s["position"] - 1, -1, -1):
-            rank = shard + i * num_shards
-            if rank >= remaining:
-                continue
-            position = position_of(base, skip, rank)
-            if position < new_base:
-                break
-            consumed.add(position)
-    return {"epoch": epoch, "base": int(new_base), "skip": sorted(consumed), "num_rows": num_rows}
+        epoch, new_base, consumed = epoch + 1, 0, set()
+    else:
+        consumed = {p for p in skip if p >= new_base}
+        for shard, s in current.items():
+            for i in range(s[R.POSITION_KEY] - 1, -1, -1):
+                rank = shard + i * num_shards
+                if rank >= remaining:
+                    continue
+                position = position_of(base, skip, rank)
+                if position < new_base:
+                    break
+                consumed.add(position)
+    return {
+        R.EPOCH_KEY: epoch,
+        R.BASE_KEY: int(new_base),
+        R.SKIP_KEY: sorted(consumed),
+        R.NUM_ROWS_KEY: num_rows,
+    }
 
 
 def elastic_cursor(states: Sequence[dict]) -> dict[str, Any]:
     """The layout-free position of a job, from the loader states of all its ranks.
+
+    Reader and Mixer states are found in the loader states by their tag
+    (``state[NODE_KEY] == EpochReader.STATE_TAG`` / ``Mixer.STATE_TAG``, see
+    :mod:`sdsnodes.nodes.graph`); states saved before the tag, by their keys.
 
     Args:
         states (Sequence[dict]): ``state_dict()`` of every rank's StatefulDataLoader (or
@@ -93,56 +117,69 @@ def elastic_cursor(states: Sequence[dict]) -> dict[str, Any]:
         number of shards and in-flight items, never with the dataset.
 
     Raises:
-        ValueError: states of some shards are missing, or the states hold no reader.
+        ValueError: states of some shards are missing, the states hold no reader, or a reader
+            or Mixer state lacks a key elastic resume needs.
     """
     readers: dict[str, list[dict]] = defaultdict(list)
     mixers: dict[str, list[dict]] = defaultdict(list)
-    epochs = [d["epoch"] for st in states for d in _walk(st) if "graph" in d and "epoch" in d]
+    epochs = [
+        d[_DATASET_EPOCH_KEY]
+        for state in states
+        for d in iter_states(state)
+        if _DATASET_GRAPH_KEY in d and _DATASET_EPOCH_KEY in d
+    ]
     for state in states:
-        for graph in _graph_states(state):
-            for d in _walk(graph):
-                if _READER_KEYS <= d.keys():
-                    readers[str(d["reader"])].append(d)
-                elif {"step", "num_workers", "streams", "mixer"} <= d.keys():
-                    mixers[str(d["mixer"])].append(d)
+        for d in _found(state, R.STATE_TAG, _reader_keys()):
+            readers[str(d[R.READER_KEY])].append(d)
+        for d in _found(state, M.STATE_TAG, _mixer_keys()):
+            mixers[str(d[M.MIXER_KEY])].append(d)
     if not readers:
         raise ValueError("no reader state found: pass the loaders' state_dict() of every rank")
     cursor_readers = {rid: _reader_cursor(shards) for rid, shards in readers.items()}
     cursor_mixers = {}
     for mid, ms in mixers.items():
-        ranks = max(1, len(ms) // ms[0]["num_workers"])
-        cursor_mixers[mid] = sum(m["step"] for m in ms) // ranks + ms[0].get("base_step", 0)
-    epoch = max(epochs) if epochs else max(r["epoch"] for r in cursor_readers.values())
-    if all(r["epoch"] > epoch for r in cursor_readers.values()):
+        ranks = max(1, len(ms) // ms[0][M.WORKERS_KEY])
+        steps = sum(m[M.STEP_KEY] for m in ms)
+        cursor_mixers[mid] = steps // ranks + ms[0].get(M.BASE_STEP_KEY, 0)
+    epoch = max(epochs) if epochs else max(r[R.EPOCH_KEY] for r in cursor_readers.values())
+    if all(r[R.EPOCH_KEY] > epoch for r in cursor_readers.values()):
         epoch += 1
-    return {"epoch": epoch, "readers": cursor_readers, "mixers": cursor_mixers}
+    return {EPOCH_KEY: epoch, READERS_KEY: cursor_readers, MIXERS_KEY: cursor_mixers}
 
 
 def apply_cursor(root: BaseNode, cursor: dict[str, Any]) -> None:
     """Make the next ``root.reset()`` (without state) continue from ``cursor``.
 
     Raises:
-        ValueError: the graph's readers do not match the cursor's, or the index changed size.
+        ValueError: the graph's readers or Mixers do not match the cursor's (a reader or a Mixer
+            on one side only: another graph, or states that lack some), or the index changed size.
     """
-    readers = [n for n in iter_nodes(root) if isinstance(n, EpochReader)]
+    nodes = list(iter_nodes(root))
+    readers = [n for n in nodes if isinstance(n, EpochReader)]
+    mixers = [n for n in nodes if isinstance(n, Mixer)]
+    cursor_readers, cursor_mixers = cursor[READERS_KEY], cursor.get(MIXERS_KEY, {})
     known = {r.reader_id for r in readers}
-    missing = set(cursor["readers"]) - known
-    if missing:
+    if known != set(cursor_readers):
         raise ValueError(
-            f"the cursor names readers {sorted(missing)} this graph lacks (it has {sorted(known)})"
+            f"the cursor names readers {sorted(cursor_readers)}, this graph has {sorted(known)}: "
+            "resume with the graph (and the states of every rank) the cursor was made from"
+        )
+    lacking = sorted(m.mixer_id for m in mixers if m.mixer_id not in cursor_mixers)
+    if lacking:
+        raise ValueError(
+            f"the cursor has no step for the Mixers {lacking} of this graph (it has "
+            f"{sorted(cursor_mixers)}): resume with the graph the states were saved from"
         )
     for reader in readers:
-        c = cursor["readers"].get(reader.reader_id)
-        if c is None:
-            continue
-        if c["num_rows"] != len(reader.index):
+        c = cursor_readers[reader.reader_id]
+        if c[R.NUM_ROWS_KEY] != len(reader.index):
             raise ValueError(
-                f"reader {reader.reader_id!r}: the index changed ({c['num_rows']} → {len(reader.index)} rows)"
+                f"reader {reader.reader_id!r}: the index changed ({c[R.NUM_ROWS_KEY]} → "
+                f"{len(reader.index)} rows)"
             )
-        reader.set_epoch(c["epoch"], c["base"], c["skip"])
-    for node in iter_nodes(root):
-        if isinstance(node, Mixer) and node.mixer_id in cursor.get("mixers", {}):
-            node.set_base_step(cursor["mixers"][node.mixer_id])
+        reader.set_epoch(c[R.EPOCH_KEY], c[R.BASE_KEY], c[R.SKIP_KEY])
+    for mixer in mixers:
+        mixer.set_base_step(cursor_mixers[mixer.mixer_id])
 
 
 def load_elastic_state(target: Any, states_or_cursor: Sequence[dict] | dict) -> dict[str, Any]:
@@ -162,7 +199,7 @@ def load_elastic_state(target: Any, states_or_cursor: Sequence[dict] | dict) -> 
     """
     cursor = (
         states_or_cursor
-        if isinstance(states_or_cursor, dict) and "readers" in states_or_cursor
+        if isinstance(states_or_cursor, dict) and READERS_KEY in states_or_cursor
         else elastic_cursor(states_or_cursor)
     )  # type: ignore[arg-type]
     if isinstance(target, BaseNode):

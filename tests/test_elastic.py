@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 from torchdata.nodes import Batcher, Loader, Mapper
-from utils import stateful_loader
+from utils import check_node_resume, stateful_loader
 
 from sdsnodes import (
     IndexReader,
@@ -19,6 +19,8 @@ from sdsnodes import (
     elastic_cursor,
     load_elastic_state,
 )
+from sdsnodes.nodes.epoch_reader import EpochReader
+from sdsnodes.nodes.graph import NODE_KEY, iter_states
 
 N = 103
 TABLE = pa.table({"x": list(range(N))})
@@ -80,41 +82,41 @@ def test_stateful_dataloader_2x2_to_other_layouts(new_layout):
     assert sorted(seen + rest) == list(range(N))
 
 
-def test_mixer_streams_resume_elastically():
-    def mixed(rank, world):
-        a = Shuffler(
+def mixed_graph(rank, world):
+    streams = {
+        name: Shuffler(
             IndexReader(
-                pa.table({"x": list(range(40))}),
-                name="a",
-                rank=rank,
-                world_size=world,
+                pa.table({"x": list(range(n))}), name=name, rank=rank, world_size=world,
                 uneven="keep",
-            )
+            ),
+            seed=5,
         )
-        b = Shuffler(
-            IndexReader(
-                pa.table({"x": list(range(30))}),
-                name="b",
-                rank=rank,
-                world_size=world,
-                uneven="keep",
-            )
-        )
-        return Mixer(
-            {"a": a, "b": b}, {"a": 0.5, "b": 0.5}, strategy="round_robin", stop="first_exhausted"
-        )
+        for name, n in (("a", 40), ("b", 30))
+    }  # fmt: skip
+    return Mixer(streams, {"a": 0.5, "b": 0.5}, strategy="round_robin", stop="first_exhausted")
 
-    old = [Loader(mixed(r, 2)) for r in range(2)]
+
+def mixed_states(steps=9):
+    old = [Loader(mixed_graph(r, 2)) for r in range(2)]
     its = [iter(x) for x in old]
-    seen = [next(it)["__key__"] for it in its for _ in range(9)]
-    states = [x.state_dict() for x in old]
-    root = mixed(0, 1)
-    cursor = load_elastic_state(root, states)
-    assert cursor["mixers"] == {"0": 9}
+    seen = [next(it)["__key__"] for it in its for _ in range(steps)]
+    return seen, [json.loads(json.dumps(x.state_dict())) for x in old]
+
+
+def check_mixed_resume(seen, cursor_or_states):
+    root = mixed_graph(0, 1)
+    load_elastic_state(root, cursor_or_states)
     rest = [s["__key__"] for s in Loader(root)]
-    seen_b = sorted(k for k in seen + rest if k.startswith("b/"))
-    assert seen_b == sorted(f"b/{i}" for i in range(30))  # b ran out: every b sample exactly once
+    assert sorted(k for k in seen + rest if k.startswith("b/")) == sorted(
+        f"b/{i}" for i in range(30)
+    )  # b ran out: every b sample exactly once
     assert len(set(seen + rest)) == len(seen + rest)
+
+
+def test_mixer_streams_resume_elastically():
+    seen, states = mixed_states()
+    assert elastic_cursor(states)["mixers"] == {"0": 9}
+    check_mixed_resume(seen, states)
 
 
 def test_a_finished_epoch_resumes_at_the_next():
@@ -130,3 +132,61 @@ def test_missing_shards_are_refused():
     next(iter(old[0]))
     with pytest.raises(ValueError, match="need all 2"):
         elastic_cursor([old[0].state_dict()])
+
+
+KEY_CONSTANTS = [
+    (cls, name)
+    for cls in (EpochReader, Mixer)
+    for name in vars(cls)
+    if name.endswith("_KEY") or name == "STATE_TAG"
+]
+
+
+def test_renamed_state_keys_resume_elastically(monkeypatch):
+    """Every key of the reader's and the Mixer's state is written and read through its
+    constant: spelled otherwise, exact and elastic resume work the same."""
+    assert len(KEY_CONSTANTS) >= 10 + 8
+    for cls, name in KEY_CONSTANTS:
+        monkeypatch.setattr(cls, name, "renamed_" + getattr(cls, name))
+    seen, states = mixed_states()
+    reader_state = states[0]["root"][Mixer.STREAMS_KEY]["a"][Shuffler.SOURCE_KEY]
+    assert reader_state[NODE_KEY] == "renamed_EpochReader"
+    assert "epoch" not in reader_state and "renamed_position" in reader_state
+    assert elastic_cursor(states)["mixers"] == {"0": 9}
+    check_mixed_resume(seen, states)
+    check_node_resume(lambda: mixed_graph(0, 1), key_fn=lambda s: s["__key__"])
+
+
+def test_untagged_states_of_older_versions_resume_elastically():
+    seen, states = mixed_states()
+    for state in states:
+        for d in iter_states(state):
+            d.pop(NODE_KEY, None)
+    assert elastic_cursor(states)["mixers"] == {"0": 9}
+    check_mixed_resume(seen, states)
+
+
+def test_states_that_lack_a_key_or_a_tag_are_refused():
+    """A reader state that lacks a key, or a Mixer state elastic resume cannot find (its tag
+    or keys spelled otherwise), is an error, never a resume from the wrong place."""
+    _, states = mixed_states()
+    broken = json.loads(json.dumps(states))
+    del broken[1]["root"]["streams"]["b"]["source"][EpochReader.POSITION_KEY]
+    with pytest.raises(ValueError, match=r"tagged 'EpochReader' lacks \['position'\]"):
+        elastic_cursor(broken)
+    for tag in (None, "Mixer2"):  # a Mixer state not found (untagged, or tagged otherwise)
+        untagged = json.loads(json.dumps(states))
+        for state in untagged:
+            state["root"][NODE_KEY] = tag
+        cursor = elastic_cursor(untagged)
+        assert cursor["mixers"] == {}
+        with pytest.raises(ValueError, match=r"no step for the Mixers \['0'\]"):
+            load_elastic_state(mixed_graph(0, 1), cursor)
+
+
+def test_a_cursor_for_other_readers_is_refused():
+    _, states = mixed_states()
+    cursor = elastic_cursor(states)
+    del cursor["readers"]["a/0"]
+    with pytest.raises(ValueError, match=r"this graph has \['a/0', 'b/0'\]"):
+        load_elastic_state(mixed_graph(0, 1), cursor)

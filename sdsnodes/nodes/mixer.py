@@ -12,7 +12,7 @@ from torchdata.nodes import BaseNode
 
 from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes._schedule import MixStrategy, draw, normalize
-from sdsnodes.nodes.graph import iter_nodes
+from sdsnodes.nodes.graph import NODE_KEY, iter_nodes
 from sdsnodes.sample import STREAM
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ class Mixer(BaseNode[dict]):
 
     State:
         ``{"step": int, "num_workers": int, "base_step": int, "mixer": str, "exhausted": [names],
-        "padded": [names], "streams": {name: state}}`` (``step`` is local to the worker).
+        "padded": [names], "streams": {name: state}}`` (``step`` is local to the worker), each
+        key a class constant (``STEP_KEY``, …), and the tag ``NODE_KEY: STATE_TAG`` by which
+        elastic resume finds it.
 
     Raises:
         ValueError: no streams, bad weights, unknown strategy or stop criterion, or a
@@ -72,6 +74,8 @@ class Mixer(BaseNode[dict]):
             drop already).
     """
 
+    STATE_TAG = "Mixer"
+    """``state[NODE_KEY]``: how elastic resume finds the Mixers' states in a loader's state."""
     STEP_KEY = "step"
     WORKERS_KEY = "num_workers"
     BASE_STEP_KEY = "base_step"
@@ -279,6 +283,7 @@ class Mixer(BaseNode[dict]):
 
     def get_state(self) -> dict[str, Any]:
         return {
+            NODE_KEY: self.STATE_TAG,
             self.STEP_KEY: self._step,
             self.WORKERS_KEY: self._num_workers,
             self.BASE_STEP_KEY: self._base_step,
