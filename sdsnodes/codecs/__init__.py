@@ -19,38 +19,17 @@ Optional codec attributes the :class:`~sdsnodes.Decoder` honours:
 
 A codec may return :class:`Decoded` to add facts next to its value: ``Decoded(value, {"k": v})``
 puts ``value`` in the column and each ``v`` under ``"<column>.<k>"``.
+
+This package only re-exports: :class:`Codec`, :class:`Decoded` and what codecs share live in
+:mod:`sdsnodes.codecs.base`, each codec in its module.
 """
 
-from __future__ import annotations
-
-import dataclasses
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
-
-
-@dataclasses.dataclass
-class Decoded:
-    """A decoded value plus facts about it (e.g. ``clip_start`` in seconds), stored by the
-    Decoder under ``"<column>.<name>"``."""
-
-    value: Any
-    info: dict[str, Any]
-
-
-from sdsnodes.codecs.audio import AudioWaveform, OnMissing  # noqa: E402
-from sdsnodes.codecs.image import ImageTensor  # noqa: E402
-from sdsnodes.codecs.latent import Latent  # noqa: E402
-from sdsnodes.codecs.text import CaptionChoice, Text  # noqa: E402
-from sdsnodes.codecs.video import ClipStart, OnShort, VideoClip  # noqa: E402
-
-
-@runtime_checkable
-class Codec(Protocol):
-    """Anything called as ``codec(value, rng) -> decoded value``, raising ``DecodeError``."""
-
-    def __call__(self, value: Any, rng: np.random.Generator) -> Any: ...
-
+from sdsnodes.codecs.audio import AudioWaveform, OnMissing
+from sdsnodes.codecs.base import ClipStart, Codec, Decoded
+from sdsnodes.codecs.image import ImageTensor
+from sdsnodes.codecs.latent import Latent
+from sdsnodes.codecs.text import CaptionChoice, Text
+from sdsnodes.codecs.video import OnShort, VideoClip
 
 __all__ = [
     "AudioWaveform",

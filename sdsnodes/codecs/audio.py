@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdsnodes.codecs import Decoded
 from sdsnodes.codecs._av import av_open
 from sdsnodes.codecs._resize import as_source, describe
-from sdsnodes.codecs.video import ClipStart, check_choice, given_start
+from sdsnodes.codecs.base import ClipStart, Decoded, check_choice, given_start
 from sdsnodes.errors import DecodeError
 
 _PREROLL_S = 0.1  # s decoded before the crop after a seek: AAC/MP3/Opus need a frame or more

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from sdsnodes.codecs import Decoded
 from sdsnodes.codecs._resize import describe
+from sdsnodes.codecs.base import Decoded
 from sdsnodes.errors import DecodeError
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdsnodes.codecs import Decoded
 from sdsnodes.codecs._av import av_open
 from sdsnodes.codecs._resize import (
     Size,
@@ -23,6 +22,7 @@ from sdsnodes.codecs._resize import (
     describe,
     draw_crop,
 )
+from sdsnodes.codecs.base import ClipStart, Decoded, check_choice, given_start
 from sdsnodes.errors import DecodeError, TooLarge
 
 _EPS = 1e-3  # s: a frame at t_i + _EPS still counts as "at or before" target time t_i
@@ -32,17 +32,6 @@ DEFAULT_MAX_FRAME_PIXELS = 1 << 26
 33 M), about 0.2 GB per RGB frame."""
 
 
-class ClipStart(str, enum.Enum):
-    """Where a clip (video or audio) starts."""
-
-    RANDOM = "random"
-    """Uniformly at random among the starts that fit in the file, drawn from the sample's rng."""
-    UNIFORM = "uniform"
-    """The clip centred in the file (no randomness): the same clip every epoch."""
-    GIVEN = "given"
-    """Seconds read from a sample column (``start_column``): the codec needs the sample."""
-
-
 class OnShort(str, enum.Enum):
     """What a video codec does when the clip reaches past the last frame."""
 
@@ -50,29 +39,6 @@ class OnShort(str, enum.Enum):
     """Repeat the last frame until the clip is full."""
     SKIP = "skip"
     """Raise ``DecodeError("... shorter than the clip")``, so the Decoder skips the sample."""
-
-
-def check_choice(enum_type: type[enum.Enum], value: Any, name: str) -> Any:
-    """``enum_type(value)``, or ``ValueError`` naming the argument and the allowed values."""
-    try:
-        return enum_type(value)
-    except ValueError:
-        allowed = [e.value for e in enum_type]
-        raise ValueError(f"{name}={value!r} must be one of {allowed}") from None
-
-
-def given_start(sample: Any, column: str) -> float:
-    """The clip start in seconds read from ``sample[column]``.
-
-    Raises:
-        ValueError: the sample or column is missing, or the value is not a number >= 0.
-    """
-    value = None if sample is None else sample.get(column)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"start='given' needs a number of seconds in column {column!r}: {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"clip start {value!r} in column {column!r} must be finite and >= 0")
-    return float(value)
 
 
 class _SeekMissed(Exception):
