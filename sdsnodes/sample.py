@@ -47,8 +47,3 @@ def describe(sample: Sample, column: str | None = None) -> str:
         if isinstance(url, str):
             parts.append(f"url={url!r}")
     return " ".join(parts)
-
-
-def is_reserved(key: str) -> bool:
-    """Whether ``key`` is one of the reserved ``__...`` keys."""
-    return key.startswith("__")
