@@ -26,7 +26,10 @@ def open_cache(
     return cache
 
 
-def _any_cache(cache_dir: str) -> Cache:
+def cache_for(cache_dir: str) -> Cache:
+    """A :class:`Cache` of this process for ``cache_dir``, whatever its settings (the first
+    opened; one with the default settings if none was): to unpin or trim, where the budget and
+    policy do not matter."""
     path = os.path.abspath(cache_dir)
     with _lock:
         for key, cache in _caches.items():
@@ -52,7 +55,7 @@ def release(sample: Sample) -> None:
     cache_dir = sample.pop(CACHE_DIR, None)
     if not cache_dir:
         return
-    cache = _any_cache(cache_dir)
+    cache = cache_for(cache_dir)
     for key, url in sample.items():
         if key.startswith(URL_PREFIX) and is_remote(url):
             cache.unpin(url)

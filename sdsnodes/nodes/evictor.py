@@ -6,7 +6,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from sdsnodes.nodes._cache_ref import _any_cache, release
+from sdsnodes.nodes._cache_ref import cache_for, release
 from sdsnodes.sample import CACHE_DIR, Sample
 
 
@@ -54,7 +54,7 @@ class Evictor(BaseNode[Sample]):
         release(sample)
         self._seen += 1
         if cache_dir and self.trim_every and self._seen % self.trim_every == 0:
-            _any_cache(cache_dir).trim()
+            cache_for(cache_dir).trim()
         return sample
 
     def get_state(self) -> dict[str, Any]:
