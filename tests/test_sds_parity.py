@@ -21,6 +21,7 @@ from torchdata.nodes import Loader
 from utils import check_node_resume, json_roundtrip
 
 from sdsnodes import DecodeError, IndexReader, Latent, Mixer, MixStrategy, Shuffler
+from sdsnodes.codecs.latent import TextEmbedding
 from sdsnodes.index import read_index
 from sdsnodes.index.materialize import materialize
 from sdsnodes.nodes._schedule import cycle_order, draw
@@ -307,3 +308,24 @@ def test_gzipped_npy_needs_no_pickle(tmp_path):
     out = Latent(dtype=None)(str(tmp_path / "x.npy.gz"))
     assert out.dtype == torch.float16 and out.shape == (2, 3)
     assert "allow_pickle=False" in repr(Latent())
+
+
+def test_text_embedding_zeroes_after_eot_and_pads_like_sds(tmp_path):
+    emb = np.arange(1, 41, dtype=np.float32).reshape(5, 8)  # 5 tokens, D = 8
+    path = write_pickle(tmp_path / "emb.pkl.gz", {"embeddings": emb, "eot_location": 2})
+    with pytest.raises(DecodeError, match="allow_pickle=True"):
+        TextEmbedding(num_tokens=7)(path)
+    out = TextEmbedding(num_tokens=7, allow_pickle=True)(path)
+    assert out.shape == (7, 8) and out.dtype == torch.float32
+    torch.testing.assert_close(out[:3], torch.from_numpy(emb[:3]))
+    assert not out[3:].any()  # zeroed after the EOT token, then zero padding
+    cut = TextEmbedding(num_tokens=2, allow_pickle=True)(path)
+    torch.testing.assert_close(cut, torch.from_numpy(emb[:2]))
+    np.save(tmp_path / "plain.npy", emb)  # a bare [tokens, D] array: no pickle, no EOT
+    torch.testing.assert_close(TextEmbedding()(str(tmp_path / "plain.npy")), torch.from_numpy(emb))
+    assert TextEmbedding(allow_missing=True)(None) is None
+    with pytest.raises(DecodeError, match="tokens, D"):
+        np.save(tmp_path / "three.npy", np.zeros((2, 3, 4), np.float32))
+        TextEmbedding()(str(tmp_path / "three.npy"))
+    with pytest.raises(ValueError, match="num_tokens=0"):
+        TextEmbedding(num_tokens=0)

@@ -213,6 +213,96 @@ class Latent:
         return f0 // stride, -(-frames // stride)
 
 
+class TextEmbedding:
+    """Load a precomputed text embedding (a text encoder's output for a caption), zero the
+    tokens after its end-of-text token and pad or cut it to ``num_tokens`` rows, so the
+    embeddings of captions of any length batch together — SDS's ``TextEmbLoaderTransform``.
+
+    Files as for :class:`Latent` (``.npy``, ``.npz``, ``.pt``, maybe gzipped; SDS's ``.pkl`` /
+    ``.pkl.gz`` only with ``allow_pickle=True``, unsafe: unpickling runs any code the file
+    holds). A file holds the embedding [tokens, D], or a dict with it under ``key`` and,
+    optionally, the index of the end-of-text token under ``eot_key``.
+
+    Args:
+        num_tokens (int | None): rows of the output, >= 1: shorter embeddings are padded with
+            zeros, longer ones cut; None keeps the stored length.
+        key (str): dict entry of the embedding (a dict with a single entry needs none).
+        eot_key (str | None): dict entry of the end-of-text token's index; rows after it are
+            set to 0. None, or a dict without it: no rows are zeroed.
+        allow_missing (bool): a None value (no embedding for this sample) gives None instead
+            of skipping the sample.
+        dtype (torch.dtype | None): output dtype; None keeps the stored one.
+        allow_pickle (bool): load plain pickles — unsafe, see above.
+
+    Returns:
+        torch.Tensor: [num_tokens, D] (the stored [tokens, D] when ``num_tokens`` is None), of
+        ``dtype`` (float32 by default); None for a None value with ``allow_missing``.
+
+    Raises:
+        ValueError: at construction, for an invalid argument.
+        DecodeError: the file is unreadable, a pickle (unless ``allow_pickle``), or holds no
+            2-D real-valued embedding under ``key``.
+    """
+
+    def __init__(
+        self,
+        num_tokens: int | None = None,
+        key: str = "embeddings",
+        eot_key: str | None = "eot_location",
+        allow_missing: bool = False,
+        dtype: torch.dtype | None = torch.float32,
+        allow_pickle: bool = False,
+    ) -> None:
+        if num_tokens is not None and not (isinstance(num_tokens, int) and num_tokens >= 1):
+            raise ValueError(f"{num_tokens=} must be an int >= 1 (rows of the output) or None")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise ValueError(f"{dtype=} must be a torch.dtype or None")
+        self.num_tokens, self.key, self.eot_key = num_tokens, key, eot_key
+        self.accepts_none = bool(allow_missing)
+        self.dtype, self.allow_pickle = dtype, bool(allow_pickle)
+
+    def __repr__(self) -> str:
+        names = ("num_tokens", "key", "eot_key", "dtype", "allow_pickle")
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+        return f"TextEmbedding({args}, allow_missing={self.accepts_none!r})"
+
+    def __call__(self, value: Any, rng: np.random.Generator | None = None) -> torch.Tensor | None:
+        """Load one embedding; see the class docstring (``rng`` is unused)."""
+        if value is None and self.accepts_none:
+            return None
+        try:
+            return self._embedding(_load(value, self.allow_pickle))
+        except DecodeError:
+            raise
+        except _Unusable as error:
+            raise DecodeError(describe(value), str(error)) from error
+        except Exception as error:
+            raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
+
+    def _embedding(self, obj: Any) -> torch.Tensor:
+        eot = None
+        if isinstance(obj, dict):
+            if self.eot_key is not None and obj.get(self.eot_key) is not None:
+                eot = int(np.asarray(obj[self.eot_key]).reshape(-1)[0])
+            if self.key in obj:
+                obj = obj[self.key]
+            elif len(obj) == 1:
+                obj = next(iter(obj.values()))
+            else:
+                raise _Unusable(f"no entry {self.key!r}: the file holds {sorted(obj)}; pass key=")
+        x = _tensor(_check(obj))  # [tokens, D]
+        if x.ndim != 2:
+            raise _Unusable(f"expected an embedding [tokens, D], got shape {tuple(x.shape)}")
+        if eot is not None:
+            x = x.clone()
+            x[eot + 1 :] = 0  # nothing after the end-of-text token
+        if self.num_tokens is not None:
+            x = x[: self.num_tokens]  # [<= num_tokens, D]
+            pad = x.new_zeros((self.num_tokens - x.shape[0], x.shape[1]))
+            x = torch.cat([x, pad])  # [num_tokens, D]
+        return x.to(x.dtype if self.dtype is None else self.dtype).contiguous()
+
+
 def _head(source: Any) -> bytes:
     """The first 8 bytes of a path or file object (which is left rewound)."""
     if isinstance(source, str):
