@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sdsnodes import build_audio_graph
+    from sdsnodes import CacheOptions, ErrorOptions, build_audio_graph
 
     repeats = repeats_of(args)
     count = args.num_files or (8 if args.quick else 64)
@@ -169,8 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 num_threads=args.num_threads,
                 seed=r,
-                on_error="raise",
-                cache_dir=str(root / "cache"),
+                errors=ErrorOptions(on_error="raise"),
+                cache=CacheOptions(str(root / "cache")),
             ),
             n,
             "audio",

@@ -66,11 +66,20 @@ OPTIMUM_NOTE = "0.75 optimal at a 25% budget"
 
 def policy_graph(table, cache_dir: str, max_bytes: int, policy: str, threads: int, seed: int):
     """``IndexReader → Shuffler → CachingDownloader(policy) → Evictor``: one sample per row."""
-    from sdsnodes import CachingDownloader, Evictor, IndexReader, Shuffler
+    from sdsnodes import (
+        CacheOptions,
+        CachingDownloader,
+        ErrorOptions,
+        Evictor,
+        FetchOptions,
+        IndexReader,
+        Shuffler,
+    )
 
     downloader = CachingDownloader(
-        Shuffler(IndexReader(table), seed=seed), ["file"], cache_dir=cache_dir,
-        max_bytes=max_bytes, num_threads=threads, policy=policy, on_error="raise",
+        Shuffler(IndexReader(table), seed=seed), ["file"],
+        cache=CacheOptions(cache_dir, max_bytes=max_bytes, policy=policy),
+        fetch=FetchOptions(max_in_flight=threads), errors=ErrorOptions(on_error="raise"),
     )  # fmt: skip
     return Evictor(downloader)
 

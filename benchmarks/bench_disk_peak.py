@@ -122,11 +122,20 @@ class DiskSampler:
 
 def peak_graph(table, cache_dir: str, max_bytes: int, threads: int, seed: int):
     """``IndexReader → Shuffler → CachingDownloader(max_bytes) → Evictor``."""
-    from sdsnodes import CachingDownloader, Evictor, IndexReader, Shuffler
+    from sdsnodes import (
+        CacheOptions,
+        CachingDownloader,
+        ErrorOptions,
+        Evictor,
+        FetchOptions,
+        IndexReader,
+        Shuffler,
+    )
 
     downloader = CachingDownloader(
-        Shuffler(IndexReader(table), seed=seed), ["file"], cache_dir=cache_dir,
-        max_bytes=max_bytes, num_threads=threads, on_error="raise",
+        Shuffler(IndexReader(table), seed=seed), ["file"],
+        cache=CacheOptions(cache_dir, max_bytes=max_bytes),
+        fetch=FetchOptions(max_in_flight=threads), errors=ErrorOptions(on_error="raise"),
     )  # fmt: skip
     return Evictor(downloader)
 
@@ -194,11 +203,20 @@ READ_AHEAD_CASES = [  # (label, processes, size column, download threads, decode
 
 def read_ahead_graph(table, cache_dir: str, max_bytes: int, downloads: int, decoders: int):
     """``IndexReader → CachingDownloader(max_bytes) → Decoder(ImageTensor) → Evictor``."""
-    from sdsnodes import CachingDownloader, Decoder, Evictor, ImageTensor, IndexReader
+    from sdsnodes import (
+        CacheOptions,
+        CachingDownloader,
+        Decoder,
+        ErrorOptions,
+        Evictor,
+        FetchOptions,
+        ImageTensor,
+        IndexReader,
+    )
 
     downloader = CachingDownloader(
-        IndexReader(table), ["file"], cache_dir=cache_dir, max_bytes=max_bytes,
-        num_threads=downloads, on_error="raise",
+        IndexReader(table), ["file"], cache=CacheOptions(cache_dir, max_bytes=max_bytes),
+        fetch=FetchOptions(max_in_flight=downloads), errors=ErrorOptions(on_error="raise"),
     )  # fmt: skip
     return Evictor(Decoder(downloader, {"file": ImageTensor(size=32)}, num_threads=decoders))
 

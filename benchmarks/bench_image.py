@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sdsnodes import build_image_graph
+    from sdsnodes import CacheOptions, ErrorOptions, build_image_graph
 
     repeats = repeats_of(args)
     count = args.num_images or (64 if args.quick else 2048)
@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     build = functools.partial(
         build_image_graph, str(index), size=SIZE, batch_size=args.batch_size,
-        num_threads=args.num_threads, on_error="raise", cache_dir=str(root / "cache"),
+        num_threads=args.num_threads, errors=ErrorOptions(on_error="raise"),
+        cache=CacheOptions(str(root / "cache")),
     )  # fmt: skip
     graph = f"sdsnodes graph ({n} workers x {args.num_threads} threads)"
     loop = "bare Pillow loop (1 process)"

@@ -168,7 +168,7 @@ def random_access(root: Path, repeats: int, count: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from servers.http import HTTPServer
 
-    from sdsnodes import StreamingDataset, build_image_graph
+    from sdsnodes import CacheOptions, StreamingDataset, build_image_graph
     from sdsnodes._synthetic import write_image
     from sdsnodes.nodes._cache_ref import close_caches
 
@@ -185,7 +185,9 @@ def random_access(root: Path, repeats: int, count: int) -> None:
             close_caches()
             shutil.rmtree(cache, ignore_errors=True)
             ds = StreamingDataset(
-                build_image_graph(index, size=224, caption_column=None, cache_dir=str(cache))
+                build_image_graph(
+                    index, size=224, caption_column=None, cache=CacheOptions(str(cache))
+                )
             )
             for store in (cold, warm):
                 for i in range(count):

@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdsnodes.nodes.downloader import CachingDownloader
     from sdsnodes.nodes.index_reader import IndexReader
     from sdsnodes.nodes.range_reader import RangeReader
+    from sdsnodes.options import CacheOptions, FetchOptions
 
     cfg = Config(
         seconds=args.seconds or (20.0 if args.quick else 60.0),
@@ -181,11 +182,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         dummy = IndexReader(pa.table({"video": [url]}))  # a source the nodes need, never read
 
         def whole(cache_dir: str) -> Any:
-            return CachingDownloader(dummy, ["video"], cache_dir=cache_dir, storage_options=options)
+            return CachingDownloader(
+                dummy,
+                ["video"],
+                cache=CacheOptions(cache_dir),
+                fetch=FetchOptions(storage_options=options),
+            )
 
         def partial(block: int) -> Callable[[str], Any]:
             return lambda cache_dir: RangeReader(
-                dummy, ["video"], cache_dir=cache_dir, storage_options=options, block_size=block
+                dummy,
+                ["video"],
+                cache=CacheOptions(cache_dir),
+                fetch=FetchOptions(storage_options=options),
+                block_size=block,
             )
 
         loaders: dict[str, Callable[[str], Any]] = {WHOLE: whole}

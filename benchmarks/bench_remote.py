@@ -273,22 +273,37 @@ def bulk_cat(store: Store, urls: Sequence[str], first: Callable[[], None]) -> in
 
 def download_graph(table, column: str, cache_dir: str, storage_options: dict, num_threads: int):
     """``IndexReader → CachingDownloader → Evictor``: downloads only, one sample per row."""
-    from sdsnodes import CachingDownloader, Evictor, IndexReader
+    from sdsnodes import (
+        CacheOptions,
+        CachingDownloader,
+        ErrorOptions,
+        Evictor,
+        FetchOptions,
+        IndexReader,
+    )
 
     downloader = CachingDownloader(
-        IndexReader(table), [column], cache_dir=cache_dir, storage_options=storage_options,
-        num_threads=num_threads, on_error="raise",
+        IndexReader(table), [column], cache=CacheOptions(cache_dir),
+        fetch=FetchOptions(storage_options=storage_options, max_in_flight=num_threads),
+        errors=ErrorOptions(on_error="raise"),
     )  # fmt: skip
     return Evictor(downloader)
 
 
 def media_graph(table, media: str, cache_dir: str, storage_options: dict, args, seed: int):
     """``build_image_graph`` / ``build_video_graph`` over the table of URLs, batches of dicts."""
-    from sdsnodes import build_image_graph, build_video_graph
+    from sdsnodes import (
+        CacheOptions,
+        ErrorOptions,
+        FetchOptions,
+        build_image_graph,
+        build_video_graph,
+    )
 
+    in_flight = args.download_threads or (16 if media == "images" else 8)  # the presets' default
     common = dict(
-        cache_dir=cache_dir, storage_options=storage_options, seed=seed, on_error="raise",
-        **({} if args.download_threads is None else {"download_threads": args.download_threads}),
+        cache=CacheOptions(cache_dir), fetch=FetchOptions(storage_options, max_in_flight=in_flight),
+        seed=seed, errors=ErrorOptions(on_error="raise"),
     )  # fmt: skip
     if media == "images":
         return build_image_graph(table, size=args.image_size, batch_size=32, **common)

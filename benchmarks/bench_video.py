@@ -238,13 +238,20 @@ def run_graph(index: Path, cache_dir: Path, cfg: Config, repeat: int) -> Epoch:
     """One epoch of ``build_video_graph`` through ``StatefulDataLoader`` (start-up timed)."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from sdsnodes import StreamingDataset, build_video_graph
+    from sdsnodes import (
+        CacheOptions,
+        ErrorOptions,
+        FetchOptions,
+        StreamingDataset,
+        build_video_graph,
+    )
 
     factory = functools.partial(
         build_video_graph, str(index), num_frames=cfg.num_frames, fps=cfg.fps, size=cfg.size,
         batch_size=cfg.batch_size, num_threads=cfg.num_threads,
-        download_threads=cfg.download_threads, cache_dir=str(cache_dir),
-        seed=repeat, on_error="raise",
+        fetch=FetchOptions(max_in_flight=cfg.download_threads), cache=CacheOptions(str(cache_dir)),
+        errors=ErrorOptions(on_error="raise"),
+        seed=repeat,
     )  # fmt: skip
     expected = (cfg.num_frames, 3, cfg.size, cfg.size)
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torchdata.nodes import Loader
 
-from sdsnodes import build_audio_graph, error_stats, shutdown
+from sdsnodes import CacheOptions, build_audio_graph, error_stats, shutdown
 from sdsnodes._synthetic import write_audio
 
 
@@ -67,7 +67,9 @@ def main() -> None:
             audio_column=args.audio_column,
             caption_column=args.caption_column,
             batch_size=args.batch_size,
-            cache_dir=str(root / "cache"),  # where remote files (s3://, https://...) are cached
+            cache=CacheOptions(
+                str(root / "cache")
+            ),  # where remote files (s3://, https://...) are cached
             seed=args.seed,
         )
         loader = Loader(graph)

@@ -21,9 +21,11 @@ from pathlib import Path
 from torchdata.nodes import Batcher, Loader, Mapper, Prefetcher
 
 from sdsnodes import (
+    CacheOptions,
     CachingDownloader,
     Decoder,
     Evictor,
+    FetchOptions,
     IndexReader,
     Shuffler,
     Text,
@@ -42,7 +44,9 @@ def build_graph(src: str, args: argparse.Namespace, cache_dir: str):
     # the same rows, in a new permutation every epoch
     node = Shuffler(node, seed=args.seed)
     # remote URLs → pinned local files in the cache ("__url__.video" keeps the URL)
-    node = CachingDownloader(node, ["video"], cache_dir=cache_dir, num_threads=4)
+    node = CachingDownloader(
+        node, ["video"], cache=CacheOptions(cache_dir), fetch=FetchOptions(max_in_flight=4)
+    )
     # "video": uint8 [T, C, H, W]; "caption": str
     codecs = {
         "video": VideoClip(args.num_frames, fps=8, size=(args.size, args.size)),

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torchdata.nodes import Loader
 
-from sdsnodes import build_text_to_video_graph, error_stats, shutdown
+from sdsnodes import CacheOptions, build_text_to_video_graph, error_stats, shutdown
 from sdsnodes._synthetic import caption, write_video
 
 FPS = 24  # of the demo videos
@@ -81,7 +81,7 @@ def main() -> None:
             latent_causal=True,
             partial_reads=args.partial_reads,
             batch_size=args.batch_size,
-            cache_dir=str(root / "cache"),
+            cache=CacheOptions(str(root / "cache")),
             seed=args.seed,
         )
         loader = Loader(graph)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from sdsnodes import StreamingDataset, build_video_graph
+from sdsnodes import CacheOptions, StreamingDataset, build_video_graph
 from sdsnodes._synthetic import make_video_dataset
 
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, deprecated in recent torch
@@ -76,7 +76,7 @@ def main() -> None:
     src = args.src or str(make_video_dataset(args.dir, num_videos=args.num_videos, seconds=2.0))
     graph = functools.partial(
         build_video_graph, src, num_frames=4, fps=4, size=32, batch_size=args.batch_size,
-        num_threads=2, seed=args.seed, cache_dir=str(args.dir / "cache"),
+        num_threads=2, seed=args.seed, cache=CacheOptions(str(args.dir / "cache")),
     )  # fmt: skip
     # the same config on resume: same index, seed, batch_size and num_workers
     dataset = StreamingDataset(graph)

@@ -37,6 +37,7 @@ from sdsnodes.nodes import (
     shutdown,
 )
 from sdsnodes.nodes._threads import shutdown_all as _shutdown_all
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 from sdsnodes.presets import (
     build_audio_graph,
     build_image_graph,
@@ -56,11 +57,14 @@ atexit.register(_shutdown_all)  # atexit runs last-registered first
 __all__ = [
     "AudioWaveform",
     "Batcher",
+    "CacheOptions",
     "CachingDownloader",
     "DecodeError",
     "Decoder",
     "DownloadError",
+    "ErrorOptions",
     "Evictor",
+    "FetchOptions",
     "ImageTensor",
     "IndexReader",
     "Latent",

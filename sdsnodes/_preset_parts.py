@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,22 +21,10 @@ from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.shuffler import Shuffler
-
-COMMON = (
-    "batch_size", "cache_dir", "max_bytes", "storage_options", "shuffle", "seed", "num_threads",
-    "download_threads", "retries", "timeout", "prefetch_factor", "drop_last", "on_error",
-    "max_error_rate", "rank", "world_size",
-)  # fmt: skip
-"""The options every preset takes and passes on unchanged to :func:`assemble`."""
-
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
 _NONE = {"caption_column": "None", "audio": "False", "latent_columns": "()"}
 _NONE["embedding_columns"] = "()"  # options that may name no column, and how
-
-
-def common(scope: Mapping[str, Any]) -> dict[str, Any]:
-    """The :data:`COMMON` options out of a preset's ``locals()``."""
-    return {name: scope[name] for name in COMMON}
 
 
 def square(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -66,21 +53,28 @@ def has_urls(reader: IndexReader, column: str) -> bool:
     return bool(pc.any(remote).as_py())
 
 
-def caption_codec(
-    caption_column: str | Sequence[str] | None, choice: str = "random"
-) -> tuple[str | None, Text | None, list[str]]:
-    """The caption output column, its codec and the index columns it reads.
+def add_caption(
+    codecs: dict[str, Codec],
+    columns: dict[str, str],
+    caption_column: str | Sequence[str] | None,
+    choice: str = "random",
+) -> None:
+    """Decode captions next (into ``codecs``) and require their index columns (into
+    ``columns``, as the ``caption_column`` option's).
 
     A str decodes that column in place; a list of columns picks one caption per sample
     (``Text(columns=..., choice=choice, with_info=True)``) into ``"caption"``, with the column
     chosen under ``"caption.caption_column"``; None reads no caption.
     """
     if caption_column is None:
-        return None, None, []
+        return
     if isinstance(caption_column, str):
-        return caption_column, Text(), [caption_column]
-    columns = list(caption_column)
-    return "caption", Text(columns=columns, choice=choice, with_info=True), columns
+        codecs[caption_column] = Text()
+        columns[caption_column] = "caption_column"
+        return
+    read = list(caption_column)
+    codecs["caption"] = Text(columns=read, choice=choice, with_info=True)
+    columns.update(dict.fromkeys(read, "caption_column"))
 
 
 def assemble(
@@ -92,19 +86,14 @@ def assemble(
     partial: Sequence[str] = (),
     block_size: int = 1 << 20,
     batch_size: int,
-    cache_dir: str | None,
-    max_bytes: int | None,
-    storage_options: dict[str, Any] | None,
+    cache: CacheOptions | None,
+    fetch: FetchOptions | None,
+    errors: ErrorOptions | None,
     shuffle: bool,
     seed: int,
     num_threads: int,
-    download_threads: int,
-    retries: int,
-    timeout: float | None,
     prefetch_factor: int,
     drop_last: bool,
-    on_error: str,
-    max_error_rate: float,
     rank: int | None,
     world_size: int | None,
 ) -> BaseNode:
@@ -120,7 +109,8 @@ def assemble(
             CachingDownloader for all of them), except those in ``partial``.
         partial: columns read in byte ranges through a RangeReader (when they hold URLs).
         block_size: the RangeReader's block size in bytes.
-        The rest: the common preset options (see :func:`sdsnodes.build_video_graph`).
+        The rest: the preset's options, each to the node named in
+        :func:`sdsnodes.build_video_graph`.
 
     Raises:
         ValueError: a bad argument, or a column missing from the index.
@@ -129,13 +119,12 @@ def assemble(
         raise ValueError(f"{batch_size=} must be >= 1")
     if prefetch_factor < 0:
         raise ValueError(f"{prefetch_factor=} must be >= 0")
+    cache, fetch = cache or CacheOptions(), fetch or FetchOptions()
+    index_cache_dir = None if cache.cache_dir is None else os.path.join(cache.cache_dir, "index")
     reader = IndexReader(
-        src,
-        storage_options=storage_options,
-        rank=rank,
-        world_size=world_size,
-        index_cache_dir=None if cache_dir is None else os.path.join(cache_dir, "index"),
-    )
+        src, storage_options=fetch.storage_options, rank=rank, world_size=world_size,
+        index_cache_dir=index_cache_dir,
+    )  # fmt: skip
     present = reader.column_names
     for column, option in columns.items():
         if column not in present:
@@ -146,21 +135,15 @@ def assemble(
             )
     node: BaseNode = Shuffler(reader, seed=seed) if shuffle else reader
     remote = [c for c in dict.fromkeys(files) if has_urls(reader, c)]  # local files: no threads
-    cache = {"cache_dir": cache_dir, "max_bytes": max_bytes, "storage_options": storage_options}
-    policy = {"on_error": on_error, "max_error_rate": max_error_rate}
     whole = [c for c in remote if c not in partial]
     if whole:
-        node = CachingDownloader(
-            node, whole, **cache, num_threads=download_threads, retries=retries,
-            timeout=timeout, **policy,
-        )  # fmt: skip
+        node = CachingDownloader(node, whole, cache=cache, fetch=fetch, errors=errors)
     ranged = [c for c in remote if c in partial]
     if ranged:
         node = RangeReader(
-            node, ranged, **cache, block_size=block_size, num_threads=download_threads,
-            retries=retries, timeout=timeout, **policy,
-        )  # fmt: skip
-    node = Decoder(node, codecs, num_threads=num_threads, seed=seed, **policy)
+            node, ranged, block_size=block_size, cache=cache, fetch=fetch, errors=errors
+        )
+    node = Decoder(node, codecs, num_threads=num_threads, seed=seed, errors=errors)
     node = Evictor(node)
     node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
     return Prefetcher(node, prefetch_factor) if prefetch_factor else node

@@ -24,7 +24,7 @@ def _demo(args: argparse.Namespace) -> int:
     from torchdata.stateful_dataloader import StatefulDataLoader
     from tqdm import tqdm
 
-    from sdsnodes import StreamingDataset, build_video_graph, error_stats
+    from sdsnodes import CacheOptions, StreamingDataset, build_video_graph, error_stats
     from sdsnodes._synthetic import make_video_dataset
 
     if args.src is None:
@@ -34,7 +34,8 @@ def _demo(args: argparse.Namespace) -> int:
         src = args.src
     factory = functools.partial(
         build_video_graph, src, num_frames=args.num_frames, fps=args.fps, size=args.size,
-        batch_size=args.batch_size, cache_dir=args.cache_dir, video_column=args.video_column,
+        batch_size=args.batch_size, cache=CacheOptions(args.cache_dir),
+        video_column=args.video_column,
         caption_column=args.caption_column or None,
     )  # fmt: skip
     ds = StreamingDataset(factory)  # builds the graph here: a bad index or argument fails now

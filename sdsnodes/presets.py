@@ -4,25 +4,28 @@
 Each chains IndexReader → Shuffler → CachingDownloader (every column of URLs) → RangeReader
 (``partial_reads``) → Decoder → Evictor → Batcher + collate → Prefetcher and yields batch dicts.
 Output sizes are fixed (resize + crop, clip length, audio length), so sources of any resolution,
-frame rate and sample rate batch together. The shared plumbing is in ``sdsnodes._preset_parts``.
+frame rate and sample rate batch together. The shared plumbing is in ``sdsnodes._preset_parts``;
+the option groups (``cache``, ``fetch``, ``errors``) in :mod:`sdsnodes.options`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import pyarrow as pa
 from torchdata.nodes import BaseNode
 
-from sdsnodes._preset_parts import assemble, caption_codec, common, square
-from sdsnodes._retry import DEFAULT_RETRIES
+from sdsnodes._preset_parts import add_caption, assemble, square
 from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, VideoClip
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, renamed_keywords
 
 Src = str | os.PathLike | pa.Table
+IMAGE_FETCH = FetchOptions(max_in_flight=16)
+"""The image preset's fetch options: small files, so 16 samples in flight."""
 
 
+@renamed_keywords
 def build_video_graph(
     src: Src,
     *,
@@ -34,19 +37,14 @@ def build_video_graph(
     caption_column: str | None = "caption",
     partial_reads: bool = False,
     block_size: int = 1 << 20,
-    cache_dir: str | None = None,
-    max_bytes: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    cache: CacheOptions | None = None,
+    fetch: FetchOptions | None = None,
+    errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
     num_threads: int = 4,
-    download_threads: int = 8,
-    retries: int = DEFAULT_RETRIES,
-    timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
-    on_error: str = "skip",
-    max_error_rate: float = 0.5,
     rank: int | None = None,
     world_size: int | None = None,
 ) -> BaseNode:
@@ -63,19 +61,19 @@ def build_video_graph(
         partial_reads (bool): read remote videos in byte ranges (a :class:`~sdsnodes.nodes.range_reader.RangeReader`
             of ``block_size``-byte blocks, default 1 MiB) instead of downloading them whole:
             only the container index and the blocks around the clip travel (False).
-        cache_dir (str | None), max_bytes (int | None), storage_options (dict | None): download
-            cache and fsspec options (see :class:`~sdsnodes.CachingDownloader`).
-        shuffle (bool), seed (int): a new permutation each epoch, deterministic in (seed, epoch).
-        num_threads (int): decoding threads (4); download_threads (int): samples downloaded ahead and at once (8).
-        retries (int), timeout (float | None): retries of transient download errors (with
-            exponential backoff and jitter, within a 30 s deadline per file; 30, so the deadline
-            binds: an outage shorter than 30 s loses nothing, see docs/retries.md) and seconds
-            one download attempt may take (60).
-        prefetch_factor (int): batches prefetched in the background (2; 0 for none).
-        drop_last (bool): drop a last, smaller batch.
-        on_error (str), max_error_rate (float): bad-sample policy (``"skip"``, 0.5; see
-            docs/nodes.md).
-        rank (int | None), world_size (int | None): explicit distributed position.
+        cache (CacheOptions): the download cache, to the CachingDownloader and RangeReader
+            (its ``cache_dir`` also keeps the converted index, under ``index/``).
+        fetch (FetchOptions): to the CachingDownloader and RangeReader (``storage_options``
+            also to the IndexReader): retries within a 30 s deadline, 60 s per attempt, 8
+            samples in flight (see :class:`~sdsnodes.FetchOptions`, docs/retries.md).
+        errors (ErrorOptions): bad-sample policy of the CachingDownloader, RangeReader and
+            Decoder (``"skip"``, 0.5; see docs/nodes.md).
+        shuffle (bool), seed (int): a Shuffler, a new permutation each epoch, deterministic in
+            (seed, epoch); the seed also seeds the Decoder's codecs.
+        num_threads (int): the Decoder's threads (4).
+        prefetch_factor (int): the Prefetcher's batches in the background (2; 0 for none).
+        drop_last (bool): the Batcher drops a last, smaller batch.
+        rank (int | None), world_size (int | None): the IndexReader's distributed position.
 
     Returns:
         BaseNode: yields dicts with ``video`` uint8 [B, T, 3, H, W], ``caption`` list[str | None],
@@ -89,17 +87,17 @@ def build_video_graph(
             columns there are).
     """
     codecs: dict[str, Codec] = {video_column: VideoClip(num_frames, fps=fps, size=square(size))}
-    caption, text, read = caption_codec(caption_column)
-    if text is not None:
-        codecs[caption] = text
-    columns = {video_column: "video_column", **dict.fromkeys(read, "caption_column")}
-    partial = [video_column] if partial_reads else []
+    columns = {video_column: "video_column"}
+    add_caption(codecs, columns, caption_column)
     return assemble(
-        src, codecs, columns=columns, files=[video_column], partial=partial,
-        block_size=block_size, **common(locals()),
+        src, codecs, columns=columns, files=[video_column], block_size=block_size,
+        partial=[video_column] if partial_reads else [], cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
+        rank=rank, world_size=world_size,
     )  # fmt: skip
 
 
+@renamed_keywords
 def build_image_graph(
     src: Src,
     *,
@@ -107,26 +105,22 @@ def build_image_graph(
     batch_size: int = 32,
     image_column: str = "image",
     caption_column: str | None = "caption",
-    cache_dir: str | None = None,
-    max_bytes: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    cache: CacheOptions | None = None,
+    fetch: FetchOptions | None = IMAGE_FETCH,
+    errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
     num_threads: int = 4,
-    download_threads: int = 16,
-    retries: int = DEFAULT_RETRIES,
-    timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
-    on_error: str = "skip",
-    max_error_rate: float = 0.5,
     rank: int | None = None,
     world_size: int | None = None,
 ) -> BaseNode:
     """A graph yielding batches of images and captions.
 
     Args: as :func:`build_video_graph`, with ``image_column`` ("image") and ``size`` the output
-    (H, W) (256), ``batch_size`` 32 and 16 samples downloaded ahead (``download_threads``).
+    (H, W) (256), ``batch_size`` 32 and 16 samples downloaded ahead (``fetch``:
+    :data:`IMAGE_FETCH`).
 
     Returns:
         BaseNode: yields dicts with ``image`` uint8 [B, 3, H, W], ``caption`` list[str | None]
@@ -136,13 +130,16 @@ def build_image_graph(
         ValueError: a bad argument, or a column missing from the index.
     """
     codecs: dict[str, Codec] = {image_column: ImageTensor(size=square(size))}
-    caption, text, read = caption_codec(caption_column)
-    if text is not None:
-        codecs[caption] = text
-    columns = {image_column: "image_column", **dict.fromkeys(read, "caption_column")}
-    return assemble(src, codecs, columns=columns, files=[image_column], **common(locals()))
+    columns = {image_column: "image_column"}
+    add_caption(codecs, columns, caption_column)
+    return assemble(
+        src, codecs, columns=columns, files=[image_column], cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
 
 
+@renamed_keywords
 def build_audio_graph(
     src: Src,
     *,
@@ -153,19 +150,14 @@ def build_audio_graph(
     batch_size: int = 16,
     audio_column: str = "audio",
     caption_column: str | None = "caption",
-    cache_dir: str | None = None,
-    max_bytes: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    cache: CacheOptions | None = None,
+    fetch: FetchOptions | None = None,
+    errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
     num_threads: int = 4,
-    download_threads: int = 8,
-    retries: int = DEFAULT_RETRIES,
-    timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
-    on_error: str = "skip",
-    max_error_rate: float = 0.5,
     rank: int | None = None,
     world_size: int | None = None,
 ) -> BaseNode:
@@ -203,13 +195,16 @@ def build_audio_graph(
             sample_rate, channels, duration=duration, start=start, with_info=True
         )
     }
-    caption, text, read = caption_codec(caption_column)
-    if text is not None:
-        codecs[caption] = text
-    columns = {audio_column: "audio_column", **dict.fromkeys(read, "caption_column")}
-    return assemble(src, codecs, columns=columns, files=[audio_column], **common(locals()))
+    columns = {audio_column: "audio_column"}
+    add_caption(codecs, columns, caption_column)
+    return assemble(
+        src, codecs, columns=columns, files=[audio_column], cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
 
 
+@renamed_keywords
 def build_text_to_video_graph(
     src: Src,
     *,
@@ -231,19 +226,14 @@ def build_text_to_video_graph(
     partial_reads: bool = False,
     block_size: int = 1 << 20,
     batch_size: int = 4,
-    cache_dir: str | None = None,
-    max_bytes: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    cache: CacheOptions | None = None,
+    fetch: FetchOptions | None = None,
+    errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
     num_threads: int = 4,
-    download_threads: int = 8,
-    retries: int = DEFAULT_RETRIES,
-    timeout: float | None = 60.0,
     prefetch_factor: int = 2,
     drop_last: bool = False,
-    on_error: str = "skip",
-    max_error_rate: float = 0.5,
     rank: int | None = None,
     world_size: int | None = None,
 ) -> BaseNode:
@@ -315,16 +305,14 @@ def build_text_to_video_graph(
             latent_fps=latent_fps, temporal_stride=latent_stride, causal=latent_causal,
         )  # fmt: skip
         columns[column] = "latent_columns"
-    caption, text, read = caption_codec(caption_column, caption_choice)
-    if text is not None:
-        codecs[caption] = text
-    columns.update(dict.fromkeys(read, "caption_column"))
+    add_caption(codecs, columns, caption_column, caption_choice)
     for column in embedding_columns:
         codecs[column] = Latent()
         columns[column] = "embedding_columns"
     files = [video_column, *([audio] if isinstance(audio, str) else []), *latent_columns]
     return assemble(
         src, codecs, columns=columns, files=[*files, *embedding_columns],
-        partial=[video_column] if partial_reads else [], block_size=block_size,
-        **common(locals()),
+        partial=[video_column] if partial_reads else [], block_size=block_size, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
+        rank=rank, world_size=world_size,
     )  # fmt: skip

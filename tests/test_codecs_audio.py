@@ -16,6 +16,7 @@ from sdsnodes._synthetic import AUDIO_HZ, audio_signal, audio_step
 from sdsnodes.codecs import AudioWaveform, Decoded, VideoClip
 from sdsnodes.errors import DecodeError
 from sdsnodes.nodes.decoder import Decoder
+from sdsnodes.options import ErrorOptions
 from tests import media
 
 SECONDS = 4.0
@@ -186,7 +187,9 @@ def late_rate(path) -> int:
 
 def decode_like_the_decoder(codecs: dict, sample: dict, seed: int = 0) -> dict:
     """Run the real Decoder's per-sample step (codecs in order, Decoded facts as columns)."""
-    decoder = Decoder(IterableWrapper([]), codecs, num_threads=0, seed=seed, on_error="raise")
+    decoder = Decoder(
+        IterableWrapper([]), codecs, num_threads=0, seed=seed, errors=ErrorOptions(on_error="raise")
+    )
     return decoder.process({"__index__": 0, **sample})
 
 

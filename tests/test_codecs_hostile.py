@@ -22,6 +22,7 @@ from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, VideoClip
 from sdsnodes.codecs._files import regular_file
 from sdsnodes.errors import DecodeError, NotAFile, TooLarge
 from sdsnodes.nodes.decoder import Decoder
+from sdsnodes.options import ErrorOptions
 from tests import media
 
 
@@ -165,7 +166,9 @@ def test_refusals_pickle_and_keep_their_reason():
 
 
 def decode_one(sample: dict, codecs: dict) -> Decoder:
-    decoder = Decoder(IterableWrapper([]), codecs, num_threads=0, on_error="raise")
+    decoder = Decoder(
+        IterableWrapper([]), codecs, num_threads=0, errors=ErrorOptions(on_error="raise")
+    )
     return decoder, decoder.process({"__index__": 0, **sample})
 
 

@@ -19,7 +19,15 @@ import pytest
 from torchdata.nodes import Loader
 from utils import check_node_resume
 
-from sdsnodes import CachingDownloader, Evictor, IndexReader, error_stats
+from sdsnodes import (
+    CacheOptions,
+    CachingDownloader,
+    ErrorOptions,
+    Evictor,
+    FetchOptions,
+    IndexReader,
+    error_stats,
+)
 from sdsnodes.cache import Cache
 from sdsnodes.errors import DownloadError
 from sdsnodes.nodes._cache_ref import close_caches
@@ -45,10 +53,12 @@ def index_of(tmp_path: Path, urls: list[str], sizes: list[int] | None = None) ->
     return str(path)
 
 
-def downloader(tmp_path: Path, index: str, **kw) -> CachingDownloader:
+def downloader(
+    tmp_path: Path, index: str, cache_dir=None, max_bytes=None, **kw
+) -> CachingDownloader:
     reader = IndexReader(index, index_cache_dir=str(tmp_path / "index-cache"))
-    kw.setdefault("cache_dir", str(tmp_path / "cache"))
-    return CachingDownloader(reader, ["file"], **kw)
+    cache = CacheOptions(cache_dir or str(tmp_path / "cache"), max_bytes=max_bytes)
+    return CachingDownloader(reader, ["file"], cache=cache, **kw)
 
 
 def on_disk(root: Path) -> tuple[int, list[Path]]:
@@ -82,7 +92,9 @@ def test_window_yields_in_source_order_with_the_right_bytes(http_server, http_di
     files = make_files(http_dir, 30)
     urls = list(files)
     http_server.faults(delay_s=0.3, count=1, path="f00.bin")  # the head finishes last
-    loader = Loader(downloader(tmp_path, index_of(tmp_path, urls), num_threads=8))
+    loader = Loader(
+        downloader(tmp_path, index_of(tmp_path, urls), fetch=FetchOptions(max_in_flight=8))
+    )
     samples = list(loader)
     assert [s["__key__"] for s in samples] == [str(i) for i in range(30)]
     for sample, url in zip(samples, urls):
@@ -103,7 +115,9 @@ def test_a_duplicate_url_is_downloaded_once(http_server, http_dir, tmp_path):
     dup = urls[3]
     order = urls[:4] + [dup, dup] + urls[4:8] + [dup] + urls[8:] + [dup]  # near and far apart
     http_server.faults(delay_s=0.3, count=1, path="f03.bin")  # the copies wait on it
-    loader = Loader(downloader(tmp_path, index_of(tmp_path, order), num_threads=8))
+    loader = Loader(
+        downloader(tmp_path, index_of(tmp_path, order), fetch=FetchOptions(max_in_flight=8))
+    )
     samples = list(loader)
     assert [s["__url__.file"] for s in samples] == order
     assert all(Path(s["file"]).read_bytes() == files[s["__url__.file"]] for s in samples)
@@ -117,7 +131,12 @@ def test_the_byte_budget_holds_with_an_evictor(http_server, http_dir, tmp_path):
     urls, sizes = list(files), [len(b) for b in files.values()]
     largest, max_bytes = max(sizes), 3 * 1500
     root = tmp_path / "cache"
-    node = downloader(tmp_path, index_of(tmp_path, urls, sizes), num_threads=8, max_bytes=max_bytes)
+    node = downloader(
+        tmp_path,
+        index_of(tmp_path, urls, sizes),
+        fetch=FetchOptions(max_in_flight=8),
+        max_bytes=max_bytes,
+    )
     keys, peak = [], 0
     for sample in Loader(Evictor(node, trim_every=0)):
         assert Path(sample["file"]).read_bytes() == files[sample["__url__.file"]]
@@ -137,7 +156,7 @@ def test_resume(http_server, http_dir, tmp_path):
     index = index_of(tmp_path, list(files))
 
     def make_root():
-        return Evictor(downloader(tmp_path, index, num_threads=4))
+        return Evictor(downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=4)))
 
     def key_fn(sample):
         assert Path(sample["file"]).read_bytes() == files[sample["__url__.file"]]
@@ -156,7 +175,7 @@ def test_stopping_mid_epoch_releases_everything(http_server, http_dir, tmp_path,
         http_server.faults(delay_s=1.0, path=f"f{i:02d}.bin")
     root = tmp_path / "cache"
     index = index_of(tmp_path, urls, [len(b) for b in files.values()])
-    node = downloader(tmp_path, index, num_threads=8, max_bytes=10_000)
+    node = downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=8), max_bytes=10_000)
     it = iter(Loader(Evictor(node)))
     assert [next(it)["__key__"] for _ in range(5)] == ["0", "1", "2", "3", "4"]
     getattr(node, stop)()
@@ -169,7 +188,13 @@ def test_stopping_mid_epoch_releases_everything(http_server, http_dir, tmp_path,
     assert Cache(root).stats()["pinned_files"] == 0
 
     http_server.clear_faults()  # nothing left locked or half-written: a new run gets it all
-    fresh = list(Loader(Evictor(downloader(tmp_path, index, num_threads=8, max_bytes=10_000))))
+    fresh = list(
+        Loader(
+            Evictor(
+                downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=8), max_bytes=10_000)
+            )
+        )
+    )
     assert [s["__key__"] for s in fresh] == [str(i) for i in range(30)]
     assert on_disk(root)[1] == [] and reserved_rows(root) == 0
 
@@ -182,7 +207,9 @@ def test_cancelled_downloads_leave_no_tmp_files(http_server, http_dir, tmp_path)
     index = index_of(tmp_path, list(files))
     roots = [tmp_path / f"cache{i}" for i in range(40)]
     for root in roots:
-        node = downloader(tmp_path, index, num_threads=16, cache_dir=str(root))
+        node = downloader(
+            tmp_path, index, fetch=FetchOptions(max_in_flight=16), cache_dir=str(root)
+        )
         it = iter(Loader(node))
         assert Path(next(it)["file"]).read_bytes() == files[next(iter(files))]
         node.shutdown()
@@ -200,7 +227,7 @@ def test_stopping_does_not_download_what_the_window_waited_for(http_server, http
     order = [urls[0], urls[1], urls[1], urls[1]] + urls[2:]
     http_server.faults(delay_s=0.5, count=1, path="f01.bin")  # in flight when we stop
     root = tmp_path / "cache"
-    node = downloader(tmp_path, index_of(tmp_path, order), num_threads=8)
+    node = downloader(tmp_path, index_of(tmp_path, order), fetch=FetchOptions(max_in_flight=8))
     it = iter(Loader(Evictor(node)))
     assert next(it)["__key__"] == "0"
     node.shutdown()
@@ -229,7 +256,11 @@ def test_a_sync_filesystem_downloads_in_threads(ftp_server, ftp_files, tmp_path)
     assert not fsspec.filesystem("ftp", **options).async_impl  # ftplib: the thread-pool path
     urls = list(ftp_files)
     missing = urls[:7] + [urls[0].replace("m00", "gone")] + urls[7:]
-    node = downloader(tmp_path, index_of(tmp_path, missing), num_threads=4, storage_options=options)
+    node = downloader(
+        tmp_path,
+        index_of(tmp_path, missing),
+        fetch=FetchOptions(max_in_flight=4, storage_options=options),
+    )
     loader = Loader(Evictor(node))
     samples = list(loader)
     assert [s["__url__.file"] for s in samples] == urls
@@ -247,13 +278,19 @@ def test_a_404_is_skipped_and_counted_or_raised(http_server, http_dir, tmp_path)
     urls = list(files)
     (http_dir.path / "f04.bin").unlink()
     index = index_of(tmp_path, urls)
-    loader = Loader(downloader(tmp_path, index, num_threads=8))
+    loader = Loader(downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=8)))
     keys = [s["__key__"] for s in loader]
     assert keys == [str(i) for i in range(10) if i != 4]
     assert error_stats(loader.state_dict()) == {"missing": 1}
     assert http_server.stats(urls[4])["statuses"] == [404]  # a missing object is not retried
 
-    node = downloader(tmp_path, index, num_threads=8, on_error="raise", cache_dir=tmp_path / "c2")
+    node = downloader(
+        tmp_path,
+        index,
+        fetch=FetchOptions(max_in_flight=8),
+        errors=ErrorOptions(on_error="raise"),
+        cache_dir=tmp_path / "c2",
+    )
     got = []
     with pytest.raises(FileNotFoundError):
         for sample in Loader(node):
@@ -264,8 +301,8 @@ def test_a_404_is_skipped_and_counted_or_raised(http_server, http_dir, tmp_path)
 
 def test_invalid_arguments(tmp_path):
     index = index_of(tmp_path, ["http://127.0.0.1:1/x.bin"])
-    with pytest.raises(ValueError, match="num_threads"):
-        downloader(tmp_path, index, num_threads=0)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=0))
     with pytest.raises(ValueError, match="columns"):
         CachingDownloader(IndexReader(index, index_cache_dir=str(tmp_path / "i")), [])
 
@@ -274,7 +311,9 @@ def test_copies_and_pickles_start_with_an_empty_window(tmp_path):
     # StreamingDataset deep-copies the graph into each worker; a pickled node travels to spawned
     # workers: neither may carry the window, its threads or its give-up flag.
     node = CachingDownloader(
-        IndexReader(pa.table({"file": ["s3://bucket/a.bin"]})), ["file"], cache_dir=tmp_path
+        IndexReader(pa.table({"file": ["s3://bucket/a.bin"]})),
+        ["file"],
+        cache=CacheOptions(tmp_path),
     )
     for clone in (copy.deepcopy(node), pickle.loads(pickle.dumps(node))):
         assert len(clone._window) == 0 and clone._executor is None
@@ -287,13 +326,24 @@ def test_a_size_other_than_the_index_says_is_a_failed_download(http_server, http
     sizes = [len(files[u]) for u in urls]
     sizes[2] += 1  # the object changed since the index was made, or the index is wrong
     index = index_of(tmp_path, urls, sizes)
-    loader = Loader(Evictor(downloader(tmp_path, index, retries=0)))
+    loader = Loader(Evictor(downloader(tmp_path, index, fetch=FetchOptions(retries=0))))
     got = [s["__url__.file"] for s in loader]
     assert got == urls[:2] + urls[3:]
     assert error_stats(loader.state_dict()) == {"download": 1}
     assert not Path(Cache(tmp_path / "cache").path_for(urls[2])).exists()  # nothing kept
     with pytest.raises(Exception, match="expected"):
-        list(Loader(Evictor(downloader(tmp_path, index, retries=0, on_error="raise"))))
+        list(
+            Loader(
+                Evictor(
+                    downloader(
+                        tmp_path,
+                        index,
+                        fetch=FetchOptions(retries=0),
+                        errors=ErrorOptions(on_error="raise"),
+                    )
+                )
+            )
+        )
 
 
 def test_a_node_dropped_without_shutdown_locks_nothing(http_server, http_dir, tmp_path):
@@ -305,7 +355,7 @@ def test_a_node_dropped_without_shutdown_locks_nothing(http_server, http_dir, tm
     for i in range(3, 20):
         http_server.faults(delay_s=0.3, path=f"f{i:02d}.bin")
     index = index_of(tmp_path, urls)
-    abandoned = downloader(tmp_path, index, num_threads=8)
+    abandoned = downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=8))
     abandoned.reset()
     assert next(abandoned)["__url__.file"] == urls[0]  # 7 more downloads in flight, never taken
     start = time.monotonic()
@@ -339,7 +389,16 @@ def test_a_server_lying_about_content_length_is_caught_by_the_index_checksum(
     http_server.faults(lie_length=-100, path="/" + http_dir.path.name + "/")
     path = tmp_path / "index-md5.parquet"
     pq.write_table(pa.table({"file": urls, "md5": digests(files, "md5")}), path)  # auto-detected
-    loader = Loader(Evictor(downloader(tmp_path, str(path), retries=0, max_error_rate=1.0)))
+    loader = Loader(
+        Evictor(
+            downloader(
+                tmp_path,
+                str(path),
+                fetch=FetchOptions(retries=0),
+                errors=ErrorOptions(max_error_rate=1.0),
+            )
+        )
+    )
     assert list(loader) == []  # nothing torn is delivered
     assert error_stats(loader.state_dict()) == {"checksum": 12}
     size, tmps = on_disk(tmp_path / "cache")
@@ -388,10 +447,12 @@ def test_checksum_columns_are_checked_at_construction(tmp_path):
     reader = IndexReader(pa.table({"file": ["http://x/a"]}))
     with pytest.raises(ValueError, match="not downloaded"):
         CachingDownloader(
-            reader, ["file"], cache_dir=str(tmp_path), checksum_columns={"v": "v.md5"}
+            reader, ["file"], cache=CacheOptions(str(tmp_path)), checksum_columns={"v": "v.md5"}
         )
     with pytest.raises(ValueError, match="must say its algorithm"):
-        CachingDownloader(reader, ["file"], cache_dir=str(tmp_path), checksum_columns={"file": "h"})
+        CachingDownloader(
+            reader, ["file"], cache=CacheOptions(str(tmp_path)), checksum_columns={"file": "h"}
+        )
 
 
 def test_a_graph_that_gathers_before_releasing_is_not_stuck(
@@ -410,7 +471,9 @@ def test_a_graph_that_gathers_before_releasing_is_not_stuck(
     files = make_files(http_dir, 24, seed=9, low=10_000, high=10_000)
     urls = list(files)
     index = index_of(tmp_path, urls, [10_000] * 24)
-    node = downloader(tmp_path, index, max_bytes=30_000, num_threads=8)  # 3 files fit
+    node = downloader(
+        tmp_path, index, max_bytes=30_000, fetch=FetchOptions(max_in_flight=8)
+    )  # 3 files fit
     got = []
     with caplog.at_level(logging.WARNING, logger="sdsnodes.nodes._window"):
         for batch in Loader(Batcher(node, batch_size=8)):
@@ -430,7 +493,7 @@ def test_a_reset_releases_what_a_reading_ahead_decoder_held(http_server, http_di
 
     files = make_files(http_dir, 24, seed=5)
     index = index_of(tmp_path, list(files), [len(b) for b in files.values()])
-    node = downloader(tmp_path, index, num_threads=8, max_bytes=200_000)
+    node = downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=8), max_bytes=200_000)
     graph = Evictor(Decoder(node, {"file": lambda path, *_: Path(path).read_bytes()}, num_threads=4))
     graph.reset()
     for _ in range(3):

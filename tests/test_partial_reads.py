@@ -13,6 +13,9 @@ from torchdata.nodes import Loader
 from utils import check_node_resume
 
 from sdsnodes import (
+    CacheOptions,
+    ErrorOptions,
+    FetchOptions,
     OnError,
     Shuffler,
     StreamingDataset,
@@ -163,7 +166,7 @@ def test_video_graph_with_partial_reads_equals_the_local_graph(
     common = dict(num_frames=8, fps=4, size=32, batch_size=3, shuffle=False, num_threads=2)
     remote = build_video_graph(
         index(urls, tmp_path), partial_reads=True, block_size=BLOCK,
-        cache_dir=str(tmp_path / "cache"), download_threads=2, **common,
+        cache=CacheOptions(str(tmp_path / "cache")), fetch=FetchOptions(max_in_flight=2), **common,
     )  # fmt: skip
     local = build_video_graph(index([str(long_video)] * 3, tmp_path), **common)
     (got,), (want,) = list(Loader(remote)), list(Loader(local))
@@ -181,8 +184,10 @@ def test_range_reader_skips_or_raises_on_a_missing_object(http_dir, long_video, 
     table = pa.table({"video": urls})
 
     def reader(on_error):
-        return RangeReader(IndexReader(table), ["video"], cache_dir=str(tmp_path / "c"),
-                           block_size=BLOCK, num_threads=1, on_error=on_error)  # fmt: skip
+        return RangeReader(IndexReader(table), ["video"], cache=CacheOptions(str(tmp_path / "c")),
+                           fetch=FetchOptions(max_in_flight=1),
+                           errors=ErrorOptions(on_error=on_error),
+                           block_size=BLOCK)  # fmt: skip
 
     node = reader(OnError.SKIP)
     loader = Loader(node)
@@ -211,7 +216,8 @@ def test_range_reader_resumes_exactly(http_dir, tmp_path):
 
     def make():
         source = Shuffler(IndexReader(pa.table({"video": urls})), seed=3)
-        return RangeReader(source, ["video"], cache_dir=str(tmp_path / "c"), num_threads=2,
+        return RangeReader(source, ["video"], cache=CacheOptions(str(tmp_path / "c")),
+                           fetch=FetchOptions(max_in_flight=2),
                            block_size=4096)  # fmt: skip
 
     check_node_resume(make, key_fn=lambda s: (s["__key__"], s["video"].size > 0))
@@ -221,7 +227,7 @@ def test_random_access_reads_ranges_too(http_server, http_dir, long_video, tmp_p
     shutil.copy(long_video, http_dir.path / "long.mp4")
     graph = build_video_graph(
         pa.table({"video": [http_dir.url_for("long.mp4")], "caption": ["c"]}), num_frames=4,
-        size=32, partial_reads=True, block_size=BLOCK, cache_dir=str(tmp_path / "c"),
+        size=32, partial_reads=True, block_size=BLOCK, cache=CacheOptions(str(tmp_path / "c")),
     )  # fmt: skip
     sample = StreamingDataset(graph)[0]
     assert sample["video"].shape == (4, 3, 32, 32)

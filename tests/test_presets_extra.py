@@ -12,7 +12,13 @@ import pyarrow as pa
 import pytest
 from torchdata.nodes import Loader
 
-from sdsnodes import build_audio_graph, build_text_to_video_graph, error_stats, shutdown
+from sdsnodes import (
+    CacheOptions,
+    build_audio_graph,
+    build_text_to_video_graph,
+    error_stats,
+    shutdown,
+)
 from sdsnodes._synthetic import audio_signal, audio_step, write_audio, write_video
 from sdsnodes.cache import Cache
 
@@ -131,7 +137,8 @@ def test_remote_urls_download_every_column_and_equal_local(http_server, http_dir
     for partial in (False, True):
         cache_dir = str(tmp_path / f"cache-{partial}")
         remote = one_batch(build_text_to_video_graph(
-            table(root, rows, prefix=http_dir.url), cache_dir=cache_dir, partial_reads=partial,
+            table(root, rows, prefix=http_dir.url), cache=CacheOptions(cache_dir),
+            partial_reads=partial,
             block_size=4096, **options,
         ))  # fmt: skip
         for key in ("video", "audio", "latent", "emb", "video.clip_start"):
@@ -226,7 +233,8 @@ def test_audio_graph_over_http_equals_local(http_dir, audio_files, tmp_path):
     options = dict(sample_rate=8000, duration=1.0, batch_size=4, shuffle=False)
     local = one_batch(build_audio_graph(audio_table(root, good), **options))
     remote = one_batch(build_audio_graph(
-        audio_table(root, good, prefix=http_dir.url), cache_dir=str(tmp_path / "c"), **options
+        audio_table(root, good, prefix=http_dir.url), cache=CacheOptions(str(tmp_path / "c")),
+        **options
     ))  # fmt: skip
     assert remote["audio"].equal(local["audio"])
     assert all(u.startswith("http://") for u in remote["__url__.audio"])

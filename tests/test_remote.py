@@ -19,15 +19,19 @@ from torchdata.nodes import Loader
 from utils import check_dataloader_resume, stateful_loader
 
 from sdsnodes import (
+    CacheOptions,
     CachingDownloader,
     DownloadError,
+    ErrorOptions,
     Evictor,
+    FetchOptions,
     IndexReader,
     StreamingDataset,
     TooManyErrors,
     build_image_graph,
     error_stats,
 )
+from sdsnodes._retry import DEFAULT_RETRIES
 from sdsnodes._synthetic import write_image
 from sdsnodes.cache import Cache
 
@@ -52,10 +56,15 @@ def index_of(urls, tmp_path, name="index.parquet", **columns):
     return path
 
 
-def graph(src, cache_dir, **kw):
-    args = dict(size=16, batch_size=4, cache_dir=str(cache_dir), num_threads=2, download_threads=4)
+def graph(src, cache_dir, max_bytes=None, storage_options=None, download_threads=4,
+          retries=DEFAULT_RETRIES, on_error="skip", **kw):  # fmt: skip
+    args = dict(size=16, batch_size=4, num_threads=2)
     args.update(kw)
-    return build_image_graph(src, **args)
+    return build_image_graph(
+        src, cache=CacheOptions(str(cache_dir), max_bytes=max_bytes),
+        fetch=FetchOptions(storage_options, retries=retries, max_in_flight=download_threads),
+        errors=ErrorOptions(on_error), **args,
+    )  # fmt: skip
 
 
 def upload(fs, paths, prefix):
@@ -315,8 +324,8 @@ def test_several_columns_per_sample(s3_server, s3_bucket, images, tmp_path):
         CachingDownloader(
             IndexReader(table),
             ["a", "b"],
-            cache_dir=str(tmp_path / "c"),
-            storage_options=s3_server.storage_options,
+            cache=CacheOptions(str(tmp_path / "c")),
+            fetch=FetchOptions(storage_options=s3_server.storage_options),
         )
     )
     samples = list(Loader(node))

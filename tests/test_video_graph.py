@@ -13,6 +13,7 @@ from torchdata.nodes import Loader
 from utils import check_dataloader_resume, check_node_resume, keys_of, stateful_loader
 
 from sdsnodes import (
+    ErrorOptions,
     StreamingDataset,
     TooManyErrors,
     build_image_graph,
@@ -119,11 +120,27 @@ def test_bad_samples_are_skipped_counted_and_logged_once(index_with_bad_files, c
 
 def test_bad_samples_raise_under_on_error_raise(index_with_bad_files):
     with pytest.raises(Exception, match="corrupt.mp4|truncated.mp4|missing.mp4"):
-        list(Loader(graph(index_with_bad_files, batch_size=1, on_error="raise", shuffle=False)))
+        list(
+            Loader(
+                graph(
+                    index_with_bad_files,
+                    batch_size=1,
+                    errors=ErrorOptions(on_error="raise"),
+                    shuffle=False,
+                )
+            )
+        )
 
 
 def test_too_many_errors_is_a_systemic_fault(index_with_bad_files):
-    loader = Loader(graph(index_with_bad_files, batch_size=1, max_error_rate=0.1, shuffle=False))
+    loader = Loader(
+        graph(
+            index_with_bad_files,
+            batch_size=1,
+            errors=ErrorOptions(max_error_rate=0.1),
+            shuffle=False,
+        )
+    )
     with pytest.raises(TooManyErrors, match="max_error_rate"):
         for _ in range(3):  # judged once 20 samples were seen: 6 of 20 skipped > 10%
             list(loader)

@@ -9,9 +9,10 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from sdsnodes.codecs import Codec, Decoded
-from sdsnodes.errors import DecodeError, OnError
+from sdsnodes.errors import DecodeError
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
+from sdsnodes.options import ErrorOptions, renamed_keywords
 from sdsnodes.sample import EPOCH, INDEX, KEY, Sample, range_url_key, url_key
 
 
@@ -33,7 +34,7 @@ class Decoder(ThreadMapNode):
     Codecs (``VideoClip``, ``ImageTensor``, ``Text``…) are pure; they run in ``num_threads``
     threads (PyAV and Pillow release the GIL), in order. A sample whose decoding fails (a
     :class:`~sdsnodes.errors.DecodeError`, a missing file, a None value) is skipped and counted
-    by reason under ``on_error="skip"``, or raised: ``"missing"`` (no such file, a None value),
+    by reason under ``errors.on_error="skip"``, or raised: ``"missing"`` (no such file, a None value),
     ``"not_a_file"`` (a directory, FIFO, device or socket: refused before anything opens it),
     ``"too_large"`` (more pixels than the codec's ``max_pixels``), ``"decode"`` (the rest).
     A :class:`~sdsnodes.errors.DecodeError` names the sample's ``__key__``, the column and the
@@ -45,8 +46,8 @@ class Decoder(ThreadMapNode):
         codecs (Mapping[str, Codec]): column → codec.
         num_threads (int): decoding threads; 0 decodes inline.
         seed (int): seed of the codecs' randomness (clip starts, random crops).
-        on_error (str): ``"skip"`` or ``"raise"``.
-        max_error_rate (float): raise once more than this fraction of samples was skipped.
+        errors (ErrorOptions): ``on_error`` (``"skip"`` or ``"raise"``) and
+            ``max_error_rate``, the skipped fraction past which the node raises.
 
     State:
         as :class:`~sdsnodes.nodes._threads.ThreadMapNode`.
@@ -57,14 +58,15 @@ class Decoder(ThreadMapNode):
 
     reason = "decode"
 
+    @renamed_keywords
     def __init__(
         self,
         source: BaseNode,
         codecs: Mapping[str, Codec],
         num_threads: int = 4,
         seed: int = 0,
-        on_error: OnError | str = OnError.SKIP,
-        max_error_rate: float = 0.5,
+        *,
+        errors: ErrorOptions | None = None,
     ) -> None:
         if not codecs:
             raise ValueError(
@@ -73,7 +75,8 @@ class Decoder(ThreadMapNode):
         for column, codec in codecs.items():
             if not callable(codec):
                 raise ValueError(f"codec for column {column!r} is not callable: {codec!r}")
-        super().__init__(source, num_threads, on_error, max_error_rate)
+        errors = errors or ErrorOptions()
+        super().__init__(source, num_threads, errors.on_error, errors.max_error_rate)
         self.codecs = dict(codecs)
         self.seed = int(seed)
 

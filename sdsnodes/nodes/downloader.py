@@ -13,12 +13,11 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from sdsnodes._retry import DEFAULT_RETRIES
 from sdsnodes.cache.ledger import disk_full_error
 from sdsnodes.cache.store import BUSY, NO_ROOM, Cache
-from sdsnodes.errors import ErrorPolicy, OnError
+from sdsnodes.errors import ErrorPolicy
 from sdsnodes.nodes._cache_ref import open_cache
-from sdsnodes.nodes._remote import RemoteSettings, disk_full
+from sdsnodes.nodes._remote import RemoteErrors, disk_full, remote_settings
 from sdsnodes.nodes._threads import register_live
 from sdsnodes.nodes._window import (
     BUSY_POLL_S,
@@ -32,23 +31,24 @@ from sdsnodes.nodes._window import (
     record,
     unpin_if_kept,
 )
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, renamed_keywords
 from sdsnodes.sample import CACHE_DIR, Sample, describe, url_key
 from sdsnodes.storage import fetch, fetch_soon, is_remote, local_path
 
 
-class CachingDownloader(BaseNode[Sample], RemoteSettings):
+class CachingDownloader(BaseNode[Sample], RemoteErrors):
     """Replace each remote URL in ``columns_to_download`` by a local, pinned file in the cache.
 
-    Keeps a window of up to ``num_threads`` samples ahead of the consumer, and downloads their
-    files concurrently: on S3, GCS and HTTP each download is a coroutine on fsspec's event loop
-    (no thread per download); other filesystems use ``num_threads`` threads. Samples come out
+    Keeps a window of up to ``fetch.max_in_flight`` samples ahead of the consumer, and downloads
+    their files concurrently: on S3, GCS and HTTP each download is a coroutine on fsspec's event
+    loop (no thread per download); other filesystems use ``max_in_flight`` threads. Samples come out
     in order. The cache's ledger is asked once per batch of files (hits are pinned, misses
     claimed) and each download is recorded as it ends (by the thread that ends it, so a node
     dropped mid-epoch holds no key's lock), so a cold-cache download costs little CPU beyond
     the HTTP request. A file another downloader is fetching is asked for again every 10 ms.
 
     The byte budget holds: a download starts only when the files pinned and in flight, all
-    processes together, leave room for it under ``max_bytes`` (its size from the index's
+    processes together, leave room for it under ``cache.max_bytes`` (its size from the index's
     ``size`` / ``<column>_size`` column, else the largest file the cache directory has held;
     before any, one file at a time), in window order. Samples this node delivered stay pinned
     until the :class:`Evictor` releases them (the Decoder's read-ahead holds several), and they
@@ -71,18 +71,12 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     Args:
         source (BaseNode): upstream node yielding sample dicts.
         columns_to_download (Sequence[str]): columns holding paths or URLs.
-        cache_dir (str | None): the cache directory (shared by all processes on the machine);
-            None uses ``$SDS_CACHE_DIR`` or ``~/.cache/sdsnodes``.
-        max_bytes (int | None): byte budget of the whole cache directory; None is unbounded.
-        storage_options (dict | None): fsspec options for the URLs (credentials, endpoint_url…).
-        num_threads (int): samples downloaded ahead and at once (>= 1).
-        retries (int): most retries of a transient error (5xx, resets, timeouts, short bodies),
-            with full-jitter backoff; storage's deadline (30 s after a file's first attempt)
-            binds first with the default, so an outage of ~25 s is ridden out.
-        timeout (float | None): seconds one download attempt may take (S3, GCS, HTTP).
-        policy (str): eviction policy, ``"keepset"`` (default) or ``"lru"``.
-        on_error (str): ``"skip"`` (count and drop the sample) or ``"raise"``.
-        max_error_rate (float): raise once more than this fraction of samples was skipped.
+        cache (CacheOptions): the cache directory (shared by all processes on the machine), its
+            byte budget ``max_bytes``, eviction ``policy`` and ``ttl``.
+        fetch (FetchOptions): ``storage_options``, ``retries``, ``timeout`` and ``deadline_s``
+            of each download, and ``max_in_flight``, the samples downloaded ahead and at once (8).
+        errors (ErrorOptions): ``on_error`` (``"skip"``: count and drop the sample, or
+            ``"raise"``) and ``max_error_rate``.
         checksum_columns (dict[str, str] | None): media column → index column holding the
             digest its bytes must have, checked before the file enters the cache; the digest
             column's name says the algorithm (``"video.md5"``, ``"sha256"``, ``"crc32c"``), its
@@ -110,31 +104,24 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     SOURCE_KEY = "source"
     ERRORS_KEY = "errors"
 
+    @renamed_keywords
     def __init__(
         self,
         source: BaseNode,
         columns_to_download: Sequence[str],
-        cache_dir: str | None = None,
-        max_bytes: int | None = None,
-        storage_options: dict[str, Any] | None = None,
-        num_threads: int = 8,
-        retries: int = DEFAULT_RETRIES,
-        timeout: float | None = 60.0,
-        policy: str = "keepset",
-        on_error: OnError | str = OnError.SKIP,
-        max_error_rate: float = 0.5,
+        *,
+        cache: CacheOptions | None = None,
+        fetch: FetchOptions | None = None,
+        errors: ErrorOptions | None = None,
         checksum_columns: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_threads, int) or num_threads < 1:
-            raise ValueError(f"{num_threads=} must be an int >= 1 (samples downloaded ahead)")
-        self.init_remote(
-            columns_to_download, cache_dir=cache_dir, max_bytes=max_bytes,
-            storage_options=storage_options, retries=retries, timeout=timeout, policy=policy,
-        )  # fmt: skip
+        settings = remote_settings(columns_to_download, cache, fetch)
+        self.columns, self.cache, self.fetch, self.cache_dir = settings
         self.source = source
-        self.num_threads = num_threads
-        self.errors = ErrorPolicy(on_error, max_error_rate)
+        self.max_bytes = self.cache.max_bytes
+        errors = errors or ErrorOptions()
+        self.errors = ErrorPolicy(errors.on_error, errors.max_error_rate)
         self.checksum_columns = checksum_columns
         self._digests = checksum_candidates(self.columns, checksum_columns)
         self._window: collections.deque[WindowEntry] = collections.deque()
@@ -209,7 +196,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
             for file in self._files_of(sample, out):
                 download = functools.partial(
                     fetch, file.url, expected_size=file.size_hint, checksum=file.checksum,
-                    **self._fetch_options(),
+                    **self.fetch.fetch_kwargs,
                 )  # fmt: skip
                 out[file.column] = str(cache.get(file.url, download, size_hint=file.size_hint))
                 pinned.append(file.url)
@@ -226,14 +213,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     # -- the window -------------------------------------------------------------------------
 
     def _cache(self) -> Cache:
-        return open_cache(self.cache_dir, self.max_bytes, policy=self.policy)
-
-    def _fetch_options(self) -> dict[str, Any]:
-        return {
-            "storage_options": self.storage_options,
-            "retries": self.retries,
-            "timeout": self.timeout,
-        }
+        return open_cache(self.cache_dir, self.max_bytes, self.cache.ttl, self.cache.policy.value)
 
     def _files_of(self, sample: Sample, out: Sample) -> list[WindowFile]:
         files = []
@@ -252,8 +232,9 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
     def _fill(self) -> None:
         """Top the window up once it is half empty (so the ledger sees batches of files), then
         start what the budget allows."""
-        if len(self._window) <= self.num_threads // 2:
-            while not self._exhausted and len(self._window) < self.num_threads:
+        window = self.fetch.max_in_flight
+        if len(self._window) <= window // 2:
+            while not self._exhausted and len(self._window) < window:
                 try:
                     sample = next(self.source)
                 except StopIteration:
@@ -295,7 +276,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
                 try:
                     f.download = fetch_soon(
                         f.url, answer.tmp, executor=self._threads(), abandoned=self._abandoned,
-                        expected_size=f.size_hint, checksum=f.checksum, **self._fetch_options(),
+                        expected_size=f.size_hint, checksum=f.checksum, **self.fetch.fetch_kwargs,
                     )  # fmt: skip
                 except Exception as error:  # noqa: BLE001 - an unknown protocol, say
                     cache.finish([(answer, error)])
@@ -376,7 +357,7 @@ class CachingDownloader(BaseNode[Sample], RemoteSettings):
         """The threads of sync filesystems' downloads (S3, GCS, HTTP need none)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                self.num_threads, thread_name_prefix="sds-download"
+                self.fetch.max_in_flight, thread_name_prefix="sds-download"
             )
         return self._executor
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from torchdata.nodes import Loader
 
-from sdsnodes import build_image_graph, error_stats
+from sdsnodes import CacheOptions, FetchOptions, build_image_graph, error_stats
 from sdsnodes.cache import Cache
 
 
@@ -51,9 +51,8 @@ def test_the_same_graph_after_rm_rf_cache(http_server, http_dir, tmp_path):
         size=8,
         batch_size=4,
         caption_column=None,
-        cache_dir=str(cache_dir),
-        max_bytes=10**6,
-        storage_options=http_server.storage_options,
+        cache=CacheOptions(str(cache_dir), max_bytes=10**6),
+        fetch=FetchOptions(storage_options=http_server.storage_options),
     )
     loader = Loader(graph)
     first = [k for b in loader for k in b["__key__"]]

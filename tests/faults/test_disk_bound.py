@@ -27,7 +27,14 @@ from _faults import LONG, SEED, scaled
 from PIL import Image
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from sdsnodes import StreamingDataset, build_image_graph, error_stats
+from sdsnodes import (
+    CacheOptions,
+    ErrorOptions,
+    FetchOptions,
+    StreamingDataset,
+    build_image_graph,
+    error_stats,
+)
 
 MAX_BYTES = 1 << 20
 KIB = 1024
@@ -105,9 +112,11 @@ def test_peak_disk_stays_within_max_bytes_plus_one_file_per_process(
     pq.write_table(pa.table(table), index)
     cache_dir = str(tmp_path / "cache")
     graph = build_image_graph(
-        str(index), size=32, batch_size=4, caption_column=None, cache_dir=cache_dir,
-        max_bytes=MAX_BYTES, download_threads=download_threads, num_threads=decode_threads,
-        on_error="raise", seed=SEED,
+        str(index), size=32, batch_size=4, caption_column=None,
+        cache=CacheOptions(cache_dir, max_bytes=MAX_BYTES),
+        fetch=FetchOptions(max_in_flight=download_threads), errors=ErrorOptions(on_error="raise"),
+        num_threads=decode_threads,
+        seed=SEED,
     )  # fmt: skip
     loader = StatefulDataLoader(StreamingDataset(graph), batch_size=None, num_workers=num_workers)
     processes = max(1, num_workers)

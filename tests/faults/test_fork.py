@@ -188,15 +188,15 @@ def test_random_access_beside_a_forking_loader(http_server, http_dir, tmp_path):
     workers each epoch): before the fix, 4 of 8 epochs died after 30-35 s."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from sdsnodes import StreamingDataset, build_image_graph
+    from sdsnodes import CacheOptions, FetchOptions, StreamingDataset, build_image_graph
 
     n = 40
     index = _served_images(http_dir, tmp_path, n)
     ds = StreamingDataset(
         build_image_graph(
             index, size=16, batch_size=4, caption_column=None,
-            cache_dir=str(tmp_path / "cache"), max_bytes=10**7,
-            storage_options=http_server.storage_options,
+            cache=CacheOptions(str(tmp_path / "cache"), max_bytes=10**7),
+            fetch=FetchOptions(storage_options=http_server.storage_options),
         )
     )  # fmt: skip
     reference = {i: ds[i]["image"].clone() for i in (0, n - 1)}
@@ -237,7 +237,7 @@ def test_a_dropped_loader_then_a_forking_loader(http_server, http_dir, tmp_path)
     cache forks its workers. Before the fix 4 of 16 rounds died after ~30 s."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from sdsnodes import StreamingDataset, build_image_graph
+    from sdsnodes import CacheOptions, FetchOptions, StreamingDataset, build_image_graph
 
     n = 60
     index = _served_images(http_dir, tmp_path, n)
@@ -252,11 +252,11 @@ def test_a_dropped_loader_then_a_forking_loader(http_server, http_dir, tmp_path)
                     index,
                     size=16,
                     batch_size=4,
-                    cache_dir=str(cache_dir),
+                    cache=CacheOptions(str(cache_dir)),
+                    fetch=FetchOptions(storage_options=http_server.storage_options),
                     caption_column=None,
                     shuffle=True,
                     seed=r,
-                    storage_options=http_server.storage_options,
                 )
 
             quick = StatefulDataLoader(StreamingDataset(graph), batch_size=None, num_workers=0)

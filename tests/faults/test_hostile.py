@@ -37,6 +37,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from utils import hang_guard
 
 from sdsnodes import (
+    CacheOptions,
+    ErrorOptions,
+    FetchOptions,
     StreamingDataset,
     build_audio_graph,
     build_image_graph,
@@ -283,8 +286,9 @@ def test_hostile_images_are_skipped_with_their_reason_without_memory_blowup(tmp_
     before = snapshot(tmp_path, cache)
 
     def graph(seed, **kw):
-        return build_image_graph(src, size=32, batch_size=4, cache_dir=str(cache), num_threads=2,
-                                 max_error_rate=1.0, seed=seed, **kw)  # fmt: skip
+        return build_image_graph(src, size=32, batch_size=4, cache=CacheOptions(str(cache)),
+                                 errors=ErrorOptions(max_error_rate=1.0), num_threads=2,
+                                 seed=seed, **kw)  # fmt: skip
 
     good = [str(i) for i in range(len(paths) - len(bad))]
     for seed in range(SEED, SEED + scaled(1, 4)):  # shuffled orders
@@ -318,8 +322,9 @@ def test_hostile_videos_and_audio_are_skipped_with_their_reason(tmp_path):
     with hostile(len(bad)):
         run_both(
             lambda **kw: build_video_graph(src, num_frames=4, size=32, batch_size=1,
-                                           cache_dir=str(cache), num_threads=2,
-                                           max_error_rate=1.0, **kw),
+                                           cache=CacheOptions(str(cache)),
+                                           errors=ErrorOptions(max_error_rate=1.0), num_threads=2,
+                                           **kw),
             ["0", "1"], expected_counts(bad),
         )  # fmt: skip
     assert snapshot(tmp_path, cache) == before, "something was written outside cache_dir"
@@ -343,8 +348,10 @@ def test_hostile_videos_and_audio_are_skipped_with_their_reason(tmp_path):
     before = snapshot(tmp_path, cache)
     with hostile(len(bad)):
         run_both(
-            lambda **kw: build_audio_graph(src, duration=0.5, batch_size=1, cache_dir=str(cache),
-                                           num_threads=2, max_error_rate=1.0, **kw),
+            lambda **kw: build_audio_graph(src, duration=0.5, batch_size=1,
+                                           cache=CacheOptions(str(cache)),
+                                           errors=ErrorOptions(max_error_rate=1.0),
+                                           num_threads=2, **kw),
             ["0", "1"], expected_counts(bad),
         )  # fmt: skip
     assert snapshot(tmp_path, cache) == before, "something was written outside cache_dir"
@@ -390,7 +397,7 @@ def test_hostile_latents_and_text_are_skipped_never_unpickled(tmp_path):
             IndexReader(table, index_cache_dir=str(cache / "index")),
             {"latent": Latent(), "caption": Text()},
             num_threads=2,
-            max_error_rate=1.0,
+            errors=ErrorOptions(max_error_rate=1.0),
         )
 
     bad = {str(i): r[2] for i, r in enumerate(rows) if r[2]}
@@ -435,8 +442,9 @@ def test_decode_errors_name_the_url_and_secrets_never_show_over_http(
     caplog.set_level(logging.DEBUG)
 
     def graph(**kw):
-        args = dict(size=32, batch_size=2, cache_dir=str(cache), storage_options=options,
-                    num_threads=2, download_threads=4, retries=1, max_error_rate=1.0,
+        args = dict(size=32, batch_size=2, cache=CacheOptions(str(cache)),
+                    fetch=FetchOptions(options, retries=1, max_in_flight=4),
+                    errors=ErrorOptions(max_error_rate=1.0), num_threads=2,
                     shuffle=False)  # fmt: skip
         return build_image_graph(src, **{**args, **kw})
 
@@ -454,7 +462,7 @@ def test_decode_errors_name_the_url_and_secrets_never_show_over_http(
 
     # with on_error="raise", the error itself names the URL
     with pytest.raises(DecodeError) as caught:
-        list(StreamingDataset(graph(on_error="raise", batch_size=1)))
+        list(StreamingDataset(graph(errors=ErrorOptions("raise", 1.0), batch_size=1)))
     assert http_dir.url_for("error_page.jpg") in str(caught.value)
 
     # the credential shows nowhere: logs (every logger, DEBUG), the workers' stderr, errors,
@@ -490,8 +498,9 @@ def test_s3_dot_dot_keys_and_credentials(s3_server, s3_bucket, tmp_path, caplog,
     caplog.set_level(logging.DEBUG)
 
     def graph(**kw):
-        args = dict(size=16, batch_size=2, cache_dir=str(cache), retries=1, shuffle=False,
-                    storage_options=options, max_error_rate=1.0, num_threads=2)  # fmt: skip
+        args = dict(size=16, batch_size=2, cache=CacheOptions(str(cache)), shuffle=False,
+                    fetch=FetchOptions(options, retries=1), errors=ErrorOptions(max_error_rate=1.0),
+                    num_threads=2)  # fmt: skip
         return build_image_graph(src, **{**args, **kw})
 
     with hostile(len(hostile_urls)):
@@ -523,7 +532,8 @@ def test_skips_after_each_workers_last_batch_are_counted(tmp_path):
     src = index(tmp_path / "video.parquet", video=good + bad, caption=["x"] * 9)
     keys, stats, _ = drain(
         build_video_graph(src, num_frames=4, size=32, batch_size=1, shuffle=False,
-                          cache_dir=str(tmp_path / "cache"), num_threads=2, max_error_rate=1.0)
+                          cache=CacheOptions(str(tmp_path / "cache")),
+                          errors=ErrorOptions(max_error_rate=1.0), num_threads=2)
     )  # fmt: skip
     assert sorted(keys) == ["0", "1"]
     assert stats == {"decode": 7}

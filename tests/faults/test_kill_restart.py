@@ -62,15 +62,22 @@ def run_job(config_path: str) -> int:
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from sdsnodes import StreamingDataset, build_image_graph, error_stats
+    from sdsnodes import (
+        CacheOptions,
+        FetchOptions,
+        StreamingDataset,
+        build_image_graph,
+        error_stats,
+    )
 
     cfg = json.loads(Path(config_path).read_text())
     ckpt, done = Path(cfg["checkpoint"]), Path(cfg["done"])
     make = functools.partial(
         build_image_graph, cfg["src"], size=IMAGE_SIZE, batch_size=BATCH_SIZE,
-        cache_dir=cfg["cache_dir"], max_bytes=cfg["max_bytes"],
-        storage_options=cfg["storage_options"], seed=cfg["seed"], num_threads=2,
-        download_threads=cfg["download_threads"], prefetch_factor=1,
+        cache=CacheOptions(cfg["cache_dir"], max_bytes=cfg["max_bytes"]),
+        fetch=FetchOptions(cfg["storage_options"], max_in_flight=cfg["download_threads"]),
+        seed=cfg["seed"], num_threads=2,
+        prefetch_factor=1,
     )  # fmt: skip
     dl = StatefulDataLoader(StreamingDataset(make), batch_size=None, num_workers=cfg["num_workers"])
     keys: list[str] = []

@@ -45,9 +45,11 @@ from utils import json_roundtrip, mixer_states
 
 from sdsnodes import (
     Batcher,
+    CacheOptions,
     CachingDownloader,
     Decoder,
     Evictor,
+    FetchOptions,
     ImageTensor,
     IndexReader,
     Mapper,
@@ -175,8 +177,9 @@ def sample_stream(
     node: BaseNode = Shuffler(reader, seed=seed)
     if reader.index.table.column("image")[0].as_py().startswith("http"):
         max_bytes = place.budget if trial.budget else None
-        node = CachingDownloader(node, ["image"], cache_dir=str(cache_dir), max_bytes=max_bytes,
-                                 num_threads=trial.download_threads)  # fmt: skip
+        node = CachingDownloader(node, ["image"],
+                                 cache=CacheOptions(str(cache_dir), max_bytes=max_bytes),
+                                 fetch=FetchOptions(max_in_flight=trial.download_threads))  # fmt: skip
     node = Decoder(node, {"image": ImageTensor(size=(8, 8))}, num_threads=trial.decode_threads)
     return Evictor(node)
 
@@ -198,11 +201,10 @@ def make_graph(trial: Trial, place: Place, indexes: dict[str, Path], cache_dir: 
             str(indexes[name]),
             size=8,
             batch_size=trial.batch_size,
-            cache_dir=str(cache_dir),
-            max_bytes=place.budget if trial.budget else None,
+            cache=CacheOptions(str(cache_dir), max_bytes=place.budget if trial.budget else None),
+            fetch=FetchOptions(max_in_flight=trial.download_threads),
             seed=trial.seed + i,
             num_threads=trial.decode_threads,
-            download_threads=trial.download_threads,
             prefetch_factor=trial.prefetch,
             drop_last=trial.drop_last,
         )

@@ -25,7 +25,7 @@ import torch
 from _faults import LONG, SEED, scaled
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from sdsnodes import StreamingDataset, build_image_graph, error_stats
+from sdsnodes import CacheOptions, FetchOptions, StreamingDataset, build_image_graph, error_stats
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum
 from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES
 from sdsnodes._synthetic import write_image
@@ -308,14 +308,15 @@ def _index(urls: list[str], tmp_path: Path) -> Path:
     return path
 
 
-def _epoch(index: Path, cache_dir: Path, during=None, num_workers: int = 2, **kw) -> Epoch:
+def _epoch(index: Path, cache_dir: Path, during=None, num_workers: int = 2, **options) -> Epoch:
     """One epoch of ``build_image_graph`` through ``StatefulDataLoader(num_workers)``;
-    ``during()`` runs after the first batch (an outage starts there)."""
-    args = dict(
-        size=SIZE, batch_size=4, cache_dir=str(cache_dir), num_threads=2, download_threads=4,
-        shuffle=False, retries=DEFAULT_RETRIES,  # the storage default: see the xfail below
+    ``during()`` runs after the first batch (an outage starts there); ``options``:
+    FetchOptions fields."""
+    options = {"max_in_flight": 4, "retries": DEFAULT_RETRIES, **options}  # retries: the storage
+    args = dict(  # default, see the xfail below
+        size=SIZE, batch_size=4, cache=CacheOptions(str(cache_dir)), num_threads=2,
+        fetch=FetchOptions(**options), shuffle=False,
     )  # fmt: skip
-    args.update(kw)
     ds = StreamingDataset(functools.partial(build_image_graph, index, **args))
     loader = StatefulDataLoader(ds, batch_size=None, num_workers=num_workers)
     delivered: dict[str, torch.Tensor] = {}
@@ -499,7 +500,7 @@ def test_http_outage_of_5_s_mid_epoch_loses_nothing(
     http_server.faults(delay_s=0.4)  # every answer: the epoch is still downloading at batch 1
     outage = _Outage(http_server, OUTAGE_S, pause=kind == "paused")
     try:
-        epoch = _epoch(index, tmp_path / "cache", during=outage, download_threads=2)
+        epoch = _epoch(index, tmp_path / "cache", during=outage, max_in_flight=2)
         assert outage.back.is_set(), "the epoch ended before the server came back"
         after = http_server.stats()["get"]
     finally:
@@ -523,7 +524,7 @@ def test_s3_outage_of_5_s_mid_epoch_loses_nothing(
     outage = _Outage(s3_proxy, OUTAGE_S)
     try:
         epoch = _epoch(
-            index, tmp_path / "cache", during=outage, download_threads=2,
+            index, tmp_path / "cache", during=outage, max_in_flight=2,
             storage_options=s3_proxy.storage_options,
         )  # fmt: skip
         assert outage.back.is_set(), "the epoch ended before the proxy came back"

@@ -27,7 +27,10 @@ from torchdata.nodes import Loader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sdsnodes import (
+    CacheOptions,
     CachingDownloader,
+    ErrorOptions,
+    FetchOptions,
     IndexReader,
     StreamingDataset,
     build_image_graph,
@@ -71,8 +74,8 @@ def index_file(tmp_path, table: pa.Table) -> str:
 def test_the_downloader_state_has_every_skip(http_server, http_dir, tmp_path, fault):
     table = files(http_dir, tmp_path, fault, http_server)
     downloader = CachingDownloader(
-        IndexReader(table), ["image"], cache_dir=str(tmp_path / "cache"), retries=1,
-        max_error_rate=1.0, num_threads=8,
+        IndexReader(table), ["image"], cache=CacheOptions(str(tmp_path / "cache")),
+        fetch=FetchOptions(retries=1, max_in_flight=8), errors=ErrorOptions(max_error_rate=1.0),
     )  # fmt: skip
     loader = Loader(downloader)
     assert list(loader) == []
@@ -101,8 +104,10 @@ def run_epoch(index: str, tmp_path, num_workers: int) -> tuple[int, dict[str, in
     """One epoch of the image graph through ``StatefulDataLoader``: samples delivered, and the
     skip counts of the loader's state after it."""
     graph = build_image_graph(
-        index, size=32, batch_size=4, caption_column=None, cache_dir=str(tmp_path / "cache"),
-        retries=1, max_error_rate=1.0, shuffle=False, download_threads=8, num_threads=2,
+        index, size=32, batch_size=4, caption_column=None,
+        cache=CacheOptions(str(tmp_path / "cache")), fetch=FetchOptions(retries=1, max_in_flight=8),
+        errors=ErrorOptions(max_error_rate=1.0),
+        shuffle=False, num_threads=2,
     )  # fmt: skip
     loader = StatefulDataLoader(StreamingDataset(graph), batch_size=None, num_workers=num_workers)
     delivered = sum(len(batch["image"]) for batch in loader)

@@ -68,16 +68,16 @@ def run_soak_process(config_path: str, rank: int) -> int:
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     from torchdata.nodes import Loader
 
-    from sdsnodes import build_image_graph, error_stats
+    from sdsnodes import CacheOptions, FetchOptions, build_image_graph, error_stats
     from sdsnodes.nodes.graph import shutdown
 
     cfg = json.loads(Path(config_path).read_text())
     out = Path(cfg["out"]) / f"proc{rank}.json"
     before = _resources()
     graph = build_image_graph(
-        cfg["src"], size=32, batch_size=8, cache_dir=cfg["cache_dir"],
-        max_bytes=cfg["max_bytes"], seed=rank, num_threads=2,
-        download_threads=cfg["download_threads"],
+        cfg["src"], size=32, batch_size=8,
+        cache=CacheOptions(cfg["cache_dir"], max_bytes=cfg["max_bytes"]), seed=rank, num_threads=2,
+        fetch=FetchOptions(max_in_flight=cfg["download_threads"]),
     )  # fmt: skip
     loader = Loader(graph)
     start = time.monotonic()

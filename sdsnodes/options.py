@@ -1,0 +1,257 @@
+"""Option groups shared by the presets and the nodes: where the cache lives and how big it may
+grow (:class:`CacheOptions`), how remote files are fetched (:class:`FetchOptions`), and what a
+bad sample does (:class:`ErrorOptions`).
+
+Each group is a small frozen dataclass, checked when it is made, so a mistake fails at once with
+a message naming the fix. A preset takes the groups and hands each, unchanged, to the nodes that
+use it: ``build_video_graph(src, cache=CacheOptions("/mnt/cache", max_bytes=50 << 30))`` reaches
+:class:`~sdsnodes.CachingDownloader` and :class:`~sdsnodes.RangeReader` as their ``cache``.
+
+The keywords the groups replaced (``cache_dir``, ``max_bytes``, ``storage_options``,
+``download_threads``…) still work for one release, with a :class:`DeprecationWarning`: see
+:func:`renamed_keywords`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES
+from sdsnodes.cache import EvictionPolicy
+from sdsnodes.errors import OnError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _set(options: Any, name: str, value: Any) -> None:
+    object.__setattr__(options, name, value)  # a frozen dataclass normalizing its own field
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheOptions:
+    """The disk cache that downloaded files and read blocks go through.
+
+    Args:
+        cache_dir (str | os.PathLike | None): the cache directory, shared by every process of
+            the machine; None uses ``$SDS_CACHE_DIR`` or ``~/.cache/sdsnodes``. Presets also keep
+            the converted index under ``<cache_dir>/index``.
+        max_bytes (int | None): byte budget of the whole directory, > 0; None (default) is
+            unbounded.
+        policy (EvictionPolicy | str): which unpinned files go first when the budget is
+            exceeded: ``"keepset"`` (default) or ``"lru"`` (see :class:`~sdsnodes.cache.EvictionPolicy`).
+        ttl (float | None): seconds after its last use when a cached file expires, > 0; None
+            (default) never expires files.
+
+    Raises:
+        ValueError: ``max_bytes`` <= 0, ``ttl`` <= 0, an unknown ``policy`` or a ``cache_dir``
+            that is not a path.
+    """
+
+    cache_dir: str | os.PathLike | None = None
+    max_bytes: int | None = None
+    policy: EvictionPolicy | str = EvictionPolicy.KEEPSET
+    ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
+            raise ValueError(f"CacheOptions: {self.cache_dir=} must be a path or None")
+        if self.max_bytes is not None and (
+            isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int)
+            or self.max_bytes <= 0
+        ):  # fmt: skip
+            raise ValueError(
+                f"CacheOptions: max_bytes={self.max_bytes!r} must be an int > 0 (bytes), "
+                "or None for no budget"
+            )
+        if self.ttl is not None and not self.ttl > 0:
+            raise ValueError(f"CacheOptions: ttl={self.ttl!r} must be None or > 0 (seconds)")
+        try:
+            _set(self, "policy", EvictionPolicy(self.policy))
+        except ValueError:
+            names = [p.value for p in EvictionPolicy]
+            raise ValueError(
+                f"CacheOptions: policy={self.policy!r} must be one of {names}"
+            ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchOptions:
+    """How remote files (S3, GCS, HTTP, any fsspec URL) are fetched.
+
+    Args:
+        storage_options (Mapping | None): fsspec options for the URLs (credentials,
+            ``endpoint_url``…), also used to read a remote index; None: none. Left out of the
+            ``repr``, since it may hold credentials.
+        retries (int): most retries of a transient error (5xx, 408, 429, resets, timeouts, short
+            bodies) after the first attempt, >= 0, with full-jitter exponential backoff and
+            ``Retry-After`` honoured (30 by default, so ``deadline_s`` binds first; see
+            docs/retries.md).
+        timeout (float | None): seconds one attempt may take (S3, GCS, HTTP), > 0 (60.0); None
+            waits as long as the filesystem does.
+        deadline_s (float | None): seconds after a file's (or block's) first attempt when no new
+            attempt starts, > 0 (30.0): an outage shorter than it loses nothing. None: only
+            ``retries`` bounds the attempts.
+        max_in_flight (int): samples fetched ahead of the consumer and at once, >= 1 (8). The
+            :class:`~sdsnodes.CachingDownloader`'s window; the files a
+            :class:`~sdsnodes.RangeReader` opens concurrently.
+
+    Raises:
+        ValueError: an argument out of range, or ``storage_options`` not a mapping.
+    """
+
+    storage_options: Mapping[str, Any] | None = dataclasses.field(default=None, repr=False)
+    retries: int = DEFAULT_RETRIES
+    timeout: float | None = 60.0
+    deadline_s: float | None = DEFAULT_DEADLINE_S
+    max_in_flight: int = 8
+
+    def __post_init__(self) -> None:
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise ValueError(
+                f"FetchOptions: storage_options={self.storage_options!r} must be a dict of "
+                "fsspec options, e.g. {'anon': True}, or None"
+            )
+        _set(self, "storage_options", dict(self.storage_options or {}))
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"FetchOptions: retries={self.retries!r} must be an int >= 0")
+        for name in ("timeout", "deadline_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"FetchOptions: {name}={value!r} must be None or > 0 (seconds)")
+        if (
+            isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int)
+            or self.max_in_flight < 1
+        ):  # fmt: skip
+            raise ValueError(
+                f"FetchOptions: max_in_flight={self.max_in_flight!r} must be an int >= 1 "
+                "(samples fetched ahead and at once)"
+            )
+
+    @property
+    def fetch_kwargs(self) -> dict[str, Any]:
+        """The keywords of :func:`sdsnodes.storage.fetch` / ``fetch_soon`` these options set."""
+        return {
+            "storage_options": self.storage_options,
+            "retries": self.retries,
+            "timeout": self.timeout,
+            "deadline_s": self.deadline_s,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorOptions:
+    """What a node does with a bad sample (missing object, failed download, corrupt file).
+
+    Args:
+        on_error (OnError | str): ``"skip"`` (default: count the sample by reason, log it, go on)
+            or ``"raise"``.
+        max_error_rate (float): in [0, 1] (0.5): once 20 samples were seen, raise
+            :class:`~sdsnodes.TooManyErrors` when more than this fraction was skipped, so a
+            systemic fault does not look like an empty epoch; 1.0 never raises.
+
+    Raises:
+        ValueError: an unknown ``on_error`` or ``max_error_rate`` outside [0, 1].
+    """
+
+    on_error: OnError | str = OnError.SKIP
+    max_error_rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        try:
+            _set(self, "on_error", OnError(self.on_error))
+        except ValueError:
+            names = [e.value for e in OnError]
+            raise ValueError(
+                f"ErrorOptions: on_error={self.on_error!r} must be one of {names}"
+            ) from None
+        if isinstance(self.max_error_rate, bool) or not 0.0 <= self.max_error_rate <= 1.0:
+            raise ValueError(
+                f"ErrorOptions: max_error_rate={self.max_error_rate!r} must be in [0, 1] "
+                "(1.0 never raises)"
+            )
+
+
+GROUPS = {"cache": CacheOptions, "fetch": FetchOptions, "errors": ErrorOptions}
+"""Parameter name → option group, as presets and nodes name them."""
+
+RENAMED = {
+    "cache_dir": "cache.cache_dir",
+    "max_bytes": "cache.max_bytes",
+    "policy": "cache.policy",
+    "storage_options": "fetch.storage_options",
+    "retries": "fetch.retries",
+    "timeout": "fetch.timeout",
+    "download_threads": "fetch.max_in_flight",
+    "num_threads": "fetch.max_in_flight",
+    "on_error": "errors.on_error",
+    "max_error_rate": "errors.max_error_rate",
+}
+"""The keywords of before the option groups → ``"<group>.<field>"``. ``num_threads`` is renamed
+only where it is no parameter any more (CachingDownloader, RangeReader): a preset's and the
+Decoder's ``num_threads`` still count decoding threads."""
+
+
+def renamed_keywords(fn: F) -> F:
+    """Let ``fn`` take its keywords of before the option groups for one more release.
+
+    Each keyword of :data:`RENAMED` that ``fn`` no longer has and whose group it has
+    (``download_threads`` → ``fetch.max_in_flight``) is moved into that group, built from the
+    group's default in ``fn``'s signature (None: the group's class defaults), with a
+    :class:`DeprecationWarning` that names the replacement. The wrapper also checks that each
+    group passed is one of its class (or None).
+
+    Raises:
+        ValueError: an old keyword passed together with its group (``max_bytes=...`` and
+            ``cache=...``): one place per setting.
+        TypeError: a group of the wrong class (``cache="/tmp/c"``).
+    """
+    signature = inspect.signature(fn)
+    params = signature.parameters
+    renames = {old: new for old, new in RENAMED.items() if old not in params}
+    renames = {old: new for old, new in renames.items() if new.split(".")[0] in params}
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        old = {name: kwargs.pop(name) for name in list(kwargs) if name in renames}
+        given = signature.bind_partial(*args, **kwargs).arguments
+        for group in GROUPS.keys() & given.keys():
+            if given[group] is not None and not isinstance(given[group], GROUPS[group]):
+                kind = GROUPS[group].__name__
+                raise TypeError(
+                    f"{fn.__qualname__}: {group}= takes a {kind}, e.g. {group}={kind}(...), "
+                    f"not {given[group]!r}"
+                )
+        if not old:
+            return fn(*args, **kwargs)
+        fields: dict[str, dict[str, Any]] = {}
+        for name, value in old.items():
+            group, field = renames[name].split(".")
+            if group in given:
+                raise ValueError(
+                    f"{fn.__qualname__}: {name}= and {group}= both given; pass only "
+                    f"{group}={GROUPS[group].__name__}(..., {field}=...)"
+                )
+            fields.setdefault(group, {})[field] = value
+        for group, values in fields.items():
+            base = params[group].default
+            kwargs[group] = dataclasses.replace(base or GROUPS[group](), **values)
+        instead = [
+            f"{group}={GROUPS[group].__name__}({', '.join(f'{f}=...' for f in values)})"
+            for group, values in fields.items()
+        ]
+        warnings.warn(
+            f"{fn.__qualname__}: the keywords {', '.join(old)} are deprecated and will be "
+            f"removed in the next release; pass {', '.join(instead)} instead "
+            "(see sdsnodes.options)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
