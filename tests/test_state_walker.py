@@ -14,9 +14,7 @@ def test_iter_states_yields_every_dict_through_lists_and_tuples():
     state = {"a": leaf, "b": inner, "c": "text", "d": [1, 2]}
     found = list(iter_states(state))
     assert found[0] is state
-    assert sorted(map(str, found[1:])) == sorted(
-        map(str, [leaf, inner, {"z": 2}, {"w": 3}])
-    )
+    assert sorted(map(str, found[1:])) == sorted(map(str, [leaf, inner, {"z": 2}, {"w": 3}]))
     assert list(iter_states([1, "a", None])) == []
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from torch.utils.data import get_worker_info
 from torchdata.nodes import BaseNode
 
-from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes._schedule import MixStrategy, draw, normalize
+from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes.graph import NODE_KEY, iter_nodes
 from sdsnodes.sample import STREAM
 

@@ -12,9 +12,9 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from sdsnodes.nodes._cache_ref import release
-from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes._threads import ThreadMapNode
 from sdsnodes.nodes.downloader import CachingDownloader
+from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.mixer import Mixer
 from sdsnodes.sample import STREAM, Sample
