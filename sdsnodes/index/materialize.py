@@ -13,6 +13,7 @@ workers, and RSS grows only with the pages touched.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -80,8 +81,9 @@ def _source_files(
         )
     if len(infos) == 1 and infos[0].get("type") == "file" and path.lower().endswith(".txt"):
         shards = _txt_shards(url, fs, path, txt)
-        if shards is not None:
-            return [_shard_file(url, shard, storage_options) for shard in shards]
+        if shards is not None:  # one request per shard (HEAD on S3): many at once
+            with concurrent.futures.ThreadPoolExecutor(min(16, len(shards))) as pool:
+                return list(pool.map(lambda s: _shard_file(url, s, storage_options), shards))
     return [SourceFile(fs, i, _url_of(url, fs, i)) for i in infos]
 
 
