@@ -82,7 +82,7 @@ class EpochReader(BaseNode[Sample]):
         self.uneven = uneven
         self.reader_id = "0"  # names this reader in elastic cursors; Mixer prefixes stream names
         self.order: Order | None = None  # None: index order; a Shuffler sets its permutation
-        self._row_at: Callable[[int], int] = int
+        self._rows: Callable[[int], int] | None = None  # this epoch's order(epoch); None: identity
         self._epoch = 0
         self._next_epoch: int | None = None
         self._next_layout: tuple[int, list[int]] | None = None
@@ -144,7 +144,7 @@ class EpochReader(BaseNode[Sample]):
                 self._base, self._skip = 0, []
             self._position = 0
         self._started = True
-        self._row_at = self.order(self._epoch) if self.order is not None else int
+        self._rows = self.order(self._epoch) if self.order is not None else None
 
     def _check_layout(self, state: dict[str, Any]) -> None:
         shards, rows = state.get(self.NUM_SHARDS_KEY), state.get(self.NUM_ROWS_KEY)
@@ -192,7 +192,8 @@ class EpochReader(BaseNode[Sample]):
         rank = self._shard.shard + self._position * self._shard.num_shards
         self._position += 1
         position = self.position_of(rank % self._remaining())  # past the end: pad from the start
-        return self.index.sample(self._row_at(position), self._epoch)
+        row = position if self._rows is None else self._rows(position)
+        return self.index.sample(row, self._epoch)
 
     def get_state(self) -> dict[str, Any]:
         s = self._shard
