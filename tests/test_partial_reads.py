@@ -234,3 +234,39 @@ def test_random_access_reads_ranges_too(http_server, http_dir, long_video, tmp_p
     assert 0 < http_server.stats()["bytes"] < long_video.stat().st_size / 4
     gc.collect()
     assert Cache(tmp_path / "c").stats()["pinned_files"] == 0
+
+
+def test_block_reads_back_off_with_jitter_and_stop_at_the_deadline(
+    http_server, http_dir, tmp_path, caplog
+):
+    """A block read that keeps failing transiently is retried under the storage policy: waits
+    drawn below doubling bounds from the file's own generator (the global RNG untouched), then
+    a DownloadError once the deadline passes, naming the range, the deadline and the status."""
+    import logging
+    import random
+    import re
+    import time
+
+    from sdsnodes.errors import DownloadError
+
+    (http_dir.path / "a.bin").write_bytes(os.urandom(3 * 4096))
+    url = http_dir.url_for("a.bin")
+    http_server.faults(fail_next=10**6, status=503)
+    caplog.set_level(logging.DEBUG, logger="sdsnodes._retry")
+    global_rng = random.getstate()
+    start = time.monotonic()
+    with BlockFile(url, tmp_path / "c", size=3 * 4096, block_size=4096, retries=1000,
+                   backoff_s=0.05, deadline_s=1.5) as file:  # fmt: skip
+        with pytest.raises(DownloadError) as info:
+            file.pread(4096, 10)
+    elapsed = time.monotonic() - start
+    assert random.getstate() == global_rng
+    waits = [float(re.search(r" in ([\d.]+) s after", r.getMessage())[1]) for r in caplog.records]
+    gets = http_server.stats(url)["get"]
+    assert gets == len(waits) + 1 >= 4  # an attempt after each wait
+    bounds = [min(4.0, 0.05 * 2**n) for n in range(len(waits))]
+    assert all(wait <= bound + 0.005 for wait, bound in zip(waits, bounds)), (waits, bounds)
+    assert len(set(waits)) > 1  # jittered, not a fixed sleep
+    assert 1.5 <= elapsed < 15  # not before the deadline; a hang guard after it
+    message = str(info.value)
+    assert "bytes 4096-8191" in message and "1.5 s deadline" in message and "503" in message
