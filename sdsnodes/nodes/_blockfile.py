@@ -11,6 +11,7 @@ nothing. A block is pinned from its first read until the file is closed.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -97,10 +98,8 @@ class BlockFile(io.RawIOBase):
             raise ValueError(f"{size=} must be None or >= 0 (bytes)")
         self.name = url
         self.block_size = block_size
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.deadline_s = deadline_s
-        Retrier(url, retries, backoff_s, deadline_s)  # the retry arguments, checked now
+        self._retrier = functools.partial(Retrier, url, retries, backoff_s, deadline_s)
+        self._retrier()  # the retry arguments, checked now
         self.timeout = timeout
         self.stats = {"blocks_fetched": 0, "blocks_cached": 0, "bytes_fetched": 0}
         self._cache = open_cache(str(cache_dir or default_cache_dir()), max_bytes, policy=policy)
@@ -262,8 +261,7 @@ class BlockFile(io.RawIOBase):
         """``call()`` under the storage retry policy (:meth:`sdsnodes._retry.Retrier.call`:
         backoff with full jitter from a generator seeded by the URL and ``what``,
         ``Retry-After``, a deadline per read)."""
-        retrier = Retrier(self.name, self.retries, self.backoff_s, self.deadline_s, what=what)
-        return retrier.call(call)
+        return self._retrier(what=what).call(call)
 
     def _check_closed(self) -> None:
         if self.closed:
