@@ -212,8 +212,9 @@ def test_the_graph_defaults_are_the_storage_policy() -> None:
         build_text_to_video_graph,
         CachingDownloader.__init__,
     ):
-        params = inspect.signature(fn).parameters
-        assert params["retries"].default == DEFAULT_RETRIES, fn
+        fetch_options = inspect.signature(fn).parameters["fetch"].default or FetchOptions()
+        assert fetch_options.retries == DEFAULT_RETRIES, fn
+        assert fetch_options.deadline_s == DEFAULT_DEADLINE_S, fn
 
 
 def test_errors_never_show_credentials(http_server, http_dir, tmp_path, caplog) -> None:
