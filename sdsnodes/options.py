@@ -15,6 +15,7 @@ The keywords the groups replaced (``cache_dir``, ``max_bytes``, ``storage_option
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import inspect
 import os
@@ -31,6 +32,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _set(options: Any, name: str, value: Any) -> None:
     object.__setattr__(options, name, value)  # a frozen dataclass normalizing its own field
+
+
+def _set_member(options: Any, name: str, kind: type[enum.Enum]) -> None:
+    """Replace the field ``name`` of ``options`` by its member of the enum ``kind``.
+
+    Raises:
+        ValueError: the value is none of ``kind``'s (the message lists them).
+    """
+    value = getattr(options, name)
+    try:
+        _set(options, name, kind(value))
+    except ValueError:
+        names = [member.value for member in kind]
+        raise ValueError(
+            f"{type(options).__name__}: {name}={value!r} must be one of {names}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +88,7 @@ class CacheOptions:
             )
         if self.ttl is not None and not self.ttl > 0:
             raise ValueError(f"CacheOptions: ttl={self.ttl!r} must be None or > 0 (seconds)")
-        try:
-            _set(self, "policy", EvictionPolicy(self.policy))
-        except ValueError:
-            names = [p.value for p in EvictionPolicy]
-            raise ValueError(
-                f"CacheOptions: policy={self.policy!r} must be one of {names}"
-            ) from None
+        _set_member(self, "policy", EvictionPolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,13 +174,7 @@ class ErrorOptions:
     max_error_rate: float = 0.5
 
     def __post_init__(self) -> None:
-        try:
-            _set(self, "on_error", OnError(self.on_error))
-        except ValueError:
-            names = [e.value for e in OnError]
-            raise ValueError(
-                f"ErrorOptions: on_error={self.on_error!r} must be one of {names}"
-            ) from None
+        _set_member(self, "on_error", OnError)
         if isinstance(self.max_error_rate, bool) or not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(
                 f"ErrorOptions: max_error_rate={self.max_error_rate!r} must be in [0, 1] "

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from sdsnodes.errors import SdsError
 from sdsnodes.options import CacheOptions, FetchOptions
-from sdsnodes.storage import default_cache_dir
+from sdsnodes.storage import default_cache_dir, is_remote, local_path
 
 
 def disk_full(error: BaseException) -> bool:
@@ -32,6 +33,23 @@ def remote_settings(
         raise ValueError(f"{columns=} must be a non-empty list of column names")
     cache, fetch = cache or CacheOptions(), fetch or FetchOptions()
     return list(columns), cache, fetch, str(cache.cache_dir or default_cache_dir())
+
+
+def remote_values(
+    sample: dict[str, Any], out: dict[str, Any], columns: Sequence[str], key: Callable[[str], str]
+) -> Iterator[tuple[str, str]]:
+    """The ``(column, url)`` of each of ``columns`` whose value in ``sample`` is a remote URL.
+
+    Each column's original value is kept in ``out`` under ``key(column)`` (``url_key``,
+    ``range_url_key``); a local path (or ``file://`` URL) is set in place, as a path.
+    """
+    for column in columns:
+        value = sample.get(column)
+        out[key(column)] = value
+        if is_remote(value):
+            yield column, value
+        else:
+            out[column] = local_path(value) if isinstance(value, str) else value
 
 
 class RemoteErrors:

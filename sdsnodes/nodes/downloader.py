@@ -17,7 +17,7 @@ from sdsnodes.cache.ledger import disk_full_error
 from sdsnodes.cache.store import BUSY, NO_ROOM, Cache
 from sdsnodes.errors import ErrorPolicy
 from sdsnodes.nodes._cache_ref import open_cache
-from sdsnodes.nodes._remote import RemoteErrors, disk_full, remote_settings
+from sdsnodes.nodes._remote import RemoteErrors, disk_full, remote_settings, remote_values
 from sdsnodes.nodes._threads import register_live
 from sdsnodes.nodes._window import (
     BUSY_POLL_S,
@@ -33,7 +33,7 @@ from sdsnodes.nodes._window import (
 )
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, renamed_keywords
 from sdsnodes.sample import CACHE_DIR, Sample, describe, url_key
-from sdsnodes.storage import fetch, fetch_soon, is_remote, local_path
+from sdsnodes.storage import fetch, fetch_soon
 
 
 class CachingDownloader(BaseNode[Sample], RemoteErrors):
@@ -217,12 +217,7 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
 
     def _files_of(self, sample: Sample, out: Sample) -> list[WindowFile]:
         files = []
-        for column in self.columns:
-            value = sample.get(column)
-            out[url_key(column)] = value
-            if not is_remote(value):
-                out[column] = local_path(value) if isinstance(value, str) else value
-                continue
+        for column, value in remote_values(sample, out, self.columns, url_key):
             size = sample.get("size") if len(self.columns) == 1 else sample.get(f"{column}_size")
             hint = int(size) if isinstance(size, int) and size >= 0 else None
             digest = checksum_of(sample, self._digests.get(column, []))

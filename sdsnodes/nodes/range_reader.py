@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from torchdata.nodes import BaseNode
 
 from sdsnodes.nodes._blockfile import DEFAULT_BLOCK_SIZE, BlockFile
-from sdsnodes.nodes._remote import RemoteErrors, remote_settings
+from sdsnodes.nodes._remote import RemoteErrors, remote_settings, remote_values
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, renamed_keywords
 from sdsnodes.sample import Sample, range_url_key
-from sdsnodes.storage import is_remote, local_path
 
 
 class RangeReader(RemoteErrors, ThreadMapNode):
@@ -91,13 +90,8 @@ class RangeReader(RemoteErrors, ThreadMapNode):
         out = dict(sample)
         opened: list[BlockFile] = []
         try:
-            for column in self.columns:
-                value = sample.get(column)
-                out[range_url_key(column)] = value
-                if not is_remote(value):
-                    out[column] = local_path(value) if isinstance(value, str) else value
-                    continue
-                file = self.open(value)
+            for column, url in remote_values(sample, out, self.columns, range_url_key):
+                file = self.open(url)
                 opened.append(file)
                 if self.prefetch_head:
                     file.prefetch(0)
