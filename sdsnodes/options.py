@@ -61,7 +61,8 @@ class CacheOptions:
         max_bytes (int | None): byte budget of the whole directory, > 0; None (default) is
             unbounded.
         policy (EvictionPolicy | str): which unpinned files go first when the budget is
-            exceeded: ``"keepset"`` (default) or ``"lru"`` (see :class:`~sdsnodes.cache.EvictionPolicy`).
+            exceeded: ``"keepset"`` (default) or ``"lru"`` (see
+            :class:`~sdsnodes.cache.EvictionPolicy`).
         ttl (float | None): seconds after its last use when a cached file expires, > 0; None
             (default) never expires files.
 

@@ -58,16 +58,18 @@ def build_video_graph(
         size (int | tuple[int, int]): output (H, W) in pixels (128); an int means square.
         batch_size (int): clips per batch B (4).
         video_column (str), caption_column (str | None): index columns to read.
-        partial_reads (bool): read remote videos in byte ranges (a :class:`~sdsnodes.nodes.range_reader.RangeReader`
-            of ``block_size``-byte blocks, default 1 MiB) instead of downloading them whole:
-            only the container index and the blocks around the clip travel (False).
-        cache (CacheOptions): the download cache, to the CachingDownloader and RangeReader
-            (its ``cache_dir`` also keeps the converted index, under ``index/``).
-        fetch (FetchOptions): to the CachingDownloader and RangeReader (``storage_options``
-            also to the IndexReader): retries within a 30 s deadline, 60 s per attempt, 8
-            samples in flight (see :class:`~sdsnodes.FetchOptions`, docs/retries.md).
-        errors (ErrorOptions): bad-sample policy of the CachingDownloader, RangeReader and
-            Decoder (``"skip"``, 0.5; see docs/nodes.md).
+        partial_reads (bool): read remote videos in byte ranges (a
+            :class:`~sdsnodes.RangeReader` of ``block_size``-byte blocks, default 1 MiB) instead
+            of downloading them whole: only the container index and the blocks around the clip
+            travel (False).
+        cache (CacheOptions | None): the download cache, to the CachingDownloader and
+            RangeReader (its ``cache_dir`` also keeps the converted index, under ``index/``);
+            None: ``CacheOptions()``.
+        fetch (FetchOptions | None): to the CachingDownloader and RangeReader
+            (``storage_options`` also to the IndexReader); None: ``FetchOptions()``, 30 retries
+            within a 30 s deadline, 60 s per attempt, 8 samples in flight (docs/retries.md).
+        errors (ErrorOptions | None): bad-sample policy of the CachingDownloader, RangeReader
+            and Decoder; None: ``ErrorOptions()``, skip, raise past a rate of 0.5 (docs/nodes.md).
         shuffle (bool), seed (int): a Shuffler, a new permutation each epoch, deterministic in
             (seed, epoch); the seed also seeds the Decoder's codecs.
         num_threads (int): the Decoder's threads (4).
@@ -91,7 +93,8 @@ def build_video_graph(
     add_caption(codecs, columns, caption_column)
     return assemble(
         src, codecs, columns=columns, files=[video_column], block_size=block_size,
-        partial=[video_column] if partial_reads else [], cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        partial=[video_column] if partial_reads else [],
+        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip
@@ -133,7 +136,8 @@ def build_image_graph(
     columns = {image_column: "image_column"}
     add_caption(codecs, columns, caption_column)
     return assemble(
-        src, codecs, columns=columns, files=[image_column], cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        src, codecs, columns=columns, files=[image_column],
+        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip
@@ -198,7 +202,8 @@ def build_audio_graph(
     columns = {audio_column: "audio_column"}
     add_caption(codecs, columns, caption_column)
     return assemble(
-        src, codecs, columns=columns, files=[audio_column], cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        src, codecs, columns=columns, files=[audio_column],
+        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip
@@ -312,7 +317,8 @@ def build_text_to_video_graph(
     files = [video_column, *([audio] if isinstance(audio, str) else []), *latent_columns]
     return assemble(
         src, codecs, columns=columns, files=[*files, *embedding_columns],
-        partial=[video_column] if partial_reads else [], block_size=block_size, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        partial=[video_column] if partial_reads else [], block_size=block_size,
+        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip

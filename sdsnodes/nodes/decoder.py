@@ -34,8 +34,8 @@ class Decoder(ThreadMapNode):
     Codecs (``VideoClip``, ``ImageTensor``, ``Text``…) are pure; they run in ``num_threads``
     threads (PyAV and Pillow release the GIL), in order. A sample whose decoding fails (a
     :class:`~sdsnodes.errors.DecodeError`, a missing file, a None value) is skipped and counted
-    by reason under ``errors.on_error="skip"``, or raised: ``"missing"`` (no such file, a None value),
-    ``"not_a_file"`` (a directory, FIFO, device or socket: refused before anything opens it),
+    by reason under ``ErrorOptions(on_error="skip")``, or raised: ``"missing"`` (no such file, a
+    None value), ``"not_a_file"`` (a directory, FIFO, device or socket: refused before anything opens it),
     ``"too_large"`` (more pixels than the codec's ``max_pixels``), ``"decode"`` (the rest).
     A :class:`~sdsnodes.errors.DecodeError` names the sample's ``__key__``, the column and the
     URL the user knows (``__url__.<column>``, for a file the downloader cached; the cache path
@@ -46,8 +46,9 @@ class Decoder(ThreadMapNode):
         codecs (Mapping[str, Codec]): column → codec.
         num_threads (int): decoding threads; 0 decodes inline.
         seed (int): seed of the codecs' randomness (clip starts, random crops).
-        errors (ErrorOptions): ``on_error`` (``"skip"`` or ``"raise"``) and
-            ``max_error_rate``, the skipped fraction past which the node raises.
+        errors (ErrorOptions | None): ``on_error`` (``"skip"`` or ``"raise"``) and
+            ``max_error_rate``, the skipped fraction past which the node raises; None:
+            ``ErrorOptions()`` (skip, 0.5).
 
     State:
         as :class:`~sdsnodes.nodes._threads.ThreadMapNode`.

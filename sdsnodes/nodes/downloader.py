@@ -71,12 +71,14 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
     Args:
         source (BaseNode): upstream node yielding sample dicts.
         columns_to_download (Sequence[str]): columns holding paths or URLs.
-        cache (CacheOptions): the cache directory (shared by all processes on the machine), its
-            byte budget ``max_bytes``, eviction ``policy`` and ``ttl``.
-        fetch (FetchOptions): ``storage_options``, ``retries``, ``timeout`` and ``deadline_s``
-            of each download, and ``max_in_flight``, the samples downloaded ahead and at once (8).
-        errors (ErrorOptions): ``on_error`` (``"skip"``: count and drop the sample, or
-            ``"raise"``) and ``max_error_rate``.
+        cache (CacheOptions | None): the cache directory (shared by all processes on the
+            machine), its byte budget ``max_bytes``, eviction ``policy`` and ``ttl``; None:
+            ``CacheOptions()``.
+        fetch (FetchOptions | None): ``storage_options``, ``retries``, ``timeout`` and
+            ``deadline_s`` of each download, and ``max_in_flight``, the samples downloaded ahead
+            and at once; None: ``FetchOptions()`` (30 retries within 30 s, 8 in flight).
+        errors (ErrorOptions | None): ``on_error`` (``"skip"``: count and drop the sample, or
+            ``"raise"``) and ``max_error_rate``; None: ``ErrorOptions()`` (skip, 0.5).
         checksum_columns (dict[str, str] | None): media column → index column holding the
             digest its bytes must have, checked before the file enters the cache; the digest
             column's name says the algorithm (``"video.md5"``, ``"sha256"``, ``"crc32c"``), its

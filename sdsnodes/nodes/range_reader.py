@@ -35,12 +35,12 @@ class RangeReader(RemoteErrors, ThreadMapNode):
         columns (Sequence[str]): columns holding paths or URLs to open.
         block_size (int): bytes per block (default 1 MiB), >= 4096.
         prefetch_head (bool): fetch the first block while opening.
-        cache (CacheOptions): the cache directory, its byte budget ``max_bytes`` and eviction
-            ``policy`` (as :class:`CachingDownloader`'s).
-        fetch (FetchOptions): ``storage_options``, ``retries``, ``timeout`` and ``deadline_s``
-            of each request (the size, a block), and ``max_in_flight``, the files opened
-            concurrently (8).
-        errors (ErrorOptions): the skip/raise policy.
+        cache (CacheOptions | None): the cache directory, its byte budget ``max_bytes`` and
+            eviction ``policy`` (as :class:`CachingDownloader`'s); None: ``CacheOptions()``.
+        fetch (FetchOptions | None): ``storage_options``, ``retries``, ``timeout`` and
+            ``deadline_s`` of each request (the size, a block), and ``max_in_flight``, the files
+            opened concurrently; None: ``FetchOptions()`` (8 at once).
+        errors (ErrorOptions | None): the skip/raise policy; None: ``ErrorOptions()``.
 
     State:
         as :class:`~sdsnodes.nodes._threads.ThreadMapNode` (reasons ``"missing"``,
