@@ -52,7 +52,7 @@ def test_the_same_graph_after_rm_rf_cache(http_server, http_dir, tmp_path):
         batch_size=4,
         caption_column=None,
         cache=CacheOptions(str(cache_dir), max_bytes=10**6),
-        fetch=FetchOptions(storage_options=http_server.storage_options),
+        fetch=FetchOptions(http_server.storage_options, max_in_flight=16),
     )
     loader = Loader(graph)
     first = [k for b in loader for k in b["__key__"]]

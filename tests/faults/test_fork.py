@@ -196,7 +196,7 @@ def test_random_access_beside_a_forking_loader(http_server, http_dir, tmp_path):
         build_image_graph(
             index, size=16, batch_size=4, caption_column=None,
             cache=CacheOptions(str(tmp_path / "cache"), max_bytes=10**7),
-            fetch=FetchOptions(storage_options=http_server.storage_options),
+            fetch=FetchOptions(http_server.storage_options, max_in_flight=16),
         )
     )  # fmt: skip
     reference = {i: ds[i]["image"].clone() for i in (0, n - 1)}
@@ -253,7 +253,7 @@ def test_a_dropped_loader_then_a_forking_loader(http_server, http_dir, tmp_path)
                     size=16,
                     batch_size=4,
                     cache=CacheOptions(str(cache_dir)),
-                    fetch=FetchOptions(storage_options=http_server.storage_options),
+                    fetch=FetchOptions(http_server.storage_options, max_in_flight=16),
                     caption_column=None,
                     shuffle=True,
                     seed=r,

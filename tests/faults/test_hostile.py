@@ -499,8 +499,8 @@ def test_s3_dot_dot_keys_and_credentials(s3_server, s3_bucket, tmp_path, caplog,
 
     def graph(**kw):
         args = dict(size=16, batch_size=2, cache=CacheOptions(str(cache)), shuffle=False,
-                    fetch=FetchOptions(options, retries=1), errors=ErrorOptions(max_error_rate=1.0),
-                    num_threads=2)  # fmt: skip
+                    fetch=FetchOptions(options, retries=1, max_in_flight=16),
+                    errors=ErrorOptions(max_error_rate=1.0), num_threads=2)  # fmt: skip
         return build_image_graph(src, **{**args, **kw})
 
     with hostile(len(hostile_urls)):
@@ -511,8 +511,10 @@ def test_s3_dot_dot_keys_and_credentials(s3_server, s3_bucket, tmp_path, caplog,
         workers = drain(graph(), num_workers=2)
         assert sorted(workers[0]) == ["4", "5"]
     assert snapshot(tmp_path, cache) == before, "something was written outside cache_dir"
+    raising = ErrorOptions("raise", max_error_rate=1.0)
+    once = FetchOptions(options, retries=0, max_in_flight=16)
     with pytest.raises(SdsError) as caught:
-        list(StreamingDataset(graph(on_error="raise", batch_size=1, retries=0)))
+        list(StreamingDataset(graph(errors=raising, batch_size=1, fetch=once)))
     sds_main(["cache", "stats", str(cache)])
     texts = [r.getMessage() for r in caplog.records] + [json.dumps(state), json.dumps(workers[2])]
     texts += ["".join(traceback.format_exception(caught.value)), str(capfd.readouterr())]
