@@ -66,15 +66,8 @@ OPTIMUM_NOTE = "0.75 optimal at a 25% budget"
 
 def policy_graph(table, cache_dir: str, max_bytes: int, policy: str, threads: int, seed: int):
     """``IndexReader → Shuffler → CachingDownloader(policy) → Evictor``: one sample per row."""
-    from sdsnodes import (
-        CacheOptions,
-        CachingDownloader,
-        ErrorOptions,
-        Evictor,
-        FetchOptions,
-        IndexReader,
-        Shuffler,
-    )
+    from sdsnodes import CachingDownloader, Evictor, IndexReader, Shuffler
+    from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
     downloader = CachingDownloader(
         Shuffler(IndexReader(table), seed=seed), ["file"],

@@ -122,15 +122,8 @@ class DiskSampler:
 
 def peak_graph(table, cache_dir: str, max_bytes: int, threads: int, seed: int):
     """``IndexReader → Shuffler → CachingDownloader(max_bytes) → Evictor``."""
-    from sdsnodes import (
-        CacheOptions,
-        CachingDownloader,
-        ErrorOptions,
-        Evictor,
-        FetchOptions,
-        IndexReader,
-        Shuffler,
-    )
+    from sdsnodes import CachingDownloader, Evictor, IndexReader, Shuffler
+    from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
     downloader = CachingDownloader(
         Shuffler(IndexReader(table), seed=seed), ["file"],
@@ -203,16 +196,8 @@ READ_AHEAD_CASES = [  # (label, processes, size column, download threads, decode
 
 def read_ahead_graph(table, cache_dir: str, max_bytes: int, downloads: int, decoders: int):
     """``IndexReader → CachingDownloader(max_bytes) → Decoder(ImageTensor) → Evictor``."""
-    from sdsnodes import (
-        CacheOptions,
-        CachingDownloader,
-        Decoder,
-        ErrorOptions,
-        Evictor,
-        FetchOptions,
-        ImageTensor,
-        IndexReader,
-    )
+    from sdsnodes import CachingDownloader, Decoder, Evictor, ImageTensor, IndexReader
+    from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
     downloader = CachingDownloader(
         IndexReader(table), ["file"], cache=CacheOptions(cache_dir, max_bytes=max_bytes),

@@ -273,14 +273,8 @@ def bulk_cat(store: Store, urls: Sequence[str], first: Callable[[], None]) -> in
 
 def download_graph(table, column: str, cache_dir: str, storage_options: dict, num_threads: int):
     """``IndexReader → CachingDownloader → Evictor``: downloads only, one sample per row."""
-    from sdsnodes import (
-        CacheOptions,
-        CachingDownloader,
-        ErrorOptions,
-        Evictor,
-        FetchOptions,
-        IndexReader,
-    )
+    from sdsnodes import CachingDownloader, Evictor, IndexReader
+    from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
     downloader = CachingDownloader(
         IndexReader(table), [column], cache=CacheOptions(cache_dir),
@@ -292,13 +286,8 @@ def download_graph(table, column: str, cache_dir: str, storage_options: dict, nu
 
 def media_graph(table, media: str, cache_dir: str, storage_options: dict, args, seed: int):
     """``build_image_graph`` / ``build_video_graph`` over the table of URLs, batches of dicts."""
-    from sdsnodes import (
-        CacheOptions,
-        ErrorOptions,
-        FetchOptions,
-        build_image_graph,
-        build_video_graph,
-    )
+    from sdsnodes import build_image_graph, build_video_graph
+    from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
     in_flight = args.download_threads or (16 if media == "images" else 8)  # the presets' default
     common = dict(

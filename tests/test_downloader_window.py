@@ -19,18 +19,11 @@ import pytest
 from torchdata.nodes import Loader
 from utils import check_node_resume
 
-from sdsnodes import (
-    CacheOptions,
-    CachingDownloader,
-    ErrorOptions,
-    Evictor,
-    FetchOptions,
-    IndexReader,
-    error_stats,
-)
+from sdsnodes import CachingDownloader, Evictor, IndexReader, error_stats
 from sdsnodes.cache import Cache
 from sdsnodes.errors import DownloadError
 from sdsnodes.nodes._cache_ref import close_caches
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
 
 def make_files(http_dir, n: int, seed: int = 0, low: int = 1000, high: int = 2000) -> dict:
