@@ -4,6 +4,7 @@ import atexit
 import gc
 
 from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, VideoClip
+from sdsnodes.checkpoint import load_state, save_state
 from sdsnodes.dataset import StreamingDataset
 from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state
 from sdsnodes.errors import (
@@ -95,6 +96,8 @@ __all__ = [
     "error_stats",
     "gather_states",
     "load_elastic_state",
+    "load_state",
+    "save_state",
     "set_epoch",
     "shutdown",
 ]

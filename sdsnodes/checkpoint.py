@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import json
 import os
 import uuid
@@ -104,8 +105,10 @@ def describe_graph(target: Any) -> list[str]:
     """
     from sdsnodes.nodes.graph import iter_nodes
 
+    from sdsnodes.dataset import StreamingDataset
+
     root = getattr(target, "dataset", target)
-    root = getattr(root, "_template", root)  # StreamingDataset: the graph it copies per worker
+    root = root.graph if isinstance(root, StreamingDataset) else root
     if not isinstance(root, BaseNode):
         raise TypeError(f"{target!r} is not a graph, a StreamingDataset or a loader over one")
     out = []
@@ -150,13 +153,11 @@ def save_state(
         OSError: the URL cannot be written (message names the URL and the cause); the previous
             checkpoint, if any, is untouched.
     """
-    from sdsnodes import __version__
-
     encoded = _encode(state)
     doc = {
         "format": FORMAT,
         "version": VERSION,
-        "sdsnodes": __version__,
+        "sdsnodes": importlib.metadata.version("sdsnodes"),
         "graph": None if graph is None else describe_graph(graph),
         "sha256": hashlib.sha256(_canonical(encoded)).hexdigest(),
         "state": encoded,

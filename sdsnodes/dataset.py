@@ -44,6 +44,9 @@ class StreamingDataset(IterableDataset):
         ValueError: whatever building the graph raises for a bad index or argument.
     """
 
+    EPOCH_KEY = "epoch"
+    GRAPH_KEY = "graph"  # the keys of state_dict()
+
     def __init__(self, graph: BaseNode | Callable[[], BaseNode]) -> None:
         super().__init__()
         template = graph if isinstance(graph, BaseNode) else graph() if callable(graph) else None
@@ -82,8 +85,8 @@ class StreamingDataset(IterableDataset):
         wid = self._worker_id()
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
-            self._epoch = int(state["epoch"])
-            root.reset(state["graph"])
+            self._epoch = int(state[self.EPOCH_KEY])
+            root.reset(state[self.GRAPH_KEY])
         elif self._cursor is not None and self._epochs_started[wid] <= self._cursor["epoch"]:
             from sdsnodes.elastic import apply_cursor
 
@@ -97,6 +100,11 @@ class StreamingDataset(IterableDataset):
         self._epochs_started[wid] = self._epoch + 1
         self._prepared = True
 
+    @property
+    def graph(self) -> BaseNode:
+        """The graph as built (never iterated here: each worker iterates a private copy)."""
+        return self._template
+
     def __iter__(self) -> Iterator[Any]:
         if not self._prepared:
             self._prepare()
@@ -107,7 +115,7 @@ class StreamingDataset(IterableDataset):
         """The worker's position: ``{"epoch": int, "graph": dict}`` (JSON-compatible)."""
         if self._root is None or (self._pending_state is not None):
             self._prepare()
-        return {"epoch": self._epoch, "graph": self._root.state_dict()}  # type: ignore[union-attr]
+        return {self.EPOCH_KEY: self._epoch, self.GRAPH_KEY: self._root.state_dict()}  # type: ignore[union-attr]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume from ``state_dict`` at the next ``iter()``.
@@ -117,10 +125,12 @@ class StreamingDataset(IterableDataset):
         """
         if (
             not isinstance(state_dict, dict)
-            or "graph" not in state_dict
-            or "epoch" not in state_dict
+            or self.GRAPH_KEY not in state_dict
+            or self.EPOCH_KEY not in state_dict
         ):
-            raise ValueError("not a StreamingDataset state: expected keys 'epoch' and 'graph'")
+            raise ValueError(
+                f"not a StreamingDataset state: expected keys {self.EPOCH_KEY!r} and {self.GRAPH_KEY!r}"
+            )
         self._pending_state = state_dict
         self._prepared = False
 
@@ -158,9 +168,7 @@ class StreamingDataset(IterableDataset):
         """Rows of the index (of all streams, when mixing)."""
         from sdsnodes.nodes.epoch_reader import EpochReader
 
-        readers = [n for n in iter_nodes(self._template) if isinstance(n, EpochReader)]
-        shuffled = {id(getattr(r, "source", None)) for r in readers}  # a Shuffler's IndexReader
-        return sum(len(r.index) for r in readers if id(r) not in shuffled)
+        return sum(len(n.index) for n in iter_nodes(self._template) if isinstance(n, EpochReader))
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` at the next ``iter()`` (in this process; in workers, call before they start)."""

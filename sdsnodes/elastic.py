@@ -22,13 +22,13 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from sdsnodes.dataset import StreamingDataset
 from sdsnodes.nodes.epoch_reader import EpochReader, position_of
 from sdsnodes.nodes.graph import find_states, iter_nodes, iter_states
 from sdsnodes.nodes.mixer import Mixer
 
 R, M = EpochReader, Mixer
 EPOCH_KEY, READERS_KEY, MIXERS_KEY = "epoch", "readers", "mixers"  # the cursor's keys
-_DATASET_EPOCH_KEY, _DATASET_GRAPH_KEY = "epoch", "graph"  # StreamingDataset.state_dict()'s
 
 
 def _reader_keys() -> tuple[str, ...]:
@@ -123,10 +123,10 @@ def elastic_cursor(states: Sequence[dict]) -> dict[str, Any]:
     readers: dict[str, list[dict]] = defaultdict(list)
     mixers: dict[str, list[dict]] = defaultdict(list)
     epochs = [
-        d[_DATASET_EPOCH_KEY]
+        d[StreamingDataset.EPOCH_KEY]
         for state in states
         for d in iter_states(state)
-        if _DATASET_GRAPH_KEY in d and _DATASET_EPOCH_KEY in d
+        if StreamingDataset.GRAPH_KEY in d and StreamingDataset.EPOCH_KEY in d
     ]
     for state in states:
         for d in _found(state, R.STATE_TAG, _reader_keys()):
