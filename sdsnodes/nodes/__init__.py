@@ -7,6 +7,7 @@ from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
 from sdsnodes.nodes.evictor import Evictor
+from sdsnodes.nodes.filter import Filter, Skip, Take
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.mixer import Mixer, StopCriterion
@@ -19,6 +20,7 @@ __all__ = [
     "CachingDownloader",
     "Decoder",
     "Evictor",
+    "Filter",
     "IndexReader",
     "Loader",
     "Mapper",
@@ -29,7 +31,9 @@ __all__ = [
     "Prefetcher",
     "RangeReader",
     "Shuffler",
+    "Skip",
     "StopCriterion",
+    "Take",
     "collate",
     "iter_nodes",
     "set_epoch",
