@@ -48,10 +48,14 @@ out = {"seconds": time.perf_counter() - t0, "rss_mb": rss_mb() - base}
 RESUME = """
 from torchdata.nodes import Loader
 from sdsnodes import IndexReader, Shuffler
+from sdsnodes.nodes.epoch_reader import EpochReader
 reader = IndexReader(sys.argv[1], index_cache_dir=sys.argv[2])
 n = len(reader.index)
-state = {"root": {"epoch": 0, "position": n // 2, "seed": 0, "shard": 0, "num_shards": 1, "num_rows": n,
-                  "base": 0, "skip": [], "reader": "0", "index": reader.index.fingerprint}, "num_yielded": n // 2}
+probe = Shuffler(reader, seed=0)  # a state at position n // 2, spelled through the key constants
+probe.reset()
+state = {"root": probe.get_state(), "num_yielded": n // 2}
+state["root"][Shuffler.SOURCE_KEY][EpochReader.POSITION_KEY] = n // 2
+reader = IndexReader(sys.argv[1], index_cache_dir=sys.argv[2])
 t0 = time.perf_counter()
 loader = Loader(Shuffler(reader, seed=0))
 loader.load_state_dict(state)
