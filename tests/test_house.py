@@ -37,7 +37,6 @@ FIX_PENDING = {
     "index/_key_ranges.py; reads fs._strip_protocol (fsspec.core.strip_protocol is public)",
     "sdsnodes/index/_key_ranges.py": "imports _Progress from index/listing.py",
     "sdsnodes/nodes/graph.py": "calls inner._shutdown() of another node",
-    "sdsnodes/nodes/mixer.py": "reads node._readers of another Mixer",
 }
 """Modules owned elsewhere that still break the rule, and how: each one's test is an expected
 failure until it is fixed (then delete its entry)."""

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from torchdata.nodes import Loader
-from utils import check_node_resume, json_roundtrip
+from utils import check_node_resume, json_roundtrip, mixer_states
 
 from sdsnodes import DecodeError, IndexReader, Latent, Mixer, MixStrategy, Shuffler
 from sdsnodes.codecs.latent import TextEmbedding
@@ -112,9 +112,9 @@ def _per_stream(items) -> dict[str, list[str]]:
 
 
 def test_a_state_saved_under_the_old_meaning_still_resumes():
-    """Before issue 15, ``consecutive_interleaved`` gave blocks (what ``consecutive`` gives now).
-    The Mixer's state holds the step, not the strategy, so such a checkpoint loads under either
-    name: ``consecutive`` resumes the old order exactly; ``consecutive_interleaved`` resumes every
+    """Before issue 15, ``consecutive_interleaved`` gave blocks (what ``consecutive`` gives now),
+    and the Mixer's state held no strategy: such a checkpoint loads under either name.
+    ``consecutive`` resumes the old order exactly; ``consecutive_interleaved`` resumes every
     stream where it stopped (nothing lost or repeated) in the new order from the saved step."""
     weights = {"a": 2, "b": 3, "c": 4}
 
@@ -125,6 +125,9 @@ def test_a_state_saved_under_the_old_meaning_still_resumes():
     it = iter(old)
     before = [next(it) for _ in range(13)]  # mid-cycle: 4 items into the second cycle
     state = json_roundtrip(old.state_dict())
+    for mixer_state in mixer_states(state):  # as saved before issue 15: no strategy stored
+        for key in (Mixer.STRATEGY_KEY, Mixer.ROUNDS_KEY, Mixer.GROUPS_KEY):
+            del mixer_state[key]
     uninterrupted = before + [next(it) for _ in range(36)]
 
     same = Loader(make("consecutive"))
@@ -146,6 +149,28 @@ def test_a_state_saved_under_the_old_meaning_still_resumes():
     reference = _per_stream(next(it) for _ in range(200))
     for name, keys in _per_stream(before + after).items():
         assert keys == reference[name][: len(keys)], name
+
+
+def test_a_state_saved_now_refuses_the_other_strategy():
+    """A state saved since issue 15 holds its strategy: loading it under another (say
+    ``consecutive_interleaved`` for a run saved with ``consecutive``) is a clear error, not a
+    silently different order."""
+
+    def make(strategy):
+        return Mixer(streams(), {"a": 2, "b": 3, "c": 4}, strategy=strategy, stop="never")
+
+    loader = Loader(make("consecutive"))
+    it = iter(loader)
+    [next(it) for _ in range(5)]
+    state = json_roundtrip(loader.state_dict())
+    assert [m[Mixer.STRATEGY_KEY] for m in mixer_states(state)] == ["consecutive"]
+    fresh = Loader(make("consecutive_interleaved"))
+    fresh.load_state_dict(state)
+    with pytest.raises(ValueError, match="saved with strategy='consecutive'.*before issue 15"):
+        next(iter(fresh))
+    same = Loader(make("consecutive"))
+    same.load_state_dict(state)
+    assert next(iter(same))["__stream__"] == "c"  # step 5 of aabbbcccc
 
 
 # -- split_file_paths.txt: a .txt of index shards ----------------------------------------------

@@ -10,6 +10,9 @@ from typing import Any
 
 from torchdata.nodes import BaseNode, Loader
 
+from sdsnodes.nodes.graph import find_states
+from sdsnodes.nodes.mixer import Mixer
+
 
 def keys_of(item: Any) -> tuple:
     """The ``__key__``(s) of a sample or a batch, as a hashable tuple."""
@@ -114,17 +117,8 @@ def check_dataloader_resume(
 
 
 def mixer_states(state: Any) -> list[dict]:
-    """Every Mixer state inside a loader state (one per worker)."""
-    found, stack = [], [state]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, dict):
-            if {"step", "num_workers", "streams", "padded"} <= obj.keys():
-                found.append(obj)
-            stack.extend(obj.values())
-        elif isinstance(obj, list):
-            stack.extend(obj)
-    return found
+    """Every Mixer state inside a loader state (one per worker), found by its tag."""
+    return find_states(state, Mixer.STATE_TAG)
 
 
 @contextlib.contextmanager

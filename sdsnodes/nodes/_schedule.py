@@ -1,5 +1,8 @@
 """Which stream a mixer draws at a given global step: pure functions of (strategy, weights, seed,
-step), so every rank and every DataLoader worker agrees without talking to the others."""
+step), so every rank and every DataLoader worker agrees without talking to the others.
+
+With mixing groups the strategy draws a group at each step (all ranks alike), and
+:func:`rank_pick` then splits the ranks over the streams of that group (each rank its own)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import enum
 import functools
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,7 +37,12 @@ class MixStrategy(str, enum.Enum):
     cycle (SDS's ``consecutive_interleaved``)."""
 
 
-def uniform(seed: int, step: int) -> float:
+Groups = Sequence[Sequence[str]] | Mapping[str, Hashable]
+"""Mixing groups: a list of groups of stream names, or ``{name: group id}`` (SDS's
+``mixing_group_id``)."""
+
+
+def uniform(seed: int, step: int | str) -> float:
     """A uniform number in [0, 1) that depends only on (seed, step) (BLAKE2b of both)."""
     digest = hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64
@@ -124,3 +132,70 @@ def draw(
     length = sum(counts)
     cycle = step // length if strategy is MixStrategy.RANDOM_ORDER else 0
     return cycle_order(strategy, counts, seed, cycle)[step % length]
+
+
+def parse_groups(groups: Groups | None, names: list[str]) -> tuple[tuple[int, ...], ...]:
+    """The mixing groups as stream indices (each group in the order of ``names``); None: every
+    stream its own group. Groups keep the order given (a mapping: the order of first appearance
+    in ``names``), which the ordered strategies follow.
+
+    Raises:
+        ValueError: a stream in no group or in two, an unknown name, an empty group, or a group
+            given as one string.
+    """
+    if groups is None:
+        return tuple((i,) for i in range(len(names)))
+    index = {n: i for i, n in enumerate(names)}
+    if isinstance(groups, Mapping):
+        if set(groups) != set(names):
+            raise ValueError(
+                f"groups name {sorted(groups)}, the streams are {sorted(names)}: give each stream "
+                "a group id"
+            )
+        by_id: dict[Hashable, list[int]] = {}
+        for i, name in enumerate(names):
+            by_id.setdefault(groups[name], []).append(i)
+        return tuple(tuple(g) for g in by_id.values())
+    if isinstance(groups, str) or any(isinstance(g, str) for g in groups):
+        raise ValueError(
+            f"{groups=} must be a list of groups, each a list of stream names "
+            "(e.g. [['laion', 'coyo'], ['webvid']]), or {name: group id}"
+        )
+    listed = [list(g) for g in groups]
+    flat = [n for g in listed for n in g]
+    if any(not g for g in listed) or sorted(flat) != sorted(names):
+        raise ValueError(
+            f"groups {listed} must put each of the streams {names} in exactly one group"
+        )
+    return tuple(tuple(sorted(index[n] for n in g)) for g in listed)
+
+
+@functools.lru_cache(maxsize=16)
+def rank_slots(seed: int, step: int, world_size: int) -> tuple[int, ...]:
+    """A permutation of the ranks, ``slots[rank]``, drawn anew at every step from (seed, step)."""
+    rng = np.random.default_rng([seed % 2**64, 2, step])
+    return tuple(rng.permutation(world_size).tolist())
+
+
+def rank_pick(probs: Sequence[float], seed: int, step: int, rank: int, world_size: int) -> int:
+    """Index (into ``probs``, the weights of a group's streams) of the stream ``rank`` reads at
+    ``step``.
+
+    Systematic sampling over the ranks: rank r takes the point ``(slot + u) / world_size`` of
+    [0, 1), where ``slot`` is its place in a permutation of the ranks and ``u`` one uniform
+    number, both drawn anew at every step from (seed, step), and reads the stream whose share of
+    the cumulative weights holds it. So at every step stream i gets ``floor`` or ``ceil`` of
+    ``p_i * world_size`` ranks (exactly ``p_i * world_size`` on average), and every rank reads
+    stream i with probability ``p_i`` — what SDS's independent draw per rank gives on average,
+    with the spread across ranks bounded by one rank per stream.
+    """
+    if len(probs) == 1:
+        return 0
+    total = float(sum(probs))
+    slot = rank_slots(seed, step, world_size)[rank]
+    u, acc = (slot + uniform(seed, f"ranks:{step}")) / world_size, 0.0
+    for i, p in enumerate(probs):
+        acc += p / total
+        if u < acc:
+            return i
+    return max(i for i, p in enumerate(probs) if p > 0)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.utils.data import get_worker_info
 from torchdata.nodes import BaseNode
 
-from sdsnodes.nodes._schedule import MixStrategy, draw, normalize
+from sdsnodes.distributed import rank_and_world_size
+from sdsnodes.nodes._schedule import Groups, MixStrategy, draw, normalize, parse_groups, rank_pick
 from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes.graph import NODE_KEY, iter_nodes
 from sdsnodes.sample import STREAM
@@ -18,6 +20,11 @@ from sdsnodes.sample import STREAM
 logger = logging.getLogger(__name__)
 
 Weights = Mapping[str, float] | Callable[[int], Mapping[str, float]]
+
+ROUNDS_LEFT = "__rounds_left__"
+"""``item[ROUNDS_LEFT]``: micro-batches of this gradient-accumulation round still to come after
+this one (SDS's ``num_accum_rounds_left``): 0 on the last, where the optimizer steps. Set only
+with ``num_accum_rounds > 1``."""
 
 
 class StopCriterion(str, enum.Enum):
@@ -44,6 +51,21 @@ class Mixer(BaseNode[dict]):
     the same sequence); a curriculum sees the global step ``base + local step * W + w``.
     Every item gets ``item["__stream__"] = name``.
 
+    **Mixing groups** (``groups``, SDS's ``mixing_group_id``): the strategy draws a *group* at
+    each step, with the sum of its streams' weights, the same on every rank; inside the group the
+    ranks are split over its streams by their weights (see :func:`rank_pick`): at one step rank 0
+    may read ``laion`` while rank 1 reads ``coyo``. ``groups=None`` (each stream its own group)
+    is SDS's ``no_mixing``; one group of every stream, its ``mix_all``.
+
+    **Gradient-accumulation rounds** (``num_accum_rounds=R``): the stream (on each rank) stays
+    the same for R consecutive items of the loader, aligned on multiples of R from the start of
+    the epoch, so every micro-batch of an optimizer step comes from one stream; each item gets
+    ``item["__rounds_left__"]`` (R - 1 down to 0). With W DataLoader workers the stream is drawn
+    once per ``lcm(W, R)`` items (``lcm(W, R) / W`` local steps of each worker), so every worker
+    still reads every stream in the weights' proportions; with ``W = 1`` once per R. The epoch
+    ends only at such a boundary: a stream that runs out inside it starts its next epoch to
+    finish it.
+
     A stream that cycles (``stop`` ALL_EXHAUSTED or NEVER) and yields nothing in this worker
     even right after a reset — its share of rows is empty, e.g. 3 rows over 4 workers, or smaller
     than one batch with ``drop_last`` — is read padded instead: its readers switch from
@@ -60,16 +82,28 @@ class Mixer(BaseNode[dict]):
         seed (int): seed of the draws and orders.
         cycle_length (int | None): items per cycle of the ordered strategies; None derives the
             shortest exact one from the weights. Required with weights that are a function.
+        groups (Sequence[Sequence[str]] | Mapping[str, Hashable] | None): mixing groups, a
+            list of groups of stream names or ``{name: group id}``; None: each stream alone.
+            A group of several streams needs ``stop="never"`` (ranks read different streams, so
+            they would run out at different steps).
+        num_accum_rounds (int): items per gradient-accumulation round, >= 1.
+        rank (int | None), world_size (int | None): this rank, for groups; by default from
+            ``torch.distributed``, else ``RANK``/``WORLD_SIZE``.
 
     State:
-        ``{"step": int, "num_workers": int, "base_step": int, "mixer": str, "exhausted": [names],
-        "padded": [names], "streams": {name: state}}`` (``step`` is local to the worker), each
-        key a class constant (``STEP_KEY``, …), and the tag ``NODE_KEY: STATE_TAG`` by which
-        elastic resume finds it.
+        ``{"step": int, "num_workers": int, "base_step": int, "mixer": str, "strategy": str,
+        "num_accum_rounds": int, "groups": [[names]], "exhausted": [names], "padded": [names],
+        "streams": {name: state}}`` (``step`` is local to the worker), each key a class constant
+        (``STEP_KEY``, …), and the tag ``NODE_KEY: STATE_TAG`` by which elastic resume finds it.
+        A state with another strategy, rounds or groups is refused; one saved without them
+        (before they were stored) loads.
 
     Raises:
-        ValueError: no streams, bad weights, unknown strategy or stop criterion, or a
-            curriculum with an ordered strategy and no ``cycle_length``; while iterating, a
+        ValueError: no streams, bad weights, unknown strategy or stop criterion, a
+            curriculum with an ordered strategy and no ``cycle_length``, bad groups (or a group
+            of several streams without ``stop="never"``), ``num_accum_rounds < 1``, or a bad
+            rank/world_size pair; on resume, a state saved with another strategy, rounds,
+            groups or num_workers; while iterating, a
             stream that yields nothing in this worker even when padded (or whose readers pad or
             drop already).
     """
@@ -83,6 +117,9 @@ class Mixer(BaseNode[dict]):
     EXHAUSTED_KEY = "exhausted"
     PADDED_KEY = "padded"
     STREAMS_KEY = "streams"
+    STRATEGY_KEY = "strategy"
+    ROUNDS_KEY = "num_accum_rounds"
+    GROUPS_KEY = "groups"
 
     def __init__(
         self,
@@ -92,6 +129,10 @@ class Mixer(BaseNode[dict]):
         stop: StopCriterion | str = StopCriterion.ALL_EXHAUSTED,
         seed: int = 0,
         cycle_length: int | None = None,
+        groups: Groups | None = None,
+        num_accum_rounds: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__()
         if not streams:
@@ -118,6 +159,21 @@ class Mixer(BaseNode[dict]):
             normalize(self.weights, self.names)
         self.seed = int(seed)
         self.cycle_length = cycle_length
+        self.groups = parse_groups(groups, self.names)
+        if self.stop is not StopCriterion.NEVER and any(len(g) > 1 for g in self.groups):
+            raise ValueError(
+                f"groups {self.group_names()} put several streams in one group: ranks then read "
+                f"different streams and would run out at different steps ({self.stop.value!r}); "
+                "use stop='never' and bound the loop by steps"
+            )
+        if int(num_accum_rounds) != num_accum_rounds or num_accum_rounds < 1:
+            raise ValueError(f"{num_accum_rounds=} must be an int >= 1")
+        self.num_accum_rounds = int(num_accum_rounds)
+        if rank is not None or world_size is not None:
+            rank_and_world_size(rank, world_size)  # a bad pair fails now
+        self.rank, self.world_size = rank, world_size
+        self._rank, self._world_size = 0, 1
+        self._block = 1
         self.mixer_id = "0"
         self._name_readers()
         self._readers = {name: self._own_readers(stream) for name, stream in self.streams.items()}
@@ -140,16 +196,21 @@ class Mixer(BaseNode[dict]):
                 elif isinstance(node, Mixer):
                     node.mixer_id = f"{name}/{node.mixer_id}"
 
+    def group_names(self) -> list[list[str]]:
+        """The mixing groups, as lists of stream names (every stream alone without groups)."""
+        return [[self.names[i] for i in g] for g in self.groups]
+
+    def managed_readers(self) -> list[EpochReader]:
+        """The readers this Mixer pads when a stream's share is empty (those of its streams
+        that no Mixer nested inside them manages)."""
+        return [r for readers in self._readers.values() for r in readers]
+
     @staticmethod
     def _own_readers(stream: BaseNode) -> list[EpochReader]:
         """The readers of ``stream`` that no Mixer nested inside it manages (it pads its own)."""
         nodes = list(iter_nodes(stream))
         nested = {
-            id(r)
-            for node in nodes
-            if isinstance(node, Mixer)
-            for readers in node._readers.values()
-            for r in readers
+            id(r) for node in nodes if isinstance(node, Mixer) for r in node.managed_readers()
         }
         return [n for n in nodes if isinstance(n, EpochReader) and id(n) not in nested]
 
@@ -193,15 +254,49 @@ class Mixer(BaseNode[dict]):
 
     @property
     def draw_index(self) -> int:
-        """Index of the next draw: ``base + local step``. Every worker makes the same draws in
-        the same order, so each reads its own shard of every stream in the weights' proportions,
-        and rank r's worker w draws what every other rank's worker w draws."""
-        return self._base_step + self._step
+        """Index of the next draw: ``base + local step // B``, B = ``lcm(W, R) / W`` local steps
+        per draw (1 without accumulation rounds). Every worker makes the same draws in the same
+        order, so each reads its own shard of every stream in the weights' proportions, and rank
+        r's worker w draws what every other rank's worker w draws."""
+        return self._base_step + self._step // self._block
+
+    @property
+    def rounds_left(self) -> int:
+        """Items of the current accumulation round still to come after the next one: the
+        loader's items are numbered ``local step * W + worker`` from the start of the epoch."""
+        position = self._step * self._num_workers + self._worker
+        return self.num_accum_rounds - 1 - position % self.num_accum_rounds
+
+    def _weights_step(self) -> int:
+        """The global step at which the weights are read: the item's own, or with rounds the
+        first item of its draw on worker 0, so every item of a round sees the same weights."""
+        if self.num_accum_rounds == 1:
+            return self.global_step
+        return self._base_step + (self._step - self._step % self._block) * self._num_workers
+
+    def _pick(self, probs: list[float]) -> str:
+        """The stream of the next item: the strategy draws a group, the ranks split over it."""
+        index = self.draw_index
+        group_probs = [sum(probs[i] for i in g) for g in self.groups]
+        group = self.groups[draw(self.strategy, group_probs, self.seed, index, self.cycle_length)]
+        if len(group) == 1:
+            return self.names[group[0]]
+        within = [probs[i] for i in group]
+        return self.names[group[rank_pick(within, self.seed, index, self._rank, self._world_size)]]
+
+    def _ends(self, probs: list[float]) -> bool:
+        """Whether the epoch is over by the stop criterion, given the streams that ran out."""
+        if self.stop is StopCriterion.FIRST_EXHAUSTED:
+            return bool(self._exhausted)
+        drawn = {n for n, p in zip(self.names, probs) if p > 0}  # weight 0: never waited for
+        return self.stop is StopCriterion.ALL_EXHAUSTED and self._exhausted >= drawn
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         info = get_worker_info()
         self._worker, self._num_workers = (info.id, info.num_workers) if info else (0, 1)
+        self._rank, self._world_size = rank_and_world_size(self.rank, self.world_size)
+        self._block = math.lcm(self._num_workers, self.num_accum_rounds) // self._num_workers
         if initial_state is None:
             if self._next_base_step is not None:  # an elastic resume
                 self._base_step, self._next_base_step = self._next_base_step, None
@@ -214,6 +309,7 @@ class Mixer(BaseNode[dict]):
             for stream in self.streams.values():
                 stream.reset(None)
             return
+        self._check_config(initial_state)
         if int(initial_state[self.WORKERS_KEY]) != self._num_workers:
             raise ValueError(
                 f"the Mixer state was saved with num_workers={initial_state[self.WORKERS_KEY]}, now "
@@ -227,18 +323,39 @@ class Mixer(BaseNode[dict]):
         for name, stream in self.streams.items():
             stream.reset(initial_state[self.STREAMS_KEY][name])
 
+    def _check_config(self, state: dict[str, Any]) -> None:
+        """Refuse a state saved with another strategy, rounds or groups (a state without those
+        keys, saved before they were stored, is taken as it is)."""
+        saved = {
+            "strategy": (state.get(self.STRATEGY_KEY), self.strategy.value),
+            "num_accum_rounds": (state.get(self.ROUNDS_KEY), self.num_accum_rounds),
+            "groups": (state.get(self.GROUPS_KEY), self.group_names()),
+        }
+        for what, (then, now) in saved.items():
+            if then is not None and then != now:
+                hint = (
+                    "; before issue 15 'consecutive_interleaved' gave the blocks 'consecutive' "
+                    "gives now (a state saved then has no strategy and loads under either)"
+                    if what == "strategy" and "consecutive_interleaved" in (then, now)
+                    else ""
+                )
+                raise ValueError(
+                    f"the Mixer state was saved with {what}={then!r}, this Mixer has {what}="
+                    f"{now!r}: resume with the same {what}{hint}"
+                )
+
     def next(self) -> dict:
-        probs = self._probs(self.global_step)
-        name = self.names[draw(self.strategy, probs, self.seed, self.draw_index, self.cycle_length)]
+        probs = self._probs(self._weights_step())
+        at_boundary = self._step % self._block == 0
+        if self._block > 1 and at_boundary and self._ends(probs):
+            raise StopIteration  # a stream ran out inside the last draw's rounds
+        name = self._pick(probs)
         stream = self.streams[name]
         try:
             item = next(stream)
         except StopIteration:
             self._exhausted.add(name)
-            drawn = {n for n, p in zip(self.names, probs) if p > 0}  # weight 0: never waited for
-            if self.stop is StopCriterion.FIRST_EXHAUSTED or (
-                self.stop is StopCriterion.ALL_EXHAUSTED and self._exhausted >= drawn
-            ):
+            if at_boundary and self._ends(probs):
                 raise
             stream.reset(None)  # the stream's next epoch
             try:
@@ -250,6 +367,8 @@ class Mixer(BaseNode[dict]):
                 f"stream {name!r} yielded {type(item).__name__}; Mixer mixes dicts (samples or batches)"
             )
         item[STREAM] = name
+        if self.num_accum_rounds > 1:
+            item[ROUNDS_LEFT] = self.rounds_left
         self._step += 1
         return item
 
@@ -288,6 +407,9 @@ class Mixer(BaseNode[dict]):
             self.WORKERS_KEY: self._num_workers,
             self.BASE_STEP_KEY: self._base_step,
             self.MIXER_KEY: self.mixer_id,
+            self.STRATEGY_KEY: self.strategy.value,
+            self.ROUNDS_KEY: self.num_accum_rounds,
+            self.GROUPS_KEY: self.group_names(),
             self.EXHAUSTED_KEY: sorted(self._exhausted),
             self.PADDED_KEY: sorted(self._padded),
             self.STREAMS_KEY: {name: s.state_dict() for name, s in self.streams.items()},
