@@ -3,6 +3,7 @@
 from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory
 
 from sdsnodes.nodes._schedule import MixStrategy
+from sdsnodes.nodes.bucketing import AspectRatioBuckets, BucketBatcher, DurationBuckets
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
@@ -16,9 +17,12 @@ from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.shuffler import Shuffler
 
 __all__ = [
+    "AspectRatioBuckets",
     "Batcher",
+    "BucketBatcher",
     "CachingDownloader",
     "Decoder",
+    "DurationBuckets",
     "Evictor",
     "Filter",
     "IndexReader",
