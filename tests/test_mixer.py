@@ -309,3 +309,225 @@ def test_padding_in_one_process_resumes_exactly():
     epoch0 = check_node_resume(make, key_fn=lambda i: i["__key__"])
     # a b a b … : b's 4 rows, each between two a's (read padded), until b's 5th draw ends it
     assert [k[0] for k in epoch0] == list("ababababa")
+
+
+# -- mixing groups (SDS's mixing_group_id): different streams on different ranks at one step ----
+
+
+def ranked_streams(rank, world_size, names="abc", n=64):
+    return {
+        name: Shuffler(
+            IndexReader(
+                pa.table({"x": list(range(n))}), name=name, rank=rank, world_size=world_size
+            ),
+            seed=1,
+        )  # fmt: skip
+        for name in names
+    }
+
+
+def rank_sequences(world_size, steps, groups, weights=None, seed=0, **kwargs):
+    """The streams each simulated rank (explicit rank/world_size, one process) reads, step by
+    step: ``[rank][step]``."""
+    weights = weights or {"a": 0.5, "b": 0.25, "c": 0.25}
+    out = []
+    for rank in range(world_size):
+        mixer = Mixer(ranked_streams(rank, world_size), weights, stop="never", seed=seed,
+                      groups=groups, rank=rank, world_size=world_size, **kwargs)  # fmt: skip
+        it = iter(Loader(mixer))
+        out.append([next(it)["__stream__"] for _ in range(steps)])
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["weighted_random", "round_robin"])
+def test_groups_split_the_ranks_of_each_step_by_weight(strategy):
+    """Groups {a, b} (weight 0.75) and {c} (0.25): at every step all 8 ranks are in one group;
+    in {a, b} 5 or 6 ranks read a (2/3 of 8) and the rest b; every rank reads every stream."""
+    seqs = rank_sequences(8, 200, [["a", "b"], ["c"]], strategy=strategy)
+    group_of = {"a": "ab", "b": "ab", "c": "c"}
+    groups = []
+    for step in range(200):
+        names = [seqs[rank][step] for rank in range(8)]
+        assert len({group_of[n] for n in names}) == 1, (step, names)
+        groups.append(group_of[names[0]])
+        if group_of[names[0]] == "ab":
+            assert names.count("a") in (5, 6), (step, names)
+    assert 0.65 < groups.count("ab") / 200 < 0.85
+    flat = collections.Counter(n for seq in seqs for n in seq)
+    for name, w in {"a": 0.5, "b": 0.25, "c": 0.25}.items():
+        assert abs(flat[name] / 1600 - w) < 0.05, flat
+    for seq in seqs:  # the ranks take turns: each reads its shard of every stream
+        assert set(seq) == {"a", "b", "c"}
+    if strategy == "round_robin":  # the strategy orders the groups: counts 3 and 1 per cycle
+        assert groups == ["ab", "ab", "c", "ab"] * 50
+
+
+def test_groups_are_deterministic_and_forms_agree():
+    """The same (seed, step) gives the same split; SDS's {name: mixing_group_id} is the same
+    groups; without groups every rank reads the same stream (SDS's no_mixing)."""
+    listed = rank_sequences(4, 40, [["a", "b", "c"]], seed=3)
+    assert listed == rank_sequences(4, 40, [["a", "b", "c"]], seed=3)
+    assert listed == rank_sequences(4, 40, {"a": 0, "b": 0, "c": 0}, seed=3)  # SDS's mix_all
+    assert listed != rank_sequences(4, 40, [["a", "b", "c"]], seed=4)
+    assert any(len({seq[s] for seq in listed}) > 1 for s in range(40))
+    alone = rank_sequences(4, 40, None, seed=3)
+    assert all(seq == alone[0] for seq in alone)
+
+
+def test_the_group_of_each_step_does_not_depend_on_the_world_size():
+    """The group is drawn from (seed, step) alone: a job resumed elastically on another world
+    size (its Mixers start at the cursor's step) draws the same groups, split over its ranks."""
+    group_of = {"a": 0, "b": 0, "c": 1}
+    per_size = [
+        [group_of[n] for n in rank_sequences(size, 60, [["a", "b"], ["c"]], seed=5)[0]]
+        for size in (1, 2, 3)
+    ]
+    assert per_size[0] == per_size[1] == per_size[2]
+    mixer = Mixer(ranked_streams(1, 3), {"a": 0.5, "b": 0.25, "c": 0.25}, stop="never", seed=5,
+                  groups=[["a", "b"], ["c"]], rank=1, world_size=3)  # fmt: skip
+    mixer.set_base_step(40)  # what apply_cursor does on an elastic resume
+    it = iter(Loader(mixer))
+    assert [group_of[next(it)["__stream__"]] for _ in range(20)] == per_size[0][40:]
+
+
+def resumes_exactly(make, k, n=40):
+    """A Loader over ``make()`` resumed from the (JSON) state after item ``k`` yields items
+    k..n of the uninterrupted run (stream, key and rounds left)."""
+
+    def view(item):
+        return item["__stream__"], item["__key__"], item.get("__rounds_left__")
+
+    whole = [view(x) for x in itertools.islice(Loader(make()), n)]
+    loader = Loader(make())
+    it = iter(loader)
+    assert [view(next(it)) for _ in range(k)] == whole[:k]
+    state = json_roundtrip(loader.state_dict())
+    fresh = Loader(make())
+    fresh.load_state_dict(state)
+    assert [view(x) for x in itertools.islice(fresh, n - k)] == whole[k:], k
+    return whole
+
+
+@pytest.mark.parametrize("k", [1, 5, 13])
+def test_groups_with_rounds_resume_exactly(k):
+    def make():
+        return Mixer(ranked_streams(2, 4), {"a": 2, "b": 1, "c": 1}, strategy="random_order",
+                     stop="never", seed=2, groups=[["a", "b", "c"]], rank=2, world_size=4,
+                     num_accum_rounds=3)  # fmt: skip
+
+    whole = resumes_exactly(make, k)
+    for i in range(0, 39, 3):  # this rank's stream is fixed for each round of 3
+        assert len({s for s, _, _ in whole[i : i + 3]}) == 1
+
+
+def test_bad_groups():
+    with pytest.raises(ValueError, match="exactly one group"):
+        Mixer(streams(), groups=[["a", "b"]], stop="never")
+    with pytest.raises(ValueError, match="exactly one group"):
+        Mixer(streams(), groups=[["a", "b"], ["b", "c"]], stop="never")
+    with pytest.raises(ValueError, match="list of groups"):
+        Mixer(streams(), groups=["abc"], stop="never")
+    with pytest.raises(ValueError, match="give each stream a group id"):
+        Mixer(streams(), groups={"a": 0, "b": 0}, stop="never")
+    with pytest.raises(ValueError, match="stop='never'"):
+        Mixer(streams(), groups=[["a", "b"], ["c"]])  # ranks would run out at different steps
+    with pytest.raises(ValueError, match="rank"):
+        Mixer(streams(), groups=[["a", "b", "c"]], stop="never", rank=2, world_size=2)
+    Mixer(streams(), groups=[["a"], ["b"], ["c"]])  # one stream per group: any stop
+
+
+def test_a_state_with_other_groups_or_rounds_is_refused():
+    def make(**kwargs):
+        return Mixer(streams(), stop="never", **kwargs)
+
+    loader = Loader(make(groups=[["a", "b"], ["c"]], num_accum_rounds=2))
+    it = iter(loader)
+    next(it)
+    state = json_roundtrip(loader.state_dict())
+    for kwargs, what in [({"num_accum_rounds": 2}, "groups"),
+                         ({"groups": [["a", "b"], ["c"]]}, "num_accum_rounds")]:  # fmt: skip
+        fresh = Loader(make(**kwargs))
+        fresh.load_state_dict(state)
+        with pytest.raises(ValueError, match=f"saved with {what}="):
+            next(iter(fresh))
+
+
+# -- gradient-accumulation rounds (SDS's num_accum_rounds) ---------------------------------------
+
+
+def test_rounds_fix_the_stream_and_count_down():
+    """R = 3 without workers: the stream is drawn once per round of 3, at draw index = round."""
+    mixer = Mixer(streams(), {"a": 3, "b": 2, "c": 1}, stop="never", seed=1, num_accum_rounds=3)
+    items = list(itertools.islice(Loader(mixer), 60))
+    assert [i["__rounds_left__"] for i in items] == [2, 1, 0] * 20
+    rounds = [items[i]["__stream__"] for i in range(0, 60, 3)]
+    assert all(
+        items[i + j]["__stream__"] == rounds[i // 3] for i in range(0, 60, 3) for j in (1, 2)
+    )
+    expected = ["abc"[draw(MixStrategy.WEIGHTED_RANDOM, [1 / 2, 1 / 3, 1 / 6], 1, d)]
+                for d in range(20)]  # fmt: skip
+    assert rounds == expected
+
+
+def test_rounds_compose_with_the_ordered_strategies():
+    mixer = Mixer(streams(), {"a": 2, "b": 3, "c": 1}, strategy="consecutive_interleaved",
+                  stop="never", num_accum_rounds=2)  # fmt: skip
+    names = "".join(i["__stream__"] for i in itertools.islice(Loader(mixer), 24))
+    assert names == "aabbccaabbbb" * 2  # rounds of 2 over the cycle a b c a b b
+
+
+@pytest.mark.parametrize("stop", ["all_exhausted", "first_exhausted"])
+def test_the_epoch_ends_at_a_round_boundary_and_resumes_mid_round(stop):
+    """A stream that runs out inside a round starts its next epoch to finish the round: every
+    epoch is whole rounds, and states taken mid-round resume exactly."""
+
+    def make():
+        return Mixer(streams(), {"a": 1, "b": 1, "c": 1}, strategy="round_robin", stop=stop,
+                     seed=3, num_accum_rounds=4)  # fmt: skip
+
+    epoch0 = check_node_resume(make, midpoints=[1, 6, 13], key_fn=lambda i: (
+        i["__stream__"], i["__key__"], i["__rounds_left__"]))  # fmt: skip
+    assert len(epoch0) % 4 == 0
+    assert [r for _, _, r in epoch0] == [3, 2, 1, 0] * (len(epoch0) // 4)
+    if stop == "first_exhausted":  # c (10 rows) runs out on its 3rd round: it ends that round
+        assert len(epoch0) == 36
+
+
+def rounds_dataset(num_accum_rounds):
+    def make():
+        return Mixer({"a": reader(30, "a"), "b": reader(30, "b")}, {"a": 1, "b": 1},
+                     strategy="round_robin", stop="never", seed=9,
+                     num_accum_rounds=num_accum_rounds)  # fmt: skip
+
+    return StreamingDataset(make)
+
+
+@pytest.mark.parametrize("num_accum_rounds", [3, 4])
+def test_rounds_with_two_workers_resume_mid_round(num_accum_rounds):
+    """StatefulDataLoader(num_workers=2) takes its workers in turn: rounds of R consecutive
+    batches (the stream drawn once per lcm(2, R) batches) and their countdown hold, and a state
+    taken mid-round resumes to the same batches and countdown."""
+    view = lambda b: (b["__stream__"], b["__key__"], b["__rounds_left__"])  # noqa: E731
+    whole = [view(b) for b in itertools.islice(stateful_loader(rounds_dataset(num_accum_rounds), 2), 24)]  # fmt: skip
+    r = num_accum_rounds
+    assert [left for *_, left in whole] == list(range(r - 1, -1, -1)) * (24 // r)
+    block = 6 if r == 3 else 4  # lcm(2, R)
+    for i in range(0, 24, block):
+        assert len({s for s, *_ in whole[i : i + block]}) == 1
+    assert "".join(whole[i][0] for i in range(0, 24, block)) == "ab" * (12 // block)
+    k = r + 1 if r == 3 else 5  # inside a round
+    dl = stateful_loader(rounds_dataset(num_accum_rounds), 2)
+    it = iter(dl)
+    assert [view(b) for b in itertools.islice(it, k)] == whole[:k]
+    state = json_roundtrip(dl.state_dict())
+    del it, dl
+    fresh = stateful_loader(rounds_dataset(num_accum_rounds), 2)
+    fresh.load_state_dict(state)
+    assert [view(b) for b in itertools.islice(iter(fresh), 24 - k)] == whole[k:]
+
+
+def test_bad_rounds():
+    with pytest.raises(ValueError, match="num_accum_rounds"):
+        Mixer(streams(), num_accum_rounds=0)
+    with pytest.raises(ValueError, match="num_accum_rounds"):
+        Mixer(streams(), num_accum_rounds=1.5)
