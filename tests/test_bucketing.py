@@ -94,6 +94,8 @@ def test_state_is_small_json_and_bounded():
         assert json_roundtrip(state) == state
         assert len(state[BucketBatcher.BUFFERED_KEY]) <= 5 * (6 - 1)  # buckets * (batch - 1)
         assert state[BucketBatcher.REPLAY_KEY] >= len(state[BucketBatcher.BUFFERED_KEY])
+        offsets = state[BucketBatcher.BUFFERED_KEY]
+        assert (offsets[0] if offsets else state[BucketBatcher.REPLAY_KEY]) < 6  # an anchor near
         most = max(most, len(state[BucketBatcher.BUFFERED_KEY]))
         assert "width" not in json.dumps(state)  # offsets, never samples
     assert most > 0

@@ -22,12 +22,14 @@ samples already read from the source. Three ways to keep them were weighed:
     a chain whose every node keeps every row (no Filter, no decode skips).
 
 This node does (b): it works anywhere in a graph (before or after the decoder) on any
-deterministic source, its state is small and bounded (the source's state, two counters and the
-offsets of at most ``num_buckets * (batch_size - 1)`` buffered samples, never a sample), and
-nothing is lost or repeated. Its cost is paid at resume: the samples read since the oldest
-buffered one are read again (downloaded and decoded again when the node sits after the
-decoder; usually a few ``num_buckets * batch_size``, more when a rare bucket waited long).
-Put it at the index level (key from index columns) when that replay must be cheap.
+deterministic source, its state is small and bounded (the source's state, a few counters and
+the offsets of at most ``num_buckets * (batch_size - 1)`` buffered samples, never a sample),
+and nothing is lost or repeated. The source's state is copied once every ``batch_size`` samples
+(an anchor), not per sample, so the replay point is the last anchor at or before the oldest
+buffered sample. Its cost is paid at resume: the samples read since that anchor are read again
+(downloaded and decoded again when the node sits after the decoder; usually a few
+``num_buckets * batch_size``, more when a rare bucket waited long). Put it at the index level
+(key from index columns) when that replay must be cheap.
 
 Equal batches per rank. Every shard's batch count depends on how its samples fall into
 buckets, so ranks would differ. ``num_batches="even"`` makes them equal without any exchange
@@ -45,6 +47,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -81,9 +84,9 @@ class BucketBatcher(BaseNode[list[Sample]]):
             ``len()``.
 
     State:
-        ``{SOURCE_KEY: <source state before the oldest buffered sample>, REPLAY_KEY: int,
-        BUFFERED_KEY: [offsets], READ_KEY: int, YIELDED_KEY: int, DROPPED_KEY: int,
-        NUM_BATCHES_KEY: int | None}``: on resume the source is reset to ``SOURCE_KEY`` and
+        ``{SOURCE_KEY: <the source's state fewer than batch_size samples before the oldest
+        buffered one>, REPLAY_KEY: int, BUFFERED_KEY: [offsets], READ_KEY: int, YIELDED_KEY:
+        int, DROPPED_KEY: int, NUM_BATCHES_KEY: int | None}``: on resume the source is reset to ``SOURCE_KEY`` and
         ``REPLAY_KEY`` samples are read again, of which those at ``BUFFERED_KEY`` go back into
         their buckets.
 
@@ -130,11 +133,11 @@ class BucketBatcher(BaseNode[list[Sample]]):
                 ) from None
         self.source, self.batch_size, self.key = source, batch_size, key
         self.drop_last, self.num_batches, self.num_buckets = drop_last, num_batches, num_buckets
-        self._buckets: dict[Hashable, list[tuple[int, Sample, dict]]] = {}
-        self._count = 0  # reads since the replay base (offsets count from there)
+        self._buckets: dict[Hashable, list[tuple[int, Sample]]] = {}  # (offset, sample)
+        self._anchors: deque[tuple[int, dict[str, Any]]] = deque()  # (offset, source state)
+        self._count = 0  # samples read since the first anchor: offsets count from there
         self._read = self._yielded = self._dropped = 0
         self._limit: int | None = None
-        self._last_state: dict[str, Any] = {}
         self._exhausted = False
 
     @property
@@ -168,13 +171,13 @@ class BucketBatcher(BaseNode[list[Sample]]):
         self._buckets, self._exhausted = {}, False
         state = initial_state or {}
         self.source.reset(state.get(self.SOURCE_KEY))
+        self._anchors, self._count = deque(), 0
         buffered = set(state.get(self.BUFFERED_KEY, []))
         for offset in range(int(state.get(self.REPLAY_KEY, 0))):  # read the buffered again
-            before = copy.deepcopy(self.source.state_dict())
-            sample = next(self.source)
+            sample = self._next_from_source()
             if offset in buffered:
-                self._buckets.setdefault(self.key(sample), []).append((offset, sample, before))
-        self._count = int(state.get(self.REPLAY_KEY, 0))
+                self._buckets.setdefault(self.key(sample), []).append((offset, sample))
+        self._forget_anchors()
         self._read = int(state.get(self.READ_KEY, 0))
         self._yielded = int(state.get(self.YIELDED_KEY, 0))
         self._dropped = int(state.get(self.DROPPED_KEY, 0))
@@ -184,13 +187,29 @@ class BucketBatcher(BaseNode[list[Sample]]):
             self._limit = self._even_limit()
         else:
             self._limit = self.num_batches  # type: ignore[assignment]
-        self._last_state = copy.deepcopy(self.source.state_dict())
+
+    def _next_from_source(self) -> Sample:
+        """The source's next sample; first, every ``batch_size`` samples, an anchor: the
+        source's state there (copied: a node may reuse its dicts), a point to replay from."""
+        if not self._anchors or self._count - self._anchors[-1][0] >= self.batch_size:
+            self._anchors.append((self._count, copy.deepcopy(self.source.state_dict())))
+        sample = next(self.source)
+        self._count += 1
+        return sample
+
+    def _forget_anchors(self) -> None:
+        """Keep the latest anchor at or before the oldest buffered sample, and those after."""
+        firsts = [entries[0][0] for entries in self._buckets.values()]
+        oldest = min(firsts, default=self._count)
+        while len(self._anchors) > 1 and self._anchors[1][0] <= oldest:
+            self._anchors.popleft()
 
     def _emit(self, bucket: Hashable) -> list[Sample]:
-        batch = [sample for _, sample, _ in self._buckets.pop(bucket)]
+        batch = [sample for _, sample in self._buckets.pop(bucket)]
         for sample in batch:
             sample[BUCKET] = bucket
         self._yielded += 1
+        self._forget_anchors()
         return batch
 
     def _oldest(self) -> Hashable | None:
@@ -215,7 +234,7 @@ class BucketBatcher(BaseNode[list[Sample]]):
             self._stop()
         while not self._exhausted:
             try:
-                sample = next(self.source)
+                sample = self._next_from_source()
             except StopIteration:
                 self._exhausted = True
                 if self.num_batches == EVEN and self._yielded < (self._limit or 0):
@@ -226,11 +245,9 @@ class BucketBatcher(BaseNode[list[Sample]]):
                         self._limit,
                     )
                 break
-            before, self._last_state = self._last_state, copy.deepcopy(self.source.state_dict())
-            bucket = self.key(sample)
-            self._buckets.setdefault(bucket, []).append((self._count, sample, before))
-            self._count += 1
             self._read += 1
+            bucket = self.key(sample)
+            self._buckets.setdefault(bucket, []).append((self._count - 1, sample))
             if len(self._buckets[bucket]) == self.batch_size:
                 return self._emit(bucket)
         oldest = self._oldest()
@@ -239,12 +256,10 @@ class BucketBatcher(BaseNode[list[Sample]]):
         return self._emit(oldest)
 
     def get_state(self) -> dict[str, Any]:
-        entries = sorted(entry for entries in self._buckets.values() for entry in entries[:1])
-        if entries:  # the replay point: just before the oldest buffered sample
-            base, _, source_state = entries[0]
-        else:
-            base, source_state = self._count, self._last_state
-        offsets = sorted(o - base for entries in self._buckets.values() for o, _, _ in entries)
+        if not self._anchors:  # before the first read
+            self._anchors.append((self._count, copy.deepcopy(self.source.state_dict())))
+        base, source_state = self._anchors[0]
+        offsets = sorted(o - base for entries in self._buckets.values() for o, _ in entries)
         return {
             self.SOURCE_KEY: source_state,
             self.REPLAY_KEY: self._count - base,
