@@ -109,3 +109,25 @@ def test_mixing_benchmark_prints_a_row_per_strategy():
     ):
         assert re.search(rf"^Mixer, 3 streams, {strategy} +[\d.]+ ", out, re.MULTILINE), strategy
     assert "exit 0" in out
+
+
+GROUP_STEP = re.compile(r"^step +(\d+) micro (\d+)/(\d+) streams ([\w ]+)$", re.MULTILINE)
+
+
+def test_mix_groups_splits_the_ranks_and_keeps_each_round_on_one_stream(tmp_path):
+    out = run([sys.executable, EXAMPLES / "mix_groups.py", "--dir", tmp_path / "data",
+               "--world-size", 4, "--accum", 2, "--steps", 8, "--num-workers", 2,
+               "--resume-at", 3], cache=tmp_path / "cache")  # fmt: skip
+    lines = [(int(s), int(m), int(r), names.split()) for s, m, r, names in GROUP_STEP.findall(out)]
+    assert [(s, m, r) for s, m, r, _ in lines] == [(s, m, 2) for s in range(1, 9) for m in (1, 2)]
+    steps = [names for _, m, _, names in lines if m == 1]
+    for i in range(0, len(lines), 2):  # both micro-batches of a step: each rank on one stream
+        assert lines[i][3] == lines[i + 1][3], lines[i : i + 2]
+    for names in steps:  # one group per step: all ranks on webvid, or split over laion/coyo
+        assert len(names) == 4
+        assert set(names) == {"webvid"} or set(names) <= {"laion", "coyo"}
+    # round_robin over the groups' counts 3:1, and laion (2/3 of its group) on 2 or 3 ranks
+    assert ["webvid" if "webvid" in n else "lc" for n in steps] == ["lc", "lc", "webvid", "lc"] * 2
+    assert all(n.count("laion") in (2, 3) for n in steps if "webvid" not in n)
+    assert any(len(set(n)) == 2 for n in steps)  # different datasets on different ranks
+    assert "resumed every rank after batch 3: the same 13 batches" in out  # mid-round
