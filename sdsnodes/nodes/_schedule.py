@@ -170,11 +170,19 @@ def parse_groups(groups: Groups | None, names: list[str]) -> tuple[tuple[int, ..
     return tuple(tuple(sorted(index[n] for n in g)) for g in listed)
 
 
-@functools.lru_cache(maxsize=16)
-def rank_slots(seed: int, step: int, world_size: int) -> tuple[int, ...]:
-    """A permutation of the ranks, ``slots[rank]``, drawn anew at every step from (seed, step)."""
-    rng = np.random.default_rng([seed % 2**64, 2, step])
-    return tuple(rng.permutation(world_size).tolist())
+def rank_slot(seed: int, step: int, rank: int, world_size: int) -> tuple[int, float]:
+    """``rank``'s place in a permutation of the ranks drawn anew at every step, and one uniform
+    number in [0, 1) shared by all ranks at that step, both from (seed, step) (BLAKE2b).
+
+    The permutation is affine, ``slot = (a * rank + b) mod world_size`` with ``a`` coprime to the
+    world size: O(1) per rank, and each rank's slot is uniform over the steps.
+    """
+    digest = hashlib.blake2b(f"{seed}:ranks:{step}".encode(), digest_size=24).digest()
+    u, a, b = (int.from_bytes(digest[i : i + 8], "little") for i in (0, 8, 16))
+    a = a % world_size or 1
+    while math.gcd(a, world_size) != 1:
+        a += 1
+    return (a * rank + b) % world_size, u / 2**64
 
 
 def rank_pick(probs: Sequence[float], seed: int, step: int, rank: int, world_size: int) -> int:
@@ -183,19 +191,19 @@ def rank_pick(probs: Sequence[float], seed: int, step: int, rank: int, world_siz
 
     Systematic sampling over the ranks: rank r takes the point ``(slot + u) / world_size`` of
     [0, 1), where ``slot`` is its place in a permutation of the ranks and ``u`` one uniform
-    number, both drawn anew at every step from (seed, step), and reads the stream whose share of
-    the cumulative weights holds it. So at every step stream i gets ``floor`` or ``ceil`` of
-    ``p_i * world_size`` ranks (exactly ``p_i * world_size`` on average), and every rank reads
-    stream i with probability ``p_i`` — what SDS's independent draw per rank gives on average,
-    with the spread across ranks bounded by one rank per stream.
+    number, both drawn anew at every step from (seed, step) (:func:`rank_slot`), and reads the
+    stream whose share of the cumulative weights holds it. So at every step stream i gets
+    ``floor`` or ``ceil`` of ``p_i * world_size`` ranks (exactly ``p_i * world_size`` on
+    average), and every rank reads stream i with probability ``p_i`` — what SDS's independent
+    draw per rank gives on average, with the spread across ranks bounded by one rank per stream.
     """
     if len(probs) == 1:
         return 0
     total = float(sum(probs))
-    slot = rank_slots(seed, step, world_size)[rank]
-    u, acc = (slot + uniform(seed, f"ranks:{step}")) / world_size, 0.0
+    slot, u = rank_slot(seed, step, rank, world_size)
+    point, acc = (slot + u) / world_size, 0.0
     for i, p in enumerate(probs):
         acc += p / total
-        if u < acc:
+        if point < acc:
             return i
     return max(i for i, p in enumerate(probs) if p > 0)
