@@ -129,20 +129,30 @@ def test_resumes_through_stateful_dataloader_with_two_workers():
     assert sorted(keys, key=int) == [str(i) for i in range(N)]  # each sample once, 2 shards
 
 
-def test_even_gives_every_rank_the_same_number_of_full_batches():
-    counts, seen, dropped = [], [], 0
+@pytest.mark.parametrize("drop_last, expected", [(False, 8), (True, 4)])
+def test_even_gives_every_rank_the_same_number_of_batches(drop_last, expected):
+    # 30 rows per rank, batches of 4, 5 buckets: ceil(30 / 4) = 8 batches, partial ones
+    # included; with drop_last ceil((30 - 5 * 3) / 4) = 4 full ones
+    seen, dropped = [], 0
     for rank in range(3):
         reader = IndexReader(TABLE, rank=rank, world_size=3)
-        node = BucketBatcher(Shuffler(reader, seed=8), 4, by_size, num_batches="even", num_buckets=5)
+        node = BucketBatcher(Shuffler(reader, seed=8), 4, by_size, drop_last=drop_last,
+                             num_batches="even", num_buckets=5)  # fmt: skip
         batches = list(Loader(node))
-        assert len(batches) == len(node) == max(0, -(-(30 - 5 * 3) // 4))  # 30 rows each: 4
-        assert all(len(b) == 4 for b in batches)
-        assert node.dropped == 30 - 4 * len(batches)
-        counts.append(len(batches))
+        assert len(batches) == len(node) == expected
+        sizes = [len(b) for b in batches]
+        partial = [size < 4 for size in sizes]
+        assert partial == sorted(partial) and (not any(partial) or not drop_last)
+        assert node.dropped == 30 - sum(sizes)
         seen += [s["x"] for b in batches for s in b]
         dropped += node.dropped
-    assert len(set(counts)) == 1
     assert len(seen) == len(set(seen)) and len(seen) + dropped == N
+    assert dropped < 3 * 5 * 4
+
+
+def test_even_without_drop_last_needs_no_bucket_count():
+    node = batcher(seed=1, num_batches="even")
+    assert len(list(Loader(node))) == len(node) == 23  # ceil(90 / 4)
 
 
 def test_even_resumes_and_takes_the_bucket_count_from_the_key():
@@ -162,7 +172,7 @@ def test_a_fixed_number_of_batches():
 
 def test_even_needs_a_source_with_len_and_a_bucket_count():
     with pytest.raises(ValueError, match="num_buckets"):
-        batcher(num_batches="even")
+        batcher(num_batches="even", drop_last=True)
     node = BucketBatcher(Filter(IndexReader(TABLE), bool), 4, by_size, num_batches="even",
                          num_buckets=5)  # fmt: skip
     with pytest.raises(TypeError, match="len"):

@@ -33,13 +33,23 @@ buffered sample. Its cost is paid at resume: the samples read since that anchor 
 
 Equal batches per rank. Every shard's batch count depends on how its samples fall into
 buckets, so ranks would differ. ``num_batches="even"`` makes them equal without any exchange
-between ranks: a shard of ``m`` samples with ``K`` buckets yields at least
-``ceil((m - K * (batch_size - 1)) / batch_size)`` full batches (each bucket leaves fewer than
-``batch_size`` behind), so every shard stops there. ``m`` is ``len(source)``, the same on every
-rank when the reader pads (the default for ``world_size > 1``); the samples left (at most
-``K * (batch_size - 1) + batch_size - 1`` per shard and epoch) are counted in ``dropped``. It
-needs a source with ``len()`` that keeps every row (IndexReader, Shuffler; not after a Filter or
-a decoder that skips): a shard that gets fewer samples ends short (a warning is logged).
+between ranks, from two bounds that hold whatever the buckets: a shard of ``m`` samples yields
+at least ``ceil(m / batch_size)`` batches counting the partial ones (``drop_last=False``), and
+at least ``ceil((m - K * (batch_size - 1)) / batch_size)`` full ones with ``K`` buckets (each
+bucket leaves fewer than ``batch_size`` behind; ``drop_last=True``). Every shard stops at its
+bound, the full batches first, then (without ``drop_last``) the oldest partial ones. ``m`` is
+``len(source)``, the same on every rank when the reader pads (the default for ``world_size >
+1``). What is left is counted in ``dropped``: fewer than ``K`` partial batches without
+``drop_last`` (what ``drop_last`` alone would drop, or less), at most ``K * (batch_size - 1) +
+batch_size - 1`` samples with it, per shard and epoch; the next epoch's order differs, so no
+sample is left out for good. It needs a source with ``len()`` that keeps every row
+(IndexReader, Shuffler; not after a Filter or a decoder that skips): a shard that gets fewer
+samples ends short (a warning is logged).
+
+An exact count (the smallest shard's, computed by every rank from the index columns and the
+epoch order: option (c)) would drop less with ``drop_last``; it needs the reader to expose
+the rows of any shard of the epoch, which it does not yet (its position-to-row mapping is
+private and changing), so it is left for later.
 """
 
 from __future__ import annotations
@@ -79,9 +89,9 @@ class BucketBatcher(BaseNode[list[Sample]]):
         drop_last (bool): drop the partial batches at the end of an epoch.
         num_batches (int | str | None): stop each epoch after this many batches; ``"even"``:
             the number every shard reaches (see the module's docs), which needs ``len(source)``
-            and ``len(key)`` (or ``num_buckets``); None: all.
-        num_buckets (int | None): the number of buckets, for ``"even"`` with a key without
-            ``len()``.
+            and, with ``drop_last``, ``len(key)`` (or ``num_buckets``); None: all.
+        num_buckets (int | None): the number of buckets, for ``"even"`` with ``drop_last`` and
+            a key without ``len()``.
 
     State:
         ``{SOURCE_KEY: <the source's state fewer than batch_size samples before the oldest
@@ -123,14 +133,16 @@ class BucketBatcher(BaseNode[list[Sample]]):
                 raise ValueError(f"{num_batches=} must be None, 'even' or an int >= 0")
         if num_buckets is not None and (not isinstance(num_buckets, int) or num_buckets < 1):
             raise ValueError(f"{num_buckets=} must be None or an int >= 1")
-        if num_batches == EVEN and num_buckets is None:
+        if num_buckets is None:
             try:
                 num_buckets = len(key)  # type: ignore[arg-type]
             except TypeError:
-                raise ValueError(
-                    "num_batches='even' needs the number of buckets: pass num_buckets=, or a key "
-                    "with len() (AspectRatioBuckets, DurationBuckets)"
-                ) from None
+                pass
+        if num_batches == EVEN and drop_last and num_buckets is None:
+            raise ValueError(
+                "num_batches='even' with drop_last needs the number of buckets: pass "
+                "num_buckets=, or a key with len() (AspectRatioBuckets, DurationBuckets)"
+            )
         self.source, self.batch_size, self.key = source, batch_size, key
         self.drop_last, self.num_batches, self.num_buckets = drop_last, num_batches, num_buckets
         self._buckets: dict[Hashable, list[tuple[int, Sample]]] = {}  # (offset, sample)
@@ -164,7 +176,9 @@ class BucketBatcher(BaseNode[list[Sample]]):
                 " put the BucketBatcher right after the reader (IndexReader, Shuffler)"
             ) from None
         b = self.batch_size
-        return max(0, math.ceil((m - self.num_buckets * (b - 1)) / b))
+        if not self.drop_last:  # sum(ceil(c_k / b)) >= ceil(sum(c_k) / b)
+            return math.ceil(m / b)
+        return max(0, math.ceil((m - self.num_buckets * (b - 1)) / b))  # each bucket < b left
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -237,13 +251,6 @@ class BucketBatcher(BaseNode[list[Sample]]):
                 sample = self._next_from_source()
             except StopIteration:
                 self._exhausted = True
-                if self.num_batches == EVEN and self._yielded < (self._limit or 0):
-                    logger.warning(
-                        "BucketBatcher: the source ended after %d of %d batches (it yielded "
-                        "fewer samples than len(source): filtered or skipped upstream?)",
-                        self._yielded,
-                        self._limit,
-                    )
                 break
             self._read += 1
             bucket = self.key(sample)
@@ -252,6 +259,13 @@ class BucketBatcher(BaseNode[list[Sample]]):
                 return self._emit(bucket)
         oldest = self._oldest()
         if oldest is None or self.drop_last:
+            if self.num_batches == EVEN and self._yielded < (self._limit or 0):
+                logger.warning(
+                    "BucketBatcher: the source ended after %d of %d batches (it yielded fewer "
+                    "samples than len(source): filtered or skipped upstream?)",
+                    self._yielded,
+                    self._limit,
+                )
             self._stop()
         return self._emit(oldest)
 
