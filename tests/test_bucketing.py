@@ -220,3 +220,21 @@ def test_pickles():
     node = batcher(seed=3, key=AspectRatioBuckets(RESOLUTIONS), num_batches="even")
     copy = pickle.loads(pickle.dumps(node))
     assert [xs_of(b) for b in Loader(copy)] == [xs_of(b) for b in Loader(node)]
+
+
+def test_after_the_decoder_keyed_on_the_decoded_shape(tmp_path):
+    from sdsnodes import Decoder, Evictor, ImageTensor
+    from sdsnodes._synthetic import make_image_dataset
+
+    src = make_image_dataset(tmp_path / "data", num_images=12)  # every 4th (from the 2nd) portrait
+    key = AspectRatioBuckets([(48, 64), (64, 48)], tensor="image")
+
+    def make():
+        node = Shuffler(IndexReader(src, index_cache_dir=str(tmp_path / "index")), seed=1)
+        node = Evictor(Decoder(node, {"image": ImageTensor()}, num_threads=2, seed=1))
+        return Mapper(BucketBatcher(node, 2, key), collate)
+
+    epoch0 = check_node_resume(make, midpoints=[1, 3])
+    shapes = {tuple(b["image"].shape[1:]) for b in Loader(make())}
+    assert shapes == {(3, 48, 64), (3, 64, 48)}
+    assert sorted(k for b in epoch0 for k in b) == sorted(str(i) for i in range(12))
