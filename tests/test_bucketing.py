@@ -11,7 +11,7 @@ from utils import check_dataloader_resume, check_node_resume, json_roundtrip
 
 from sdsnodes import IndexReader, Shuffler, StreamingDataset, collate
 from sdsnodes.nodes.bucketing import BUCKET, AspectRatioBuckets, BucketBatcher, DurationBuckets
-from sdsnodes.nodes.filter import Filter
+from sdsnodes.nodes.filter import Filter, Take
 
 SIZES = [(64, 48), (48, 64), (80, 48), (64, 64), (96, 40)]  # (width, height): 5 aspect ratios
 N = 90
@@ -118,7 +118,9 @@ def test_resumes_through_threads_and_prefetching():
 
 
 def make_collated(seed: int):
-    node = BucketBatcher(Shuffler(IndexReader(TABLE), seed=seed), 4, AspectRatioBuckets(RESOLUTIONS))
+    node = BucketBatcher(
+        Shuffler(IndexReader(TABLE), seed=seed), 4, AspectRatioBuckets(RESOLUTIONS)
+    )
     return Mapper(node, collate)
 
 
@@ -181,8 +183,13 @@ def test_even_needs_a_source_with_len_and_a_bucket_count():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"batch_size": 0}, {"batch_size": 2.0}, {"num_batches": -1}, {"num_batches": "odd"},
-     {"num_buckets": 0}],  # fmt: skip
+    [
+        {"batch_size": 0},
+        {"batch_size": 2.0},
+        {"num_batches": -1},
+        {"num_batches": "odd"},
+        {"num_buckets": 0},
+    ],  # fmt: skip
 )
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
@@ -197,7 +204,10 @@ def test_aspect_ratio_buckets():
     assert key({"width": 1000, "height": 1000}) == (512, 512)
     assert key({"width": 1920, "height": 1080}) == (384, 640)
     assert key({"width": 300, "height": 800}) == (640, 384)
-    assert AspectRatioBuckets([(8, 16)], tensor="image")({"image": torch.zeros(3, 10, 30)}) == (8, 16)
+    assert AspectRatioBuckets([(8, 16)], tensor="image")({"image": torch.zeros(3, 10, 30)}) == (
+        8,
+        16,
+    )
     with pytest.raises(ValueError, match="no size"):
         key({"__key__": "a", "width": None, "height": 10})
     with pytest.raises(ValueError):
@@ -238,3 +248,19 @@ def test_after_the_decoder_keyed_on_the_decoded_shape(tmp_path):
     shapes = {tuple(b["image"].shape[1:]) for b in Loader(make())}
     assert shapes == {(3, 48, 64), (3, 64, 48)}
     assert sorted(k for b in epoch0 for k in b) == sorted(str(i) for i in range(12))
+
+
+class Shortened(Take):
+    """A source whose len() promises more than it yields (as after a decoder that skips)."""
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def test_even_warns_when_the_source_yields_fewer_than_its_len(caplog):
+    source = Shortened(Shuffler(IndexReader(TABLE), seed=1), 60)
+    node = BucketBatcher(source, 4, by_size, num_batches="even")
+    batches = list(Loader(node))
+    assert len(node) == 23 > len(batches) >= 15  # 60 samples: ceil(60 / 4) = 15, and partials
+    assert "the source ended after" in caplog.text
+    assert node.dropped == 0  # the promised samples that never came are not the node's drops

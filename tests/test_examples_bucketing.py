@@ -9,7 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = re.compile(r"^batch (\d+): bucket \((\d+), (\d+)\) image \[(\d+), 3, (\d+), (\d+)\]$", re.M)
-RANK = re.compile(r"^rank (\d+)/(\d+): (\d+) batches, (\d+) images, (\d+) left for later epochs$", re.M)
+RANK = re.compile(
+    r"^rank (\d+)/(\d+): (\d+) batches, (\d+) images, (\d+) left for later epochs$", re.M
+)
 
 
 def test_bucketing_example(tmp_path):

@@ -234,13 +234,14 @@ class BucketBatcher(BaseNode[list[Sample]]):
     def _stop(self) -> None:
         held = sum(len(entries) for entries in self._buckets.values())
         unread = 0
-        if self.num_batches == EVEN:
+        if self.num_batches == EVEN and not self._exhausted:  # stopped early: the rest unread
             try:
                 unread = max(0, len(self.source) - self._read)  # type: ignore[arg-type]
             except TypeError:
                 pass
         self._dropped += held + unread
         self._buckets, self._read = {}, self._read + unread
+        self._forget_anchors()  # nothing buffered: a resume replays fewer than batch_size
         raise StopIteration
 
     def next(self) -> list[Sample]:
