@@ -1,6 +1,7 @@
 """The mixing and distributed examples run as a user runs them, and the mixing/resume benchmarks
 print their tables (smoke tests: no timing is asserted)."""
 
+import importlib.util
 import json
 import os
 import re
@@ -116,7 +117,7 @@ GROUP_STEP = re.compile(r"^step +(\d+) micro (\d+)/(\d+) streams ([\w ]+)$", re.
 
 def test_mix_groups_splits_the_ranks_and_keeps_each_round_on_one_stream(tmp_path):
     out = run([sys.executable, EXAMPLES / "mix_groups.py", "--dir", tmp_path / "data",
-               "--world-size", 4, "--accum", 2, "--steps", 8, "--num-workers", 2,
+               "--world-size", 4, "--accum", 2, "--steps", 8,
                "--resume-at", 3], cache=tmp_path / "cache")  # fmt: skip
     lines = [(int(s), int(m), int(r), names.split()) for s, m, r, names in GROUP_STEP.findall(out)]
     assert [(s, m, r) for s, m, r, _ in lines] == [(s, m, 2) for s in range(1, 9) for m in (1, 2)]
@@ -131,3 +132,24 @@ def test_mix_groups_splits_the_ranks_and_keeps_each_round_on_one_stream(tmp_path
     assert all(n.count("laion") in (2, 3) for n in steps if "webvid" not in n)
     assert any(len(set(n)) == 2 for n in steps)  # different datasets on different ranks
     assert "resumed every rank after batch 3: the same 13 batches" in out  # mid-round
+
+
+def test_mix_groups_under_torchrun_matches_the_simulated_ranks(tmp_path, monkeypatch):
+    """Two real ranks (rank from torch.distributed, two DataLoader workers each) read, step by
+    step, the streams that two ranks simulated in one process read, and resume mid-round."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           EXAMPLES / "mix_groups.py", "--num-workers", 2, "--steps", 8, "--resume-at", 3]  # fmt: skip
+    real = run(cmd, cache=tmp_path / "cache", timeout=120)
+    assert real.startswith("2 ranks")
+    assert "resumed every rank after batch 3: the same 13 batches" in real
+    real_streams = [names.split() for *_, names in GROUP_STEP.findall(real)]
+
+    spec = importlib.util.spec_from_file_location("mix_groups", EXAMPLES / "mix_groups.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setenv("SDS_CACHE_DIR", str(tmp_path / "cache"))
+    args = example.parse_args(["--world-size", "2", "--steps", "8"])  # no workers, one process
+    paths = example.make_indexes(tmp_path / "data", args.rows)
+    runs = [example.read(paths, args, rank) for rank in range(2)]
+    assert real_streams == [[run[i][0] for run in runs] for i in range(16)]
