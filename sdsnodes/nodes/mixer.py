@@ -45,7 +45,8 @@ class Mixer(BaseNode[dict]):
     The stream of each item is a pure function of (strategy, weights, seed, draw index), so
     every rank draws the same stream at the same step — batches of different shapes (images vs
     videos) line up across ranks. Inside DataLoader workers (which ``StatefulDataLoader`` visits
-    round-robin) every worker makes the same sequence of draws, ``base + local step``: rank r's
+    round-robin) every worker makes the same sequence of draws, ``base + local step // B`` (B = 1
+    without rounds, below): rank r's
     worker w yields what every rank's worker w yields, and each worker reads its own shard of
     every stream in the weights' proportions. Draws go on across epochs (no two epochs repeat
     the same sequence); a curriculum sees the global step ``base + local step * W + w``.
@@ -53,8 +54,10 @@ class Mixer(BaseNode[dict]):
 
     **Mixing groups** (``groups``, SDS's ``mixing_group_id``): the strategy draws a *group* at
     each step, with the sum of its streams' weights, the same on every rank; inside the group the
-    ranks are split over its streams by their weights (see :func:`rank_pick`): at one step rank 0
-    may read ``laion`` while rank 1 reads ``coyo``. ``groups=None`` (each stream its own group)
+    ranks are split over its streams by their weights, by systematic sampling from (seed, step):
+    ``floor`` or ``ceil`` of ``p * world_size`` ranks per stream at every step, each rank reading
+    every stream of the group ``p`` of the time. At one step rank 0 may read ``laion`` while
+    rank 1 reads ``coyo``. ``groups=None`` (each stream its own group)
     is SDS's ``no_mixing``; one group of every stream, its ``mix_all``.
 
     **Gradient-accumulation rounds** (``num_accum_rounds=R``): the stream (on each rank) stays
@@ -99,13 +102,12 @@ class Mixer(BaseNode[dict]):
         (before they were stored) loads.
 
     Raises:
-        ValueError: no streams, bad weights, unknown strategy or stop criterion, a
-            curriculum with an ordered strategy and no ``cycle_length``, bad groups (or a group
-            of several streams without ``stop="never"``), ``num_accum_rounds < 1``, or a bad
-            rank/world_size pair; on resume, a state saved with another strategy, rounds,
-            groups or num_workers; while iterating, a
-            stream that yields nothing in this worker even when padded (or whose readers pad or
-            drop already).
+        ValueError: no streams, bad weights, unknown strategy or stop criterion, a curriculum
+            with an ordered strategy and no ``cycle_length``, bad groups (or a group of several
+            streams without ``stop="never"``), ``num_accum_rounds < 1``, or a bad
+            rank/world_size pair; on resume, a state saved with another strategy, rounds, groups
+            or num_workers; while iterating, a stream that yields nothing in this worker even
+            when padded (or whose readers pad or drop already).
     """
 
     STATE_TAG = "Mixer"
