@@ -162,7 +162,9 @@ class BucketBatcher(BaseNode[list[Sample]]):
         return True  # a node, whatever its len()
 
     def __len__(self) -> int:
-        """Batches this shard yields this epoch, when ``num_batches`` fixes it (after reset)."""
+        """Batches this shard yields this epoch, known after ``reset()`` when ``num_batches`` is
+        set: with ``"even"`` exactly (for a source that yields ``len(source)`` samples), with an
+        int at most."""
         if self._limit is None:
             raise TypeError("len(BucketBatcher) is known only with num_batches set")
         return self._limit
