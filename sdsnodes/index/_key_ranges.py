@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sdsnodes.index.listing import _Progress
+    from sdsnodes.index.listing import Progress
 
 logger = logging.getLogger("sdsnodes.index.listing")  # one logger for all of listing
 
@@ -26,7 +26,7 @@ density of keys in its last page): smaller ones are not worth the extra requests
 _DIGITS = 12  # characters of a key (after the common prefix) that the split arithmetic looks at
 
 
-def _object_store_kind(fs: Any) -> str | None:
+def object_store_kind(fs: Any) -> str | None:
     """Which object store ``fs`` lists: ``"s3"`` (s3fs), ``"gcs"`` (gcsfs), else None."""
     for cls in type(fs).__mro__:
         module = cls.__module__.split(".")[0]
@@ -189,7 +189,7 @@ class _RangeLister:
         base: str,
         num_threads: int,
         keep: Callable[[str], bool],
-        bar: _Progress,
+        bar: Progress,
     ) -> None:
         self.fs, self.kind, self.bucket, self.base = fs, kind, bucket, base
         self.num_threads, self.keep, self.bar = num_threads, keep, bar
@@ -344,8 +344,8 @@ class _RangeLister:
         return self.found
 
 
-def _list_object_store(
-    fs: Any, kind: str, path: str, num_threads: int, keep: Callable[[str], bool], bar: _Progress
+def list_object_store(
+    fs: Any, kind: str, path: str, num_threads: int, keep: Callable[[str], bool], bar: Progress
 ) -> list[tuple[str, int]]:
     bucket, key, _ = fs.split_path(path)
     if not bucket:

@@ -48,10 +48,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sdsnodes.index._key_ranges import (
-    _list_object_store,
-    _object_store_kind,
-)
+import fsspec
+
+from sdsnodes.index._key_ranges import list_object_store, object_store_kind
 from sdsnodes.storage import filesystem, protocol_of
 
 __all__ = ["list_files", "listing_defaults"]
@@ -141,15 +140,15 @@ def list_files(
     if fs is None:
         fs, path = filesystem(url, storage_options)
     else:
-        path = fs._strip_protocol(url)
+        path = fsspec.core.strip_protocol(url)
 
     def keep(name: str) -> bool:
         return suffixes is None or name.lower().endswith(suffixes)
 
-    with _Progress(progress, url) as bar:
-        kind = _object_store_kind(fs)
+    with Progress(progress, url) as bar:
+        kind = object_store_kind(fs)
         if kind is not None:
-            found = _list_object_store(fs, kind, path, num_threads, keep, bar)
+            found = list_object_store(fs, kind, path, num_threads, keep, bar)
         else:
             found = _walk_tree(fs, path, num_threads, keep, bar)
     if protocol_of(url) is not None:
@@ -158,7 +157,7 @@ def list_files(
     return found
 
 
-class _Progress:
+class Progress:
     """A tqdm bar of files found (thread-safe ``update``), or nothing when disabled."""
 
     def __init__(self, enabled: bool, url: str) -> None:
@@ -174,7 +173,7 @@ class _Progress:
             with self._lock:
                 self._bar.update(n)
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,13 +187,13 @@ class _Progress:
 
 
 def _walk_tree(
-    fs: Any, path: str, num_threads: int, keep: Callable[[str], bool], bar: _Progress
+    fs: Any, path: str, num_threads: int, keep: Callable[[str], bool], bar: Progress
 ) -> list[tuple[str, int]]:
     if not fs.isdir(path):  # not info()["type"]: to HTTP, an index page is a file too
         info = fs.info(path)  # FileNotFoundError when missing
         size = info.get("size")
         return [(info["name"], -1 if size is None else int(size))] if keep(info["name"]) else []
-    local = _object_store_kind(fs) is None and getattr(fs, "local_file", False)
+    local = object_store_kind(fs) is None and getattr(fs, "local_file", False)
     found: list[tuple[str, int]] = []
     lock = threading.Lock()
     seen: set[str] = set()  # real paths of local directories, so a symlink loop ends
