@@ -1,8 +1,10 @@
+import copy
 import functools
 import pickle
 
 import pyarrow as pa
 import pytest
+import torch
 from torchdata.nodes import Batcher, Loader
 from utils import check_dataloader_resume, check_node_resume, json_roundtrip
 
@@ -120,3 +122,27 @@ def test_resumes_through_stateful_dataloader_with_two_workers():
     )
     xs = [x for batch in epoch0 for x in batch]
     assert len(xs) == 16 and all(x % 2 == 0 for x in xs)  # 8 per worker, the first skipped
+
+
+class NodeDataset(torch.utils.data.IterableDataset):
+    """The smallest dataset over a node: what a spawned worker gets is the pickled node."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def __iter__(self):
+        return iter(Loader(self.node))
+
+
+def test_runs_in_a_spawned_dataloader_worker():
+    from sdsnodes.nodes.bucketing import BucketBatcher, DurationBuckets
+
+    table = pa.table({"x": list(range(40)), "duration": [float(i % 5) for i in range(40)]})
+    node = BucketBatcher(
+        Take(Skip(Filter(shuffled(7, table), is_even), 2), 15), 3, DurationBuckets([2.0])
+    )
+    expected = [xs_of(b) for b in Loader(copy.deepcopy(node))]
+    dl = torch.utils.data.DataLoader(
+        NodeDataset(node), batch_size=None, num_workers=1, multiprocessing_context="spawn"
+    )
+    assert [xs_of(b) for b in dl] == expected
