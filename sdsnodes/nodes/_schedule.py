@@ -170,38 +170,35 @@ def parse_groups(groups: Groups | None, names: list[str]) -> tuple[tuple[int, ..
     return tuple(tuple(sorted(index[n] for n in g)) for g in listed)
 
 
-def rank_slot(seed: int, step: int, rank: int, world_size: int) -> tuple[int, float]:
-    """``rank``'s place in a permutation of the ranks drawn anew at every step, and one uniform
-    number in [0, 1) shared by all ranks at that step, both from (seed, step) (BLAKE2b).
-
-    The permutation is affine, ``slot = (a * rank + b) mod world_size`` with ``a`` coprime to the
-    world size: O(1) per rank, and each rank's slot is uniform over the steps.
-    """
-    digest = hashlib.blake2b(f"{seed}:ranks:{step}".encode(), digest_size=24).digest()
-    u, a, b = (int.from_bytes(digest[i : i + 8], "little") for i in (0, 8, 16))
-    a = a % world_size or 1
-    while math.gcd(a, world_size) != 1:
-        a += 1
-    return (a * rank + b) % world_size, u / 2**64
+GOLDEN = (math.sqrt(5) - 1) / 2
+"""The golden ratio's fractional part: ``frac(n * GOLDEN)`` spreads evenly over [0, 1)."""
 
 
-def rank_pick(probs: Sequence[float], seed: int, step: int, rank: int, world_size: int) -> int:
+def rank_pick(
+    probs: Sequence[float], seed: int, group: int, count: int, rank: int, world_size: int
+) -> int:
     """Index (into ``probs``, the weights of a group's streams) of the stream ``rank`` reads at
-    ``step``.
+    the ``count``-th draw of ``group`` (from 0).
 
-    Systematic sampling over the ranks: rank r takes the point ``(slot + u) / world_size`` of
-    [0, 1), where ``slot`` is its place in a permutation of the ranks and ``u`` one uniform
-    number, both drawn anew at every step from (seed, step) (:func:`rank_slot`), and reads the
-    stream whose share of the cumulative weights holds it. So at every step stream i gets
-    ``floor`` or ``ceil`` of ``p_i * world_size`` ranks (exactly ``p_i * world_size`` on
-    average), and every rank reads stream i with probability ``p_i`` — what SDS's independent
-    draw per rank gives on average, with the spread across ranks bounded by one rank per stream.
+    Systematic sampling over the ranks, rotated: rank r takes the point ``(slot + u) /
+    world_size`` of [0, 1), with ``slot = (r + count + offset) mod world_size`` (``offset`` from
+    the seed) and ``u`` fixed for each window of ``world_size`` draws of the group (a
+    golden-ratio sequence from the seed, so it spreads evenly over [0, 1)), and reads the stream
+    whose share of the cumulative weights holds that point. At every draw stream i gets
+    ``floor`` or ``ceil`` of ``p_i * world_size`` ranks; over each window every rank visits
+    every slot once with the same ``u``, so every rank reads each stream equally often (the
+    ranks' shares of a stream are read at one pace, apart by less than one window), and over
+    the windows the proportions tend to the weights. SDS draws each rank's stream independently
+    instead: the same proportions on average, with differences between ranks that grow like the
+    square root of the steps.
     """
     if len(probs) == 1:
         return 0
+    window, k = divmod(count, world_size)
+    u = (uniform(seed, f"group:{group}") + window * GOLDEN) % 1.0
+    offset = int(uniform(seed, f"slots:{group}") * world_size)
+    point, acc = ((rank + k + offset) % world_size + u) / world_size, 0.0
     total = float(sum(probs))
-    slot, u = rank_slot(seed, step, rank, world_size)
-    point, acc = (slot + u) / world_size, 0.0
     for i, p in enumerate(probs):
         acc += p / total
         if point < acc:

@@ -54,9 +54,10 @@ class Mixer(BaseNode[dict]):
 
     **Mixing groups** (``groups``, SDS's ``mixing_group_id``): the strategy draws a *group* at
     each step, with the sum of its streams' weights, the same on every rank; inside the group the
-    ranks are split over its streams by their weights, by systematic sampling from (seed, step):
-    ``floor`` or ``ceil`` of ``p * world_size`` ranks per stream at every step, each rank reading
-    every stream of the group ``p`` of the time. At one step rank 0 may read ``laion`` while
+    ranks are split over its streams by their weights, by systematic sampling rotated over the
+    ranks: ``floor`` or ``ceil`` of ``p * world_size`` ranks per stream at every step, and every
+    rank reads each stream of the group equally often (``p`` of the time, to within one window of
+    ``world_size`` draws), so the ranks' shares of a stream are read at one pace. At one step rank 0 may read ``laion`` while
     rank 1 reads ``coyo``. ``groups=None`` (each stream its own group)
     is SDS's ``no_mixing``; one group of every stream, its ``mix_all``.
 
@@ -95,8 +96,8 @@ class Mixer(BaseNode[dict]):
 
     State:
         ``{"step": int, "num_workers": int, "base_step": int, "mixer": str, "strategy": str,
-        "num_accum_rounds": int, "groups": [[names]], "exhausted": [names], "padded": [names],
-        "streams": {name: state}}`` (``step`` is local to the worker), each key a class constant
+        "num_accum_rounds": int, "groups": [[names]], "group_draws": [int], "exhausted": [names],
+        "padded": [names], "streams": {name: state}}`` (``step`` is local to the worker), each key a class constant
         (``STEP_KEY``, …), and the tag ``NODE_KEY: STATE_TAG`` by which elastic resume finds it.
         A state with another strategy, rounds or groups is refused; one saved without them
         (before they were stored) loads.
@@ -122,6 +123,7 @@ class Mixer(BaseNode[dict]):
     STRATEGY_KEY = "strategy"
     ROUNDS_KEY = "num_accum_rounds"
     GROUPS_KEY = "groups"
+    GROUP_DRAWS_KEY = "group_draws"
 
     def __init__(
         self,
@@ -176,6 +178,7 @@ class Mixer(BaseNode[dict]):
         self.rank, self.world_size = rank, world_size
         self._rank, self._world_size = 0, 1
         self._block = 1
+        self._group_draws = [0] * len(self.groups)
         self.mixer_id = "0"
         self._name_readers()
         self._readers = {name: self._own_readers(stream) for name, stream in self.streams.items()}
@@ -277,14 +280,20 @@ class Mixer(BaseNode[dict]):
         return self._base_step + (self._step - self._step % self._block) * self._num_workers
 
     def _pick(self, probs: list[float]) -> str:
-        """The stream of the next item: the strategy draws a group, the ranks split over it."""
-        index = self.draw_index
+        """The stream of the next item: the strategy draws a group, the ranks split over it
+        (counting the draws of each group, the same on every rank and worker)."""
         group_probs = [sum(probs[i] for i in g) for g in self.groups]
-        group = self.groups[draw(self.strategy, group_probs, self.seed, index, self.cycle_length)]
+        g = draw(self.strategy, group_probs, self.seed, self.draw_index, self.cycle_length)
+        group = self.groups[g]
         if len(group) == 1:
             return self.names[group[0]]
+        if self._step % self._block == 0:  # a new draw of the group
+            self._group_draws[g] += 1
         within = [probs[i] for i in group]
-        return self.names[group[rank_pick(within, self.seed, index, self._rank, self._world_size)]]
+        count = self._group_draws[g] - 1
+        return self.names[
+            group[rank_pick(within, self.seed, g, count, self._rank, self._world_size)]
+        ]
 
     def _ends(self, probs: list[float]) -> bool:
         """Whether the epoch is over by the stop criterion, given the streams that ran out."""
@@ -320,6 +329,8 @@ class Mixer(BaseNode[dict]):
         self._started = True
         self._step = int(initial_state[self.STEP_KEY])
         self._base_step = int(initial_state.get(self.BASE_STEP_KEY, 0))
+        draws = initial_state.get(self.GROUP_DRAWS_KEY)
+        self._group_draws = [int(n) for n in draws] if draws else [0] * len(self.groups)
         self._exhausted = set(initial_state[self.EXHAUSTED_KEY])
         self._set_padded(set(initial_state.get(self.PADDED_KEY, [])))
         for name, stream in self.streams.items():
@@ -412,6 +423,7 @@ class Mixer(BaseNode[dict]):
             self.STRATEGY_KEY: self.strategy.value,
             self.ROUNDS_KEY: self.num_accum_rounds,
             self.GROUPS_KEY: self.group_names(),
+            self.GROUP_DRAWS_KEY: list(self._group_draws),
             self.EXHAUSTED_KEY: sorted(self._exhausted),
             self.PADDED_KEY: sorted(self._padded),
             self.STREAMS_KEY: {name: s.state_dict() for name, s in self.streams.items()},
