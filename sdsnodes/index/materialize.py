@@ -58,7 +58,7 @@ class SourceFile:
     """how to name it to :func:`~sdsnodes.index.read_index` (with the protocol)"""
 
 
-def _source_files(
+def source_files(
     url: str, storage_options: dict[str, Any] | None, txt: str | None = None
 ) -> list[SourceFile]:
     """The files the source consists of: the matches of a wildcard (sorted), the shards a
@@ -121,7 +121,16 @@ def fingerprint(
     """A short hash of the source's files (path, size, mtime/ETag) and of ``options``; for a
     directory, of its listing (files added or removed anywhere below it change it); for a
     ``.txt`` of index shards, of the shards (``txt`` as in :func:`materialize`)."""
-    files = _source_files(url, storage_options, txt)
+    return fingerprint_files(
+        url, source_files(url, storage_options, txt), storage_options, **options
+    )
+
+
+def fingerprint_files(
+    url: str, files: list[SourceFile], storage_options: dict[str, Any] | None = None, **options: Any
+) -> str:
+    """:func:`fingerprint` of the files :func:`source_files` found for ``url`` (no second
+    listing)."""
     infos = [f.info for f in files]
     if len(infos) == 1 and infos[0].get("type") == "directory":
         from sdsnodes.index.listing import list_files
@@ -246,7 +255,7 @@ def _convert(
 ) -> None:
     from tqdm import tqdm
 
-    files = _source_files(url, storage_options, txt)
+    files = source_files(url, storage_options, txt)
     if not files:
         raise IndexSourceError(f"index wildcard {url!r} matches no files")
     total = 0

@@ -11,11 +11,19 @@ computes the same order, and resuming at position p is free.
 - :class:`ChunkPermutation`: chunk-local shuffling for indexes read in chunks: the chunks in a
   random order, and the rows of each window of ``window`` consecutive chunks permuted together —
   reads stay within ``window`` chunks at a time.
+- :class:`LanePermutation`: for indexes read by chunks of any sizes (the row groups of a lazy
+  remote index, :mod:`sdsnodes.index.lazy`): the chunks in a random order, cut into ``lanes``
+  contiguous lanes walked side by side (position ``p`` reads lane ``p % lanes``), the rows of
+  each chunk permuted. A reader that takes every ``S``-th position reads ``lanes / gcd(lanes,
+  S)`` lanes, each chunk after chunk: its reads stay sequential under any sharding.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
 
 _M64 = (1 << 64) - 1
 ROUNDS = 6
@@ -150,6 +158,77 @@ class ChunkPermutation:
                 return self._chunks(slot) * self.chunk_size + offset
             offset -= self._size(slot)
         raise RuntimeError(f"position {i} fell outside window {w}: a bug in ChunkPermutation")
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class LanePermutation:
+    """Two-level shuffle over chunks of any sizes, read in ``lanes`` sequential lanes.
+
+    Level 1: the chunks in a random order (a Feistel permutation of the chunk ids) laid end to
+    end; that sequence of ``n`` rows is cut into ``lanes`` contiguous lanes of ``n // lanes`` or
+    ``n // lanes + 1`` rows. Level 2: position ``p`` reads row ``p // lanes`` of lane
+    ``p % lanes``, and the rows of each chunk come in their own random order (a Feistel
+    permutation keyed by the chunk). So consecutive positions draw from ``lanes`` different
+    chunks in turn, and a reader that takes positions ``s, s + S, s + 2S, …`` (a shard of ``S``)
+    reads only the lanes ``≡ s (mod gcd(lanes, S))``: ``lanes / gcd(lanes, S)`` chunks at a time,
+    each chunk once, in order — when ``S`` divides ``lanes``, each chunk is read by exactly one
+    shard. The order does not depend on ``S`` (elastic resume needs a layout-free order).
+
+    Setup is O(number of chunks) (the chunk order's prefix sums); a position costs O(log chunks).
+
+    Args:
+        starts (Sequence[int]): the first row of each chunk, then the row count: ``starts[0] ==
+            0``, increasing; chunk ``c`` holds rows ``[starts[c], starts[c + 1])``.
+        lanes (int): lanes walked side by side, >= 1 (at most one per row).
+        *seed (int): the key.
+
+    Raises:
+        ValueError: ``lanes`` < 1, or ``starts`` not increasing from 0.
+    """
+
+    def __init__(self, starts: Sequence[int], lanes: int, *seed: int) -> None:
+        if lanes < 1:
+            raise ValueError(f"{lanes=} must be >= 1")
+        if len(starts) < 2 or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError("starts must increase from 0, one entry per chunk plus the row count")
+        self.n = int(starts[-1])
+        self.lanes = min(lanes, self.n)
+        self._starts = list(starts)
+        self._seed = seed
+        self._chunks = FeistelPermutation(len(starts) - 1, *seed, -1)
+        self._slot_starts = [0]  # rows before each slot of the chunk order
+        for slot in range(len(starts) - 1):
+            chunk = self._chunks(slot)
+            self._slot_starts.append(self._slot_starts[-1] + starts[chunk + 1] - starts[chunk])
+        self._rows: OrderedDict[int, FeistelPermutation] = OrderedDict()  # one per open chunk
+
+    def __call__(self, i: int) -> int:
+        """The row at position ``i``."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"{i} outside range({self.n})")
+        lane, step = i % self.lanes, i // self.lanes
+        base, extra = divmod(self.n, self.lanes)
+        t = lane * base + min(lane, extra) + step  # index into the chunk-ordered sequence
+        slot = bisect.bisect_right(self._slot_starts, t) - 1
+        chunk = self._chunks(slot)
+        return self._starts[chunk] + self._within(chunk)(t - self._slot_starts[slot])
+
+    def chunk_of(self, i: int) -> int:
+        """The chunk that position ``i``'s row is in."""
+        return bisect.bisect_right(self._starts, self(i)) - 1
+
+    def _within(self, chunk: int) -> FeistelPermutation:
+        perm = self._rows.get(chunk)
+        if perm is None:
+            size = self._starts[chunk + 1] - self._starts[chunk]
+            perm = self._rows[chunk] = FeistelPermutation(size, *self._seed, chunk)
+            if len(self._rows) > 2 * self.lanes + 2:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.move_to_end(chunk)
+        return perm
 
     def __len__(self) -> int:
         return self.n

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -56,6 +56,22 @@ class IndexTable:
     def __deepcopy__(self, memo: dict) -> IndexTable:
         return self  # immutable (Arrow tables are): copies of a graph share their index
 
+    @property
+    def column_names(self) -> list[str]:
+        """Columns present in the table."""
+        return list(self.table.column_names)
+
+    def head(self, rows: int = 65_536) -> pa.Table:
+        """The first ``rows`` rows (a zero-copy slice)."""
+        return self.table.slice(0, rows)
+
+    def localize(
+        self, rows: Callable[[int], int] | None, num_shards: int
+    ) -> Callable[[int], int] | None:
+        """The order an epoch reads this table in: ``rows`` itself (any row is as cheap as any
+        other in memory; :class:`~sdsnodes.index.lazy.LazyIndexTable` reorders for locality)."""
+        return rows
+
     def key(self, index: int) -> str:
         """The ``__key__`` of row ``index``: the table's ``__key__`` column, else the row number."""
         raw = self._keys[index].as_py() if self._keys is not None else str(index)
@@ -84,6 +100,8 @@ class IndexTable:
             raise IndexError(f"row {index} outside an index of {len(self)} rows")
         out: dict[str, Any] = {KEY: self.key(index), INDEX: index, EPOCH: epoch}
         for column in self.columns:
+            if column == KEY:  # set above, with the stream name
+                continue
             array = self._arrays.get(column)
             out[column] = array[index].as_py() if array is not None else None
         return out

@@ -1,7 +1,8 @@
 """EpochReader: the base of the leaf nodes that walk an epoch of index positions (IndexReader).
 
 An epoch is a sequence of global positions ``0..n-1``; ``row = order(epoch)(position)``, the
-identity unless a :class:`~sdsnodes.nodes.shuffler.Shuffler` gave the reader a permutation. The
+identity unless a :class:`~sdsnodes.nodes.shuffler.Shuffler` gave the reader a permutation (a
+lazy index reshapes that permutation to read by row groups: ``index.localize``). The
 (rank, worker) pair with shard ``s`` of ``S`` reads the ``r``-th remaining position for
 ``r = s, s + S, s + 2S, …``, so the state of a reader is just ``(epoch, local position)``: O(1)
 to store, O(1) to resume. "Remaining" is everything from ``base`` on except a short ``skip``
@@ -18,6 +19,7 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from sdsnodes.distributed import ShardInfo, shard_info
+from sdsnodes.index.lazy import LazyIndexTable
 from sdsnodes.index.table import IndexTable
 from sdsnodes.nodes.graph import NODE_KEY
 from sdsnodes.sample import Sample
@@ -92,10 +94,10 @@ class EpochReader(BaseNode[Sample]):
         self._shard = ShardInfo()
 
     # -- what subclasses provide -------------------------------------------------------------
-    _index: IndexTable
+    _index: IndexTable | LazyIndexTable
 
     @property
-    def index(self) -> IndexTable:
+    def index(self) -> IndexTable | LazyIndexTable:
         """The whole index (all shards), for random access: ``reader.index.sample(i)``."""
         return self._index
 
@@ -144,7 +146,8 @@ class EpochReader(BaseNode[Sample]):
                 self._base, self._skip = 0, []
             self._position = 0
         self._started = True
-        self._rows = self.order(self._epoch) if self.order is not None else None
+        rows = self.order(self._epoch) if self.order is not None else None
+        self._rows = self.index.localize(rows, self._shard.num_shards)  # lazy: by row groups
 
     def _check_layout(self, state: dict[str, Any]) -> None:
         shards, rows = state.get(self.NUM_SHARDS_KEY), state.get(self.NUM_ROWS_KEY)

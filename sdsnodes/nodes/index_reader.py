@@ -10,7 +10,9 @@ import pyarrow as pa
 
 from sdsnodes.distributed import broadcast_from_rank0, can_broadcast
 from sdsnodes.index.filters import parse_filter
+from sdsnodes.index.lazy import CHUNK_ROWS, LANES, LazyIndexTable, auto_footers, read_footers
 from sdsnodes.index.materialize import materialize
+from sdsnodes.index.sources import IndexSourceError
 from sdsnodes.index.table import IndexTable
 from sdsnodes.nodes.epoch_reader import EpochReader
 
@@ -21,25 +23,52 @@ def _load(
     filter: Any,  # noqa: A002
     rename: dict[str, str] | None,
     index_cache_dir: str | None,
-) -> tuple[pa.Table, str]:
-    """The index table and its fingerprint; under torch.distributed, checked equal on all ranks."""
+    txt: str | None,
+    lazy: bool | None,
+    lazy_options: dict[str, Any],
+) -> IndexTable | LazyIndexTable:
+    """The index and its fingerprint; under torch.distributed, checked equal on all ranks."""
     if isinstance(src, pa.Table):
+        if lazy:
+            raise ValueError(
+                "lazy=True reads a parquet index at a path or URL, not a table in memory"
+            )
         table = src.rename_columns([(rename or {}).get(c, c) for c in src.column_names])
         table = table.filter(parse_filter(filter)) if filter is not None else table
-        return table, "table"
-    table, key = materialize(
-        src, storage_options, filter=filter, rename=rename, cache_dir=index_cache_dir
-    )
+        if table.num_rows == 0:
+            raise ValueError("the index table has no rows: nothing to stream")
+        return IndexTable(table, **lazy_options["table"], fingerprint="table")
+    url = os.fspath(src)
+    if lazy and filter is not None:
+        raise IndexSourceError(
+            f"a lazy index cannot filter (index {url!r}): the rows a filter keeps are known only "
+            "after reading all of them; pass lazy=False (the index is converted once, filtered) "
+            "or write the filtered index as parquet"
+        )
+    footers = read_footers(url, storage_options, txt) if lazy else None
+    if lazy is None:
+        footers = auto_footers(url, storage_options, txt, filter)
+    if footers is not None:
+        index: IndexTable | LazyIndexTable = LazyIndexTable(
+            footers, **lazy_options["table"], rename=rename, storage_options=storage_options,
+            **lazy_options["lazy"],
+        )  # fmt: skip
+    else:
+        table, key = materialize(
+            url, storage_options, filter=filter, rename=rename, cache_dir=index_cache_dir, txt=txt
+        )
+        index = IndexTable(table, **lazy_options["table"], fingerprint=key)
     if can_broadcast():  # each machine converted (or found) its own copy: all must agree
         import torch.distributed as dist
 
-        theirs = broadcast_from_rank0(lambda: key)
-        if theirs != key:
+        theirs = broadcast_from_rank0(lambda: index.fingerprint)
+        if theirs != index.fingerprint:
             raise ValueError(
-                f"rank {dist.get_rank()} sees index {src!r} as {key}, rank 0 as {theirs}: the "
-                "source differs between machines (a file changed while the job started?)"
+                f"rank {dist.get_rank()} sees index {src!r} as {index.fingerprint}, rank 0 as "
+                f"{theirs}: the source differs between machines (a file changed while the job "
+                "started?)"
             )
-    return table, key
+    return index
 
 
 class IndexReader(EpochReader):
@@ -47,15 +76,27 @@ class IndexReader(EpochReader):
 
     Reads parquet, CSV, JSON, JSONL, a directory of media files (one row per file, with ``path``,
     ``size`` and a ``video``/``image``/``audio``/``latent`` column by extension), a wildcard of
-    index files, or a ``.txt`` file of paths — local or through fsspec URLs. At construction the
-    source is converted once (per machine, under a file lock) into a memory-mapped Arrow file in
-    the index cache (see :mod:`sdsnodes.index.materialize`): an index of any size opens in
-    constant memory, and a bad source fails at once. Under ``torch.distributed`` the ranks check
-    that they all see the same index.
+    index files, or a ``.txt`` file that lists either media files (one sample per line) or index
+    shards (like SDS's ``split_file_paths.txt``; see ``txt``) — local or through fsspec URLs.
+
+    Two ways to hold the index (``lazy``):
+
+    - converted (the default for most indexes): once per machine, under a file lock, into a
+      memory-mapped Arrow file in the index cache (see :mod:`sdsnodes.index.materialize`). The
+      first conversion downloads and copies the whole index uncompressed; after it the index
+      opens in milliseconds, in constant memory, and any row is a page fault away.
+    - lazy (remote parquet too big to copy to every machine): only the parquet footers are read
+      up front; rows are fetched by row groups on demand into a small in-memory LRU, nothing
+      on disk, and a shuffled epoch reads row groups in lanes rather than at random (see
+      :mod:`sdsnodes.index.lazy`). No ``filter`` (it would need every row up front).
+
+    A bad source fails at construction. Under ``torch.distributed`` the ranks check that they
+    all see the same index (its fingerprint).
 
     Each sample holds every column (missing ones are None) plus ``__key__`` (str), ``__index__``
     (int, the row) and ``__epoch__`` (int). The shard with id ``s`` of ``S = world_size *
-    num_workers`` reads rows ``s, s + S, …``. Each ``reset()`` without state starts the next epoch.
+    num_workers`` reads positions ``s, s + S, …``. Each ``reset()`` without state starts the
+    next epoch.
 
     Args:
         src (str | os.PathLike | pyarrow.Table): the index source, or a table already in memory.
@@ -70,6 +111,17 @@ class IndexReader(EpochReader):
             ``"aesthetic > 5 and caption is not None"`` (see :mod:`sdsnodes.index.filters`).
         rename (dict[str, str] | None): rename columns (old → new) as the index is read.
         index_cache_dir (str | None): where converted indexes live (``<cache>/index``).
+        txt (str | None): what a ``.txt`` source lists: ``"index"`` (index shards),
+            ``"media"`` (media files), or None to tell by the lines' extensions.
+        lazy (bool | None): True reads a parquet index lazily (by row groups, on demand);
+            False converts it to a local memory-mapped file; None (default) is lazy for remote
+            parquet past :data:`~sdsnodes.index.lazy.LAZY_AUTO_BYTES` (1 GiB) uncompressed,
+            when no ``filter`` is given.
+        lazy_chunk_rows (int): lazy only: rows fetched at once — consecutive row groups of a
+            file are read together up to this many rows (a bigger row group is read whole).
+        lazy_lanes (int): lazy only: chunks a shuffled epoch reads side by side (more lanes mix
+            more row groups into each batch and keep more chunks in memory: ``lanes / gcd(lanes,
+            world_size * num_workers) + 1`` per reader).
 
     State:
         :class:`~sdsnodes.nodes.epoch_reader.EpochReader`'s: the epoch and the next local
@@ -77,7 +129,8 @@ class IndexReader(EpochReader):
         checked on resume and used by elastic resume, and the tag ``STATE_TAG``.
 
     Raises:
-        ValueError: the source is missing, unreadable or empty (the message names it and the fix).
+        ValueError: the source is missing, unreadable or empty, or ``lazy=True`` meets a source
+            that is not parquet or a ``filter`` (the message names it and the fix).
     """
 
     def __init__(
@@ -92,15 +145,31 @@ class IndexReader(EpochReader):
         filter: Any = None,  # noqa: A002 - the field's word
         rename: dict[str, str] | None = None,
         index_cache_dir: str | None = None,
+        txt: str | None = None,
+        lazy: bool | None = None,
+        lazy_chunk_rows: int = CHUNK_ROWS,
+        lazy_lanes: int = LANES,
     ) -> None:
         super().__init__(rank, world_size, uneven)
+        if lazy not in (True, False, None):
+            raise ValueError(f"{lazy=} must be True, False or None (lazy for big remote parquet)")
+        if lazy_chunk_rows < 1 or lazy_lanes < 1:
+            raise ValueError(f"{lazy_chunk_rows=} and {lazy_lanes=} must be >= 1")
         self.src = src if isinstance(src, pa.Table) else os.fspath(src)
-        table, fingerprint = _load(src, storage_options, filter, rename, index_cache_dir)
-        if table.num_rows == 0:
-            raise ValueError("the index table has no rows: nothing to stream")
-        self._index = IndexTable(table, columns=columns, name=name, fingerprint=fingerprint)
+        options = {
+            "table": {"columns": columns, "name": name},
+            "lazy": {"chunk_rows": lazy_chunk_rows, "lanes": lazy_lanes},
+        }
+        self._index = _load(
+            src, storage_options, filter, rename, index_cache_dir, txt, lazy, options
+        )
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the index is read lazily, by row groups (see :mod:`sdsnodes.index.lazy`)."""
+        return isinstance(self._index, LazyIndexTable)
 
     @property
     def column_names(self) -> list[str]:
         """Columns present in the index file(s)."""
-        return list(self._index.table.column_names)
+        return self._index.column_names

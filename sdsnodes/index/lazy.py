@@ -1,0 +1,425 @@
+"""A lazy index: remote parquet read by row groups on demand, never copied whole.
+
+:mod:`~sdsnodes.index.materialize` copies any index, uncompressed, into a memory-mapped file on
+every machine: the right default for an index of up to a few GB (it opens in milliseconds after
+the first conversion, and any row costs a page fault). For a remote parquet index of billions of
+rows that copy costs each machine its disk, and the first start the whole download. SDS's
+``lazy_index_chunk_size`` read such an index in chunks instead; :class:`LazyIndexTable` does
+that here:
+
+- **What is known up front comes from the footers only**: each file's parquet footer (read in
+  parallel, a few KB each) gives the row count, the schema and the row-group boundaries. The
+  rows are numbered as the materialized copy numbers them (files in source order, row groups in
+  file order), so ``__index__`` and ``__key__`` do not depend on ``lazy``.
+- **Rows are fetched by chunks on demand**: a chunk is one row group, or several consecutive
+  small row groups of one file up to ``chunk_rows`` rows (read in one ``read_row_groups`` call
+  whose column ranges pyarrow coalesces). The row a reader asks for pulls its chunk into a small
+  LRU of decoded Arrow columns — a bounded *count* of chunks, nothing on disk. Memory is then
+  ``max_chunks × (bytes of a chunk)``; a row group larger than ``chunk_rows`` cannot be split (a
+  parquet row group is the smallest readable unit), so it is read whole and a warning says so.
+- **The shuffle reads chunks, not rows**: a global permutation would make nearly every row a
+  new chunk fetch. :meth:`LazyIndexTable.localize` turns the order a Shuffler gives (any mode)
+  into a :class:`~sdsnodes.index.permutation.LanePermutation` keyed by it — chunks in a random
+  order, cut into ``lanes`` lanes walked side by side, rows permuted within each chunk — so a
+  reader of shard ``s`` of ``S`` (positions ``s, s + S, …``, the one sharding rule of
+  :mod:`~sdsnodes.nodes.epoch_reader`) reads ``lanes / gcd(lanes, S)`` chunks at a time, each
+  once per epoch; when ``S`` divides ``lanes`` (powers of two: 16 lanes, 8 ranks × 2 workers)
+  each chunk is fetched by one reader only. The order is still a pure function of (seed, epoch)
+  and independent of the layout, so exact resume (state = epoch + position) and elastic resume
+  work unchanged. Unshuffled, each reader walks the chunks in order (every reader fetches every
+  chunk, one or two in memory).
+- **The fingerprint** hashes each file's path, size and ETag/mtime (as materialize's does) plus
+  ``lazy``'s options, which define the shuffled order.
+- **Renames** apply per chunk. **Filters** cannot: the rows a filter keeps are known only after
+  reading every row, and positions must be known up front (sharding, equal batches per rank,
+  resume). A filter on a lazy index is refused with the fix: ``lazy=False`` (converted once,
+  filtered), or a filtered parquet written beforehand.
+
+``lazy=None`` (IndexReader's default) picks lazy for a remote parquet index (files, a wildcard or
+a ``.txt`` of shards) whose footers say it holds more than :data:`LAZY_AUTO_BYTES` uncompressed,
+when no filter is given; everything else is materialized.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sdsnodes.index.materialize import SourceFile, fingerprint_files, source_files
+from sdsnodes.index.permutation import LanePermutation
+from sdsnodes.index.sources import IndexSourceError, check_txt_mode
+from sdsnodes.sample import EPOCH, INDEX, KEY, Sample
+from sdsnodes.storage import filesystem
+
+logger = logging.getLogger(__name__)
+
+LAZY_AUTO_BYTES = 1 << 30
+"""``lazy=None`` reads a remote parquet index lazily past this many uncompressed bytes (1 GiB,
+the size of the copy every machine would otherwise write)."""
+CHUNK_ROWS = 65_536
+LANES = 16
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+@dataclasses.dataclass(frozen=True)
+class Footers:
+    """A parquet index's files and their footers: all a lazy index knows up front."""
+
+    url: str
+    files: list[SourceFile]
+    metadata: list[pq.FileMetaData]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(m.num_rows for m in self.metadata)
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        """The rows' uncompressed size, summed over row groups (what materializing would copy)."""
+        return sum(
+            m.row_group(g).total_byte_size for m in self.metadata for g in range(m.num_row_groups)
+        )
+
+
+def is_remote(url: str) -> bool:
+    """Whether ``url`` names a remote filesystem (a protocol other than ``file://``)."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    return protocol.split("::")[0] not in LOCAL_PROTOCOLS
+
+
+def read_footers(
+    url: str, storage_options: dict[str, Any] | None = None, txt: str | None = None
+) -> Footers:
+    """The files of the parquet index at ``url`` and their footers (16 read at a time).
+
+    Raises:
+        IndexSourceError (ValueError): the source is missing, or a file of it is not parquet.
+    """
+    check_txt_mode(txt)
+    files = source_files(url, storage_options, txt)
+    if not files:
+        raise IndexSourceError(f"index wildcard {url!r} matches no files")
+    others = [f.url for f in files if not _is_parquet(f)]
+    if others:
+        raise IndexSourceError(
+            f"a lazy index reads parquet only, and index {url!r} has {others[0]!r}: pass "
+            "lazy=False (the index is converted once into a local file) or convert it to parquet"
+        )
+
+    def footer(file: SourceFile) -> pq.FileMetaData:
+        try:
+            with file.fs.open(file.info["name"], "rb") as f:
+                return pq.read_metadata(f)
+        except Exception as error:  # noqa: BLE001 - any parse error is the user's input
+            raise IndexSourceError(
+                f"cannot read the parquet footer of {file.url!r}: {type(error).__name__}: {error}"
+            ) from error
+
+    with concurrent.futures.ThreadPoolExecutor(min(16, len(files))) as pool:
+        return Footers(url, files, list(pool.map(footer, files)))
+
+
+def _is_parquet(file: SourceFile) -> bool:
+    return file.info.get("type") == "file" and file.info["name"].lower().endswith(".parquet")
+
+
+def auto_footers(
+    url: str,
+    storage_options: dict[str, Any] | None,
+    txt: str | None,
+    filter: Any,  # noqa: A002
+) -> Footers | None:
+    """``lazy=None``'s choice: the footers when the index should be read lazily (remote parquet
+    past :data:`LAZY_AUTO_BYTES`, no filter), else None (materialize it)."""
+    if filter is not None or not is_remote(url):
+        return None
+    try:
+        footers = read_footers(url, storage_options, txt)
+    except IndexSourceError:
+        return None  # not parquet (or unreadable): materialize says what is wrong
+    if footers.uncompressed_bytes <= LAZY_AUTO_BYTES:
+        return None
+    logger.info(
+        "index %s: %d rows, %.1f GB uncompressed: read lazily by row groups",
+        url,
+        footers.num_rows,
+        footers.uncompressed_bytes / 1e9,
+    )
+    return footers
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+    file: int
+    row_groups: tuple[int, ...]
+
+
+class LazyIndexTable:
+    """Random access to the rows of a parquet index, fetched by chunks of row groups on demand.
+
+    The same interface as :class:`~sdsnodes.index.table.IndexTable` (``len``, ``key``,
+    ``sample``, ``row_of``, ``fingerprint``, ``columns``), plus :meth:`localize` for readers.
+
+    Args:
+        footers (Footers): the index's files and footers (:func:`read_footers`).
+        columns (Sequence[str] | None): columns every sample must have (missing ones: None).
+        name (str | None): stream name prefixed to ``__key__``.
+        rename (dict[str, str] | None): old column name → new one, applied per chunk.
+        storage_options (dict | None): fsspec options to open the files with.
+        chunk_rows (int): consecutive row groups of a file are read together up to this many
+            rows, >= 1; a larger row group is one chunk of its own.
+        lanes (int): chunks a shuffled epoch reads side by side (see :meth:`localize`), >= 1.
+        max_chunks (int): chunks kept decoded in memory (an LRU), >= 1; readers raise it to
+            what their shuffle needs (:meth:`localize`).
+
+    Raises:
+        IndexSourceError (ValueError): the files have incompatible schemas, ``rename`` names an
+            absent column, or the index has no rows.
+        ValueError: ``chunk_rows``, ``lanes`` or ``max_chunks`` < 1.
+    """
+
+    def __init__(
+        self,
+        footers: Footers,
+        columns: Sequence[str] | None = None,
+        name: str | None = None,
+        rename: dict[str, str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+        lanes: int = LANES,
+        max_chunks: int = 2,
+    ) -> None:
+        if min(chunk_rows, lanes, max_chunks) < 1:
+            raise ValueError(f"{chunk_rows=}, {lanes=} and {max_chunks=} must be >= 1")
+        self.url, self.name = footers.url, name
+        self.chunk_rows, self.lanes, self.max_chunks = chunk_rows, lanes, max_chunks
+        self._files, self._metadata = footers.files, footers.metadata
+        rename = dict(rename or {})
+        try:
+            schema = pa.unify_schemas(
+                [m.schema.to_arrow_schema() for m in self._metadata], promote_options="permissive"
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise IndexSourceError(
+                f"the files of index {self.url!r} have incompatible columns: {error}"
+            ) from error
+        missing = set(rename) - set(schema.names)
+        if missing:
+            raise IndexSourceError(
+                f"rename names columns {sorted(missing)} absent from the index (it has {schema.names})"
+            )
+        self._schema = schema
+        self.schema = pa.schema([f.with_name(rename.get(f.name, f.name)) for f in schema])
+        self.columns = list(dict.fromkeys([*self.schema.names, *(columns or [])]))
+        self._has_keys = KEY in self.schema.names
+        self._chunks, self.starts = self._plan()
+        if self.starts[-1] == 0:
+            raise IndexSourceError(f"index {self.url!r} has no rows: nothing to stream")
+        self.fingerprint = fingerprint_files(
+            self.url, self._files, storage_options, rename=rename,
+            lazy={"chunk_rows": chunk_rows, "lanes": lanes},
+        )  # fmt: skip
+        self.fetches = 0  # chunks read so far by this process
+        self.duplicate_keys = 0  # unknown without reading every key: never checked lazily
+        self._cache: OrderedDict[int, dict[str, pa.Array]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._open: dict[int, pq.ParquetFile] = {}
+        self._storage_options = storage_options
+        self._pid = os.getpid()
+
+    def _plan(self) -> tuple[list[_Chunk], list[int]]:
+        chunks, starts, big = [], [0], 0
+        for n, meta in enumerate(self._metadata):
+            group: list[int] = []
+            rows = 0
+            for g in range(meta.num_row_groups):
+                size = meta.row_group(g).num_rows
+                if size == 0:
+                    continue
+                if group and rows + size > self.chunk_rows:
+                    chunks.append(_Chunk(n, tuple(group)))
+                    starts.append(starts[-1] + rows)
+                    group, rows = [], 0
+                group.append(g)
+                rows += size
+                big = max(big, size)
+            if group:
+                chunks.append(_Chunk(n, tuple(group)))
+                starts.append(starts[-1] + rows)
+        if big > 4 * self.chunk_rows:
+            logger.warning(
+                "index %s has row groups of up to %d rows, more than lazy_chunk_rows=%d: a row "
+                "group is read whole, so each chunk in memory holds that many rows; write the "
+                "index with smaller row groups (pyarrow: row_group_size=) to use less memory",
+                self.url,
+                big,
+                self.chunk_rows,
+            )
+        return chunks, starts
+
+    # -- what readers use ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __deepcopy__(self, memo: dict) -> LazyIndexTable:
+        return self  # read-only: copies of a graph share it (each process has its own cache)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_cache=OrderedDict(), _lock=None, _open={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def column_names(self) -> list[str]:
+        """Columns present in the index file(s), after renames."""
+        return list(self.schema.names)
+
+    @property
+    def table(self) -> pa.Table:
+        """The first chunk only, as a sample of the index's values: the whole index is never in
+        memory (``len(index)`` is its row count)."""
+        return self.head()
+
+    def head(self) -> pa.Table:
+        """The first chunk of rows (at most ``chunk_rows``, or one row group)."""
+        return pa.table(self._chunk(0), schema=self.schema)
+
+    def cached_bytes(self) -> int:
+        """Bytes of the chunks held in memory now."""
+        return sum(a.nbytes for chunk in list(self._cache.values()) for a in chunk.values())
+
+    def localize(
+        self, rows: Callable[[int], int] | None, num_shards: int
+    ) -> LanePermutation | None:
+        """The order an epoch reads this index in, for a reader that is one of ``num_shards``.
+
+        ``rows`` (the order a Shuffler gave, or None for index order) keys a
+        :class:`~sdsnodes.index.permutation.LanePermutation` over the chunks: its first values
+        are the key, so the lazy order is as much a pure function of (seed, epoch) as ``rows``
+        and every process computes the same one. Sizes the LRU to the chunks such a reader
+        has open at once: ``lanes / gcd(lanes, num_shards) + 1`` (2 in index order).
+        """
+        if rows is None:
+            self.reserve(2)
+            return None
+        key = tuple(int(rows(i)) for i in range(min(len(self), 4)))
+        order = LanePermutation(self.starts, self.lanes, len(self), *key)
+        self.reserve(order.lanes // math.gcd(order.lanes, num_shards) + 1)
+        return order
+
+    def reserve(self, chunks: int) -> None:
+        """Keep at least ``chunks`` chunks in memory."""
+        self.max_chunks = max(self.max_chunks, int(chunks))
+
+    # -- rows ------------------------------------------------------------------------------------
+    def key(self, index: int) -> str:
+        """The ``__key__`` of row ``index``: the ``__key__`` column, else the row number."""
+        if self._has_keys:
+            chunk = bisect.bisect_right(self.starts, index) - 1
+            raw = self._chunk(chunk)[KEY][index - self.starts[chunk]].as_py()
+        else:
+            raw = str(index)
+        return f"{self.name}/{raw}" if self.name else str(raw)
+
+    def row_of(self, key: str) -> int | None:
+        """The row whose ``__key__`` is ``key``, or None.
+
+        Raises:
+            ValueError: the index has a ``__key__`` column: finding a key would read all of it;
+                look rows up by number, or pass ``lazy=False``.
+        """
+        if self._has_keys:
+            raise ValueError(
+                f"index {self.url!r} is lazy and has a __key__ column: a lookup by key would read "
+                "every row group; access rows by number (dataset[i]) or pass lazy=False"
+            )
+        prefix = f"{self.name}/" if self.name else ""
+        raw = key[len(prefix) :] if key.startswith(prefix) else None
+        return int(raw) if raw is not None and raw.isdigit() and int(raw) < len(self) else None
+
+    def sample(self, index: int, epoch: int = 0) -> Sample:
+        """Row ``index`` as a sample dict with ``__key__``, ``__index__``, ``__epoch__``; fetches
+        its chunk unless it is in memory.
+
+        Raises:
+            IndexError: ``index`` is outside ``[0, len(self))``.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} outside an index of {len(self)} rows")
+        chunk = bisect.bisect_right(self.starts, index) - 1
+        arrays, local = self._chunk(chunk), index - self.starts[chunk]
+        raw = arrays[KEY][local].as_py() if self._has_keys else str(index)
+        out: dict[str, Any] = {
+            KEY: f"{self.name}/{raw}" if self.name else str(raw),
+            INDEX: index,
+            EPOCH: epoch,
+        }
+        for column in self.columns:
+            if column == KEY:  # set above, with the stream name
+                continue
+            array = arrays.get(column)
+            out[column] = array[local].as_py() if array is not None else None
+        return out
+
+    # -- chunks ----------------------------------------------------------------------------------
+    def _chunk(self, chunk: int) -> dict[str, pa.Array]:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: its parent's open files are not its own
+                self._open, self._pid = {}, os.getpid()
+            arrays = self._cache.get(chunk)
+            if arrays is not None:
+                self._cache.move_to_end(chunk)
+                return arrays
+            arrays = self._read(self._chunks[chunk])
+            self.fetches += 1
+            self._cache[chunk] = arrays
+            while len(self._cache) > self.max_chunks:
+                self._cache.popitem(last=False)
+            return arrays
+
+    def _read(self, chunk: _Chunk) -> dict[str, pa.Array]:
+        file = self._files[chunk.file]
+        try:
+            parquet = self._open.get(chunk.file)
+            if parquet is None:
+                # fsspec's instance cache gives a forked child a filesystem of its own
+                fs, path = filesystem(file.url, self._storage_options)
+                handle = fs.open(path, "rb", cache_type="none")
+                parquet = pq.ParquetFile(
+                    handle, metadata=self._metadata[chunk.file], pre_buffer=True
+                )
+                self._open[chunk.file] = parquet
+            table = parquet.read_row_groups(list(chunk.row_groups), use_threads=False)
+        except Exception as error:  # noqa: BLE001 - name the file and row groups
+            self._open.pop(chunk.file, None)
+            raise IndexSourceError(
+                f"cannot read row groups {list(chunk.row_groups)} of index file {file.url!r}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        arrays: dict[str, pa.Array] = {}
+        for field, out in zip(self._schema, self.schema):
+            if field.name in table.column_names:
+                column = table.column(field.name).cast(field.type).combine_chunks()
+            else:
+                column = pa.nulls(table.num_rows, field.type)
+            arrays[out.name] = column
+        return arrays
