@@ -532,3 +532,26 @@ def test_bad_rounds():
         Mixer(streams(), num_accum_rounds=0)
     with pytest.raises(ValueError, match="num_accum_rounds"):
         Mixer(streams(), num_accum_rounds=1.5)
+
+
+def test_groups_keep_the_elastic_cursor_short():
+    """Every rank reads each stream of a group at one pace, so after 300 steps on 8 ranks the
+    elastic cursor's skip lists (positions read by some shards beyond the slowest) stay within
+    a window of draws, not the random walk of independent draws per rank."""
+    from sdsnodes import elastic_cursor
+
+    states = []
+    for rank in range(8):
+        mixer = Mixer(ranked_streams(rank, 8, n=4000), {"a": 0.37, "b": 0.38, "c": 0.25},
+                      stop="never", seed=1, groups=[["a", "b"], ["c"]], rank=rank,
+                      world_size=8)  # fmt: skip
+        loader = Loader(mixer)
+        it = iter(loader)
+        for _ in range(300):
+            next(it)
+        states.append(json_roundtrip(loader.state_dict()))
+    cursor = elastic_cursor(states)
+    skips = {rid: len(r["skip"]) for rid, r in cursor["readers"].items()}
+    assert set(skips) == {"a/0", "b/0", "c/0"}
+    assert skips["c/0"] == 0  # alone in its group: every rank read it at every c step
+    assert max(skips.values()) <= 8 * 8, skips  # under a window of 8 draws on each of 8 shards
