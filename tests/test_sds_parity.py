@@ -126,7 +126,7 @@ def test_a_state_saved_under_the_old_meaning_still_resumes():
     before = [next(it) for _ in range(13)]  # mid-cycle: 4 items into the second cycle
     state = json_roundtrip(old.state_dict())
     for mixer_state in mixer_states(state):  # as saved before issue 15: no strategy stored
-        for key in (Mixer.STRATEGY_KEY, Mixer.ROUNDS_KEY, Mixer.GROUPS_KEY):
+        for key in (Mixer.STRATEGY_KEY, Mixer.ROUNDS_KEY, Mixer.GROUPS_KEY, Mixer.GROUP_DRAWS_KEY):
             del mixer_state[key]
     uninterrupted = before + [next(it) for _ in range(36)]
 
