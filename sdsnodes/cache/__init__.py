@@ -6,7 +6,7 @@ SQLite ledger), ``policy`` (eviction order and budget), ``_transactions`` (the s
 holds in this process: pins, counters, ledger sections), ``_pool`` (connections per process
 and thread, fork safety), ``_recovery`` (repairing what crashed processes left), ``_procs`` (is
 a pid alive). Standard library only
-(sqlite3; fcntl: Linux).
+(sqlite3; fcntl locks, or filelock where there is no fcntl; psutil where there is no /proc).
 """
 
 from .policy import EvictionPolicy

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import pathlib
@@ -26,6 +25,18 @@ import re
 import secrets
 from collections.abc import Iterator
 from urllib.parse import urlsplit
+
+import filelock
+
+try:
+    import fcntl
+except ImportError:  # Windows: filelock's locks (msvcrt, else lock files) instead, see PORTABLE
+    fcntl = None  # type: ignore[assignment]
+
+PORTABLE = fcntl is None
+"""No ``fcntl`` here: locks are ``filelock.FileLock`` s (exclusive only, kept in ``.locks/``), and
+every Cache opens the ledger as if another one were open (no cold-start sweep; dead processes'
+reservations are still reclaimed by pid and start time)."""
 
 LEDGER_NAME = "ledger.sqlite"
 LOCKS_DIR = ".locks"
@@ -138,6 +149,10 @@ def flocked(path: pathlib.Path, *, remove: bool = False) -> Iterator[None]:
     Raises:
         OSError: the lock file cannot be created.
     """
+    if PORTABLE:  # no unlink on release: a lock file may be another holder's lock (soft locks)
+        with filelock.FileLock(str(path), thread_local=False):
+            yield
+        return
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -162,16 +177,24 @@ def flocked(path: pathlib.Path, *, remove: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
-def try_flock(path: pathlib.Path) -> int | None:
+def try_flock(path: pathlib.Path) -> int | filelock.BaseFileLock | None:
     """Take the exclusive lock of :func:`flocked` without waiting.
 
     Returns:
-        int | None: the descriptor holding the lock (give it to :func:`unflock`), or None when
-        another thread or process holds it.
+        int | filelock.BaseFileLock | None: what holds the lock (a descriptor; a FileLock where
+        :data:`PORTABLE`): give it to :func:`unflock`; None when another thread or process
+        holds it.
 
     Raises:
         OSError: the lock file cannot be created.
     """
+    if PORTABLE:
+        lock = filelock.FileLock(str(path), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return None
+        return lock
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -196,8 +219,11 @@ def try_flock(path: pathlib.Path) -> int | None:
         os.close(fd)  # unlinked by its last holder: lock the new file
 
 
-def unflock(path: pathlib.Path, fd: int) -> None:
+def unflock(path: pathlib.Path, fd: int | filelock.BaseFileLock) -> None:
     """Release a lock taken by :func:`try_flock`, removing its file (as ``flocked(remove=True)``)."""
+    if isinstance(fd, filelock.BaseFileLock):
+        fd.release()
+        return
     unlink(path)
     _HELD.discard(fd)
     os.close(fd)
@@ -210,9 +236,12 @@ def try_lock_shared(path: pathlib.Path) -> tuple[int, bool]:
 
     Returns:
         tuple[int, bool]: the file descriptor (now holding a shared lock; close it to release)
-        and whether this caller was alone (the exclusive lock succeeded).
+        and whether this caller was alone (the exclusive lock succeeded). Where
+        :data:`PORTABLE`, no lock and never alone.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if PORTABLE:
+        return fd, False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
