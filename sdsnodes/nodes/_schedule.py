@@ -174,6 +174,12 @@ GOLDEN = (math.sqrt(5) - 1) / 2
 """The golden ratio's fractional part: ``frac(n * GOLDEN)`` spreads evenly over [0, 1)."""
 
 
+@functools.lru_cache(maxsize=64)
+def _group_start(seed: int, group: int, world_size: int) -> tuple[float, int]:
+    """The first ``u`` and the slot offset of a group's draws, from the seed."""
+    return uniform(seed, f"group:{group}"), int(uniform(seed, f"slots:{group}") * world_size)
+
+
 def rank_pick(
     probs: Sequence[float], seed: int, group: int, count: int, rank: int, world_size: int
 ) -> int:
@@ -195,8 +201,8 @@ def rank_pick(
     if len(probs) == 1:
         return 0
     window, k = divmod(count, world_size)
-    u = (uniform(seed, f"group:{group}") + window * GOLDEN) % 1.0
-    offset = int(uniform(seed, f"slots:{group}") * world_size)
+    first_u, offset = _group_start(seed, group, world_size)
+    u = (first_u + window * GOLDEN) % 1.0
     point, acc = ((rank + k + offset) % world_size + u) / world_size, 0.0
     total = float(sum(probs))
     for i, p in enumerate(probs):
