@@ -176,7 +176,8 @@ class LanePermutation:
     each chunk once, in order — when ``S`` divides ``lanes``, each chunk is read by exactly one
     shard. The order does not depend on ``S`` (elastic resume needs a layout-free order).
 
-    Setup is O(number of chunks) (the chunk order's prefix sums); a position costs O(log chunks).
+    Setup is O(number of chunks) time and memory (the chunk order and its prefix sums: 16 bytes
+    a chunk, 160 KB for 10k row groups); a position costs one Feistel evaluation and a bisection.
 
     Args:
         starts (Sequence[int]): the first row of each chunk, then the row count: ``starts[0] ==
@@ -197,10 +198,10 @@ class LanePermutation:
         self.lanes = min(lanes, self.n)
         self._starts = list(starts)
         self._seed = seed
-        self._chunks = FeistelPermutation(len(starts) - 1, *seed, -1)
+        chunks = FeistelPermutation(len(starts) - 1, *seed, -1)
+        self._chunks = [chunks(slot) for slot in range(len(starts) - 1)]  # slot -> chunk
         self._slot_starts = [0]  # rows before each slot of the chunk order
-        for slot in range(len(starts) - 1):
-            chunk = self._chunks(slot)
+        for chunk in self._chunks:
             self._slot_starts.append(self._slot_starts[-1] + starts[chunk + 1] - starts[chunk])
         self._rows: OrderedDict[int, FeistelPermutation] = OrderedDict()  # one per open chunk
 
@@ -212,7 +213,7 @@ class LanePermutation:
         base, extra = divmod(self.n, self.lanes)
         t = lane * base + min(lane, extra) + step  # index into the chunk-ordered sequence
         slot = bisect.bisect_right(self._slot_starts, t) - 1
-        chunk = self._chunks(slot)
+        chunk = self._chunks[slot]
         return self._starts[chunk] + self._within(chunk)(t - self._slot_starts[slot])
 
     def chunk_of(self, i: int) -> int:
