@@ -306,7 +306,8 @@ class Mixer(BaseNode[dict]):
         super().reset(initial_state)
         info = get_worker_info()
         self._worker, self._num_workers = (info.id, info.num_workers) if info else (0, 1)
-        self._rank, self._world_size = rank_and_world_size(self.rank, self.world_size)
+        if any(len(g) > 1 for g in self.groups):  # only groups need the rank
+            self._rank, self._world_size = rank_and_world_size(self.rank, self.world_size)
         self._block = math.lcm(self._num_workers, self.num_accum_rounds) // self._num_workers
         if initial_state is None:
             if self._next_base_step is not None:  # an elastic resume
