@@ -17,6 +17,7 @@ from sdsnodes.errors import (
     TooManyErrors,
     error_stats,
 )
+from sdsnodes.groups import GroupLoader, GroupMode
 from sdsnodes.nodes import (
     Batcher,
     CachingDownloader,
@@ -66,6 +67,8 @@ __all__ = [
     "ErrorOptions",
     "Evictor",
     "FetchOptions",
+    "GroupLoader",
+    "GroupMode",
     "ImageTensor",
     "IndexReader",
     "Latent",

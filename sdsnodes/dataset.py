@@ -35,19 +35,39 @@ class StreamingDataset(IterableDataset):
             building it, e.g. ``lambda: build_video_graph("index.parquet")`` (called once, here).
             Its nodes must be picklable for spawned workers (the default fork start method
             copies them without pickling).
+        group (ProcessGroup | None): this rank's tensor/context-parallel group: its ranks see
+            the same batches (see :mod:`sdsnodes.groups`). The graph is sharded by the
+            data-parallel rank (one per group; readers built with ``rank``/``world_size`` None
+            get it), and the ranks of the group must build the same graph (checked here).
+            Iterate ``GroupLoader(dataloader)`` in the training loop.
+        dp_rank (int | None), dp_world_size (int | None): the data-parallel position, when not
+            derived from ``group`` (without ``group``: each rank loads the shard itself).
+        group_mode (GroupMode | str | None): ``"broadcast"`` (default with ``group``: the
+            group's first rank loads, :class:`~sdsnodes.GroupLoader` broadcasts) or
+            ``"replicate"`` (every rank of the group loads the same shard).
 
     State:
         ``{"epoch": int, "graph": <root node state>}`` per worker.
 
     Raises:
         TypeError: ``graph`` is neither a BaseNode nor a function returning one.
-        ValueError: whatever building the graph raises for a bad index or argument.
+        ValueError: whatever building the graph raises for a bad index or argument; with
+            groups, ranks of a group that built different graphs, or a graph built with the
+            global rank.
     """
 
     EPOCH_KEY = "epoch"
     GRAPH_KEY = "graph"  # the keys of state_dict()
 
-    def __init__(self, graph: BaseNode | Callable[[], BaseNode]) -> None:
+    def __init__(
+        self,
+        graph: BaseNode | Callable[[], BaseNode],
+        *,
+        group: Any = None,
+        dp_rank: int | None = None,
+        dp_world_size: int | None = None,
+        group_mode: str | None = None,
+    ) -> None:
         super().__init__()
         template = graph if isinstance(graph, BaseNode) else graph() if callable(graph) else None
         if not isinstance(template, BaseNode):
@@ -55,6 +75,14 @@ class StreamingDataset(IterableDataset):
                 f"graph must be a torchdata BaseNode or a function returning one, got {graph!r}"
             )
         self._template = template
+        self._group = group
+        self._group_info = None  # GroupInfo: the data-parallel position and the group's mode
+        if group is not None or dp_rank is not None or dp_world_size is not None:
+            from sdsnodes.groups import resolve_group
+
+            self._group_info = resolve_group(template, group, dp_rank, dp_world_size, group_mode)
+        elif group_mode is not None:
+            raise ValueError(f"{group_mode=} needs group= or dp_rank/dp_world_size")
         self._epochs_started = multiprocessing.Array("q", MAX_WORKERS)  # per worker id
         self._root: BaseNode | None = None
         self._epoch = 0
@@ -105,7 +133,23 @@ class StreamingDataset(IterableDataset):
         """The graph as built (never iterated here: each worker iterates a private copy)."""
         return self._template
 
+    @property
+    def group(self) -> Any:
+        """The tensor/context-parallel process group given (None in DataLoader workers)."""
+        return self._group
+
+    @property
+    def group_info(self) -> Any:
+        """This rank's :class:`~sdsnodes.groups.GroupInfo`, or None without groups."""
+        return self._group_info
+
     def __iter__(self) -> Iterator[Any]:
+        if self._group_info is not None and not self._group_info.loads:
+            raise RuntimeError(
+                f"rank {self._group_info.group_rank} of its group receives its batches from the "
+                f"group's first rank ({self._group_info.source}): iterate "
+                "sdsnodes.GroupLoader(dataloader), not the DataLoader"
+            )
         if not self._prepared:
             self._prepare()
         self._prepared = False
@@ -185,6 +229,7 @@ class StreamingDataset(IterableDataset):
         state = dict(self.__dict__)
         state["_root"] = None  # graphs hold threads; each process builds its own
         state["_prepared"] = False
+        state["_group"] = None  # process groups stay in the training process
         return state
 
 
