@@ -106,8 +106,9 @@ def test_an_error_of_the_loading_rank_reaches_the_whole_group(ranks):
 def test_example_runs_under_torchrun(tmp_path):
     out = torchrun(4, ROOT / "examples" / "tp_groups.py", "--dir", tmp_path, "--steps", 3)
     lines = [line for line in out.splitlines() if line.startswith("rank")]
-    assert len([line for line in lines if "same batch as its group" in line]) == 4, out
-    assert "resumed exactly" in out
+    same = [line.split()[1] for line in lines if "same batch as its group" in line]
+    assert sorted(same) == sorted(["0", "1", "2", "3"] * 3), out  # 3 steps on each rank
+    assert len([line for line in lines if "resumed exactly" in line]) == 4, out
 
 
 # -- in this process ---------------------------------------------------------------------------
