@@ -18,6 +18,10 @@ EPOCH = "__epoch__"
 """Epoch the sample was read in (int)."""
 STREAM = "__stream__"
 """Name of the stream the sample came from (str), set by Mixer."""
+ROUNDS_LEFT = "__rounds_left__"
+"""``item[ROUNDS_LEFT]``: micro-batches of this gradient-accumulation round still to come after
+this one (SDS's ``num_accum_rounds_left``): 0 on the last, where the optimizer steps. Set only
+with ``num_accum_rounds > 1`` (see :class:`~sdsnodes.Mixer`)."""
 CACHE_DIR = "__cache_dir__"
 """Cache directory holding the sample's downloaded files (str | None); set by CachingDownloader."""
 URL_PREFIX = "__url__."

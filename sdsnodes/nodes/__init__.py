@@ -2,7 +2,7 @@
 
 from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory
 
-from sdsnodes.nodes._schedule import MixStrategy
+from sdsnodes.nodes._schedule import MixStrategy, StopCriterion
 from sdsnodes.nodes.bucketing import AspectRatioBuckets, BucketBatcher, DurationBuckets
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
@@ -11,7 +11,7 @@ from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.filter import Filter, Skip, Take
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 from sdsnodes.nodes.index_reader import IndexReader
-from sdsnodes.nodes.mixer import Mixer, StopCriterion
+from sdsnodes.nodes.mixer import Mixer
 from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.shuffler import Shuffler

@@ -10,9 +10,24 @@ import enum
 import functools
 import hashlib
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
+
+
+class StopCriterion(str, enum.Enum):
+    """When a :class:`Mixer`'s epoch ends."""
+
+    FIRST_EXHAUSTED = "first_exhausted"
+    """As soon as any stream runs out."""
+    ALL_EXHAUSTED = "all_exhausted"
+    """Once every stream ran out at least once; a stream that runs out earlier starts its next
+    epoch and keeps being drawn."""
+    NEVER = "never"
+    """Never: each stream cycles through its own epochs forever."""
+
+
+Weights = Mapping[str, float] | Callable[[int], Mapping[str, float]]
 
 
 class MixStrategy(str, enum.Enum):
@@ -210,3 +225,58 @@ def rank_pick(
         if point < acc:
             return i
     return max(i for i, p in enumerate(probs) if p > 0)
+
+
+def check_mix(
+    names: list[str],
+    weights: Weights | None,
+    strategy: MixStrategy | str,
+    stop: StopCriterion | str,
+    cycle_length: int | None,
+    groups: Groups | None,
+    num_accum_rounds: int,
+) -> tuple[MixStrategy, StopCriterion, Weights, tuple[tuple[int, ...], ...]]:
+    """A Mixer's configuration, checked: (strategy, stop, weights, groups as stream indices).
+
+    Raises:
+        ValueError: as :class:`~sdsnodes.Mixer` says, naming the fix.
+    """
+    try:
+        strategy, stop = MixStrategy(strategy), StopCriterion(stop)
+    except ValueError as error:
+        raise ValueError(
+            f"{error}; strategies: {[s.value for s in MixStrategy]}, stops: {[s.value for s in StopCriterion]}"
+        ) from None
+    if cycle_length is not None and cycle_length < 1:
+        raise ValueError(f"{cycle_length=} must be >= 1")
+    weights = weights if weights is not None else {n: 1.0 for n in names}
+    if callable(weights):
+        if strategy is not MixStrategy.WEIGHTED_RANDOM and cycle_length is None:
+            raise ValueError(
+                "weights that change with the step need cycle_length with an ordered strategy"
+            )
+        normalize(weights(0), names)
+    else:
+        normalize(weights, names)
+    parsed = parse_groups(groups, names)
+    if stop is not StopCriterion.NEVER and any(len(g) > 1 for g in parsed):
+        named = [[names[i] for i in g] for g in parsed]
+        raise ValueError(
+            f"groups {named} put several streams in one group: ranks then read "
+            f"different streams and would run out at different steps ({stop.value!r}); "
+            "use stop='never' and bound the loop by steps"
+        )
+    if int(num_accum_rounds) != num_accum_rounds or num_accum_rounds < 1:
+        raise ValueError(f"{num_accum_rounds=} must be an int >= 1")
+    return strategy, stop, weights, parsed
+
+
+def weights_at(
+    weights: Weights, names: list[str], strategy: MixStrategy, cycle: int | None, step: int
+) -> list[float]:
+    """The normalized weights at global ``step``: a curriculum's are read at the first step of
+    the cycle with an ordered strategy (a cycle keeps its counts), else at ``step``."""
+    if callable(weights):
+        ordered = cycle and strategy is not MixStrategy.WEIGHTED_RANDOM
+        weights = weights(step - step % cycle if ordered else step)
+    return normalize(weights, names)

@@ -2,41 +2,30 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch.utils.data import get_worker_info
 from torchdata.nodes import BaseNode
 
 from sdsnodes.distributed import rank_and_world_size
-from sdsnodes.nodes._schedule import Groups, MixStrategy, draw, normalize, parse_groups, rank_pick
+from sdsnodes.nodes._schedule import (
+    Groups,
+    MixStrategy,
+    StopCriterion,
+    Weights,
+    check_mix,
+    draw,
+    rank_pick,
+    weights_at,
+)
 from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes.graph import NODE_KEY, iter_nodes
-from sdsnodes.sample import STREAM
+from sdsnodes.sample import ROUNDS_LEFT, STREAM
 
 logger = logging.getLogger(__name__)
-
-Weights = Mapping[str, float] | Callable[[int], Mapping[str, float]]
-
-ROUNDS_LEFT = "__rounds_left__"
-"""``item[ROUNDS_LEFT]``: micro-batches of this gradient-accumulation round still to come after
-this one (SDS's ``num_accum_rounds_left``): 0 on the last, where the optimizer steps. Set only
-with ``num_accum_rounds > 1``."""
-
-
-class StopCriterion(str, enum.Enum):
-    """When a :class:`Mixer`'s epoch ends."""
-
-    FIRST_EXHAUSTED = "first_exhausted"
-    """As soon as any stream runs out."""
-    ALL_EXHAUSTED = "all_exhausted"
-    """Once every stream ran out at least once; a stream that runs out earlier starts its next
-    epoch and keeps being drawn."""
-    NEVER = "never"
-    """Never: each stream cycles through its own epochs forever."""
 
 
 class Mixer(BaseNode[dict]):
@@ -143,35 +132,10 @@ class Mixer(BaseNode[dict]):
             raise ValueError("Mixer needs at least one stream")
         self.streams = dict(streams)
         self.names = list(self.streams)
-        try:
-            self.strategy = MixStrategy(strategy)
-            self.stop = StopCriterion(stop)
-        except ValueError as error:
-            raise ValueError(
-                f"{error}; strategies: {[s.value for s in MixStrategy]}, stops: {[s.value for s in StopCriterion]}"
-            ) from None
-        if cycle_length is not None and cycle_length < 1:
-            raise ValueError(f"{cycle_length=} must be >= 1")
-        self.weights = weights if weights is not None else {n: 1.0 for n in self.names}
-        if callable(self.weights):
-            if self.strategy is not MixStrategy.WEIGHTED_RANDOM and cycle_length is None:
-                raise ValueError(
-                    "weights that change with the step need cycle_length with an ordered strategy"
-                )
-            normalize(self.weights(0), self.names)
-        else:
-            normalize(self.weights, self.names)
-        self.seed = int(seed)
-        self.cycle_length = cycle_length
-        self.groups = parse_groups(groups, self.names)
-        if self.stop is not StopCriterion.NEVER and any(len(g) > 1 for g in self.groups):
-            raise ValueError(
-                f"groups {self.group_names()} put several streams in one group: ranks then read "
-                f"different streams and would run out at different steps ({self.stop.value!r}); "
-                "use stop='never' and bound the loop by steps"
-            )
-        if int(num_accum_rounds) != num_accum_rounds or num_accum_rounds < 1:
-            raise ValueError(f"{num_accum_rounds=} must be an int >= 1")
+        self.strategy, self.stop, self.weights, self.groups = check_mix(
+            self.names, weights, strategy, stop, cycle_length, groups, num_accum_rounds
+        )
+        self.seed, self.cycle_length = int(seed), cycle_length
         self.num_accum_rounds = int(num_accum_rounds)
         if rank is not None or world_size is not None:
             rank_and_world_size(rank, world_size)  # a bad pair fails now
@@ -241,15 +205,7 @@ class Mixer(BaseNode[dict]):
         self._next_base_step = int(step)
 
     def _probs(self, step: int) -> list[float]:
-        weights = self.weights
-        if callable(weights):
-            cycle = self.cycle_length
-            weights = weights(
-                step - step % cycle
-                if cycle and self.strategy is not MixStrategy.WEIGHTED_RANDOM
-                else step
-            )
-        return normalize(weights, self.names)
+        return weights_at(self.weights, self.names, self.strategy, self.cycle_length, step)
 
     @property
     def global_step(self) -> int:
