@@ -29,9 +29,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from torchdata.nodes import BaseNode
+
+from sdsnodes.dataset import StreamingDataset
+from sdsnodes.nodes.graph import iter_nodes
 
 FORMAT = "sdsnodes.state"
 VERSION = 1
@@ -79,7 +82,9 @@ def _decode(x: Any) -> Any:
     if kind == "tensor":
         dtype = getattr(torch, x["dtype"])
         raw = bytearray(_decode(x["data"]))
-        flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        flat = (
+            torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        )
         return flat.view(dtype).reshape(x["shape"]).clone()
     raise ValueError(f"unknown tagged value {kind!r} in the checkpoint")
 
@@ -103,10 +108,6 @@ def describe_graph(target: Any) -> list[str]:
     Raises:
         TypeError: ``target`` holds no graph.
     """
-    from sdsnodes.nodes.graph import iter_nodes
-
-    from sdsnodes.dataset import StreamingDataset
-
     root = getattr(target, "dataset", target)
     root = root.graph if isinstance(root, StreamingDataset) else root
     if not isinstance(root, BaseNode):

@@ -91,7 +91,9 @@ def test_another_graph_config_is_refused_naming_the_difference(tmp_path, index):
     next(iter(dl))
     save_state(dl.state_dict(), tmp_path / "s.json", graph=dl)
     other = stateful_loader(_dataset(index, seed=1), 0)
-    with pytest.raises(ValueError, match=r"saved Shuffler\(index=\w+, seed=0\), now Shuffler\(.*seed=1\)"):
+    with pytest.raises(
+        ValueError, match=r"saved Shuffler\(index=\w+, seed=0\), now Shuffler\(.*seed=1\)"
+    ):
         load_state(tmp_path / "s.json", graph=other)
     with pytest.raises(ValueError, match="batch_size=4.*batch_size=5"):
         load_state(tmp_path / "s.json", graph=_dataset(index, batch_size=5))
@@ -139,7 +141,10 @@ for n in range(1, 10**6):
 def test_a_writer_killed_at_random_moments_leaves_a_whole_state(where, tmp_path, request):
     if where == "s3":
         server = request.getfixturevalue("s3_server")
-        url, options = f"{request.getfixturevalue('s3_bucket')}/ckpt/state.json", server.storage_options
+        url, options = (
+            f"{request.getfixturevalue('s3_bucket')}/ckpt/state.json",
+            server.storage_options,
+        )
     else:
         url, options = str(tmp_path / "ckpt" / "state.json"), {}
     rng = random.Random(7)
@@ -190,7 +195,10 @@ save_state({"n": 2, "payload": "2" * 100_000}, url, storage_options=options)
 def test_a_writer_dying_mid_write_leaves_the_previous_state(where, tmp_path, request):
     if where == "s3":
         server = request.getfixturevalue("s3_server")
-        url, options = f"{request.getfixturevalue('s3_bucket')}/ckpt/state.json", server.storage_options
+        url, options = (
+            f"{request.getfixturevalue('s3_bucket')}/ckpt/state.json",
+            server.storage_options,
+        )
     else:
         url, options = str(tmp_path / "ckpt" / "state.json"), {}
     proc = subprocess.run([sys.executable, "-c", CRASHER, url, json.dumps(options)], check=False)

@@ -49,8 +49,12 @@ NO_FCNTL = textwrap.dedent(
 def test_cache_without_fcntl_downloads_each_url_once_across_threads_and_processes(tmp_path):
     root, log, n = tmp_path / "cache", tmp_path / "fetches.log", 12
     procs = [
-        subprocess.Popen([sys.executable, "-c", NO_FCNTL, str(root), str(log), str(n)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", NO_FCNTL, str(root), str(log), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for _ in range(2)
     ]
     for proc in procs:
