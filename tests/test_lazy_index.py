@@ -172,6 +172,40 @@ def test_remote_auto_lazy_txt_of_shards_and_changed_source(
         changed.reset(state)
 
 
+def test_order_is_the_same_for_every_layout(shards):
+    """Elastic resume needs a layout-free order: rank r of 3 reads positions r, r + 3, … of the
+    one-reader epoch."""
+
+    def epoch(rank: int, world_size: int) -> list[int]:
+        reader = IndexReader(
+            shards, lazy=True, lazy_chunk_rows=100, rank=rank, world_size=world_size, uneven="keep"
+        )
+        shuffler = Shuffler(reader, seed=11)
+        shuffler.reset()
+        return [s["__index__"] for s in shuffler]
+
+    whole = epoch(0, 1)
+    for rank in range(3):
+        assert epoch(rank, 3) == whole[rank::3]
+
+
+def test_worker_processes_read_a_remote_lazy_index(s3_server, s3_bucket):
+    from sdsnodes.dataset import StreamingDataset
+    from utils import stateful_loader
+
+    write_index(f"{s3_bucket}/i.parquet", 3000, 250, fs=s3_server.fs())
+    reader = IndexReader(
+        f"{s3_bucket}/i.parquet",
+        storage_options=s3_server.storage_options,
+        lazy=True,
+        lazy_chunk_rows=500,
+    )
+    reader.index.sample(0)  # the parent opened the file: each worker must open its own
+    dataset = StreamingDataset(Shuffler(reader, seed=2))
+    rows = [s["__index__"] for s in stateful_loader(dataset, num_workers=2)]
+    assert sorted(rows) == list(range(3000))
+
+
 # -- bounded RSS and disk ------------------------------------------------------------------------
 def probe(url: str, options: dict, cache_dir: str, samples: int, world_size: int) -> dict:
     """Open ``url`` lazily, read ``samples`` shuffled samples of rank 0 and a few random rows;

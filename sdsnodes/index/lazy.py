@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 LAZY_AUTO_BYTES = 1 << 30
 """``lazy=None`` reads a remote parquet index lazily past this many uncompressed bytes (1 GiB,
 the size of the copy every machine would otherwise write)."""
+COMPRESSION = 8
+"""At most this parquet compression ratio is assumed before reading footers (``lazy=None``)."""
 CHUNK_ROWS = 65_536
 LANES = 16
 LOCAL_PROTOCOLS = ("file", "local")
@@ -99,15 +101,19 @@ def is_remote(url: str) -> bool:
 
 
 def read_footers(
-    url: str, storage_options: dict[str, Any] | None = None, txt: str | None = None
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    txt: str | None = None,
+    files: list[SourceFile] | None = None,
 ) -> Footers:
-    """The files of the parquet index at ``url`` and their footers (16 read at a time).
+    """The files of the parquet index at ``url`` (or ``files``, listed already) and their
+    footers (16 read at a time).
 
     Raises:
         IndexSourceError (ValueError): the source is missing, or a file of it is not parquet.
     """
     check_txt_mode(txt)
-    files = source_files(url, storage_options, txt)
+    files = source_files(url, storage_options, txt) if files is None else files
     if not files:
         raise IndexSourceError(f"index wildcard {url!r} matches no files")
     others = [f.url for f in files if not _is_parquet(f)]
@@ -145,9 +151,14 @@ def auto_footers(
     if filter is not None or not is_remote(url):
         return None
     try:
-        footers = read_footers(url, storage_options, txt)
+        files = source_files(url, storage_options, txt)
+        if not files or not all(map(_is_parquet, files)):
+            return None
+        if sum(f.info.get("size") or 0 for f in files) * COMPRESSION < LAZY_AUTO_BYTES:
+            return None  # small even if compressed 8x: no need to read the footers
+        footers = read_footers(url, storage_options, txt, files)
     except IndexSourceError:
-        return None  # not parquet (or unreadable): materialize says what is wrong
+        return None  # missing or unreadable: materialize says what is wrong
     if footers.uncompressed_bytes <= LAZY_AUTO_BYTES:
         return None
     logger.info(
