@@ -159,7 +159,9 @@ def resolve_group(
     from sdsnodes.distributed import can_broadcast, rank_and_world_size
 
     if (dp_rank is None) != (dp_world_size is None):
-        raise ValueError(f"give both dp_rank and dp_world_size or neither ({dp_rank=}, {dp_world_size=})")
+        raise ValueError(
+            f"give both dp_rank and dp_world_size or neither ({dp_rank=}, {dp_world_size=})"
+        )
     if dp_rank is not None:
         rank_and_world_size(dp_rank, dp_world_size)  # validates the pair
     mode = GroupMode(mode) if mode is not None else None
@@ -173,7 +175,11 @@ def resolve_group(
     if members is not None and me not in members:
         raise ValueError(f"rank {me} is not in the group it passed (ranks {list(members)})")
     description = [f"mode={mode.value}", *_graph_fingerprint(graph)]
-    mine = {"rank": me, "members": members, "dp": None if dp_rank is None else (dp_rank, dp_world_size)}
+    mine = {
+        "rank": me,
+        "members": members,
+        "dp": None if dp_rank is None else (dp_rank, dp_world_size),
+    }
     if can_broadcast():
         records: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(records, (mine, description))
@@ -190,9 +196,7 @@ def resolve_group(
             raise ValueError("give group= or dp_rank/dp_world_size")
         dp_rank, dp_world_size = leaders.index(my_group[0]), len(leaders)
     set_data_parallel(graph, dp_rank, dp_world_size)
-    return GroupInfo(
-        dp_rank, dp_world_size, my_group.index(me), len(my_group), my_group[0], mode
-    )  # type: ignore[arg-type]
+    return GroupInfo(dp_rank, dp_world_size, my_group.index(me), len(my_group), my_group[0], mode)
 
 
 def _groups(by_rank: dict[int, tuple[dict, list[str]]]) -> dict[int, list[int]]:
@@ -441,7 +445,9 @@ class GroupLoader:
                 given to a rank that loads.
         """
         if not isinstance(state_dict, dict) or self.LOADER_KEY not in state_dict:
-            raise ValueError(f"not a GroupLoader state: expected keys {self.MODE_KEY!r}, {self.LOADER_KEY!r}")
+            raise ValueError(
+                f"not a GroupLoader state: expected keys {self.MODE_KEY!r}, {self.LOADER_KEY!r}"
+            )
         if state_dict.get(self.MODE_KEY) != self.info.mode.value:
             raise ValueError(
                 f"the state was saved with mode {state_dict.get(self.MODE_KEY)!r}, this loader "

@@ -26,7 +26,9 @@ def with_pixels(batch):
 
 def graph(index, seed=1, rank=None, world_size=None):
     reader = IndexReader(index, name="a", rank=rank, world_size=world_size)
-    return Mapper(Mapper(Batcher(Shuffler(reader, seed=seed), 4, drop_last=False), collate), with_pixels)
+    return Mapper(
+        Mapper(Batcher(Shuffler(reader, seed=seed), 4, drop_last=False), collate), with_pixels
+    )
 
 
 def summary(batch):
@@ -83,7 +85,9 @@ def main(out, index):
 
     # a TP group whose ranks disagree on the config: rank 3 shuffles with another seed
     seed = 2 if rank == 3 else 1
-    result["mismatch"] = error_of(lambda: StreamingDataset(functools.partial(graph, index, seed), group=tp))
+    result["mismatch"] = error_of(
+        lambda: StreamingDataset(functools.partial(graph, index, seed), group=tp)
+    )
     # a graph built with the global rank
     built = graph(index, rank=rank, world_size=4)
     result["global_rank"] = error_of(lambda: StreamingDataset(built, group=tp))

@@ -63,7 +63,9 @@ def test_tp_ranks_get_identical_batches_dp_ranks_disjoint_ones(ranks, mode):
         assert runs[0][epoch] == runs[1][epoch]  # keys, tensor sums and dtypes
         assert runs[2][epoch] == runs[3][epoch]
         assert not set(keys(runs[0][epoch])) & set(keys(runs[2][epoch]))
-        assert set(keys(runs[0][epoch])) | set(keys(runs[2][epoch])) == {f"a/{i}" for i in range(40)}
+        assert set(keys(runs[0][epoch])) | set(keys(runs[2][epoch])) == {
+            f"a/{i}" for i in range(40)
+        }
         assert all(dtype == "torch.float32" for _, _, dtype in runs[0][epoch])
     assert runs[0]["epoch0"] != runs[0]["epoch1"]  # the next epoch, another order
     infos = [run["info"] for run in runs]  # dp_rank, dp_world_size, group_rank, group_size, source
@@ -156,9 +158,13 @@ def test_bad_group_arguments(tmp_path):
     with pytest.raises(ValueError, match="dp_rank and dp_world_size"):
         StreamingDataset(lambda: make_graph(index), dp_rank=1)
     with pytest.raises(ValueError, match="needs group="):
-        StreamingDataset(lambda: make_graph(index), dp_rank=0, dp_world_size=1, group_mode="broadcast")
+        StreamingDataset(
+            lambda: make_graph(index), dp_rank=0, dp_world_size=1, group_mode="broadcast"
+        )
     with pytest.raises(ValueError, match="'sideways'"):
-        StreamingDataset(lambda: make_graph(index), dp_rank=0, dp_world_size=1, group_mode="sideways")
+        StreamingDataset(
+            lambda: make_graph(index), dp_rank=0, dp_world_size=1, group_mode="sideways"
+        )
     with pytest.raises(ValueError, match="needs group= or dp_rank"):
         StreamingDataset(lambda: make_graph(index), group_mode="replicate")
     with pytest.raises(ValueError, match="rank=0, world_size=4"):
