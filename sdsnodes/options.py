@@ -1,6 +1,7 @@
-"""Option groups shared by the presets and the nodes: where the cache lives and how big it may
-grow (:class:`CacheOptions`), how remote files are fetched (:class:`FetchOptions`), and what a
-bad sample does (:class:`ErrorOptions`).
+"""Option groups shared by the presets and the nodes: which rows of the index are read
+(:class:`IndexOptions`), where the cache lives and how big it may grow (:class:`CacheOptions`),
+how remote files are fetched (:class:`FetchOptions`), and what a bad sample does
+(:class:`ErrorOptions`).
 
 Each group is a small frozen dataclass, checked when it is made, so a mistake fails at once with
 a message naming the fix. A preset takes the groups and hands each, unchanged, to the nodes that
@@ -26,6 +27,8 @@ from typing import Any, TypeVar
 from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES
 from sdsnodes.cache import EvictionPolicy
 from sdsnodes.errors import OnError
+from sdsnodes.index.filters import parse_filter
+from sdsnodes.sample import KEY
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +51,127 @@ def _set_member(options: Any, name: str, kind: type[enum.Enum]) -> None:
         raise ValueError(
             f"{type(options).__name__}: {name}={value!r} must be one of {names}"
         ) from None
+
+
+def _check_count(owner: str, name: str, value: Any, unit: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{owner}: {name}={value!r} must be an int >= 1 ({unit}), or None for all")
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexOptions:
+    """Which rows of the index a graph reads, under which names, and how the index is held.
+
+    Applied in this order: ``max_index_files`` (which files), ``rename``, ``filter``,
+    ``max_rows``, ``key_column``; every column name after the first step is one after ``rename``.
+
+    Args:
+        filter (str | pyarrow.compute.Expression | None): keep only the rows matching it, e.g.
+            ``"aesthetic > 5 and caption is not None"`` (parsed, never evaluated: see
+            :mod:`sdsnodes.index.filters`); None keeps every row. SDS's ``sql_query``.
+        rename (Mapping[str, str] | None): index column old name → new name, as the index is
+            read; None renames nothing.
+        key_column (str | None): the column whose values are the samples' ``__key__`` (SDS's
+            ``index_col_name``); the column itself stays in the sample. None: the index's own
+            ``__key__`` column, else the row number. With a lazy index the column is read as
+            ``__key__`` only (it is renamed).
+        max_rows (int | None): read only the first ``max_rows`` rows (after ``filter``, in
+            index order, so the same rows every run; shuffling then permutes those), >= 1;
+            None: all. For debugging runs (SDS's ``max_size``). Reads a converted index: with
+            ``lazy=None`` a big remote index is converted rather than read lazily, and
+            ``lazy=True`` is refused.
+        max_index_files (int | None): read only the first ``max_index_files`` files of a
+            wildcard (its matches sorted by name) or of a ``.txt`` of index shards (in the
+            order listed), >= 1; None: all (SDS's ``max_index_files_to_use``). A source of one
+            index file has nothing to cap; a directory of media files or a table in memory is
+            refused (use ``max_rows``). With ``lazy=None`` the capped index is converted.
+        lazy (bool | None): True reads a remote parquet index lazily, by row groups on demand;
+            False converts it once per machine into a memory-mapped file; None (default)
+            decides by size (see :class:`~sdsnodes.IndexReader`).
+        txt (str | None): what a ``.txt`` source lists: ``"index"`` (index shards, SDS's
+            ``split_file_paths.txt``), ``"media"`` (one sample per line), or None (by the
+            lines' extensions).
+
+    Raises:
+        ValueError: a filter that does not parse, a rename that is not str → str or maps two
+            columns to one name, a ``key_column`` that is not a column name (or beside a rename
+            to ``__key__``), a cap < 1, ``lazy`` not True/False/None, an unknown ``txt``.
+    """
+
+    filter: Any = None  # str | pyarrow.compute.Expression
+    rename: Mapping[str, str] | None = None
+    key_column: str | None = None
+    max_rows: int | None = None
+    max_index_files: int | None = None
+    lazy: bool | None = None
+    txt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.filter is not None:
+            if isinstance(self.filter, str) and not self.filter.strip():
+                raise ValueError("IndexOptions: filter='' is empty; pass a condition or None")
+            try:
+                parse_filter(self.filter)
+            except (ValueError, AttributeError, TypeError) as error:
+                raise ValueError(f"IndexOptions: {error}") from None
+        if self.rename is not None:
+            if not isinstance(self.rename, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and v
+                for k, v in self.rename.items()
+            ):
+                raise ValueError(
+                    f"IndexOptions: rename={self.rename!r} must be a dict of column names, "
+                    "old -> new, e.g. {'text': 'caption'}"
+                )
+            targets = list(self.rename.values())
+            if len(set(targets)) < len(targets):
+                raise ValueError(
+                    f"IndexOptions: rename={dict(self.rename)!r} gives two columns one name"
+                )
+            _set(self, "rename", dict(self.rename))
+        if self.key_column is not None:
+            if (
+                not isinstance(self.key_column, str)
+                or not self.key_column
+                or self.key_column == KEY
+            ):
+                raise ValueError(
+                    f"IndexOptions: key_column={self.key_column!r} must name an index column "
+                    "(not '__key__': an index with a __key__ column needs no key_column)"
+                )
+            if KEY in (self.rename or {}).values():
+                raise ValueError(
+                    f"IndexOptions: key_column={self.key_column!r} and a rename to '__key__' "
+                    "both set the key; pass only key_column"
+                )
+        _check_count("IndexOptions", "max_rows", self.max_rows, "rows")
+        _check_count("IndexOptions", "max_index_files", self.max_index_files, "index files")
+        if not any(self.lazy is v for v in (True, False, None)):
+            raise ValueError(
+                f"IndexOptions: lazy={self.lazy!r} must be True, False or None (lazy for big "
+                "remote parquet)"
+            )
+        if self.txt not in (None, "index", "media"):
+            raise ValueError(
+                f"IndexOptions: txt={self.txt!r} must be 'index' (a .txt of index shards), "
+                "'media' (a .txt of media files) or None (told by the lines' extensions)"
+            )
+
+    def merged(self, owner: str, **keywords: Any) -> IndexOptions:
+        """These options with the keywords of ``owner`` (e.g. ``IndexReader``'s ``filter=``)
+        that are not None.
+
+        Raises:
+            ValueError: a keyword given here and in these options (one place per setting).
+        """
+        given = {name: value for name, value in keywords.items() if value is not None}
+        both = [name for name in given if getattr(self, name) is not None]
+        if both:
+            raise ValueError(
+                f"{owner}: {both[0]}= and index=IndexOptions({both[0]}=...) both given; pass "
+                "only one"
+            )
+        return dataclasses.replace(self, **given) if given else self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +307,12 @@ class ErrorOptions:
             )
 
 
-GROUPS = {"cache": CacheOptions, "fetch": FetchOptions, "errors": ErrorOptions}
+GROUPS = {
+    "index": IndexOptions,
+    "cache": CacheOptions,
+    "fetch": FetchOptions,
+    "errors": ErrorOptions,
+}
 """Parameter name → option group, as presets and nodes name them."""
 
 RENAMED = {

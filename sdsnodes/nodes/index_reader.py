@@ -14,49 +14,65 @@ from sdsnodes.index.lazy import CHUNK_ROWS, LANES, LazyIndexTable, auto_footers,
 from sdsnodes.index.materialize import materialize
 from sdsnodes.index.sources import IndexSourceError
 from sdsnodes.index.table import IndexTable
+from sdsnodes.nodes._index_options import capped_files, lazy_rename, materialize_files, shape
 from sdsnodes.nodes.epoch_reader import EpochReader
+from sdsnodes.options import IndexOptions
 
 
 def _load(
     src: str | os.PathLike | pa.Table,
     storage_options: dict[str, Any] | None,
-    filter: Any,  # noqa: A002
-    rename: dict[str, str] | None,
+    options: IndexOptions,
     index_cache_dir: str | None,
-    txt: str | None,
-    lazy: bool | None,
     lazy_options: dict[str, Any],
 ) -> IndexTable | LazyIndexTable:
     """The index and its fingerprint; under torch.distributed, checked equal on all ranks."""
+    filter, rename, txt, lazy = options.filter, options.rename, options.txt, options.lazy  # noqa: A001
     if isinstance(src, pa.Table):
         if lazy:
             raise ValueError(
                 "lazy=True reads a parquet index at a path or URL, not a table in memory"
             )
+        if options.max_index_files is not None:
+            raise ValueError(
+                "IndexOptions(max_index_files=...) caps the files of a wildcard or .txt index, "
+                "and the index is a table in memory: pass max_rows=... instead"
+            )
         table = src.rename_columns([(rename or {}).get(c, c) for c in src.column_names])
         table = table.filter(parse_filter(filter)) if filter is not None else table
+        table, key = shape(table, "table", options, "<table>")
         if table.num_rows == 0:
             raise ValueError("the index table has no rows: nothing to stream")
-        return IndexTable(table, **lazy_options["table"], fingerprint="table")
+        return IndexTable(table, **lazy_options["table"], fingerprint=key)
     url = os.fspath(src)
-    if lazy and filter is not None:
+    if lazy and (filter is not None or options.max_rows is not None):
+        what = "filter" if filter is not None else "cut to max_rows"
         raise IndexSourceError(
-            f"a lazy index cannot filter (index {url!r}): the rows a filter keeps are known only "
-            "after reading all of them; pass lazy=False (the index is converted once, filtered) "
-            "or write the filtered index as parquet"
+            f"a lazy index cannot {what} (index {url!r}): the rows it keeps are known only "
+            "after reading all of them; pass lazy=False (the index is converted once) or write "
+            "that index as parquet (max_index_files caps a lazy index by files)"
         )
-    footers = read_footers(url, storage_options, txt) if lazy else None
-    if lazy is None:
+    files = capped_files(url, storage_options, options)
+    footers = read_footers(url, storage_options, txt, files) if lazy else None
+    if lazy is None and files is None and options.max_rows is None:
         footers = auto_footers(url, storage_options, txt, filter)
     if footers is not None:
+        names = pa.unify_schemas(
+            [m.schema.to_arrow_schema() for m in footers.metadata], promote_options="permissive"
+        ).names
         index: IndexTable | LazyIndexTable = LazyIndexTable(
-            footers, **lazy_options["table"], rename=rename, storage_options=storage_options,
-            **lazy_options["lazy"],
+            footers, **lazy_options["table"], rename=lazy_rename(options, names, url),
+            storage_options=storage_options, **lazy_options["lazy"],
         )  # fmt: skip
     else:
-        table, key = materialize(
-            url, storage_options, filter=filter, rename=rename, cache_dir=index_cache_dir, txt=txt
-        )
+        if files is not None:
+            table, key = materialize_files(files, storage_options, options, index_cache_dir)
+        else:
+            table, key = materialize(
+                url, storage_options, filter=filter, rename=rename, cache_dir=index_cache_dir,
+                txt=txt,
+            )  # fmt: skip
+        table, key = shape(table, key, options, url)
         index = IndexTable(table, **lazy_options["table"], fingerprint=key)
     if can_broadcast():  # each machine converted (or found) its own copy: all must agree
         import torch.distributed as dist
@@ -122,6 +138,10 @@ class IndexReader(EpochReader):
         lazy_lanes (int): lazy only: chunks a shuffled epoch reads side by side (more lanes mix
             more row groups into each batch and keep more chunks in memory: ``lanes / gcd(lanes,
             world_size * num_workers) + 1`` per reader).
+        index (IndexOptions | None): the same ``filter``, ``rename``, ``txt`` and ``lazy`` as a
+            group (as presets take them), plus ``key_column``, ``max_rows`` and
+            ``max_index_files`` (see :class:`~sdsnodes.IndexOptions`); a setting given both
+            here and as a keyword is refused.
 
     State:
         :class:`~sdsnodes.nodes.epoch_reader.EpochReader`'s: the epoch and the next local
@@ -149,10 +169,18 @@ class IndexReader(EpochReader):
         lazy: bool | None = None,
         lazy_chunk_rows: int = CHUNK_ROWS,
         lazy_lanes: int = LANES,
+        index: IndexOptions | None = None,
     ) -> None:
         super().__init__(rank, world_size, uneven)
         if lazy not in (True, False, None):
             raise ValueError(f"{lazy=} must be True, False or None (lazy for big remote parquet)")
+        if index is not None and not isinstance(index, IndexOptions):
+            raise TypeError(
+                f"index= takes an IndexOptions, e.g. index=IndexOptions(...), not {index!r}"
+            )
+        index = (index or IndexOptions()).merged(
+            "IndexReader", filter=filter, rename=rename, txt=txt, lazy=lazy
+        )
         if lazy_chunk_rows < 1 or lazy_lanes < 1:
             raise ValueError(f"{lazy_chunk_rows=} and {lazy_lanes=} must be >= 1")
         self.src = src if isinstance(src, pa.Table) else os.fspath(src)
@@ -160,9 +188,7 @@ class IndexReader(EpochReader):
             "table": {"columns": columns, "name": name},
             "lazy": {"chunk_rows": lazy_chunk_rows, "lanes": lazy_lanes},
         }
-        self._index = _load(
-            src, storage_options, filter, rename, index_cache_dir, txt, lazy, options
-        )
+        self._index = _load(src, storage_options, index, index_cache_dir, options)
 
     @property
     def lazy(self) -> bool:
