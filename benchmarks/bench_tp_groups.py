@@ -20,7 +20,9 @@ Two groups of rows: batches per rank per wall second, and batches per CPU second
 (CPU time of the 4 ranks and of their reaped DataLoader workers; the machine may have fewer
 cores than processes, and this figure does not depend on how many it lends). Then the bytes moved
 per step and group: the payload the source sends to each receiver, and the encoded image bytes
-read from storage by the group's loading ranks.
+read from storage by the group's loading ranks. Last, the transfer alone: milliseconds per step
+to broadcast one batch of the same shape (random pixels) 50 times, packed vs
+``broadcast_object_list``, nothing loaded.
 
 Data: ``--num-images`` (384) synthetic JPEG/PNG/WebP images of 256x192 px (``make_image_dataset``),
 decoded and resized to ``--size`` (128), batches of ``--batch-size`` (16): a batch is a uint8
@@ -154,6 +156,27 @@ def epoch(mode: str, make, group, sizes: dict[int, int], num_workers: int) -> di
     }  # fmt: skip
 
 
+def transfer_ms(batch: dict, group, source: int, loads: bool, naive: bool, steps: int) -> float:
+    """Milliseconds per step to get ``batch`` from the source to the group (no loading)."""
+    import torch.distributed as dist
+
+    from sdsnodes.groups import _BATCH, receive, send
+
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        if naive:
+            box = [batch if loads else None]
+            dist.broadcast_object_list(box, src=source, group=group)
+        elif loads:
+            send(_BATCH, batch, source, group)
+        else:
+            receive(source, group)
+    seconds = time.perf_counter() - start
+    dist.barrier()
+    return seconds / steps * 1e3
+
+
 def job(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
@@ -186,6 +209,22 @@ def job(args: argparse.Namespace) -> int:
             runs[mode].append(everyone)
         if rank == 0:
             print(f"  repeat {repeat + 1}/{config['repeats']} done", flush=True)
+    # the transfer alone: one batch of the epoch's shape, sent again and again
+    batch = {
+        "image": torch.randint(0, 256, (config["batch_size"], 3, config["size"], config["size"]),
+                               dtype=torch.uint8),
+        "caption": [f"a caption of some {i} words" for i in range(config["batch_size"])],
+        "__key__": [str(i) for i in range(config["batch_size"])],
+    }  # fmt: skip
+    source, loads = (rank // 2) * 2, rank % 2 == 0
+    transfer: dict[str, list] = {"broadcast": [], "broadcast_object_list": []}
+    for repeat in range(config["repeats"]):
+        for mode in in_turn(list(transfer), repeat):
+            ms = transfer_ms(batch, group, source, loads, mode != "broadcast", 50)
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, ms)
+            transfer[mode].append(max(everyone))
+    runs["transfer_ms"] = transfer
     if rank == 0:
         (args.job / "runs.json").write_text(json.dumps(runs))
     dist.destroy_process_group()
@@ -261,7 +300,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("-" * 68)
     for mode, sent_b, read_b in bytes_rows:
         print(f"{mode:<24}  {sent_b / 1e3:>19.1f} KB  {read_b / 1e3:>15.1f} KB")
+    print()
+    print(
+        "the transfer alone, ms per step (lower is better; one batch of the same shape sent 50 times)"
+    )
+    print(f"{'loader':<24}  {'ms (median)':>12}  {'min':>8}  {'max':>8}")
+    print("-" * 60)
+    for mode, values in runs["transfer_ms"].items():
+        print(
+            f"{mode:<24}  {statistics.median(values):>12.2f}  {min(values):>8.2f}  {max(values):>8.2f}"
+        )
     if args.json:
+        config["transfer_ms"] = runs["transfer_ms"]
         config["bytes_per_step"] = {m: {"sent": s, "read": r} for m, s, r in bytes_rows}
         write_json(NAME, rows, config)
     return 0
