@@ -21,6 +21,7 @@ from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.shuffler import Shuffler
+from sdsnodes.nodes.tar_member_reader import TarMemberReader, addresses_members
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 
 _NONE = {"caption_column": "None", "audio": "False", "latent_columns": "()"}
@@ -43,7 +44,10 @@ def square(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def has_urls(reader: IndexReader, column: str) -> bool:
-    """Whether any value of ``column`` is a remote URL (``scheme://``, not ``file://``)."""
+    """Whether any value of ``column`` is a remote URL (``scheme://``, not ``file://``); tar
+    member addresses are not: a TarMemberReader reads them (see :func:`assemble`)."""
+    if addresses_members(reader.index.table, column):
+        return False
     values = reader.index.table.column(column)
     if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
         return False
@@ -143,6 +147,9 @@ def assemble(
         node = RangeReader(
             node, ranged, block_size=block_size, cache=cache, fetch=fetch, errors=errors
         )
+    members = [c for c in dict.fromkeys(files) if addresses_members(reader.index.table, c)]
+    if members:  # tar members (sdsnodes.index.tar): only their bytes are read
+        node = TarMemberReader(node, members, cache=cache, fetch=fetch, errors=errors)
     node = Decoder(node, codecs, num_threads=num_threads, seed=seed, errors=errors)
     node = Evictor(node)
     node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)

@@ -1,0 +1,404 @@
+"""Index tar shards in place (WebDataset layout): one row per sample, its members addressed by
+byte range, nothing rewritten.
+
+A WebDataset tar groups members by *key*, the member's path up to the first dot of its base
+name (``"a/000123.jpg"`` and ``"a/000123.json"`` are the sample ``"a/000123"``, extensions
+``jpg`` and ``json``: WebDataset's own rule, so keys agree with it). :func:`tar_index` reads
+only the tar headers (512-byte blocks; GNU long names and PAX headers through :mod:`tarfile`)
+and, in the same pass, the small sidecar members, and returns a table with one row per key:
+
+- ``key`` (the sample's key), ``url`` (the tar), ``member`` (the first media member's name),
+  ``offset`` (where its bytes start in the tar) and ``size`` (its bytes);
+- one column per media member, named by its kind as ``sds index build`` names files
+  (``image``, ``video``, ``audio``, ``latent``; another extension keeps its own name, e.g.
+  ``seg.png``), holding the member's *address*: ``<tar url>#offset=<first byte>&size=<bytes>``;
+- ``caption``: the ``.txt`` member's text; ``cls`` (and other ``*.cls``/``*.id``): an int when
+  it parses; the ``.json`` member's fields flattened into columns (nested objects joined with
+  ``.``: ``exif.Make``; a field named like one of the columns above, or starting with ``__``,
+  becomes ``json.<name>``).
+
+Why an address in one string column, not only ``url``/``offset``/``size`` columns: the column
+a preset decodes (``image``) then says by itself where its bytes are, so a sample with several
+members (an image and a mask, a video and its audio) addresses each one, filters and renames
+carry it like any column, and a node recognises it by value: :func:`parse_member` matches only
+a trailing ``#offset=N&size=M`` (an object key holding ``#`` elsewhere is untouched, and fsspec
+never sees the fragment). The string is also the member's cache key, so the cache names, pins
+and evicts members as it does files. fsspec's own ``tar://member::https://…`` chaining was the
+alternative; it lists the whole tar (every header, one request each over HTTP) on each open.
+``url``/``offset``/``size`` repeat the first media member for tools that want plain columns
+(``size`` is also the download budget's size hint).
+
+How the headers are read: a local tar is read by :mod:`tarfile`, which seeks over member
+bodies, so only headers and sidecars are read. A remote tar is read through a buffered file of
+ranged GETs whose read-ahead follows the members' stride: members smaller than a quarter of
+``READ_AHEAD`` (4 MiB) are read through in 4 MiB requests (the bodies travel, but one request
+covers many headers: cheaper than a request per member when a request costs more than moving
+its members' bytes); larger members are skipped, each header costing one ``HEADER_READ``
+(16 KiB) request that also holds the sidecars following it. A tar no larger than
+``READ_AHEAD`` is one request. ``benchmarks/bench_tar.py`` measures both on image and
+video-sized members (``benchmarks/README.md``, "tar").
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from sdsnodes.storage import filesystem, is_remote, local_path
+
+logger = logging.getLogger(__name__)
+
+MEDIA_KINDS: dict[str, tuple[str, ...]] = {
+    "video": ("mp4", "mkv", "mov", "webm", "avi", "m4v"),
+    "image": ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"),
+    "audio": ("wav", "flac", "mp3", "ogg", "m4a", "aac", "opus"),
+    "latent": ("npy", "pt"),
+}
+"""Extensions (lower case) of the media members, by the column they go to (as in
+:data:`sdsnodes.index.sources.MEDIA_EXTENSIONS`)."""
+INT_SIDECARS = ("cls", "cls2", "id", "index")
+"""Extensions read as a small text holding an int (WebDataset's class labels)."""
+SIDECAR_MAX_BYTES = 1 << 20
+"""Sidecars (``.txt``, ``.json``, ``.cls``) larger than this are addressed, not read."""
+READ_AHEAD = 4 << 20
+"""Bytes per ranged GET when reading a remote tar through (members smaller than 1/4 of it)."""
+HEADER_READ = 16 << 10
+"""Bytes per ranged GET when skipping large members: a header, a PAX record, sidecars."""
+OWN_COLUMNS = ("key", "url", "member", "offset", "size", "caption", *MEDIA_KINDS)
+_MEMBER = re.compile(r"#offset=(\d+)&size=(\d+)$")
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def member_address(url: str, offset: int, size: int) -> str:
+    """The address of bytes ``[offset, offset + size)`` of the tar ``url``:
+    ``"<url>#offset=<offset>&size=<size>"``."""
+    return f"{url}#offset={int(offset)}&size={int(size)}"
+
+
+def parse_member(value: Any) -> tuple[str, int, int] | None:
+    """``(tar url, offset, size)`` of a member address, None for anything else."""
+    if not isinstance(value, str):
+        return None
+    match = _MEMBER.search(value)
+    if match is None:
+        return None
+    return value[: match.start()], int(match.group(1)), int(match.group(2))
+
+
+def is_tar_source(src: Any) -> bool:
+    """Whether ``src`` names tar shards: a ``.tar`` path or URL, a wildcard or brace range of
+    them, or a ``.txt`` list whose first entry is a ``.tar``."""
+    if not isinstance(src, (str, os.PathLike)):
+        return False
+    text = os.fspath(src)
+    if text.lower().endswith(".tar"):
+        return True
+    if text.lower().endswith(".txt"):
+        try:
+            fs, path = filesystem(text)
+            with fs.open(path, "rb") as file:
+                head = file.read(1 << 16).decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return False
+        lines = [ln.strip() for ln in head.splitlines()]
+        first = next((ln for ln in lines if ln and not ln.startswith("#")), "")
+        return first.lower().endswith(".tar")
+    return False
+
+
+def tar_urls(src: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The tars ``src`` names: one tar, a wildcard (``shards/*.tar``), a brace range
+    (``shard-{0000..0099}.tar``, as WebDataset writes it) or a ``.txt`` list (relative entries
+    resolved against its directory). Remote URLs keep their protocol.
+
+    Raises:
+        ValueError: ``src`` names no tar.
+    """
+    text = os.fspath(src)
+    if text.lower().endswith(".txt"):
+        from sdsnodes.index.sources import txt_lines
+
+        fs, path = filesystem(text, storage_options)
+        with fs.open(path, "rb") as file:
+            names = txt_lines(text, file.read())
+        urls = [u for name in names for u in _expand(name, storage_options)]
+    else:
+        urls = _expand(text, storage_options)
+    if not urls:
+        raise ValueError(f"{text!r} names no tar file: pass a .tar, a wildcard such as "
+                         "'shards/*.tar', a brace range 'shard-{0000..0009}.tar' or a .txt list")  # fmt: skip
+    return urls
+
+
+def _expand(text: str, storage_options: dict[str, Any] | None) -> list[str]:
+    match = _BRACES.search(text)
+    if match is not None:
+        first, last, width = int(match.group(1)), int(match.group(2)), len(match.group(1))
+        return [
+            u
+            for n in range(first, last + 1)
+            for u in _expand(text[: match.start()] + f"{n:0{width}d}" + text[match.end() :],
+                             storage_options)  # fmt: skip
+        ]
+    if not any(c in text for c in "*?["):
+        return [text]
+    fs, path = filesystem(text, storage_options)
+    found = sorted(fs.glob(path))
+    if not is_remote(text):
+        return [local_path(p) if p.startswith("file://") else p for p in found]
+    protocol = text.split("://", 1)[0]
+    return [p if "://" in p else f"{protocol}://{p}" for p in found]
+
+
+class _RangedTar(io.RawIOBase):
+    """A read-only, seekable file over a remote tar for :mod:`tarfile`, read in ranged GETs of
+    ``READ_AHEAD`` bytes while members are small and ``HEADER_READ`` bytes once they are large
+    (the caller reports the members' stride with :meth:`saw_member`)."""
+
+    def __init__(self, fs: Any, path: str, size: int, mode: str) -> None:
+        super().__init__()
+        self._fs, self._path, self.size, self.mode_ = fs, path, size, mode
+        self._pos = 0
+        self._start, self._buf = 0, b""
+        self._stride: float | None = None
+        self.requests = 0
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def saw_member(self, stride: int) -> None:
+        """Bytes from a member's header to the next header (a running mean)."""
+        self._stride = stride if self._stride is None else 0.8 * self._stride + 0.2 * stride
+
+    def _chunk(self) -> int:
+        if self.mode_ == "whole" or self.size <= READ_AHEAD:
+            return READ_AHEAD if self.mode_ != "whole" else self.size
+        if self.mode_ == "headers":
+            return HEADER_READ
+        small = self._stride is None or self._stride * 4 <= READ_AHEAD
+        return READ_AHEAD if small else HEADER_READ
+
+    def read(self, n: int | None = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        if not (self._start <= self._pos and end <= self._start + len(self._buf)):
+            stop = min(self.size, max(end, self._pos + self._chunk()))
+            self._buf = self._fs.cat_file(self._path, start=self._pos, end=stop)
+            self._start = self._pos
+            self.requests += 1
+            self.bytes_read += len(self._buf)
+            if len(self._buf) != stop - self._pos:
+                raise OSError(f"asked bytes {self._pos}-{stop - 1} of {self._path!r}, "
+                              f"got {len(self._buf)}")  # fmt: skip
+        data = self._buf[self._pos - self._start : end - self._start]
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def scan_tar(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    mode: str = "auto",
+    sidecar_max_bytes: int = SIDECAR_MAX_BYTES,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The samples of one tar, in the order their keys first appear.
+
+    Args:
+        url (str): a local path or a URL of a tar.
+        storage_options (dict | None): fsspec options for ``url``.
+        mode (str): how a remote tar is read: ``"auto"`` (see the module docstring),
+            ``"headers"`` (a ranged GET per header, bodies skipped) or ``"whole"`` (one GET).
+        sidecar_max_bytes (int): larger ``.txt``/``.json``/``.cls`` members are addressed.
+
+    Returns:
+        tuple[list[dict], dict[str, int]]: one row per key (see the module docstring), and
+        ``{"members", "skipped", "requests", "bytes_read"}`` (requests and bytes of a remote
+        tar; a local one counts 0).
+
+    Raises:
+        ValueError: the file is not a readable tar (the message names it), or a bad ``mode``.
+        FileNotFoundError: no such file.
+    """
+    if mode not in ("auto", "headers", "whole"):
+        raise ValueError(f"{mode=} must be 'auto', 'headers' or 'whole'")
+    remote = is_remote(url)
+    fs, path = filesystem(url, storage_options)
+    if remote:
+        source: Any = _RangedTar(fs, path, int(fs.size(path)), mode)
+    else:
+        source = open(local_path(url), "rb")  # noqa: SIM115 - closed below
+    rows: dict[str, dict[str, Any]] = {}
+    stats = {"members": 0, "skipped": 0, "requests": 0, "bytes_read": 0}
+    try:
+        with tarfile.open(fileobj=source, mode="r:") as tar:
+            while (info := tar.next()) is not None:
+                if remote:
+                    source.saw_member(info.offset_data + -(-info.size // 512) * 512 - info.offset)
+                if not info.isfile():
+                    continue  # directories, links, devices
+                match = _KEY_EXT.match(info.name)
+                if match is None:
+                    stats["skipped"] += 1  # no extension: no column to put it in
+                    continue
+                key, ext = match.group(1), match.group(2).lower()
+                row = rows.setdefault(key, {"key": key, "url": url})
+                stats["members"] += 1
+                _add_member(row, tar, info, url, ext, sidecar_max_bytes)
+    except tarfile.TarError as error:
+        raise ValueError(f"{url!r} is not a readable tar file: {error}") from error
+    finally:
+        if remote:
+            stats["requests"], stats["bytes_read"] = source.requests, source.bytes_read
+        source.close()
+    return list(rows.values()), stats
+
+
+def _add_member(
+    row: dict[str, Any], tar: tarfile.TarFile, info: tarfile.TarInfo, url: str, ext: str,
+    sidecar_max_bytes: int,
+) -> None:  # fmt: skip
+    last = ext.rsplit(".", 1)[-1]
+    small = info.size <= sidecar_max_bytes
+    if small and ext == "txt":
+        row["caption"] = _read(tar, info).decode("utf-8", "replace")
+        return
+    if small and ext == "json":
+        try:
+            fields = json.loads(_read(tar, info) or b"null")
+        except ValueError:
+            logger.warning("%s: %s is not JSON; kept as its address", url, info.name)
+        else:
+            if isinstance(fields, dict):
+                for name, value in _flatten(fields):
+                    taken = name in OWN_COLUMNS or name.startswith("__") or name in row
+                    row[f"json.{name}" if taken else name] = value
+                return
+    if small and last in INT_SIDECARS:
+        text = _read(tar, info).decode("utf-8", "replace").strip()
+        row[ext] = int(text) if re.fullmatch(r"[+-]?\d+", text) else text
+        return
+    if small and ext.endswith(".txt"):
+        row[ext[:-4]] = _read(tar, info).decode("utf-8", "replace")
+        return
+    kind = next((k for k, exts in MEDIA_KINDS.items() if last in exts), None)
+    column = kind if kind is not None and kind not in row else ext
+    row[column] = member_address(url, info.offset_data, info.size)
+    if kind is not None and "member" not in row:
+        row.update(member=info.name, offset=info.offset_data, size=info.size)
+
+
+def _read(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    file = tar.extractfile(info)
+    return b"" if file is None else file.read()
+
+
+def _flatten(fields: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for name, value in fields.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def tar_index(
+    src: str | os.PathLike,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    num_threads: int = 16,
+    mode: str = "auto",
+    progress: bool = False,
+    stats: dict[str, int] | None = None,
+) -> pa.Table:
+    """An index of the samples in the tar shards ``src`` names (see :func:`tar_urls`), without
+    rewriting them: one row per key, tars in order, keys in tar order (module docstring).
+
+    Args:
+        src: a tar, a wildcard or brace range of tars, or a ``.txt`` list; local or remote.
+        storage_options (dict | None): fsspec options.
+        num_threads (int): tars scanned at once, >= 1.
+        mode (str): how remote tars are read (:func:`scan_tar`).
+        progress (bool): a tqdm bar of tars scanned, on stderr.
+        stats (dict | None): filled with the summed ``scan_tar`` counts and ``tars``.
+
+    Returns:
+        pyarrow.Table: ``key``, ``url``, ``member``, ``offset`` (int64), ``size`` (int64), the
+        media columns (member addresses), ``caption``, then the sidecar fields, sorted by name.
+        A field whose values Arrow cannot put in one column (mixed types) is kept as JSON text.
+
+    Raises:
+        ValueError: ``src`` names no tar, a tar is unreadable, or they hold no sample.
+    """
+    if num_threads < 1:
+        raise ValueError(f"{num_threads=} must be >= 1")
+    urls = tar_urls(src, storage_options)
+    with concurrent.futures.ThreadPoolExecutor(min(num_threads, len(urls))) as pool:
+        futures = [pool.submit(scan_tar, u, storage_options, mode=mode) for u in urls]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(urls), unit="tar", desc="indexing tars")
+        results = []
+        for future in futures:
+            results.append(future.result())
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    rows = [row for found, _ in results for row in found]
+    if stats is not None:
+        stats.clear()
+        stats["tars"] = len(urls)
+        for _, counts in results:
+            for name, count in counts.items():
+                stats[name] = stats.get(name, 0) + count
+    if not rows:
+        raise ValueError(f"the tars of {os.fspath(src)!r} hold no sample (members named "
+                         "<key>.<extension>, WebDataset's layout)")  # fmt: skip
+    names = list(dict.fromkeys(c for row in rows for c in row))
+    first = [c for c in OWN_COLUMNS if c in names]
+    media = [c for c in names if c not in first and any(parse_member(r.get(c)) for r in rows[:64])]
+    order = first + sorted(media) + sorted(c for c in names if c not in first and c not in media)
+    columns = {}
+    for name in order:
+        values = [row.get(name) for row in rows]
+        if name in ("offset", "size"):
+            columns[name] = pa.array(values, pa.int64())
+            continue
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            columns[name] = pa.array(
+                [None if v is None else json.dumps(v) for v in values], pa.string()
+            )
+    return pa.table(columns)
