@@ -92,6 +92,13 @@ def main(out, index):
     built = graph(index, rank=rank, world_size=4)
     result["global_rank"] = error_of(lambda: StreamingDataset(built, group=tp))
 
+    # a receiver that iterates the DataLoader instead of a GroupLoader is told so
+    dataset = StreamingDataset(functools.partial(graph, index), group=tp)
+    if rank % 2:
+        result["receiver_iterates"] = error_of(
+            lambda: next(iter(StatefulDataLoader(dataset, batch_size=None)))
+        )
+
     # an error on the loading rank reaches the receivers
     seen = []
 

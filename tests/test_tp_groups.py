@@ -98,6 +98,12 @@ def test_a_graph_built_with_the_global_rank_is_refused(ranks):
         assert f"dp_rank={r['rank'] // 2}, dp_world_size=2" in r["global_rank"]
 
 
+def test_a_receiver_iterating_the_dataloader_is_told_to_use_group_loader(ranks):
+    for r in (ranks[1], ranks[3]):
+        assert r["receiver_iterates"].startswith("RuntimeError: rank 1 of its group receives")
+        assert "GroupLoader(dataloader)" in r["receiver_iterates"]
+
+
 def test_an_error_of_the_loading_rank_reaches_the_whole_group(ranks):
     for r in ranks:
         error, seen = r["source_error"]
