@@ -1,6 +1,6 @@
 """The plumbing every preset shares: checking columns, choosing what to download, and the chain
-IndexReader → Shuffler → CachingDownloader → RangeReader → Decoder → Evictor → Batcher + collate
-→ Prefetcher. ``sdsnodes.presets`` says *what* each preset decodes; this module says *how*.
+IndexReader → Shuffler → Selector → CachingDownloader → RangeReader → Decoder → Evictor →
+Batcher + collate → Prefetcher. ``sdsnodes.presets`` says *what* each preset decodes; this module says *how*.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from sdsnodes.nodes.evictor import Evictor
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
+from sdsnodes.nodes.select import Selector
 from sdsnodes.nodes.shuffler import Shuffler
 from sdsnodes.nodes.tar_member_reader import TarMemberReader, addresses_members
-from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOptions
 
 _NONE = {"caption_column": "None", "audio": "False", "latent_columns": "()"}
 _NONE["embedding_columns"] = "()"  # options that may name no column, and how
@@ -81,6 +82,42 @@ def add_caption(
     columns.update(dict.fromkeys(read, "caption_column"))
 
 
+CAPTION_EMBEDDING = "caption_embedding"
+"""Where a paired preset puts the chosen caption's embedding."""
+
+
+def pair_captions(
+    caption_column: str | Sequence[str] | None,
+    embedding_columns: Sequence[str],
+    pair: bool | None,
+    choice: str,
+) -> dict[str, object] | None:
+    """The Selector (its keywords) that chooses a caption together with its own embedding,
+    ``caption_column[i]`` ↔ ``embedding_columns[i]``; None when they are not paired (see
+    ``pair_embeddings`` in :func:`sdsnodes.build_text_to_video_graph`).
+
+    Raises:
+        ValueError: ``pair=True`` without as many caption columns as embedding columns.
+    """
+    captions = [] if caption_column is None or isinstance(caption_column, str) else caption_column
+    same = bool(embedding_columns) and len(list(captions)) == len(embedding_columns)
+    if pair is None:
+        pair = same
+    if not pair:
+        return None
+    if not same:
+        raise ValueError(
+            f"pair_embeddings=True pairs caption_column[i] with embedding_columns[i]; "
+            f"{caption_column=} and {list(embedding_columns)=} are not two lists of one "
+            "length. Give the embedding of each caption column, or pair_embeddings=False"
+        )
+    return {
+        "candidates": {"caption": list(captions), CAPTION_EMBEDDING: list(embedding_columns)},
+        "files": [CAPTION_EMBEDDING],
+        "choice": choice,
+    }
+
+
 def assemble(
     src: str | os.PathLike | pa.Table,
     codecs: Mapping[str, Codec],
@@ -89,7 +126,9 @@ def assemble(
     files: Sequence[str],
     partial: Sequence[str] = (),
     block_size: int = 1 << 20,
+    select: Mapping[str, object] | None = None,
     batch_size: int,
+    index: IndexOptions | None = None,
     cache: CacheOptions | None,
     fetch: FetchOptions | None,
     errors: ErrorOptions | None,
@@ -113,6 +152,9 @@ def assemble(
             CachingDownloader for all of them), except those in ``partial``.
         partial: columns read in byte ranges through a RangeReader (when they hold URLs).
         block_size: the RangeReader's block size in bytes.
+        select: the keywords of a :class:`~sdsnodes.nodes.select.Selector` placed before the
+            downloads (``candidates``, ``files``, ``choice``), or None for none; an output
+            column of it holds URLs when any of its candidates does.
         The rest: the preset's options, each to the node named in
         :func:`sdsnodes.build_video_graph`.
 
@@ -127,7 +169,7 @@ def assemble(
     index_cache_dir = None if cache.cache_dir is None else os.path.join(cache.cache_dir, "index")
     reader = IndexReader(
         src, storage_options=fetch.storage_options, rank=rank, world_size=world_size,
-        index_cache_dir=index_cache_dir,
+        index_cache_dir=index_cache_dir, index=index,
     )  # fmt: skip
     present = reader.column_names
     for column, option in columns.items():
@@ -138,7 +180,20 @@ def assemble(
                 f"{present}. Pass {option}=<one of them>{none}."
             )
     node: BaseNode = Shuffler(reader, seed=seed) if shuffle else reader
-    remote = [c for c in dict.fromkeys(files) if has_urls(reader, c)]  # local files: no threads
+    sources = {c: [c] for c in files}  # a file column → the index columns its values come from
+    if select is not None:
+        candidates: Mapping[str, Sequence[str]] = select["candidates"]  # type: ignore[assignment]
+        for name, among in candidates.items():
+            if name in present and name not in among:
+                raise ValueError(
+                    f"the index {reader.src!r} has a column {name!r}, which the choice among "
+                    f"{list(among)} would overwrite; rename it (index=IndexOptions(rename=...))"
+                )
+            sources[name] = list(among)
+        node = Selector(node, **select, seed=seed, errors=errors)  # type: ignore[arg-type]
+    remote = [  # local files: no threads
+        c for c in dict.fromkeys(files) if any(has_urls(reader, s) for s in sources[c])
+    ]
     whole = [c for c in remote if c not in partial]
     if whole:
         node = CachingDownloader(node, whole, cache=cache, fetch=fetch, errors=errors)

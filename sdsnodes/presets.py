@@ -1,11 +1,12 @@
 """Ready-made graphs: ``build_image_graph``, ``build_video_graph``, ``build_audio_graph`` and
 ``build_text_to_video_graph``.
 
-Each chains IndexReader → Shuffler → CachingDownloader (every column of URLs) → RangeReader
-(``partial_reads``) → Decoder → Evictor → Batcher + collate → Prefetcher and yields batch dicts.
+Each chains IndexReader → Shuffler → (Selector) → CachingDownloader (every column of URLs) →
+RangeReader (``partial_reads``) → Decoder → Evictor → Batcher + collate → Prefetcher and yields
+batch dicts.
 Output sizes are fixed (resize + crop, clip length, audio length), so sources of any resolution,
 frame rate and sample rate batch together. The shared plumbing is in ``sdsnodes._preset_parts``;
-the option groups (``cache``, ``fetch``, ``errors``) in :mod:`sdsnodes.options`.
+the option groups (``index``, ``cache``, ``fetch``, ``errors``) in :mod:`sdsnodes.options`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from collections.abc import Sequence
 import pyarrow as pa
 from torchdata.nodes import BaseNode
 
-from sdsnodes._preset_parts import add_caption, assemble, square
-from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, VideoClip
-from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, renamed_keywords
+from sdsnodes._preset_parts import CAPTION_EMBEDDING, add_caption, assemble, pair_captions, square
+from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, Text, VideoClip
+from sdsnodes.options import (
+    CacheOptions,
+    ErrorOptions,
+    FetchOptions,
+    IndexOptions,
+    renamed_keywords,
+)
 
 Src = str | os.PathLike | pa.Table
 IMAGE_FETCH = FetchOptions(max_in_flight=16)
@@ -37,6 +44,7 @@ def build_video_graph(
     caption_column: str | None = "caption",
     partial_reads: bool = False,
     block_size: int = 1 << 20,
+    index: IndexOptions | None = None,
     cache: CacheOptions | None = None,
     fetch: FetchOptions | None = None,
     errors: ErrorOptions | None = None,
@@ -62,6 +70,11 @@ def build_video_graph(
             :class:`~sdsnodes.RangeReader` of ``block_size``-byte blocks, default 1 MiB) instead
             of downloading them whole: only the container index and the blocks around the clip
             travel (False).
+        index (IndexOptions | None): which rows of the index are read and under which names,
+            to the IndexReader: ``filter``, ``rename``, ``key_column`` (the column that gives
+            ``__key__``), ``max_rows`` / ``max_index_files`` (caps for debugging runs),
+            ``lazy``, ``txt``; column options of the preset name columns after ``rename``.
+            None: ``IndexOptions()``, every row of every file.
         cache (CacheOptions | None): the download cache, to the CachingDownloader and
             RangeReader (its ``cache_dir`` also keeps the converted index, under ``index/``);
             None: ``CacheOptions()``.
@@ -94,7 +107,7 @@ def build_video_graph(
     return assemble(
         src, codecs, columns=columns, files=[video_column], block_size=block_size,
         partial=[video_column] if partial_reads else [],
-        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip
@@ -108,6 +121,7 @@ def build_image_graph(
     batch_size: int = 32,
     image_column: str = "image",
     caption_column: str | None = "caption",
+    index: IndexOptions | None = None,
     cache: CacheOptions | None = None,
     fetch: FetchOptions | None = IMAGE_FETCH,
     errors: ErrorOptions | None = None,
@@ -137,7 +151,7 @@ def build_image_graph(
     add_caption(codecs, columns, caption_column)
     return assemble(
         src, codecs, columns=columns, files=[image_column],
-        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip
@@ -154,6 +168,7 @@ def build_audio_graph(
     batch_size: int = 16,
     audio_column: str = "audio",
     caption_column: str | None = "caption",
+    index: IndexOptions | None = None,
     cache: CacheOptions | None = None,
     fetch: FetchOptions | None = None,
     errors: ErrorOptions | None = None,
@@ -203,7 +218,7 @@ def build_audio_graph(
     add_caption(codecs, columns, caption_column)
     return assemble(
         src, codecs, columns=columns, files=[audio_column],
-        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip
@@ -228,9 +243,11 @@ def build_text_to_video_graph(
     latent_causal: bool = False,
     latent_sample: bool = False,
     embedding_columns: Sequence[str] = (),
+    pair_embeddings: bool | None = None,
     partial_reads: bool = False,
     block_size: int = 1 << 20,
     batch_size: int = 4,
+    index: IndexOptions | None = None,
     cache: CacheOptions | None = None,
     fetch: FetchOptions | None = None,
     errors: ErrorOptions | None = None,
@@ -268,6 +285,13 @@ def build_text_to_video_graph(
             loaded whole. ``latent_sample``: draw from stored mean/logvar (seeded).
         embedding_columns (Sequence[str]): columns of caption embeddings (.npy, .pt), loaded
             whole.
+        pair_embeddings (bool | None): True: ``embedding_columns[i]`` is the embedding of
+            ``caption_column[i]`` (as many of each): a :class:`~sdsnodes.nodes.select.Selector`
+            before the downloads chooses the caption (``caption_choice``, seeded by (seed,
+            epoch, row)) together with its own embedding, and only that embedding is
+            downloaded, into ``caption_embedding``; the other embedding columns are set to
+            None. False: every embedding column is downloaded and decoded. None (default):
+            paired when ``caption_column`` is a list as long as ``embedding_columns``.
         partial_reads (bool), block_size (int): read remote videos in byte ranges (False,
             1 MiB blocks); see :func:`build_video_graph`.
         batch_size (int): clips per batch B (4).
@@ -281,7 +305,9 @@ def build_text_to_video_graph(
         round(num_frames / fps * audio_sample_rate), with ``.sample_rate`` int64 [B] and
         ``.audio_start`` float64 [B]; each latent column float32 [B, C, T', h, w] (T' the
         clip's latent frames) and each embedding column float32 [B, ...] (lists where shapes
-        differ); and the reserved keys as in :func:`build_video_graph`.
+        differ) — paired: ``caption_embedding`` float32 [B, ...], the chosen caption's, and
+        the embedding columns list[str | None] (the chosen file, None for the others); and
+        the reserved keys as in :func:`build_video_graph`.
 
     Raises:
         ValueError: a bad argument, or a column missing from the index.
@@ -310,15 +336,23 @@ def build_text_to_video_graph(
             latent_fps=latent_fps, temporal_stride=latent_stride, causal=latent_causal,
         )  # fmt: skip
         columns[column] = "latent_columns"
-    add_caption(codecs, columns, caption_column, caption_choice)
-    for column in embedding_columns:
-        codecs[column] = Latent()
-        columns[column] = "embedding_columns"
     files = [video_column, *([audio] if isinstance(audio, str) else []), *latent_columns]
+    select = pair_captions(caption_column, embedding_columns, pair_embeddings, caption_choice)
+    if select is not None:
+        codecs["caption"], codecs[CAPTION_EMBEDDING] = Text(), Latent()
+        columns.update(dict.fromkeys(caption_column, "caption_column"))  # type: ignore[arg-type]
+        columns.update(dict.fromkeys(embedding_columns, "embedding_columns"))
+        files.append(CAPTION_EMBEDDING)
+    else:
+        add_caption(codecs, columns, caption_column, caption_choice)
+        for column in embedding_columns:
+            codecs[column] = Latent()
+            columns[column] = "embedding_columns"
+        files.extend(embedding_columns)
     return assemble(
-        src, codecs, columns=columns, files=[*files, *embedding_columns],
+        src, codecs, columns=columns, files=files, select=select,
         partial=[video_column] if partial_reads else [], block_size=block_size,
-        cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
+        index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip

@@ -14,6 +14,7 @@ from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.mixer import Mixer
 from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
+from sdsnodes.nodes.select import Selector
 from sdsnodes.nodes.shuffler import Shuffler
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "PinMemory",
     "Prefetcher",
     "RangeReader",
+    "Selector",
     "Shuffler",
     "Skip",
     "StopCriterion",
