@@ -28,12 +28,21 @@ that here:
   and independent of the layout, so exact resume (state = epoch + position) and elastic resume
   work unchanged. Unshuffled, each reader walks the chunks in order (every reader fetches every
   chunk, one or two in memory).
+  Why lanes and not :class:`~sdsnodes.index.permutation.ChunkPermutation` (rows permuted
+  within windows of chunks): the shards interleave positions, so with a window every one of
+  ``S`` readers would touch every chunk of each window — ``S`` times the fetches. Why the order
+  is keyed by the Shuffler's values rather than by its seed: the Shuffler stays the one way to
+  shuffle and hands its reader an order, not a seed; the first values of that order are a pure
+  function of (seed, epoch), which is all a key needs to be.
 - **The fingerprint** hashes each file's path, size and ETag/mtime (as materialize's does) plus
   ``lazy``'s options, which define the shuffled order.
 - **Renames** apply per chunk. **Filters** cannot: the rows a filter keeps are known only after
   reading every row, and positions must be known up front (sharding, equal batches per rank,
   resume). A filter on a lazy index is refused with the fix: ``lazy=False`` (converted once,
   filtered), or a filtered parquet written beforehand.
+
+Not done (yet): a fetch blocks the reader that needs it (one ranged GET per chunk, pyarrow
+coalescing its column ranges); prefetching each lane's next chunk in a thread would hide it.
 
 ``lazy=None`` (IndexReader's default) picks lazy for a remote parquet index (files, a wildcard or
 a ``.txt`` of shards) whose footers say it holds more than :data:`LAZY_AUTO_BYTES` uncompressed,
