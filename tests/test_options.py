@@ -214,3 +214,17 @@ def test_deadline_s_ends_the_retries_of_a_range_read(http_server, http_dir, tmp_
             file.read(100)
     assert time.monotonic() - start < 5
     http_server.clear_faults()
+
+
+def test_index_options_are_frozen_normalized_and_picklable():
+    import pyarrow.compute as pc
+
+    from sdsnodes.options import IndexOptions
+
+    rename = {"text": "caption"}
+    index = IndexOptions(filter=pc.field("score") > 2, rename=rename, key_column="id", max_rows=5)
+    assert index.rename == rename and index.rename is not rename
+    with pytest.raises(AttributeError):
+        index.max_rows = 3  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(index)) == index  # graphs travel to spawned workers
+    assert IndexOptions().merged("IndexReader", lazy=False, filter=None) == IndexOptions(lazy=False)
