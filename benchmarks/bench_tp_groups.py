@@ -160,7 +160,7 @@ def transfer_ms(batch: dict, group, source: int, loads: bool, naive: bool, steps
     """Milliseconds per step to get ``batch`` from the source to the group (no loading)."""
     import torch.distributed as dist
 
-    from sdsnodes.groups import _BATCH, receive, send
+    from sdsnodes.groups import receive, send
 
     dist.barrier()
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def transfer_ms(batch: dict, group, source: int, loads: bool, naive: bool, steps
             box = [batch if loads else None]
             dist.broadcast_object_list(box, src=source, group=group)
         elif loads:
-            send(_BATCH, batch, source, group)
+            send(batch, source, group)
         else:
             receive(source, group)
     seconds = time.perf_counter() - start

@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import io
-import json
 import pickle
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -93,17 +91,6 @@ class GroupInfo:
     def loads(self) -> bool:
         """Whether this rank iterates its loader (replicate, or the broadcast source)."""
         return self.mode is GroupMode.REPLICATE or self.group_rank == 0
-
-
-def _graph_fingerprint(graph: Any) -> list[str]:
-    from sdsnodes.checkpoint import describe_graph
-
-    return describe_graph(graph)
-
-
-def fingerprint(description: list[str]) -> str:
-    """A short hash of a graph description (sha256 of its JSON, 16 hex digits)."""
-    return hashlib.sha256(json.dumps(description).encode()).hexdigest()[:16]
 
 
 def set_data_parallel(graph: Any, dp_rank: int, dp_world_size: int) -> None:
@@ -174,7 +161,9 @@ def resolve_group(
     members = tuple(dist.get_process_group_ranks(group)) if group is not None else None
     if members is not None and me not in members:
         raise ValueError(f"rank {me} is not in the group it passed (ranks {list(members)})")
-    description = [f"mode={mode.value}", *_graph_fingerprint(graph)]
+    from sdsnodes.checkpoint import describe_graph
+
+    description = [f"mode={mode.value}", *describe_graph(graph)]
     mine = {
         "rank": me,
         "members": members,
@@ -308,8 +297,11 @@ def _device(group: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def send(kind: int, obj: Any, src: int, group: Any) -> int:
-    """Broadcast ``obj`` (kind ``_BATCH``/``_END``/``_ERROR``) from ``src``; the bytes sent."""
+def send(obj: Any, src: int, group: Any, kind: int = _BATCH) -> int:
+    """Broadcast ``obj`` from ``src`` (this rank) to ``group``; the payload bytes sent.
+
+    ``kind`` tells the receivers what comes: a batch, the end of the epoch (no payload) or an
+    error to raise."""
     import torch.distributed as dist
 
     device = _device(group)
@@ -322,7 +314,8 @@ def send(kind: int, obj: Any, src: int, group: Any) -> int:
 
 
 def receive(src: int, group: Any) -> tuple[int, Any]:
-    """The (kind, object) that :func:`send` broadcast from ``src``."""
+    """The (kind, object) that :func:`send` broadcast from ``src``; tensors are views of one
+    received buffer."""
     import torch.distributed as dist
 
     device = _device(group)
@@ -421,12 +414,12 @@ class GroupLoader:
             try:
                 batch = next(it)
             except StopIteration:
-                send(_END, None, info.source, self.group)
+                send(None, info.source, self.group, _END)
                 return
             except Exception as error:
-                send(_ERROR, _portable(error, info.source), info.source, self.group)
+                send(_portable(error, info.source), info.source, self.group, _ERROR)
                 raise
-            self.bytes_sent += send(_BATCH, batch, info.source, self.group)
+            self.bytes_sent += send(batch, info.source, self.group)
             yield batch
 
     def __len__(self) -> int:
