@@ -141,19 +141,29 @@ def _index_build(args: argparse.Namespace) -> int:
 
     from sdsnodes.index import read_index
     from sdsnodes.index.listing import listing_defaults
+    from sdsnodes.index.tar import is_tar_source, tar_index
 
     options = json.loads(args.storage_options) if args.storage_options else None
     if options is not None and not isinstance(options, dict):
         raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
-    with listing_defaults(num_threads=args.threads, progress=not args.quiet):
-        table = read_index(args.src, storage_options=options)
+    if is_tar_source(args.src):  # WebDataset shards, indexed in place (sdsnodes.index.tar)
+        counts: dict[str, int] = {}
+        table = tar_index(args.src, options, num_threads=args.threads, mode=args.tar_read,
+                          progress=not args.quiet, stats=counts)  # fmt: skip
+        read = f", {_human(counts['bytes_read'])} in {counts['requests']} GETs" if counts[
+            "requests"] else ""  # fmt: skip
+        print(f"indexed {counts['tars']} tar(s): {counts['members']} members{read}")
+    else:
+        with listing_defaults(num_threads=args.threads, progress=not args.quiet):
+            table = read_index(args.src, storage_options=options)
     if args.parse:
         pattern = re.compile(args.parse)
         if not pattern.groupindex:
             raise ValueError(
                 f"--parse {args.parse!r} needs named groups, e.g. '(?P<label>[^/]+)/[^/]+$'"
             )
-        matches = [pattern.search(p) for p in table.column("path").to_pylist()]
+        by = "path" if "path" in table.column_names else "key"
+        matches = [pattern.search(p or "") for p in table.column(by).to_pylist()]
         for name in pattern.groupindex:
             table = table.append_column(
                 name, pa.array([m.group(name) if m else None for m in matches], pa.string())
@@ -203,9 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     build = index.add_parser(
-        "build", help="list a directory (local or remote) into a parquet index"
+        "build",
+        help="list a directory (local or remote) into a parquet index, or index tar shards in place",
     )
-    build.add_argument("src", help="directory or URL (s3://, gs://, https://) of media files")
+    build.add_argument(
+        "src",
+        help="directory or URL (s3://, gs://, https://) of media files; or tar shards: a .tar, "
+        "a wildcard ('shards/*.tar'), a brace range ('shard-{0000..0099}.tar') or a .txt list",
+    )
     build.add_argument("-o", "--output", required=True, help="the parquet file to write")
     build.add_argument(
         "--parse",
@@ -215,8 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-options",
         help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'',
     )
-    build.add_argument("--threads", type=int, default=16, help="listing requests in flight")
-    build.add_argument("-q", "--quiet", action="store_true", help="no listing progress bar")
+    build.add_argument(
+        "--threads", type=int, default=16, help="listing requests (or tars read) in flight"
+    )
+    build.add_argument(
+        "--tar-read", choices=("auto", "headers", "whole"), default="auto",
+        help="remote tars: 'headers' skips member bodies (a ranged GET per header), 'whole' "
+        "reads each tar in one GET, 'auto' reads through small members and skips large ones",
+    )  # fmt: skip
+    build.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_index_build)
     inspect = index.add_parser("inspect", help="schema, rows, a few samples and a size histogram")
     inspect.add_argument("index")

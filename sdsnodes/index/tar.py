@@ -34,8 +34,8 @@ ranged GETs whose read-ahead follows the members' stride: members smaller than a
 ``READ_AHEAD`` (4 MiB) are read through in 4 MiB requests (the bodies travel, but one request
 covers many headers: cheaper than a request per member when a request costs more than moving
 its members' bytes); larger members are skipped, each header costing one ``HEADER_READ``
-(16 KiB) request that also holds the sidecars following it. A tar no larger than
-``READ_AHEAD`` is one request. ``benchmarks/bench_tar.py`` measures both on image and
+(16 KiB) request that also holds the sidecars following it. The first GET reads a header
+(the stride is not known yet); a tar no larger than ``READ_AHEAD`` is one request. ``benchmarks/bench_tar.py`` measures both on image and
 video-sized members (``benchmarks/README.md``, "tar").
 """
 
@@ -151,11 +151,11 @@ def _expand(text: str, storage_options: dict[str, Any] | None) -> list[str]:
                              storage_options)  # fmt: skip
         ]
     if not any(c in text for c in "*?["):
-        return [text]
+        return [text if is_remote(text) else os.path.abspath(local_path(text))]
     fs, path = filesystem(text, storage_options)
     found = sorted(fs.glob(path))
     if not is_remote(text):
-        return [local_path(p) if p.startswith("file://") else p for p in found]
+        return [os.path.abspath(local_path(p)) for p in found]
     protocol = text.split("://", 1)[0]
     return [p if "://" in p else f"{protocol}://{p}" for p in found]
 
@@ -170,7 +170,8 @@ class _RangedTar(io.RawIOBase):
         self._fs, self._path, self.size, self.mode_ = fs, path, size, mode
         self._pos = 0
         self._start, self._buf = 0, b""
-        self._stride: float | None = None
+        self._stride: float | None = None  # unknown: the first GET reads a header only
+        self._members = 0
         self.requests = 0
         self.bytes_read = 0
 
@@ -188,16 +189,17 @@ class _RangedTar(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def saw_member(self, stride: int) -> None:
-        """Bytes from a member's header to the next header (a running mean)."""
-        self._stride = stride if self._stride is None else 0.8 * self._stride + 0.2 * stride
+    def saw_member(self, end: int) -> None:
+        """A member ends at byte ``end``: the stride is the mean bytes per member so far."""
+        self._members += 1
+        self._stride = end / self._members
 
     def _chunk(self) -> int:
         if self.mode_ == "whole" or self.size <= READ_AHEAD:
             return READ_AHEAD if self.mode_ != "whole" else self.size
         if self.mode_ == "headers":
             return HEADER_READ
-        small = self._stride is None or self._stride * 4 <= READ_AHEAD
+        small = self._stride is not None and self._stride * 4 <= READ_AHEAD
         return READ_AHEAD if small else HEADER_READ
 
     def read(self, n: int | None = -1) -> bytes:
@@ -263,7 +265,7 @@ def scan_tar(
         with tarfile.open(fileobj=source, mode="r:") as tar:
             while (info := tar.next()) is not None:
                 if remote:
-                    source.saw_member(info.offset_data + -(-info.size // 512) * 512 - info.offset)
+                    source.saw_member(info.offset_data + -(-info.size // 512) * 512)
                 if not info.isfile():
                     continue  # directories, links, devices
                 match = _KEY_EXT.match(info.name)
