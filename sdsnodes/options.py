@@ -157,6 +157,15 @@ class IndexOptions:
                 "'media' (a .txt of media files) or None (told by the lines' extensions)"
             )
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IndexOptions):
+            return NotImplemented
+        # a pyarrow Expression's == builds an expression: compare filters by their text
+        mine, theirs = dataclasses.astuple(self), dataclasses.astuple(other)
+        return (type(self.filter), str(self.filter), mine[1:]) == (
+            type(other.filter), str(other.filter), theirs[1:],
+        )  # fmt: skip
+
     def merged(self, owner: str, **keywords: Any) -> IndexOptions:
         """These options with the keywords of ``owner`` (e.g. ``IndexReader``'s ``filter=``)
         that are not None.
