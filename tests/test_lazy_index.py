@@ -135,6 +135,10 @@ def test_lookup_by_key_and_pickle(tmp_path):
     pq.write_table(pa.table({"__key__": ["a", "b", "c"], "x": [1, 2, 3]}), tmp_path / "k.parquet")
     reader = IndexReader(str(tmp_path / "k.parquet"), lazy=True, name="n")
     assert reader.index.sample(1)["__key__"] == "n/b" and reader.index.key(2) == "n/c"
+    eager = IndexReader(
+        str(tmp_path / "k.parquet"), lazy=False, name="n", index_cache_dir=str(tmp_path / "ic")
+    )
+    assert eager.index.sample(1) == reader.index.sample(1)  # the key column, not None
     with pytest.raises(ValueError, match="lazy=False"):
         reader.index.row_of("n/b")
     copy = pickle.loads(pickle.dumps(reader.index))
