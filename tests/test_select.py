@@ -176,3 +176,30 @@ def test_pairing_needs_one_embedding_per_caption_column(t2v_remote):
             table, caption_column=CAPTIONS[:2], embedding_columns=EMBEDDINGS,
             pair_embeddings=True, **T2V,
         )  # fmt: skip
+
+
+def test_the_paired_preset_resumes_exactly(t2v_remote):
+    root, rows = t2v_remote
+    files = {"video", *EMBEDDINGS}
+    table = pa.table(
+        {k: [str(root / v) if k in files else v for v in vs] for k, vs in rows.items()}
+    )
+
+    made = []
+
+    def make():
+        made.append(build_text_to_video_graph(
+            table, caption_column=CAPTIONS, embedding_columns=EMBEDDINGS,
+            **{**T2V, "batch_size": 1, "prefetch_factor": 1},
+        ))  # fmt: skip
+        return made[-1]
+
+    def key_fn(batch):
+        return batch["__key__"][0], batch["caption"][0], batch["caption_embedding"][0, 0].item()
+
+    try:
+        epoch0 = check_node_resume(make, midpoints=[1, 2], key_fn=key_fn)
+    finally:
+        for graph in made:  # the Decoder's and Prefetcher's threads
+            shutdown(graph)
+    assert all(emb == 10 * int(key) + int(cap.split()[-1]) for key, cap, emb in epoch0)
