@@ -70,7 +70,7 @@ def make_loader(index: Path, group, args) -> GroupLoader:
     return GroupLoader(StatefulDataLoader(dataset, batch_size=None, num_workers=args.num_workers))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "sdsnodes-example-tp",
                         help="where the demo dataset is made (once)")  # fmt: skip
@@ -82,9 +82,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    started = not dist.is_initialized()  # (tests call main() inside a running job)
+    if started:
+        dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
     rank = dist.get_rank()
     torch.set_num_threads(1)
     if rank == 0:
@@ -118,7 +120,8 @@ def main() -> None:
     if again != after:
         raise SystemExit(f"{where}: resumed {again}, expected {after}")
     say(f"{where}: resumed exactly after step {args.steps - 1}: {again}")
-    dist.destroy_process_group()
+    if started:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -302,10 +302,16 @@ def send(obj: Any, src: int, group: Any, kind: int = _BATCH) -> int:
 
     ``kind`` tells the receivers what comes: a batch, the end of the epoch (no payload) or an
     error to raise."""
+    packed = pack(obj) if kind != _END else (torch.empty(0, dtype=torch.uint8), 0)
+    return send_packed(packed, src, group, kind)
+
+
+def send_packed(packed: tuple[torch.Tensor, int], src: int, group: Any, kind: int = _BATCH) -> int:
+    """:func:`send` of what :func:`pack` returned."""
     import torch.distributed as dist
 
     device = _device(group)
-    buffer, meta_len = pack(obj) if kind != _END else (torch.empty(0, dtype=torch.uint8), 0)
+    buffer, meta_len = packed
     header = torch.tensor([kind, meta_len, buffer.numel()], dtype=torch.int64, device=device)
     dist.broadcast(header, src=src, group=group)
     if buffer.numel():
@@ -409,17 +415,19 @@ class GroupLoader:
                 if kind == _ERROR:
                     raise obj
                 yield obj
-        it = iter(self.loader)
+        it = None
         while True:
-            try:
+            try:  # nothing was sent yet: an error here reaches the receivers
+                it = iter(self.loader) if it is None else it
                 batch = next(it)
+                packed = pack(batch)
             except StopIteration:
                 send(None, info.source, self.group, _END)
                 return
             except Exception as error:
                 send(_portable(error, info.source), info.source, self.group, _ERROR)
                 raise
-            self.bytes_sent += send(batch, info.source, self.group)
+            self.bytes_sent += send_packed(packed, info.source, self.group)
             yield batch
 
     def __len__(self) -> int:

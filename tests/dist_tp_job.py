@@ -1,13 +1,16 @@
 """Run by tests/test_tp_groups.py under ``torchrun --nproc_per_node=4`` (gloo, CPU): 2 data-parallel
 groups x 2 tensor-parallel ranks, groups {0, 1} and {2, 3}.
 
-Writes what this rank saw to ``OUT/rank<r>.json``.
+Ends with ``examples/tp_groups.py``'s ``main()``. Writes what this rank saw to ``OUT/rank<r>.json``.
 """
 
+import contextlib
 import functools
+import io
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -107,6 +110,17 @@ def main(out, index):
             seen.append(batch["x"].tolist())
 
     result["source_error"] = [error_of(consume), seen]
+    unpicklable = [{"x": torch.arange(2), "fn": lambda: 0}]  # a lambda does not pickle
+    result["pack_error"] = error_of(lambda: list(GroupLoader(unpicklable, group=tp)))
+    # the example, in this job (a torchrun launch of its own would cost seconds of start-up)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import tp_groups
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        tp_groups.main(["--dir", f"{out}/example", "--steps", "3"])
+    result["example"] = printed.getvalue().splitlines()
+
     dist.barrier()
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(result, f)

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torchdata.nodes import Batcher
 
-from sdsnodes import GroupLoader, GroupMode, IndexReader, Shuffler, StreamingDataset
+from sdsnodes import GroupLoader, GroupMode, IndexReader, Mixer, Shuffler, StreamingDataset
 from sdsnodes.groups import pack, set_data_parallel, unpack
+from sdsnodes.nodes.graph import iter_nodes
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -109,14 +110,19 @@ def test_an_error_of_the_loading_rank_reaches_the_whole_group(ranks):
         error, seen = r["source_error"]
         assert error.startswith("KeyError") and "video" in error
         assert seen == [[0, 1, 2], [3, 4, 5]]
+        assert "lambda" in r["pack_error"]  # a batch that cannot be sent fails everywhere
 
 
-def test_example_runs_under_torchrun(tmp_path):
-    out = torchrun(4, ROOT / "examples" / "tp_groups.py", "--dir", tmp_path, "--steps", 3)
-    lines = [line for line in out.splitlines() if line.startswith("rank")]
-    same = [line.split()[1] for line in lines if "same batch as its group" in line]
-    assert sorted(same) == sorted(["0", "1", "2", "3"] * 3), out  # 3 steps on each rank
-    assert len([line for line in lines if "resumed exactly" in line]) == 4, out
+def test_example_runs_under_torchrun(ranks):
+    for r in ranks:  # run inside the job: examples/tp_groups.py main() with --steps 3
+        lines = r["example"]
+        same = [line for line in lines if "same batch as its group" in line]
+        assert len(same) == 3 and all(line.startswith(f"rank {r['rank']} ") for line in same)
+        assert any("resumed exactly after step 2" in line for line in lines), lines
+    steps = [
+        [line.split("group ")[1] for line in r["example"] if "same batch" in line] for r in ranks
+    ]
+    assert steps[0] == steps[1] and steps[2] == steps[3] and steps[0] != steps[2]
 
 
 # -- in this process ---------------------------------------------------------------------------
@@ -156,6 +162,17 @@ def test_explicit_dp_position_replicates_and_sets_the_readers(tmp_path):
     other = StreamingDataset(lambda: make_graph(index), dp_rank=0, dp_world_size=2)
     mine, theirs = ([s["__key__"] for b in d for s in b] for d in (ds, other))
     assert len(mine) == len(theirs) == 4 and not set(mine) & set(theirs)
+
+
+def test_a_mixers_readers_and_the_mixer_get_the_dp_position(tmp_path):
+    index = tmp_path / "i.parquet"
+    pq.write_table(pa.table({"x": list(range(8))}), index)
+    streams = {"a": make_graph(index, name="a"), "b": make_graph(index, name="b")}
+    ds = StreamingDataset(lambda: Mixer(streams, {"a": 0.5, "b": 0.5}), dp_rank=1, dp_world_size=3)
+    placed = [
+        (type(n).__name__, n.rank, n.world_size) for n in iter_nodes(ds.graph) if "rank" in vars(n)
+    ]
+    assert sorted(placed) == [("IndexReader", 1, 3), ("IndexReader", 1, 3), ("Mixer", 1, 3)]
 
 
 def test_bad_group_arguments(tmp_path):
