@@ -208,3 +208,24 @@ def test_group_loader_state_refuses_a_receivers_state_on_a_loading_rank(tmp_path
     with pytest.raises(ValueError, match="mode 'broadcast'"):
         loader.load_state_dict({"mode": "broadcast", "loader": {}})
     assert len(list(loader)) == 4
+
+
+def test_the_first_ranks_states_resume_elastically_without_groups(tmp_path):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from sdsnodes import elastic_cursor, load_elastic_state
+
+    index = tmp_path / "i.parquet"
+    pq.write_table(pa.table({"x": list(range(20))}), index)
+    read, states = [], []
+    for dp_rank in range(2):  # the loading rank of each of 2 groups, 2 batches of 2 each
+        ds = StreamingDataset(lambda: make_graph(index), dp_rank=dp_rank, dp_world_size=2)
+        loader = GroupLoader(StatefulDataLoader(ds, batch_size=None))
+        it = iter(loader)
+        read += [s["__key__"] for _ in range(2) for s in next(it)]
+        states.append(loader.state_dict()["loader"])
+    assert elastic_cursor(states)["readers"]["0"]["base"] == 8
+    rest = StreamingDataset(lambda: make_graph(index))  # one rank, no groups
+    load_elastic_state(rest, states)
+    rest_keys = [s["__key__"] for b in StatefulDataLoader(rest, batch_size=None) for s in b]
+    assert sorted(read + rest_keys, key=int) == [str(i) for i in range(20)]
