@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import pyarrow.compute as pc
+
 from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES
 from sdsnodes.cache import EvictionPolicy
 from sdsnodes.errors import OnError
@@ -74,7 +76,8 @@ class IndexOptions:
         key_column (str | None): the column whose values are the samples' ``__key__`` (SDS's
             ``index_col_name``); the column itself stays in the sample. None: the index's own
             ``__key__`` column, else the row number. With a lazy index the column is read as
-            ``__key__`` only (it is renamed).
+            ``__key__`` only (it is renamed), and lookups by key are refused, as for any lazy
+            index with keys.
         max_rows (int | None): read only the first ``max_rows`` rows (after ``filter``, in
             index order, so the same rows every run; shuffling then permutes those), >= 1;
             None: all. For debugging runs (SDS's ``max_size``). Reads a converted index: with
@@ -108,6 +111,11 @@ class IndexOptions:
 
     def __post_init__(self) -> None:
         if self.filter is not None:
+            if not isinstance(self.filter, (str, pc.Expression)):
+                raise ValueError(
+                    f"IndexOptions: filter={self.filter!r} must be a condition (str), e.g. "
+                    '"aesthetic > 5", a pyarrow.compute expression, or None'
+                )
             if isinstance(self.filter, str) and not self.filter.strip():
                 raise ValueError("IndexOptions: filter='' is empty; pass a condition or None")
             try:

@@ -134,6 +134,17 @@ def test_max_index_files_caps_a_wildcard_of_parquet_shards(shards, lazy):
     assert rows_of(txt) == [8, 9, 10, 11]  # a .txt's shards in the order listed
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_key_column_of_a_converted_and_a_lazy_index(shards, lazy):
+    reader = IndexReader(str(shards / "part-*.parquet"), name="s",
+                         index=IndexOptions(key_column="n", lazy=lazy))  # fmt: skip
+    samples = list(Loader(reader))
+    assert [s["__key__"] for s in samples] == [f"s/{n}" for n in range(12)]
+    if not lazy:  # a lazy index refuses lookups by key (they would read every row group)
+        assert reader.index.row_of("s/5") == 5
+    assert ("n" in samples[0]) is not lazy  # a lazy index renames the column to __key__
+
+
 def test_max_index_files_then_filter_rename_and_max_rows(shards):
     index = IndexOptions(max_index_files=2, rename={"n": "m"}, filter="m > 2", max_rows=3)
     reader = IndexReader(str(shards / "part-*.parquet"), index=index)
@@ -156,6 +167,7 @@ def test_max_index_files_through_a_preset(media, tmp_path):
         (dict(max_rows=2.5), "max_rows=2.5"),
         (dict(filter="score >"), "cannot parse filter"),
         (dict(filter=""), "filter='' is empty"),
+        (dict(filter=3), "filter=3 must be a condition"),
         (dict(rename={"a": "x", "b": "x"}), "gives two columns one name"),
         (dict(rename=["a"]), "must be a dict of column names"),
         (dict(key_column="__key__"), "key_column='__key__' must name an index column"),
