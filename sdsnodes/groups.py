@@ -433,6 +433,12 @@ class GroupLoader:
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
 
+    @property
+    def dataset(self) -> Any:
+        """The loader's dataset (None if it has none): ``save_state(..., graph=group_loader)``
+        describes its graph."""
+        return getattr(self.loader, "dataset", None)
+
     def state_dict(self) -> dict[str, Any]:
         """The loader's state where this rank loads, else None (a broadcast receiver)."""
         state = self.loader.state_dict() if self.info.loads else None  # type: ignore[attr-defined]

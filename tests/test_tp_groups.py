@@ -208,6 +208,10 @@ def test_group_loader_state_refuses_a_receivers_state_on_a_loading_rank(tmp_path
     with pytest.raises(ValueError, match="mode 'broadcast'"):
         loader.load_state_dict({"mode": "broadcast", "loader": {}})
     assert len(list(loader)) == 4
+    from sdsnodes import load_state, save_state
+
+    save_state(loader.state_dict(), str(tmp_path / "state.json"), graph=loader)
+    assert load_state(str(tmp_path / "state.json"), graph=loader) == loader.state_dict()
 
 
 def test_the_first_ranks_states_resume_elastically_without_groups(tmp_path):
