@@ -13,16 +13,21 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 from torchdata.nodes import Loader
+from utils import check_dataloader_resume
 
-from sdsnodes import CacheOptions, ErrorOptions, FetchOptions, IndexReader, StreamingDataset
-from sdsnodes import build_image_graph
+from sdsnodes import (
+    CacheOptions,
+    ErrorOptions,
+    FetchOptions,
+    IndexReader,
+    StreamingDataset,
+    build_image_graph,
+)
 from sdsnodes._synthetic import write_image
 from sdsnodes.cache import Cache
 from sdsnodes.cli import main as sds
 from sdsnodes.index.tar import member_address, parse_member, scan_tar, tar_index
 from sdsnodes.nodes.tar_member_reader import TarMemberReader
-
-from utils import check_dataloader_resume
 
 PER_TAR = 6
 LONG = "d" * 120 + "/sample-with-a-long-name"  # > 100 characters: a GNU long name / PAX path
@@ -95,7 +100,9 @@ def test_index_reads_headers_and_sidecars(shards):
     for name, files in members.items():
         url = str(root / name)
         for member, data in files.items():
-            key, ext = member.split(".", 1) if "/" not in member else (LONG, member[len(LONG) + 1:])
+            key, ext = (
+                member.split(".", 1) if "/" not in member else (LONG, member[len(LONG) + 1 :])
+            )
             row = by_key[key] if key != LONG else next(
                 r for r in rows if r["key"] == LONG and r["url"] == url)  # fmt: skip
             assert row["url"] == url
@@ -142,8 +149,13 @@ def test_http_index_and_ranged_reads(http_server, http_dir, shards, tmp_path):
     counts: dict[str, int] = {}
     index, members = _served_index(http_dir, shards, tmp_path, stats=counts)
     local = tar_index(str(shards[0] / "*.tar"))
-    strip = lambda t: [{k: v for k, v in r.items() if k not in ("url", "image", "bin")}
-                       for r in t.to_pylist()]  # fmt: skip
+
+    def strip(table):
+        return [
+            {k: v for k, v in r.items() if k not in ("url", "image", "bin")}
+            for r in table.to_pylist()
+        ]
+
     assert strip(index) == strip(local)
     assert counts["requests"] == 2  # small tars: one GET each
     assert all(u.startswith(http_dir.url) for u in index.column("url").to_pylist())

@@ -147,8 +147,9 @@ def _expand(text: str, storage_options: dict[str, Any] | None) -> list[str]:
         return [
             u
             for n in range(first, last + 1)
-            for u in _expand(text[: match.start()] + f"{n:0{width}d}" + text[match.end() :],
-                             storage_options)  # fmt: skip
+            for u in _expand(
+                text[: match.start()] + f"{n:0{width}d}" + text[match.end() :], storage_options
+            )  # fmt: skip
         ]
     if not any(c in text for c in "*?["):
         return [text if is_remote(text) else os.path.abspath(local_path(text))]
