@@ -179,6 +179,12 @@ def resolve_group(
     leaders = sorted(groups)
     for leader in leaders:
         _check_group(groups[leader], by_rank)
+    given = [by_rank[leader][0]["dp"] for leader in leaders if by_rank[leader][0]["dp"]]
+    if len(set(given)) != len(given) or len({w for _, w in given}) > 1:
+        raise ValueError(
+            f"the groups {[groups[leader] for leader in leaders]} give the data-parallel positions "
+            f"{given}: each group needs its own dp_rank, all the same dp_world_size"
+        )
     my_group = next(g for g in groups.values() if me in g)
     if dp_rank is None:
         if members is None:  # neither a group nor a DP position: one group per rank
