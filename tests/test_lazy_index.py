@@ -210,6 +210,22 @@ def test_worker_processes_read_a_remote_lazy_index(s3_server, s3_bucket):
     assert sorted(rows) == list(range(3000))
 
 
+def test_one_ranged_get_per_chunk_and_transient_errors_retried(http_server, http_dir):
+    write_index(str(http_dir.path / "i.parquet"), 4000, 500)
+    url = http_dir.url_for("i.parquet")
+    reader = IndexReader(url, lazy=True, lazy_chunk_rows=1000)
+    assert reader.lazy and reader.index.num_chunks == 4
+    http_server.reset_stats()
+    rows = [reader.index.sample(i)["id"] for i in (0, 999, 1000, 3999)]
+    assert rows == [0, 999, 1000, 3999] and reader.index.fetches == 3
+    ranges = [r for r in http_server.stats(url)["ranges"]]
+    assert len(ranges) == 3 and all(r and r.startswith("bytes=") for r in ranges), ranges
+    http_server.faults(fail_next=2, status=503, path="i.parquet")
+    assert reader.index.sample(2500)["id"] == 2500  # two 503s, then the chunk
+    statuses = http_server.stats(url)["statuses"]
+    assert statuses.count(503) == 2 and statuses[-1] == 206, statuses
+
+
 # -- bounded RSS and disk ------------------------------------------------------------------------
 def probe(url: str, options: dict, cache_dir: str, samples: int, world_size: int) -> dict:
     """Open ``url`` lazily, read ``samples`` shuffled samples of rank 0 and a few random rows;

@@ -65,6 +65,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdsnodes._retry import Retrier
 from sdsnodes.index.materialize import SourceFile, fingerprint_files, source_files
 from sdsnodes.index.permutation import LanePermutation
 from sdsnodes.index.sources import IndexSourceError, check_txt_mode
@@ -416,25 +417,39 @@ class LazyIndexTable:
                 self._cache.popitem(last=False)
             return arrays
 
+    def _parquet(self, n: int) -> pq.ParquetFile:
+        """File ``n``, opened once per process (its footer known already)."""
+        parquet = self._open.get(n)
+        if parquet is None:
+            # fsspec's instance cache gives a forked child a filesystem of its own
+            fs, path = filesystem(self._files[n].url, self._storage_options)
+            handle = fs.open(path, "rb", cache_type="none")
+            parquet = pq.ParquetFile(handle, metadata=self._metadata[n], pre_buffer=True)
+            self._open[n] = parquet
+        return parquet
+
     def _read(self, chunk: _Chunk) -> dict[str, pa.Array]:
-        file = self._files[chunk.file]
-        try:
-            parquet = self._open.get(chunk.file)
-            if parquet is None:
-                # fsspec's instance cache gives a forked child a filesystem of its own
-                fs, path = filesystem(file.url, self._storage_options)
-                handle = fs.open(path, "rb", cache_type="none")
-                parquet = pq.ParquetFile(
-                    handle, metadata=self._metadata[chunk.file], pre_buffer=True
-                )
-                self._open[chunk.file] = parquet
-            table = parquet.read_row_groups(list(chunk.row_groups), use_threads=False)
-        except Exception as error:  # noqa: BLE001 - name the file and row groups
-            self._open.pop(chunk.file, None)
+        """The chunk's columns, conformed to the schema; transient errors retried (Retrier:
+        backoff with jitter, 30 s deadline), each retry on a freshly opened file."""
+        file, groups = self._files[chunk.file], list(chunk.row_groups)
+        broken: list[Exception] = []
+
+        def attempt() -> pa.Table | None:
+            try:
+                return self._parquet(chunk.file).read_row_groups(groups, use_threads=False)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+                broken.append(error)  # the bytes are bad: no retry will mend them
+                return None
+            except Exception:
+                self._open.pop(chunk.file, None)
+                raise
+
+        table = Retrier(file.url, what=f"row groups {groups}").call(attempt)
+        if table is None:
             raise IndexSourceError(
-                f"cannot read row groups {list(chunk.row_groups)} of index file {file.url!r}: "
-                f"{type(error).__name__}: {error}"
-            ) from error
+                f"cannot read row groups {groups} of index file {file.url!r}: "
+                f"{type(broken[0]).__name__}: {broken[0]}"
+            ) from broken[0]
         arrays: dict[str, pa.Array] = {}
         for field, out in zip(self._schema, self.schema):
             if field.name in table.column_names:
