@@ -41,8 +41,10 @@ that here:
   resume). A filter on a lazy index is refused with the fix: ``lazy=False`` (converted once,
   filtered), or a filtered parquet written beforehand.
 
-Not done (yet): a fetch blocks the reader that needs it (one ranged GET per chunk, pyarrow
-coalescing its column ranges); prefetching each lane's next chunk in a thread would hide it.
+A chunk is one ranged GET (pyarrow coalesces its column ranges), retried on transient errors
+by the downloads' :class:`~sdsnodes._retry.Retrier`. A fetch blocks the reader that needs it; a
+reader fetches about one chunk per ``chunk_rows`` samples, so no prefetch thread is kept
+(prefetching each lane's next chunk would hide the last of it).
 
 ``lazy=None`` (IndexReader's default) picks lazy for a remote parquet index (files, a wildcard or
 a ``.txt`` of shards) whose footers say it holds more than :data:`LAZY_AUTO_BYTES` uncompressed,
