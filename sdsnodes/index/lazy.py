@@ -43,7 +43,8 @@ that here:
 
 A chunk is one ranged GET (pyarrow coalesces its column ranges), retried on transient errors
 by the downloads' :class:`~sdsnodes._retry.Retrier`. A fetch blocks the reader that needs it; a
-reader fetches about one chunk per ``chunk_rows`` samples, so no prefetch thread is kept
+reader fetches about one chunk per ``chunk_rows`` samples (``S`` dividing ``lanes``), so no
+prefetch thread is kept
 (prefetching each lane's next chunk would hide the last of it).
 
 ``lazy=None`` (IndexReader's default) picks lazy for a remote parquet index (files, a wildcard or
