@@ -44,8 +44,7 @@ that here:
 A chunk is one ranged GET (pyarrow coalesces its column ranges), retried on transient errors
 by the downloads' :class:`~sdsnodes._retry.Retrier`. A fetch blocks the reader that needs it; a
 reader fetches about one chunk per ``chunk_rows`` samples (``S`` dividing ``lanes``), so no
-prefetch thread is kept
-(prefetching each lane's next chunk would hide the last of it).
+prefetch thread is kept (prefetching each lane's next chunk would hide the last of it).
 
 ``lazy=None`` (IndexReader's default) picks lazy for a remote parquet index (files, a wildcard or
 a ``.txt`` of shards) whose footers say it holds more than :data:`LAZY_AUTO_BYTES` uncompressed,
