@@ -3,8 +3,8 @@
 import atexit
 import gc
 
-from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, VideoClip
 from sdsnodes.checkpoint import load_state, save_state
+from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, TextEmbedding, VideoClip
 from sdsnodes.dataset import StreamingDataset
 from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state
 from sdsnodes.errors import (
@@ -19,10 +19,14 @@ from sdsnodes.errors import (
 )
 from sdsnodes.groups import GroupLoader, GroupMode
 from sdsnodes.nodes import (
+    AspectRatioBuckets,
     Batcher,
+    BucketBatcher,
     CachingDownloader,
     Decoder,
+    DurationBuckets,
     Evictor,
+    Filter,
     IndexReader,
     Loader,
     Mapper,
@@ -32,14 +36,17 @@ from sdsnodes.nodes import (
     PinMemory,
     Prefetcher,
     RangeReader,
+    Selector,
     Shuffler,
+    Skip,
     StopCriterion,
+    Take,
     collate,
     set_epoch,
     shutdown,
 )
 from sdsnodes.nodes._threads import shutdown_all as _shutdown_all
-from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOptions
 from sdsnodes.presets import (
     build_audio_graph,
     build_image_graph,
@@ -57,19 +64,24 @@ atexit.register(gc.collect)
 atexit.register(_shutdown_all)  # atexit runs last-registered first
 
 __all__ = [
+    "AspectRatioBuckets",
     "AudioWaveform",
     "Batcher",
+    "BucketBatcher",
     "CacheOptions",
     "CachingDownloader",
     "DecodeError",
     "Decoder",
     "DownloadError",
+    "DurationBuckets",
     "ErrorOptions",
     "Evictor",
     "FetchOptions",
+    "Filter",
     "GroupLoader",
     "GroupMode",
     "ImageTensor",
+    "IndexOptions",
     "IndexReader",
     "Latent",
     "Loader",
@@ -83,10 +95,14 @@ __all__ = [
     "Prefetcher",
     "RangeReader",
     "SdsError",
+    "Selector",
     "Shuffler",
+    "Skip",
     "StopCriterion",
     "StreamingDataset",
+    "Take",
     "Text",
+    "TextEmbedding",
     "TooLarge",
     "TooManyErrors",
     "VideoClip",

@@ -27,7 +27,7 @@ This package only re-exports: :class:`Codec`, :class:`Decoded` and what codecs s
 from sdsnodes.codecs.audio import AudioWaveform, OnMissing
 from sdsnodes.codecs.base import ClipStart, Codec, Decoded
 from sdsnodes.codecs.image import ImageTensor
-from sdsnodes.codecs.latent import Latent
+from sdsnodes.codecs.latent import Latent, TextEmbedding
 from sdsnodes.codecs.text import CaptionChoice, Text
 from sdsnodes.codecs.video import OnShort, VideoClip
 
@@ -39,6 +39,7 @@ __all__ = [
     "Decoded",
     "ImageTensor",
     "Latent",
+    "TextEmbedding",
     "OnMissing",
     "OnShort",
     "Text",
