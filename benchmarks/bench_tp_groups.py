@@ -160,7 +160,7 @@ def transfer_ms(batch: dict, group, source: int, loads: bool, naive: bool, steps
     """Milliseconds per step to get ``batch`` from the source to the group (no loading)."""
     import torch.distributed as dist
 
-    from sdsnodes.groups import receive, send
+    from sdsnodes._group_wire import receive, send
 
     dist.barrier()
     start = time.perf_counter()

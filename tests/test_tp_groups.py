@@ -16,7 +16,8 @@ import torch
 from torchdata.nodes import Batcher
 
 from sdsnodes import GroupLoader, GroupMode, IndexReader, Mixer, Shuffler, StreamingDataset
-from sdsnodes.groups import pack, set_data_parallel, unpack
+from sdsnodes._group_wire import pack, unpack
+from sdsnodes.groups import set_data_parallel
 from sdsnodes.nodes.graph import iter_nodes
 
 HERE = Path(__file__).parent
