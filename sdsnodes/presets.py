@@ -18,13 +18,13 @@ import pyarrow as pa
 from torchdata.nodes import BaseNode
 
 from sdsnodes._preset_parts import CAPTION_EMBEDDING, add_caption, assemble, pair_captions, square
+from sdsnodes._renamed import renamed_keywords
 from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, Text, VideoClip
 from sdsnodes.options import (
     CacheOptions,
     ErrorOptions,
     FetchOptions,
     IndexOptions,
-    renamed_keywords,
 )
 
 Src = str | os.PathLike | pa.Table

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 from torchdata.nodes import BaseNode
 
+from sdsnodes._renamed import renamed_keywords
 from sdsnodes.codecs import Codec, Decoded
 from sdsnodes.errors import DecodeError
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
-from sdsnodes.options import ErrorOptions, renamed_keywords
+from sdsnodes.options import ErrorOptions
 from sdsnodes.sample import EPOCH, INDEX, KEY, Sample, range_url_key, url_key
 
 

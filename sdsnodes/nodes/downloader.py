@@ -13,6 +13,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from sdsnodes._renamed import renamed_keywords
 from sdsnodes.cache.ledger import disk_full_error
 from sdsnodes.cache.store import BUSY, NO_ROOM, Cache
 from sdsnodes.errors import ErrorPolicy
@@ -31,7 +32,7 @@ from sdsnodes.nodes._window import (
     record,
     unpin_if_kept,
 )
-from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, renamed_keywords
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 from sdsnodes.sample import CACHE_DIR, Sample, describe, url_key
 from sdsnodes.storage import fetch, fetch_soon
 

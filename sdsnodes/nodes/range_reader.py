@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 from torchdata.nodes import BaseNode
 
+from sdsnodes._renamed import renamed_keywords
 from sdsnodes.nodes._blockfile import DEFAULT_BLOCK_SIZE, BlockFile
 from sdsnodes.nodes._remote import RemoteErrors, remote_settings, remote_values
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
-from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, renamed_keywords
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 from sdsnodes.sample import Sample, range_url_key
 
 
