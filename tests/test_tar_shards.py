@@ -243,6 +243,8 @@ def test_preset_over_tars_keeps_the_budget_and_resumes(http_server, http_dir, sh
         assert Cache(str(tmp_path / "cache")).stats()["bytes"] <= budget
     assert http_server.stats()["bytes"] > budget  # the cache evicted to stay in budget
     assert batches == 7  # 14 images (the zero-size sample has none: skipped)
+    sample = StreamingDataset(graph)[0]  # random access runs the same TarMemberReader
+    assert sample["image"].shape == (3, 16, 16) and sample["caption"].startswith("caption")
 
     def make():
         return StreamingDataset(lambda: build_image_graph(
