@@ -146,7 +146,7 @@ def _index_build(args: argparse.Namespace) -> int:
     options = json.loads(args.storage_options) if args.storage_options else None
     if options is not None and not isinstance(options, dict):
         raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
-    if is_tar_source(args.src):  # WebDataset shards, indexed in place (sdsnodes.index.tar)
+    if is_tar_source(args.src, options):  # WebDataset shards, indexed in place (sdsnodes.index.tar)
         counts: dict[str, int] = {}
         table = tar_index(args.src, options, num_threads=args.threads, mode=args.tar_read,
                           progress=not args.quiet, stats=counts)  # fmt: skip

@@ -273,3 +273,14 @@ def test_a_value_that_is_no_address_is_a_counted_skip(tmp_path):
                            errors=ErrorOptions("raise"))  # fmt: skip
     with pytest.raises(Exception, match="no tar member address|nope|x.tar"):
         list(Loader(node))
+
+
+def test_index_reader_and_presets_take_tars_directly(shards, tmp_path):
+    root, _ = shards
+    src = str(root / "*.tar")
+    reader = IndexReader(src, index_cache_dir=str(tmp_path / "index"))
+    assert reader.index.table.select(["key", "image"]).equals(
+        tar_index(src).select(["key", "image"])
+    )
+    graph = build_image_graph(src, size=16, batch_size=4, cache=CacheOptions(tmp_path / "c"))
+    assert sum(b["image"].shape[0] for b in Loader(graph)) == 2 * (PER_TAR + 1)

@@ -215,6 +215,10 @@ def read_index(
     """
     url = os.fspath(src)
     check_txt_mode(txt)
+    from sdsnodes.index.tar import is_tar_source, tar_index  # tar.py imports this module
+
+    if is_tar_source(url, storage_options):  # WebDataset shards, indexed in place
+        return tar_index(url, storage_options)
     fs, path = filesystem(url, storage_options)
     try:
         if any(ch in path for ch in "*?["):

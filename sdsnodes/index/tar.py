@@ -95,9 +95,9 @@ def parse_member(value: Any) -> tuple[str, int, int] | None:
     return value[: match.start()], int(match.group(1)), int(match.group(2))
 
 
-def is_tar_source(src: Any) -> bool:
+def is_tar_source(src: Any, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``src`` names tar shards: a ``.tar`` path or URL, a wildcard or brace range of
-    them, or a ``.txt`` list whose first entry is a ``.tar``."""
+    them, or a ``.txt`` list whose first entry is a ``.tar`` (its first 64 KiB are read)."""
     if not isinstance(src, (str, os.PathLike)):
         return False
     text = os.fspath(src)
@@ -105,7 +105,7 @@ def is_tar_source(src: Any) -> bool:
         return True
     if text.lower().endswith(".txt"):
         try:
-            fs, path = filesystem(text)
+            fs, path = filesystem(text, storage_options)
             with fs.open(path, "rb") as file:
                 head = file.read(1 << 16).decode("utf-8", "replace")
         except (OSError, ValueError):
