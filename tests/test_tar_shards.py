@@ -284,3 +284,21 @@ def test_index_reader_and_presets_take_tars_directly(shards, tmp_path):
     )
     graph = build_image_graph(src, size=16, batch_size=4, cache=CacheOptions(tmp_path / "c"))
     assert sum(b["image"].shape[0] for b in Loader(graph)) == 2 * (PER_TAR + 1)
+
+
+def test_sidecars_of_mixed_types(tmp_path):
+    with tarfile.open(tmp_path / "mixed.tar", "w") as tar:
+        _add(tar, "a.json", json.dumps({"score": 1, "tags": ["x"], "key": "k1"}).encode())
+        _add(tar, "a.cls", b" 7\n")
+        _add(tar, "a.npy", b"\x93NUMPY")
+        _add(tar, "b.json", json.dumps({"score": "high", "tags": {"nested": True}}).encode())
+        _add(tar, "b.cls", b"cat")
+        _add(tar, "c.json", b"{not json")
+        _add(tar, "noextension", b"skipped")
+    rows = tar_index(str(tmp_path / "mixed.tar")).to_pylist()
+    a, b, c = rows
+    assert (a["cls"], b["cls"]) == ("7", "cat")  # one column: the int became text with "cat"
+    assert (a["score"], b["score"]) == ("1", "high")  # mixed types: text (others as JSON)
+    assert a["json.key"] == "k1" and b["tags.nested"] is True
+    assert a["latent"] == member_address(str(tmp_path / "mixed.tar"), 2560, 6)
+    assert c["json"].endswith("&size=9")  # not JSON: addressed like any member

@@ -356,7 +356,8 @@ def tar_index(
     Returns:
         pyarrow.Table: ``key``, ``url``, ``member``, ``offset`` (int64), ``size`` (int64), the
         media columns (member addresses), ``caption``, then the sidecar fields, sorted by name.
-        A field whose values Arrow cannot put in one column (mixed types) is kept as JSON text.
+        A field whose values Arrow cannot put in one column (mixed types) is kept as text:
+        strings as they are, other values as JSON.
 
     Raises:
         ValueError: ``src`` names no tar, a tar is unreadable, or they hold no sample.
@@ -402,6 +403,7 @@ def tar_index(
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
             columns[name] = pa.array(
-                [None if v is None else json.dumps(v) for v in values], pa.string()
+                [v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
+                pa.string(),
             )
     return pa.table(columns)
