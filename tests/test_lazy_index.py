@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from utils import check_node_resume
 
-from sdsnodes.index import lazy as lazy_module
-from sdsnodes.index.lazy import read_footers
+from sdsnodes.index import footers as footers_module
+from sdsnodes.index.footers import read_footers
 from sdsnodes.index.permutation import LanePermutation
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.shuffler import Shuffler
@@ -158,7 +158,7 @@ def test_remote_auto_lazy_txt_of_shards_and_changed_source(
     assert read_footers(url, options).num_rows == 1500
     cache = tmp_path / "ic"
     assert not IndexReader(url, storage_options=options, index_cache_dir=str(cache)).lazy  # small
-    monkeypatch.setattr(lazy_module, "LAZY_AUTO_BYTES", 1000)
+    monkeypatch.setattr(footers_module, "LAZY_AUTO_BYTES", 1000)
     reader = IndexReader(url, storage_options=options, index_cache_dir=str(tmp_path / "ic2"))
     assert reader.lazy and len(reader.index) == 1500 and not (tmp_path / "ic2").exists()
     assert reader.index.sample(1234)["video"] == "s3://bucket/v/1234.mp4"
@@ -194,8 +194,9 @@ def test_order_is_the_same_for_every_layout(shards):
 
 
 def test_worker_processes_read_a_remote_lazy_index(s3_server, s3_bucket):
-    from sdsnodes.dataset import StreamingDataset
     from utils import stateful_loader
+
+    from sdsnodes.dataset import StreamingDataset
 
     write_index(f"{s3_bucket}/i.parquet", 3000, 250, fs=s3_server.fs())
     reader = IndexReader(

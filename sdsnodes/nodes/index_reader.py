@@ -10,7 +10,8 @@ import pyarrow as pa
 
 from sdsnodes.distributed import broadcast_from_rank0, can_broadcast
 from sdsnodes.index.filters import parse_filter
-from sdsnodes.index.lazy import CHUNK_ROWS, LANES, LazyIndexTable, auto_footers, read_footers
+from sdsnodes.index.footers import auto_footers, read_footers
+from sdsnodes.index.lazy import CHUNK_ROWS, LANES, LazyIndexTable
 from sdsnodes.index.materialize import materialize
 from sdsnodes.index.sources import IndexSourceError
 from sdsnodes.index.table import IndexTable
@@ -131,7 +132,7 @@ class IndexReader(EpochReader):
             ``"media"`` (media files), or None to tell by the lines' extensions.
         lazy (bool | None): True reads a parquet index lazily (by row groups, on demand);
             False converts it to a local memory-mapped file; None (default) is lazy for remote
-            parquet past :data:`~sdsnodes.index.lazy.LAZY_AUTO_BYTES` (1 GiB) uncompressed,
+            parquet past :data:`~sdsnodes.index.footers.LAZY_AUTO_BYTES` (1 GiB) uncompressed,
             when no ``filter`` is given.
         lazy_chunk_rows (int): lazy only: rows fetched at once — consecutive row groups of a
             file are read together up to this many rows (a bigger row group is read whole).
