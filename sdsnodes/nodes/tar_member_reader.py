@@ -22,8 +22,6 @@ from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 from sdsnodes.sample import CACHE_DIR, Sample, url_key
 from sdsnodes.storage import filesystem, is_remote, local_path
 
-_ADDRESS = r"#offset=\d+&size=\d+$"
-
 
 def addresses_members(table: pa.Table, column: str) -> bool:
     """Whether ``column`` of ``table`` holds tar member addresses (its first non-null value is
@@ -33,8 +31,11 @@ def addresses_members(table: pa.Table, column: str) -> bool:
     values = table.column(column)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         return False
-    values = values.drop_null()
-    return len(values) > 0 and bool(pc.match_substring_regex(values[:1], _ADDRESS)[0].as_py())
+    for chunk in values.chunks:  # the first non-null value, found without copying the column
+        if chunk.null_count < len(chunk):
+            first = chunk[pc.index(chunk.is_valid(), True).as_py()].as_py()
+            return parse_member(first) is not None
+    return False
 
 
 class TarMemberReader(RemoteErrors, ThreadMapNode):
