@@ -33,8 +33,10 @@ class Shuffler(BaseNode[Sample]):
     ``(seed, epoch)`` (see :mod:`sdsnodes.index.permutation`): O(1) memory and O(1) per row, the
     same in every process, so the shards of all (rank, worker) pairs stay disjoint and their
     union is the epoch. ``mode="chunk"``: chunk-local — chunks of ``chunk_size`` rows in a random
-    order, rows shuffled within windows of ``window`` chunks — for indexes whose reads should stay
-    local (row groups of a huge remote index). The reader keeps sharding and counting positions;
+    order, rows shuffled within windows of ``window`` chunks — for reads that should stay local. A lazy
+    index (``IndexReader(lazy=True)``) reorders either mode into its lanes of row-group chunks
+    (:class:`~sdsnodes.index.permutation.LanePermutation`), so each reader fetches each of its
+    chunks once per epoch. The reader keeps sharding and counting positions;
     the Shuffler sets its ``order`` (so one reader can be shuffled by one Shuffler only).
 
     Args:
