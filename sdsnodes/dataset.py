@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import io
 import multiprocessing
+import pickle
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,12 +19,22 @@ from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 MAX_WORKERS = 1024
 
 
+class _GraphPickler(pickle.Pickler):
+    """Pickles a graph whose nodes hold modules (torchdata's ParallelMapper keeps its
+    multiprocessing module), each by its name, so the graph reaches spawned workers."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.ModuleType):
+            return importlib.import_module, (obj.__name__,)
+        return NotImplemented
+
+
 class StreamingDataset(IterableDataset):
     """Wrap a graph for ``torch.utils.data.DataLoader`` / ``StatefulDataLoader``.
 
     The graph is built once, here, in the main process — so a bad index or argument fails at
-    construction, and under ``torch.distributed`` rank 0 reads the index and broadcasts it —
-    and each process that iterates (every worker, or the main process with ``num_workers=0``)
+    construction; under ``torch.distributed`` each machine converts the index itself and the ranks
+    check that they all see the same index fingerprint (only the fingerprint crosses) — and each process that iterates (every worker, or the main process with ``num_workers=0``)
     runs its own copy of it, started there (threads, open files and fsspec clients never cross a
     fork). Each worker reads its own shard of the index. Each
     new iteration (``iter(dataloader)``) starts the next epoch, also with non-persistent workers:
@@ -83,7 +96,8 @@ class StreamingDataset(IterableDataset):
             self._group_info = resolve_group(template, group, dp_rank, dp_world_size, group_mode)
         elif group_mode is not None:
             raise ValueError(f"{group_mode=} needs group= or dp_rank/dp_world_size")
-        self._epochs_started = multiprocessing.Array("q", MAX_WORKERS)  # per worker id
+        # per worker id; no lock (one writer per slot), so it also pickles into spawned workers
+        self._epochs_started = multiprocessing.RawArray("q", MAX_WORKERS)
         self._root: BaseNode | None = None
         self._epoch = 0
         self._pending_state: dict[str, Any] | None = None
@@ -226,11 +240,21 @@ class StreamingDataset(IterableDataset):
             shutdown(self._root)
 
     def __getstate__(self) -> dict[str, Any]:
+        """For spawned workers (``multiprocessing_context="spawn"``; forked ones inherit the
+        dataset unpickled): the graph as pickled bytes (its modules by name), never a running
+        copy. A converted index travels by value."""
         state = dict(self.__dict__)
+        buffer = io.BytesIO()
+        _GraphPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(state["_template"])
+        state["_template"] = buffer.getvalue()
         state["_root"] = None  # graphs hold threads; each process builds its own
         state["_prepared"] = False
         state["_group"] = None  # process groups stay in the training process
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["_template"] = pickle.loads(state["_template"])
+        self.__dict__.update(state)
 
 
 class _GraphIterator:

@@ -40,6 +40,23 @@ def test_persistent_workers_advance_epochs_and_resume_exactly():
     assert keys(fresh) == epochs[1]
 
 
+def test_spawned_workers_advance_epochs_and_resume_exactly():
+    # the epoch counters are shared memory that pickles into spawned workers (no fork-context lock)
+    forked = loader()
+    reference = [keys(forked) for _ in range(2)]
+    assert reference[0] != reference[1]
+    dl = loader(multiprocessing_context="spawn")
+    assert [keys(dl) for _ in range(2)] == reference
+    dl = loader(multiprocessing_context="spawn")
+    it = iter(dl)
+    head = [tuple(next(it)["__key__"]) for _ in range(2)]
+    state = json.loads(json.dumps(dl.state_dict()))
+    del it
+    fresh = loader(multiprocessing_context="spawn")
+    fresh.load_state_dict(state)
+    assert head + keys(fresh) == reference[0]
+
+
 def test_set_epoch_starts_that_epoch():
     reference = loader()
     epochs = [keys(reference) for _ in range(3)]
