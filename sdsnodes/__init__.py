@@ -18,6 +18,7 @@ from sdsnodes.errors import (
     error_stats,
 )
 from sdsnodes.groups import GroupLoader, GroupMode
+from sdsnodes.index.tar import tar_index
 from sdsnodes.nodes import (
     AspectRatioBuckets,
     Batcher,
@@ -41,6 +42,7 @@ from sdsnodes.nodes import (
     Skip,
     StopCriterion,
     Take,
+    TarMemberReader,
     collate,
     set_epoch,
     shutdown,
@@ -101,6 +103,7 @@ __all__ = [
     "StopCriterion",
     "StreamingDataset",
     "Take",
+    "TarMemberReader",
     "Text",
     "TextEmbedding",
     "TooLarge",
@@ -119,4 +122,5 @@ __all__ = [
     "save_state",
     "set_epoch",
     "shutdown",
+    "tar_index",
 ]

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from sdsnodes.index.materialize import SourceFile, source_files
 from sdsnodes.index.sources import IndexSourceError, check_txt_mode
+from sdsnodes.storage import is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,6 @@ LAZY_AUTO_BYTES = 1 << 30
 the size of the copy every machine would otherwise write)."""
 COMPRESSION = 8
 """At most this parquet compression ratio is assumed before reading footers (``lazy=None``)."""
-LOCAL_PROTOCOLS = ("file", "local")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +42,6 @@ class Footers:
         return sum(
             m.row_group(g).total_byte_size for m in self.metadata for g in range(m.num_row_groups)
         )
-
-
-def is_remote(url: str) -> bool:
-    """Whether ``url`` names a remote filesystem (a protocol other than ``file://``)."""
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    return protocol.split("::")[0] not in LOCAL_PROTOCOLS
 
 
 def read_footers(

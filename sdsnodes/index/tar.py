@@ -31,7 +31,7 @@ alternative; it lists the whole tar (every header, one request each over HTTP) o
 How the headers are read: a local tar is read by :mod:`tarfile`, which seeks over member
 bodies, so only headers and sidecars are read. A remote tar is read through a buffered file of
 ranged GETs whose read-ahead follows the members' stride: members smaller than a quarter of
-``READ_AHEAD`` (4 MiB) are read through in 4 MiB requests (the bodies travel, but one request
+``_ranged_tar.READ_AHEAD`` (4 MiB) are read through in 4 MiB requests (the bodies travel, but one request
 covers many headers: cheaper than a request per member when a request costs more than moving
 its members' bytes); larger members are skipped, each header costing one ``HEADER_READ``
 (16 KiB) request that also holds the sidecars following it. The first GET reads a header
@@ -42,7 +42,6 @@ video-sized members (``benchmarks/README.md``, "tar").
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import logging
 import os
@@ -53,6 +52,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sdsnodes.index._ranged_tar import RangedTar
 from sdsnodes.storage import filesystem, is_remote, local_path
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,6 @@ INT_SIDECARS = ("cls", "cls2", "id", "index")
 """Extensions read as a small text holding an int (WebDataset's class labels)."""
 SIDECAR_MAX_BYTES = 1 << 20
 """Sidecars (``.txt``, ``.json``, ``.cls``) larger than this are addressed, not read."""
-READ_AHEAD = 4 << 20
-"""Bytes per ranged GET when reading a remote tar through (members smaller than 1/4 of it)."""
-HEADER_READ = 16 << 10
-"""Bytes per ranged GET when skipping large members: a header, a PAX record, sidecars."""
 OWN_COLUMNS = ("key", "url", "member", "offset", "size", "caption", *MEDIA_KINDS)
 _MEMBER = re.compile(r"#offset=(\d+)&size=(\d+)$")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -161,72 +157,6 @@ def _expand(text: str, storage_options: dict[str, Any] | None) -> list[str]:
     return [p if "://" in p else f"{protocol}://{p}" for p in found]
 
 
-class _RangedTar(io.RawIOBase):
-    """A read-only, seekable file over a remote tar for :mod:`tarfile`, read in ranged GETs of
-    ``READ_AHEAD`` bytes while members are small and ``HEADER_READ`` bytes once they are large
-    (the caller reports the members' stride with :meth:`saw_member`)."""
-
-    def __init__(self, fs: Any, path: str, size: int, mode: str) -> None:
-        super().__init__()
-        self._fs, self._path, self.size, self.mode_ = fs, path, size, mode
-        self._pos = 0
-        self._start, self._buf = 0, b""
-        self._stride: float | None = None  # unknown: the first GET reads a header only
-        self._members = 0
-        self.requests = 0
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def saw_member(self, end: int) -> None:
-        """A member ends at byte ``end``: the stride is the mean bytes per member so far."""
-        self._members += 1
-        self._stride = end / self._members
-
-    def _chunk(self) -> int:
-        if self.mode_ == "whole" or self.size <= READ_AHEAD:
-            return READ_AHEAD if self.mode_ != "whole" else self.size
-        if self.mode_ == "headers":
-            return HEADER_READ
-        small = self._stride is not None and self._stride * 4 <= READ_AHEAD
-        return READ_AHEAD if small else HEADER_READ
-
-    def read(self, n: int | None = -1) -> bytes:
-        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
-        if end <= self._pos:
-            return b""
-        if not (self._start <= self._pos and end <= self._start + len(self._buf)):
-            stop = min(self.size, max(end, self._pos + self._chunk()))
-            self._buf = self._fs.cat_file(self._path, start=self._pos, end=stop)
-            self._start = self._pos
-            self.requests += 1
-            self.bytes_read += len(self._buf)
-            if len(self._buf) != stop - self._pos:
-                raise OSError(f"asked bytes {self._pos}-{stop - 1} of {self._path!r}, "
-                              f"got {len(self._buf)}")  # fmt: skip
-        data = self._buf[self._pos - self._start : end - self._start]
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-
 def scan_tar(
     url: str,
     storage_options: dict[str, Any] | None = None,
@@ -257,7 +187,7 @@ def scan_tar(
     remote = is_remote(url)
     fs, path = filesystem(url, storage_options)
     if remote:
-        source: Any = _RangedTar(fs, path, int(fs.size(path)), mode)
+        source: Any = RangedTar(fs, path, int(fs.size(path)), mode)
     else:
         source = open(local_path(url), "rb")  # noqa: SIM115 - closed below
     rows: dict[str, dict[str, Any]] = {}

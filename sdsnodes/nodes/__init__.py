@@ -16,6 +16,7 @@ from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.select import Selector
 from sdsnodes.nodes.shuffler import Shuffler
+from sdsnodes.nodes.tar_member_reader import TarMemberReader
 
 __all__ = [
     "AspectRatioBuckets",
@@ -40,6 +41,7 @@ __all__ = [
     "Skip",
     "StopCriterion",
     "Take",
+    "TarMemberReader",
     "collate",
     "iter_nodes",
     "set_epoch",
