@@ -127,6 +127,14 @@ def test_unwritable_url_fails_at_save_with_the_url_and_keeps_the_old_state(tmp_p
                    storage_options={**s3_server.storage_options, "config_kwargs": {"retries": {"max_attempts": 1}}})  # fmt: skip
 
 
+def _checkpoint_url(where, tmp_path, request):
+    """(url, storage_options) of a checkpoint on the local disk or in a new moto bucket."""
+    if where == "local":
+        return str(tmp_path / "ckpt" / "state.json"), {}
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"{bucket}/ckpt/state.json", request.getfixturevalue("s3_server").storage_options
+
+
 WRITER = """
 import json, sys
 from sdsnodes.checkpoint import save_state
@@ -139,14 +147,7 @@ for n in range(1, 10**6):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_writer_killed_at_random_moments_leaves_a_whole_state(where, tmp_path, request):
-    if where == "s3":
-        server = request.getfixturevalue("s3_server")
-        url, options = (
-            f"{request.getfixturevalue('s3_bucket')}/ckpt/state.json",
-            server.storage_options,
-        )
-    else:
-        url, options = str(tmp_path / "ckpt" / "state.json"), {}
+    url, options = _checkpoint_url(where, tmp_path, request)
     rng = random.Random(7)
     size = 4 << 20
     for _ in range(2):
@@ -193,14 +194,7 @@ save_state({"n": 2, "payload": "2" * 100_000}, url, storage_options=options)
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_writer_dying_mid_write_leaves_the_previous_state(where, tmp_path, request):
-    if where == "s3":
-        server = request.getfixturevalue("s3_server")
-        url, options = (
-            f"{request.getfixturevalue('s3_bucket')}/ckpt/state.json",
-            server.storage_options,
-        )
-    else:
-        url, options = str(tmp_path / "ckpt" / "state.json"), {}
+    url, options = _checkpoint_url(where, tmp_path, request)
     proc = subprocess.run([sys.executable, "-c", CRASHER, url, json.dumps(options)], check=False)
     assert proc.returncode == 3  # it died inside the second save, half written
     assert load_state(url, storage_options=options) == {"n": 1, "payload": "1" * 100_000}
