@@ -9,6 +9,11 @@ keys and losses printed after a resume are those an uninterrupted run prints at 
     python examples/train_video.py --steps 12 --ckpt /tmp/x.pt --resume   # steps 11..12 again
     python examples/train_video.py --steps 24 --ckpt /tmp/x.pt --resume   # steps 11..24
 
+``--loader-state URL`` keeps the loader's position apart from the model, at any fsspec URL
+(``s3://bucket/run/data.json``, ``gs://…``, a path), written atomically by
+:func:`sdsnodes.save_state` with the graph's config, which :func:`sdsnodes.load_state` checks
+on resume (credentials and endpoints from the environment, e.g. ``AWS_ENDPOINT_URL_S3``).
+
 Without ``--src`` it streams a small demo dataset of H.264 clips, made once under ``--dir``.
 """
 
@@ -25,7 +30,7 @@ import torch
 from torch import nn
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from sdsnodes import CacheOptions, StreamingDataset, build_video_graph
+from sdsnodes import CacheOptions, StreamingDataset, build_video_graph, load_state, save_state
 from sdsnodes._synthetic import make_video_dataset
 
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, deprecated in recent torch
@@ -42,14 +47,14 @@ def make_model() -> nn.Module:
     )
 
 
-def save_checkpoint(path: str, step: int, model: nn.Module, optimizer, dl) -> None:
-    """Write the checkpoint atomically: a crash mid-write never leaves a half file."""
-    checkpoint = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "loader": dl.state_dict(),  # the position after batch `step`: small, JSON-compatible
-    }
+def save_checkpoint(path: str, step: int, model: nn.Module, optimizer, dl, loader_state) -> None:
+    """Write the checkpoint atomically: a crash mid-write never leaves a half file. With
+    ``loader_state`` (a URL) the loader's position goes there, with the step, first."""
+    checkpoint = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    if loader_state:
+        save_state({"step": step, "loader": dl.state_dict()}, loader_state, graph=dl)
+    else:
+        checkpoint["loader"] = dl.state_dict()  # the position after batch `step`: JSON-compatible
     tmp = f"{path}.tmp"
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)
@@ -65,6 +70,7 @@ def main() -> None:
     parser.add_argument("--ckpt", help="checkpoint file (torch.save); none saved without it")
     parser.add_argument("--ckpt-every", type=int, default=5, help="save every this many steps")
     parser.add_argument("--resume", action="store_true", help="load --ckpt, go on after its step")
+    parser.add_argument("--loader-state", help="URL for the loader's state (s3://, gs://, a path)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-2)
@@ -90,8 +96,14 @@ def main() -> None:
         checkpoint = torch.load(args.ckpt, weights_only=True)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        dl.load_state_dict(checkpoint["loader"])
         step = checkpoint["step"]
+        if args.loader_state:
+            saved = load_state(args.loader_state, graph=dl)  # refuses another graph config
+            if saved["step"] != step:
+                parser.error(f"--loader-state is at step {saved['step']}, --ckpt at step {step}")
+            dl.load_state_dict(saved["loader"])
+        else:
+            dl.load_state_dict(checkpoint["loader"])
         print(f"resumed from {args.ckpt} at step {step}; continuing at step {step + 1}")
         if step >= args.steps:
             print(f"nothing to do: the checkpoint is at step {step}, --steps is {args.steps}")
@@ -110,7 +122,7 @@ def main() -> None:
             epoch = int(batch["__epoch__"][0])
             print(f"step {step:3d}  epoch {epoch}  loss {loss.item():.4f}  keys {batch['__key__']}")
             if args.ckpt and step % args.ckpt_every == 0:
-                save_checkpoint(args.ckpt, step, model, optimizer, dl)
+                save_checkpoint(args.ckpt, step, model, optimizer, dl, args.loader_state)
                 print(f"saved {args.ckpt} at step {step}")
             if step >= args.steps:
                 break

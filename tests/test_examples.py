@@ -1,5 +1,6 @@
 """The examples run as a user runs them (subprocesses), and train_video.py resumes exactly."""
 
+import os
 import re
 import subprocess
 import sys
@@ -9,14 +10,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 STEP = re.compile(r"^step +(\d+) +epoch (\d+) +loss \S+ +keys (\[.*\])$", re.MULTILINE)
 
 
-def run_example(name: str, *args: object) -> str:
-    """Run ``examples/<name>`` with ``args``; assert exit code 0; return its stdout."""
+def run_example(name: str, *args: object, env: dict[str, str] | None = None) -> str:
+    """Run ``examples/<name>`` with ``args`` (and ``env`` added to the environment); assert exit
+    code 0; return its stdout."""
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=EXAMPLES.parent,
+        env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -50,3 +53,17 @@ def test_train_video_resumes_at_the_next_batch(tmp_path):
     resumed = steps(out)
     assert min(resumed) == 3 + 1 and sorted(resumed) == [4, 5, 6]
     assert resumed == {s: full[s] for s in (4, 5, 6)}  # same batches, same epochs
+
+
+def test_train_video_keeps_the_loader_state_in_a_bucket(tmp_path, s3_server, s3_bucket):
+    common = ["--dir", tmp_path / "data", "--num-videos", 8, "--num-workers", 1]  # 2 per epoch
+    full = steps(run_example("train_video.py", *common, "--steps", 4))
+    state = f"{s3_bucket}/run-1/data.json"
+    args = ["--ckpt", tmp_path / "ckpt.pt", "--ckpt-every", 2, "--loader-state", state]
+    env = s3_server.client_env  # the endpoint and credentials, as a job's environment holds them
+    run_example("train_video.py", *common, "--steps", 3, *args, env=env)  # saves at step 2
+    assert s3_server.fs().exists(state)
+    resumed = steps(
+        run_example("train_video.py", *common, "--steps", 4, *args, "--resume", env=env)
+    )
+    assert resumed == {s: full[s] for s in (3, 4)}
