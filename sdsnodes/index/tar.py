@@ -47,31 +47,25 @@ import logging
 import os
 import re
 import tarfile
-from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
 
 from sdsnodes.index._ranged_tar import RangedTar
+from sdsnodes.index._sidecars import (
+    INT_SIDECARS,
+    MEDIA_KINDS,
+    SIDECAR_MAX_BYTES,
+    add_json_fields,
+    media_kind,
+    split_key,
+)
 from sdsnodes.storage import filesystem, is_remote, local_path
 
 logger = logging.getLogger(__name__)
 
-MEDIA_KINDS: dict[str, tuple[str, ...]] = {
-    "video": ("mp4", "mkv", "mov", "webm", "avi", "m4v"),
-    "image": ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"),
-    "audio": ("wav", "flac", "mp3", "ogg", "m4a", "aac", "opus"),
-    "latent": ("npy", "pt"),
-}
-"""Extensions (lower case) of the media members, by the column they go to (as in
-:data:`sdsnodes.index.sources.MEDIA_EXTENSIONS`)."""
-INT_SIDECARS = ("cls", "cls2", "id", "index")
-"""Extensions read as a small text holding an int (WebDataset's class labels)."""
-SIDECAR_MAX_BYTES = 1 << 20
-"""Sidecars (``.txt``, ``.json``, ``.cls``) larger than this are addressed, not read."""
 OWN_COLUMNS = ("key", "url", "member", "offset", "size", "caption", *MEDIA_KINDS)
 _MEMBER = re.compile(r"#offset=(\d+)&size=(\d+)$")
-_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
@@ -199,11 +193,11 @@ def scan_tar(
                     source.saw_member(info.offset_data + -(-info.size // 512) * 512)
                 if not info.isfile():
                     continue  # directories, links, devices
-                match = _KEY_EXT.match(info.name)
-                if match is None:
+                split = split_key(info.name)
+                if split is None:
                     stats["skipped"] += 1  # no extension: no column to put it in
                     continue
-                key, ext = match.group(1), match.group(2).lower()
+                key, ext = split
                 row = rows.setdefault(key, {"key": key, "url": url})
                 stats["members"] += 1
                 _add_member(row, tar, info, url, ext, sidecar_max_bytes)
@@ -232,9 +226,7 @@ def _add_member(
             logger.warning("%s: %s is not JSON; kept as its address", url, info.name)
         else:
             if isinstance(fields, dict):
-                for name, value in _flatten(fields):
-                    taken = name in OWN_COLUMNS or name.startswith("__") or name in row
-                    row[f"json.{name}" if taken else name] = value
+                add_json_fields(row, fields, OWN_COLUMNS)
                 return
     if small and last in INT_SIDECARS:
         text = _read(tar, info).decode("utf-8", "replace").strip()
@@ -243,7 +235,7 @@ def _add_member(
     if small and ext.endswith(".txt"):
         row[ext[:-4]] = _read(tar, info).decode("utf-8", "replace")
         return
-    kind = next((k for k, exts in MEDIA_KINDS.items() if last in exts), None)
+    kind = media_kind(ext)
     column = kind if kind is not None and kind not in row else ext
     row[column] = member_address(url, info.offset_data, info.size)
     if kind is not None and "member" not in row:
@@ -253,14 +245,6 @@ def _add_member(
 def _read(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
     file = tar.extractfile(info)
     return b"" if file is None else file.read()
-
-
-def _flatten(fields: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for name, value in fields.items():
-        if isinstance(value, dict) and value:
-            yield from _flatten(value, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", value
 
 
 def tar_index(
