@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow as pa
+
 logger = logging.getLogger(__name__)
 
 KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -97,9 +99,9 @@ def group_files(
     *,
     keep_without_media: bool = False,
     num_threads: int = 16,
-    progress: Any = None,
+    progress: bool = False,
     stats: dict[str, int] | None = None,
-    max_bytes: int = SIDECAR_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per key of the listed ``files`` (URL, size), sorted by key.
 
@@ -109,14 +111,15 @@ def group_files(
     extension), ``caption`` (the ``.txt``'s text), the ``.json``'s fields flattened (see
     :func:`add_json_fields`), ``<name>`` for a ``<name>.txt``, an int for ``.cls``/``.id``, and
     every other file's path under its extension (``pkl``, ``emb.pkl``…). Sidecars are read by
-    ``num_threads`` threads (``progress``: a bar with ``update(n)``).
+    ``num_threads`` threads (``progress``: a tqdm bar of files read, on stderr).
 
     Outcomes that leave a value as a path, each counted in ``stats`` and logged once: a sidecar
-    over ``max_bytes`` (``too_large``), a ``.txt`` that is not UTF-8 (``not_utf8``: ``caption``
+    over ``max_bytes`` (None: :data:`SIDECAR_MAX_BYTES`) (``too_large``), a ``.txt`` that is not UTF-8 (``not_utf8``: ``caption``
     None, the path under ``txt``), a ``.json`` that does not parse or is not an object
     (``json_not_object``: the path under ``json``). Keys without media are dropped
     (``without_media``) unless ``keep_without_media``.
     """
+    max_bytes = SIDECAR_MAX_BYTES if max_bytes is None else max_bytes
     counts = {"too_large": 0, "not_utf8": 0, "json_not_object": 0, "without_media": 0}
     groups: dict[str, list[tuple[str, str, int]]] = {}
     for name, size in files:
@@ -137,7 +140,7 @@ def group_files(
         for ext, name, size in fl
         if _is_read(ext) and 0 <= size <= max_bytes
     ]
-    texts = _read_all(fs, reads, num_threads, progress)
+    texts = _read_all(fs, reads, num_threads, progress, root)
     rows = []
     for key in sorted(groups):
         row: dict[str, Any] = {"key": key}
@@ -168,17 +171,23 @@ def _is_read(ext: str) -> bool:
 
 
 def _read_all(
-    fs: Any, reads: list[tuple[str, int]], num_threads: int, progress: Any
+    fs: Any, reads: list[tuple[str, int]], num_threads: int, progress: bool, root: str
 ) -> dict[str, bytes]:
+    """The bytes of every file in ``reads``, ``num_threads`` at a time (a remote directory's
+    thousands of small captions cost one round trip each, so they must overlap)."""
+    from sdsnodes.index.listing import Progress
+
     if not reads:
         return {}
-    with concurrent.futures.ThreadPoolExecutor(min(num_threads, len(reads))) as pool:
+    found = {}
+    with (
+        Progress(progress, root, "reading sidecars of", total=len(reads)) as bar,
+        concurrent.futures.ThreadPoolExecutor(min(num_threads, len(reads))) as pool,
+    ):
         futures = {pool.submit(fs.cat_file, name): name for name, _ in reads}
-        found = {}
         for future in concurrent.futures.as_completed(futures):
             found[futures[future]] = future.result()
-            if progress is not None:
-                progress.update(1)
+            bar.update(1)
     return found
 
 
@@ -220,3 +229,26 @@ def _add_file(
         row[ext] = int(text) if re.fullmatch(r"[+-]?\d+", text) else text
     else:
         row["caption" if ext == "txt" else ext[:-4]] = text
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The grouped rows as a table: ``key``, ``path``, ``size`` (int64), the media kinds,
+    ``caption``, then the other columns sorted by name. A column whose values Arrow cannot hold
+    in one type (mixed JSON types) is kept as text: strings as they are, other values as JSON.
+    """
+    names = list(dict.fromkeys(c for row in rows for c in row))
+    first = [c for c in ("key", "path", "size", *MEDIA_KINDS, "caption") if c in names]
+    columns = {}
+    for name in first + sorted(c for c in names if c not in first):
+        values = [row.get(name) for row in rows]
+        if name == "size":
+            columns[name] = pa.array(values, pa.int64())
+            continue
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            columns[name] = pa.array(
+                [v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
+                pa.string(),
+            )
+    return pa.table(columns)

@@ -53,7 +53,7 @@ import fsspec
 from sdsnodes.index._key_ranges import list_object_store, object_store_kind
 from sdsnodes.storage import filesystem, protocol_of
 
-__all__ = ["list_files", "listing_defaults"]
+__all__ = ["current_defaults", "list_files", "listing_defaults"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,14 @@ def listing_defaults(
         yield
     finally:
         _DEFAULTS.reset(token)
+
+
+def current_defaults() -> tuple[int, bool]:
+    """``(num_threads, progress)`` as an enclosing :func:`listing_defaults` sets them (16 and
+    False outside one): what other parallel reads of a listed directory (its sidecar files,
+    :mod:`sdsnodes.index.sources`) use."""
+    defaults = _DEFAULTS.get() or {}
+    return defaults.get("num_threads", 16), defaults.get("progress", False)
 
 
 def list_files(
@@ -158,15 +166,18 @@ def list_files(
 
 
 class Progress:
-    """A tqdm bar of files found (thread-safe ``update``), or nothing when disabled."""
+    """A tqdm bar of files found, or read (``desc``) (thread-safe ``update``), or nothing when
+    disabled."""
 
-    def __init__(self, enabled: bool, url: str) -> None:
+    def __init__(
+        self, enabled: bool, url: str, desc: str = "listing", total: int | None = None
+    ) -> None:
         self._bar = None
         self._lock = threading.Lock()
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(desc=f"listing {url}", unit=" files", unit_scale=True)
+            self._bar = tqdm(desc=f"{desc} {url}", unit=" files", unit_scale=True, total=total)
 
     def update(self, n: int) -> None:
         if self._bar is not None and n:

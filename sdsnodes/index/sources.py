@@ -1,7 +1,8 @@
 """Read an index from any source fsspec reaches into one ``pyarrow.Table``.
 
 Sources: a parquet, CSV, JSON (array of objects) or JSONL file; a directory of media files (one
-row per file); a wildcard of index files (schemas unified, missing columns null); a ``.txt`` file
+row per file, or one row per key when sidecar files sit beside them: ``000123.mp4`` with
+``000123.txt``/``000123.json``, see :mod:`sdsnodes.index._sidecars` for the rule); a wildcard of index files (schemas unified, missing columns null); a ``.txt`` file
 of paths (blank lines and ``#`` comments skipped). Local paths and URLs alike.
 
 A ``.txt`` is one of two things (``txt=``): a list of media files, one row per line, or — as
@@ -25,8 +26,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from sdsnodes.index.listing import list_files
-from sdsnodes.storage import filesystem
+from sdsnodes.index._sidecars import group_files, rows_to_table, wants_grouping
+from sdsnodes.index.listing import current_defaults, list_files
+from sdsnodes.storage import filesystem, protocol_of
 
 MEDIA_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "video": (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"),
@@ -181,11 +183,23 @@ def _table_of_files(paths: list[str], sizes: list[int | None] | None) -> pa.Tabl
     )
 
 
-def _read_directory(url: str, fs: Any, path: str) -> pa.Table:
-    """One row per media file under the directory ``url``, listed in parallel (``list_files``:
-    key ranges on S3/GCS, a threaded tree walk elsewhere), sorted by path."""
+def _read_directory(
+    url: str, fs: Any, path: str, group_by_key: bool | None, stats: dict[str, int] | None
+) -> pa.Table:
+    """The rows of the directory ``url``, listed in parallel (``list_files``: key ranges on
+    S3/GCS, a threaded tree walk elsewhere): one per media file, sorted by path, or one per key
+    (``group_by_key``, see :mod:`sdsnodes.index._sidecars`), sidecars read in parallel."""
     exts = [e for kind_exts in MEDIA_EXTENSIONS.values() for e in kind_exts]
-    files = [(n, size) for n, size in list_files(url, fs=fs, extensions=exts) if _kind_of(n)]
+    listed = list_files(url, fs=fs, extensions=None if group_by_key is not False else exts)
+    root = (fs.unstrip_protocol(path) if protocol_of(url) else path).rstrip("/") + "/"
+    if group_by_key or (group_by_key is None and wants_grouping(listed, root)):
+        num_threads, progress = current_defaults()
+        rows = group_files(
+            listed, root, fs, keep_without_media=bool(group_by_key), num_threads=num_threads,
+            progress=progress, stats=stats,
+        )  # fmt: skip
+        return rows_to_table(rows) if rows else pa.table({"path": pa.array([], pa.string())})
+    files = [(n, size) for n, size in listed if _kind_of(n)]
     return _table_of_files(
         [name for name, _ in files], [None if size < 0 else size for _, size in files]
     )
@@ -195,6 +209,9 @@ def read_index(
     src: str | os.PathLike,
     storage_options: dict[str, Any] | None = None,
     txt: str | None = None,
+    *,
+    group_by_key: bool | None = None,
+    stats: dict[str, int] | None = None,
 ) -> pa.Table:
     """Read the index at ``src`` into one table.
 
@@ -205,6 +222,15 @@ def read_index(
         txt (str | None): what a ``.txt`` lists: ``"index"`` (shards of the index, like SDS's
             ``split_file_paths.txt``), ``"media"`` (one sample per line), or None to decide by
             the lines' extensions (see the module's docstring). Other sources ignore it.
+        group_by_key (bool | None): how a directory is read: None (default) groups its files
+            by key (one row per key: media columns, ``caption`` from the ``.txt``, the
+            ``.json``'s fields, other files as paths) when some sidecar file shares its key
+            with a media file, else one row per media file; True always groups and keeps keys
+            without media (metadata-only directories); False never groups. Other sources
+            ignore it. See :mod:`sdsnodes.index._sidecars`.
+        stats (dict | None): for a grouped directory, filled with the counts of sidecars left
+            as paths (``too_large``, ``not_utf8``, ``json_not_object``) and of keys dropped
+            for having no media (``without_media``).
 
     Returns:
         pyarrow.Table: one row per sample; columns as in the source(s), unified across files.
@@ -232,7 +258,7 @@ def read_index(
             ]
             table = pa.concat_tables(tables, promote_options="permissive")
         elif fs.isdir(path):
-            table = _read_directory(url, fs, path)
+            table = _read_directory(url, fs, path, group_by_key, stats)
             if table.num_rows == 0:
                 exts = sorted(e for exts in MEDIA_EXTENSIONS.values() for e in exts)
                 raise IndexSourceError(
