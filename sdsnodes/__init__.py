@@ -52,6 +52,7 @@ from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOpti
 from sdsnodes.presets import (
     build_audio_graph,
     build_image_graph,
+    build_metadata_graph,
     build_text_to_video_graph,
     build_video_graph,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "VideoClip",
     "build_audio_graph",
     "build_image_graph",
+    "build_metadata_graph",
     "build_text_to_video_graph",
     "build_video_graph",
     "collate",

@@ -5,6 +5,7 @@ Batcher + collate → Prefetcher. ``sdsnodes.presets`` says *what* each preset d
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from torchdata.nodes import BaseNode, Batcher, Mapper
 
-from sdsnodes.codecs import Codec, Text
+from sdsnodes.codecs import AudioWaveform, Codec, Latent, Text, TextEmbedding
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
@@ -27,6 +28,7 @@ from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOpti
 
 _NONE = {"caption_column": "None", "audio": "False", "latent_columns": "()"}
 _NONE["embedding_columns"] = "()"  # options that may name no column, and how
+_NONE["columns"] = "None"
 
 
 def square(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -82,6 +84,44 @@ def add_caption(
     columns.update(dict.fromkeys(read, "caption_column"))
 
 
+def add_audio(
+    codecs: dict[str, Codec], columns: dict[str, str], audio: bool | str, video_column: str,
+    sample_rate: int, channels: int,
+) -> list[str]:  # fmt: skip
+    """Decode the clip's audio next (see ``audio`` in :func:`sdsnodes.build_text_to_video_graph`);
+    returns the columns of audio files to download.
+
+    Raises:
+        ValueError: ``audio`` is not False, True or a column name.
+    """
+    if audio is True:
+        codecs["audio"] = AudioWaveform(
+            sample_rate, channels, source_column=video_column, align_to=video_column,
+            with_info=True,
+        )  # fmt: skip
+        return []
+    if isinstance(audio, str):
+        codecs[audio] = AudioWaveform(sample_rate, channels, align_to=video_column, with_info=True)
+        columns[audio] = "audio"
+        return [audio]
+    if audio is not False:
+        raise ValueError(f"{audio=} must be False, True or the name of a column of audio files")
+    return []
+
+
+def embedding_codec(num_tokens: int | None, allow_pickle: bool) -> Codec:
+    """The codec of a caption-embedding column: ``TextEmbedding(num_tokens)`` (zeroed after the
+    end-of-text token, padded or cut to ``num_tokens`` rows) when ``num_tokens`` is set, else
+    ``Latent()`` (the stored shape); pickles only with ``allow_pickle``.
+
+    Raises:
+        ValueError: ``num_tokens`` is not None or an int >= 1.
+    """
+    if num_tokens is None:
+        return Latent(allow_pickle=allow_pickle)
+    return TextEmbedding(num_tokens=num_tokens, allow_pickle=allow_pickle)
+
+
 CAPTION_EMBEDDING = "caption_embedding"
 """Where a paired preset puts the chosen caption's embedding."""
 
@@ -118,6 +158,30 @@ def pair_captions(
     }
 
 
+def add_embeddings(
+    codecs: dict[str, Codec], columns: dict[str, str], files: list[str],
+    caption_column: str | Sequence[str] | None, choice: str, embedding_columns: Sequence[str],
+    pair: bool | None, *, embedding_tokens: int | None, allow_pickle: bool,
+) -> dict[str, object] | None:  # fmt: skip
+    """Decode the captions and their embeddings next (into ``codecs``, ``columns`` and the
+    ``files`` to download), paired or not (see :func:`pair_captions`); returns the Selector's
+    keywords when paired, else None. Embeddings decode with :func:`embedding_codec`."""
+    select = pair_captions(caption_column, embedding_columns, pair, choice)
+    if select is not None:
+        codecs["caption"] = Text()
+        codecs[CAPTION_EMBEDDING] = embedding_codec(embedding_tokens, allow_pickle)
+        columns.update(dict.fromkeys(caption_column, "caption_column"))  # type: ignore[arg-type]
+        columns.update(dict.fromkeys(embedding_columns, "embedding_columns"))
+        files.append(CAPTION_EMBEDDING)
+        return select
+    add_caption(codecs, columns, caption_column, choice)
+    for column in embedding_columns:
+        codecs[column] = embedding_codec(embedding_tokens, allow_pickle)
+        columns[column] = "embedding_columns"
+    files.extend(embedding_columns)
+    return None
+
+
 def assemble(
     src: str | os.PathLike | pa.Table,
     codecs: Mapping[str, Codec],
@@ -127,6 +191,7 @@ def assemble(
     partial: Sequence[str] = (),
     block_size: int = 1 << 20,
     select: Mapping[str, object] | None = None,
+    keep: Sequence[str] | None = None,
     batch_size: int,
     index: IndexOptions | None = None,
     cache: CacheOptions | None,
@@ -155,6 +220,8 @@ def assemble(
         select: the keywords of a :class:`~sdsnodes.nodes.select.Selector` placed before the
             downloads (``candidates``, ``files``, ``choice``), or None for none; an output
             column of it holds URLs when any of its candidates does.
+        keep: the only columns a sample keeps (beside the reserved ``__…__`` keys), or None
+            for all of them.
         The rest: the preset's options, each to the node named in
         :func:`sdsnodes.build_video_graph`.
 
@@ -205,7 +272,14 @@ def assemble(
     members = [c for c in dict.fromkeys(files) if addresses_members(reader.index.table, c)]
     if members:  # tar members (sdsnodes.index.tar): only their bytes are read
         node = TarMemberReader(node, members, cache=cache, fetch=fetch, errors=errors)
-    node = Decoder(node, codecs, num_threads=num_threads, seed=seed, errors=errors)
+    if codecs:  # a metadata graph decodes nothing
+        node = Decoder(node, codecs, num_threads=num_threads, seed=seed, errors=errors)
     node = Evictor(node)
+    if keep is not None:
+        node = Mapper(node, functools.partial(_keep_columns, keep=frozenset(keep)))
     node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
     return Prefetcher(node, prefetch_factor) if prefetch_factor else node
+
+
+def _keep_columns(sample: dict, keep: frozenset[str]) -> dict:
+    return {k: v for k, v in sample.items() if k in keep or k.startswith("__")}

@@ -1,5 +1,5 @@
-"""Ready-made graphs: ``build_image_graph``, ``build_video_graph``, ``build_audio_graph`` and
-``build_text_to_video_graph``.
+"""Ready-made graphs: ``build_image_graph``, ``build_video_graph``, ``build_audio_graph``,
+``build_text_to_video_graph`` and ``build_metadata_graph`` (index rows only, no media).
 
 Each chains IndexReader → Shuffler → (Selector) → CachingDownloader (every column of URLs) →
 RangeReader (``partial_reads``) → Decoder → Evictor → Batcher + collate → Prefetcher and yields
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 from torchdata.nodes import BaseNode
 
-from sdsnodes._preset_parts import CAPTION_EMBEDDING, add_caption, assemble, pair_captions, square
+from sdsnodes._preset_parts import add_audio, add_caption, add_embeddings, assemble, square
 from sdsnodes._renamed import renamed_keywords
-from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, Text, VideoClip
+from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, VideoClip
 from sdsnodes.options import (
     CacheOptions,
     ErrorOptions,
@@ -243,6 +243,8 @@ def build_text_to_video_graph(
     latent_causal: bool = False,
     latent_sample: bool = False,
     embedding_columns: Sequence[str] = (),
+    embedding_tokens: int | None = None,
+    allow_pickle: bool = False,
     pair_embeddings: bool | None = None,
     partial_reads: bool = False,
     block_size: int = 1 << 20,
@@ -283,8 +285,15 @@ def build_text_to_video_graph(
             (latent frames/s) or ``latent_stride`` (source frames per latent frame,
             ``latent_causal`` for causal VAEs whose first latent frame is frame 0 alone); else
             loaded whole. ``latent_sample``: draw from stored mean/logvar (seeded).
-        embedding_columns (Sequence[str]): columns of caption embeddings (.npy, .pt), loaded
-            whole.
+        embedding_columns (Sequence[str]): columns of caption embeddings (.npy, .pt; .pkl with
+            ``allow_pickle``), loaded whole (``Latent()``) unless ``embedding_tokens`` is set.
+        embedding_tokens (int | None): decode embeddings with ``TextEmbedding(num_tokens=
+            embedding_tokens)``: rows after the end-of-text token zeroed, padded with zeros or
+            cut to ``embedding_tokens`` rows, so captions of any length batch (SDS's
+            ``TextEmbLoaderTransform``); None (default): the stored shape.
+        allow_pickle (bool): load ``.pkl``/``.pkl.gz`` latents and embeddings (SDS's format).
+            Unsafe: unpickling runs any code the file holds, so only for files you trust;
+            False (default) refuses them (a decode error naming the file).
         pair_embeddings (bool | None): True: ``embedding_columns[i]`` is the embedding of
             ``caption_column[i]`` (as many of each): a :class:`~sdsnodes.nodes.select.Selector`
             before the downloads chooses the caption (``caption_choice``, seeded by (seed,
@@ -305,8 +314,8 @@ def build_text_to_video_graph(
         round(num_frames / fps * audio_sample_rate), with ``.sample_rate`` int64 [B] and
         ``.audio_start`` float64 [B]; each latent column float32 [B, C, T', h, w] (T' the
         clip's latent frames) and each embedding column float32 [B, ...] (lists where shapes
-        differ) — paired: ``caption_embedding`` float32 [B, ...], the chosen caption's, and
-        the embedding columns list[str | None] (the chosen file, None for the others); and
+        differ; [B, embedding_tokens, D] with ``embedding_tokens``) — paired:
+        ``caption_embedding`` float32 [B, ...], the chosen caption's, and the embedding columns list[str | None] (the chosen file, None for the others); and
         the reserved keys as in :func:`build_video_graph`.
 
     Raises:
@@ -317,42 +326,73 @@ def build_text_to_video_graph(
     clip = VideoClip(num_frames, fps=fps, size=square(size), with_info=True)
     codecs: dict[str, Codec] = {video_column: clip}
     columns = {video_column: "video_column"}
-    if audio is True:
-        codecs["audio"] = AudioWaveform(
-            audio_sample_rate, audio_channels, source_column=video_column,
-            align_to=video_column, with_info=True,
-        )  # fmt: skip
-    elif isinstance(audio, str):
-        codecs[audio] = AudioWaveform(
-            audio_sample_rate, audio_channels, align_to=video_column, with_info=True
-        )
-        columns[audio] = "audio"
-    elif audio is not False:
-        raise ValueError(f"{audio=} must be False, True or the name of a column of audio files")
+    audio_files = add_audio(codecs, columns, audio, video_column, audio_sample_rate, audio_channels)
     timed = latent_fps is not None or latent_stride is not None
     for column in latent_columns:
         codecs[column] = Latent(
-            sample=latent_sample, align_to=video_column if timed else None,
+            sample=latent_sample, align_to=video_column if timed else None, allow_pickle=allow_pickle,
             latent_fps=latent_fps, temporal_stride=latent_stride, causal=latent_causal,
         )  # fmt: skip
         columns[column] = "latent_columns"
-    files = [video_column, *([audio] if isinstance(audio, str) else []), *latent_columns]
-    select = pair_captions(caption_column, embedding_columns, pair_embeddings, caption_choice)
-    if select is not None:
-        codecs["caption"], codecs[CAPTION_EMBEDDING] = Text(), Latent()
-        columns.update(dict.fromkeys(caption_column, "caption_column"))  # type: ignore[arg-type]
-        columns.update(dict.fromkeys(embedding_columns, "embedding_columns"))
-        files.append(CAPTION_EMBEDDING)
-    else:
-        add_caption(codecs, columns, caption_column, caption_choice)
-        for column in embedding_columns:
-            codecs[column] = Latent()
-            columns[column] = "embedding_columns"
-        files.extend(embedding_columns)
+    files = [video_column, *audio_files, *latent_columns]
+    select = add_embeddings(
+        codecs, columns, files, caption_column, caption_choice, embedding_columns,
+        pair_embeddings, embedding_tokens=embedding_tokens, allow_pickle=allow_pickle,
+    )  # fmt: skip
     return assemble(
         src, codecs, columns=columns, files=files, select=select,
         partial=[video_column] if partial_reads else [], block_size=block_size,
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+
+
+def build_metadata_graph(
+    src: Src,
+    *,
+    columns: Sequence[str] | None = None,
+    batch_size: int = 256,
+    index: IndexOptions | None = None,
+    cache: CacheOptions | None = None,
+    fetch: FetchOptions | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    prefetch_factor: int = 2,
+    drop_last: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> BaseNode:
+    """A graph yielding batches of index rows as they are: nothing downloaded or decoded. For
+    metadata-only datasets (captions, embedding paths or class labels in the index, as SDS's
+    ``create_standard_metadata_pipeline``) and for looking at an index quickly.
+
+    The chain is the other presets' (IndexReader → Shuffler → Batcher + collate → Prefetcher),
+    so it resumes exactly, shards by rank and worker, and takes the same ``index`` options.
+
+    Args:
+        src: index source (see :class:`~sdsnodes.IndexReader`), e.g. a directory of ``.txt`` /
+            ``.json`` sidecars read with ``read_index(src, group_by_key=True)``.
+        columns (Sequence[str] | None): the only index columns kept (names after
+            ``index.rename``); None: every column.
+        batch_size (int): rows per batch (256).
+        cache, fetch: only ``cache.cache_dir`` (keeps the converted index, under ``index/``) and
+            ``fetch.storage_options`` (for a remote index) are used.
+        The other options: as :func:`build_video_graph`.
+
+    Returns:
+        BaseNode: yields dicts with each kept column (numbers as tensors [B], text and other
+        values as lists) and ``__key__`` list[str], ``__index__`` / ``__epoch__`` int64 [B].
+
+    Raises:
+        ValueError: a bad argument, or a column missing from the index (listed).
+    """
+    if isinstance(columns, str):
+        raise ValueError(f"{columns=} must be a list of column names, e.g. [{columns!r}]")
+    return assemble(
+        src, {}, columns=dict.fromkeys(columns or (), "columns"), files=[],
+        keep=None if columns is None else list(columns),
+        index=index, cache=cache, fetch=fetch, errors=None, batch_size=batch_size, shuffle=shuffle,
+        seed=seed, num_threads=1, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size,
     )  # fmt: skip
