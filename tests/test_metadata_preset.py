@@ -11,6 +11,7 @@ import pytest
 from torchdata.nodes import Loader
 
 from sdsnodes import (
+    CacheOptions,
     IndexOptions,
     build_metadata_graph,
     build_text_to_video_graph,
@@ -87,6 +88,21 @@ def test_metadata_only_directory_of_sidecars(tmp_path):
                                             batch_size=4, shuffle=False))  # fmt: skip
     assert batch["caption"] == [f"caption {i}" for i in range(4)]
     assert batch["aesthetic"].tolist() == [0, 1, 2, 3]
+
+
+def test_directory_src_is_grouped_through_the_index_reader(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i:04d}.mp4").write_bytes(b"not decoded")
+        (data / f"{i:04d}.txt").write_text(f"caption {i}")
+    graph = build_metadata_graph(
+        str(data), columns=["caption"], batch_size=3, shuffle=False,
+        index=IndexOptions(key_column="key"), cache=CacheOptions(cache_dir=str(tmp_path / "c")),
+    )  # fmt: skip
+    (batch,) = batches(graph)
+    assert batch["__key__"] == ["0000", "0001", "0002"]
+    assert batch["caption"] == ["caption 0", "caption 1", "caption 2"]
 
 
 @pytest.fixture(scope="module")
