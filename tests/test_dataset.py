@@ -45,14 +45,15 @@ def test_spawned_workers_advance_epochs_and_resume_exactly():
     forked = loader()
     reference = [keys(forked) for _ in range(2)]
     assert reference[0] != reference[1]
-    dl = loader(multiprocessing_context="spawn")
+    spawn = {"multiprocessing_context": "spawn", "persistent_workers": True}
+    dl = loader(**spawn)
     assert [keys(dl) for _ in range(2)] == reference
-    dl = loader(multiprocessing_context="spawn")
+    dl = loader(**spawn)
     it = iter(dl)
     head = [tuple(next(it)["__key__"]) for _ in range(2)]
     state = json.loads(json.dumps(dl.state_dict()))
     del it
-    fresh = loader(multiprocessing_context="spawn")
+    fresh = loader(**spawn)
     fresh.load_state_dict(state)
     assert head + keys(fresh) == reference[0]
 

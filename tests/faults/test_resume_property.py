@@ -325,7 +325,7 @@ def test_resume_anywhere_loses_and_repeats_nothing(http_dir, image_files, tmp_pa
         tmp=tmp_path,
     )
     only = os.environ.get("SDS_RESUME_TRIALS")
-    numbers = [int(n) for n in only.split(",")] if only else range(scaled(30, 200))
+    numbers = [int(n) for n in only.split(",")] if only else range(scaled(16, 200))
     trials = len(numbers)
     lost = repeated = padded = 0
     failures = []

@@ -199,8 +199,8 @@ def test_four_processes_soak_one_cache_within_budget_without_leaks(http_dir, tmp
     pq.write_table(pa.table({"image": urls, "caption": [""] * NUM_IMAGES, "size": sizes}), index)
     max_bytes = sum(sizes) // 5
     bound = max_bytes + PROCESSES * max(sizes)
-    duration = scaled(60, 600)
-    warmup = duration / 3  # after each process's first batch (RSS settles ~15 s after it here)
+    duration = scaled(40, 600)
+    warmup = max(15.0, duration / 3)  # after each process's first batch (RSS settles in ~15 s here)
     cache_dir = tmp_path / "cache"
     config = tmp_path / "soak.json"
     config.write_text(json.dumps({
