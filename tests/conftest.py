@@ -4,6 +4,17 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only with ``SDS_SLOW=1`` (benchmark smoke runs, 10M-row checks)."""
+    if os.environ.get("SDS_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with SDS_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 os.environ.setdefault(
     "SDS_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "sds-test-cache")
 )

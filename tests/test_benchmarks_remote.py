@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,6 +57,7 @@ def test_list_names_the_remote_benchmarks(tmp_path):
     assert {"remote", "cache_policy", "disk_peak"} <= names
 
 
+@pytest.mark.slow  # a benchmark smoke run: SDS_SLOW=1
 def test_remote_quick_prints_both_tables_with_ratios_and_targets(tmp_path):
     lines = run_quick("remote", tmp_path).stdout.splitlines()
     headers = [line for line in lines if line.startswith("loader")]
@@ -87,6 +90,7 @@ def test_remote_quick_prints_both_tables_with_ratios_and_targets(tmp_path):
     assert sum("ceiling:" in line for line in lines) == 2
 
 
+@pytest.mark.slow  # a benchmark smoke run: SDS_SLOW=1
 def test_cache_policy_quick_prints_epochs_of_both_policies(tmp_path):
     lines = run_quick("cache_policy", tmp_path).stdout.splitlines()
     (header,) = [line for line in lines if line.startswith("policy")]
@@ -103,6 +107,7 @@ def test_cache_policy_quick_prints_epochs_of_both_policies(tmp_path):
     assert any("in-flight window" in line for line in lines)
 
 
+@pytest.mark.slow  # a benchmark smoke run: SDS_SLOW=1
 def test_disk_peak_quick_prints_peak_bound_and_ledger(tmp_path):
     lines = run_quick("disk_peak", tmp_path).stdout.splitlines()
     table = {cells(line)[0]: cells(line)[1:] for line in lines if re.search(r"\(.*-.*\)\s*$", line)}

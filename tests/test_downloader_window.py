@@ -487,7 +487,9 @@ def test_a_reset_releases_what_a_reading_ahead_decoder_held(http_server, http_di
     files = make_files(http_dir, 24, seed=5)
     index = index_of(tmp_path, list(files), [len(b) for b in files.values()])
     node = downloader(tmp_path, index, fetch=FetchOptions(max_in_flight=8), max_bytes=200_000)
-    graph = Evictor(Decoder(node, {"file": lambda path, *_: Path(path).read_bytes()}, num_threads=4))
+    graph = Evictor(
+        Decoder(node, {"file": lambda path, *_: Path(path).read_bytes()}, num_threads=4)
+    )
     graph.reset()
     for _ in range(3):
         next(graph)

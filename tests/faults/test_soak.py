@@ -285,7 +285,9 @@ def test_four_processes_soak_one_cache_within_budget_without_leaks(http_dir, tmp
             leaks += grew(kind, first_k, last_k)
         # native threads also count pools that libraries (OpenMP, codecs) start lazily, once, at
         # any point of the run: a leak of them keeps growing, in both halves of the run
-        leaks += min(grew("native_threads", first_k, middle_k), grew("native_threads", middle_k, last_k))
+        leaks += min(
+            grew("native_threads", first_k, middle_k), grew("native_threads", middle_k, last_k)
+        )
         details.append(
             f"pid {rep['pid']}: {len(rep['epochs'])} epochs, fds {first['files']}→{last['files']} "
             f"(ledger {first['ledger']}→{last['ledger']}), "
