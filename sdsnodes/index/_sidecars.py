@@ -231,17 +231,24 @@ def _add_file(
         row["caption" if ext == "txt" else ext[:-4]] = text
 
 
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """The grouped rows as a table: ``key``, ``path``, ``size`` (int64), the media kinds,
-    ``caption``, then the other columns sorted by name. A column whose values Arrow cannot hold
-    in one type (mixed JSON types) is kept as text: strings as they are, other values as JSON.
+def rows_to_table(
+    rows: list[dict[str, Any]],
+    order: list[str] | None = None,
+    int64: tuple[str, ...] = ("size",),
+) -> pa.Table:
+    """Rows as a table, columns in ``order`` (default: ``key``, ``path``, ``size``, the media
+    kinds, ``caption``, then the others sorted by name); ``int64`` columns typed int64. A column
+    whose values Arrow cannot hold in one type (mixed JSON types) is kept as text: strings as
+    they are, other values as JSON. Shared by directory and tar indexes.
     """
-    names = list(dict.fromkeys(c for row in rows for c in row))
-    first = [c for c in ("key", "path", "size", *MEDIA_KINDS, "caption") if c in names]
+    if order is None:
+        names = list(dict.fromkeys(c for row in rows for c in row))
+        first = [c for c in ("key", "path", "size", *MEDIA_KINDS, "caption") if c in names]
+        order = first + sorted(c for c in names if c not in first)
     columns = {}
-    for name in first + sorted(c for c in names if c not in first):
+    for name in order:
         values = [row.get(name) for row in rows]
-        if name == "size":
+        if name in int64:
             columns[name] = pa.array(values, pa.int64())
             continue
         try:

@@ -58,6 +58,7 @@ from sdsnodes.index._sidecars import (
     SIDECAR_MAX_BYTES,
     add_json_fields,
     media_kind,
+    rows_to_table,
     split_key,
 )
 from sdsnodes.storage import filesystem, is_remote, local_path
@@ -307,17 +308,4 @@ def tar_index(
     first = [c for c in OWN_COLUMNS if c in names]
     media = [c for c in names if c not in first and any(parse_member(r.get(c)) for r in rows[:64])]
     order = first + sorted(media) + sorted(c for c in names if c not in first and c not in media)
-    columns = {}
-    for name in order:
-        values = [row.get(name) for row in rows]
-        if name in ("offset", "size"):
-            columns[name] = pa.array(values, pa.int64())
-            continue
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            columns[name] = pa.array(
-                [v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
-                pa.string(),
-            )
-    return pa.table(columns)
+    return rows_to_table(rows, order, int64=("offset", "size"))
