@@ -25,7 +25,29 @@ def _check_count(name: str, n: int) -> int:
     return n
 
 
-class Filter(BaseNode[Sample]):
+class _Counting(BaseNode[Sample]):
+    """What the three share: the source reset and its state nested under ``SOURCE_KEY``, beside
+    one per-epoch counter under ``COUNT_KEY``."""
+
+    SOURCE_KEY = "source"
+    COUNT_KEY = "count"
+
+    def __init__(self, source: BaseNode) -> None:
+        super().__init__()
+        self.source = source
+        self._count = 0
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        state = initial_state or {}
+        self.source.reset(state.get(self.SOURCE_KEY))
+        self._count = int(state.get(self.COUNT_KEY, 0))
+
+    def get_state(self) -> dict[str, Any]:
+        return {self.SOURCE_KEY: self.source.state_dict(), self.COUNT_KEY: self._count}
+
+
+class Filter(_Counting):
     """Yield the items of ``source`` for which ``predicate(item)`` is true.
 
     A dropped item is not an error (it is not counted in the error stats): the Filter counts it
@@ -44,40 +66,28 @@ class Filter(BaseNode[Sample]):
         TypeError: ``predicate`` is not callable.
     """
 
-    SOURCE_KEY = "source"
-    FILTERED_KEY = "filtered"
+    COUNT_KEY = FILTERED_KEY = "filtered"
 
     def __init__(self, source: BaseNode, predicate: Callable[[Any], bool]) -> None:
-        super().__init__()
         if not callable(predicate):
             raise TypeError(f"predicate must be callable, got {predicate!r}")
-        self.source = source
+        super().__init__(source)
         self.predicate = predicate
-        self._filtered = 0
 
     @property
     def filtered(self) -> int:
         """Items dropped by the predicate since the epoch started (in this process)."""
-        return self._filtered
-
-    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        super().reset(initial_state)
-        state = initial_state or {}
-        self.source.reset(state.get(self.SOURCE_KEY))
-        self._filtered = int(state.get(self.FILTERED_KEY, 0))
+        return self._count
 
     def next(self) -> Any:
         while True:
             item = next(self.source)
             if self.predicate(item):
                 return item
-            self._filtered += 1
-
-    def get_state(self) -> dict[str, Any]:
-        return {self.SOURCE_KEY: self.source.state_dict(), self.FILTERED_KEY: self._filtered}
+            self._count += 1
 
 
-class Take(BaseNode[Sample]):
+class Take(_Counting):
     """Yield the first ``n`` items of each epoch of ``source``, then end the epoch.
 
     The source is not read past its ``n``-th item.
@@ -93,33 +103,21 @@ class Take(BaseNode[Sample]):
         ValueError: ``n`` is not an int >= 0.
     """
 
-    SOURCE_KEY = "source"
-    TAKEN_KEY = "taken"
+    COUNT_KEY = TAKEN_KEY = "taken"
 
     def __init__(self, source: BaseNode, n: int) -> None:
-        super().__init__()
-        self.source = source
         self.n = _check_count("n", n)
-        self._taken = 0
-
-    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        super().reset(initial_state)
-        state = initial_state or {}
-        self.source.reset(state.get(self.SOURCE_KEY))
-        self._taken = int(state.get(self.TAKEN_KEY, 0))
+        super().__init__(source)
 
     def next(self) -> Any:
-        if self._taken >= self.n:
+        if self._count >= self.n:
             raise StopIteration
         item = next(self.source)
-        self._taken += 1
+        self._count += 1
         return item
 
-    def get_state(self) -> dict[str, Any]:
-        return {self.SOURCE_KEY: self.source.state_dict(), self.TAKEN_KEY: self._taken}
 
-
-class Skip(BaseNode[Sample]):
+class Skip(_Counting):
     """Drop the first ``n`` items of each epoch of ``source`` and yield the rest.
 
     The skipped items are read (and so downloaded and decoded, if the source does that): put
@@ -136,26 +134,14 @@ class Skip(BaseNode[Sample]):
         ValueError: ``n`` is not an int >= 0.
     """
 
-    SOURCE_KEY = "source"
-    SKIPPED_KEY = "skipped"
+    COUNT_KEY = SKIPPED_KEY = "skipped"
 
     def __init__(self, source: BaseNode, n: int) -> None:
-        super().__init__()
-        self.source = source
         self.n = _check_count("n", n)
-        self._skipped = 0
-
-    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        super().reset(initial_state)
-        state = initial_state or {}
-        self.source.reset(state.get(self.SOURCE_KEY))
-        self._skipped = int(state.get(self.SKIPPED_KEY, 0))
+        super().__init__(source)
 
     def next(self) -> Any:
-        while self._skipped < self.n:
+        while self._count < self.n:
             next(self.source)  # StopIteration: the epoch is shorter than n
-            self._skipped += 1
+            self._count += 1
         return next(self.source)
-
-    def get_state(self) -> dict[str, Any]:
-        return {self.SOURCE_KEY: self.source.state_dict(), self.SKIPPED_KEY: self._skipped}
