@@ -1,0 +1,308 @@
+"""Chunkers: one long file (a video, an audio track, a text, a latent) as consecutive chunks.
+
+A chunker is the stream counterpart of a codec: ``chunker.chunks(value, start)`` yields the
+chunks ``start, start + 1, …`` of ``value`` in order, each a :class:`~sdsnodes.codecs.Decoded`
+(the chunk and facts about it, e.g. ``clip_start`` in seconds). Chunk ``c`` is a pure function of
+``(value, c)``, so a stream resumed at chunk ``c`` yields exactly what the uninterrupted stream
+would have (see :class:`~sdsnodes.nodes.stream_batcher.StreamBatcher`). Each chunker reuses the
+codec of its modality for the decoding itself (``VideoClip``, ``AudioWaveform``, ``Text``,
+``Latent``). Chunk ``c`` starts at ``c * stride`` (frames, seconds, tokens or latent frames);
+``stride`` defaults to the chunk length: consecutive chunks, no gap, no overlap.
+
+Errors: a file that cannot be opened raises :class:`~sdsnodes.errors.DecodeError` at the first
+chunk; one that breaks off mid-way (corrupt or truncated: its frames stop before the length its
+header states) raises it at the first chunk it cannot fill.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from sdsnodes.codecs._av import av_open
+from sdsnodes.codecs._resize import Size, as_source, describe
+from sdsnodes.codecs.audio import AudioWaveform, _total_samples
+from sdsnodes.codecs.base import Decoded
+from sdsnodes.codecs.latent import Latent
+from sdsnodes.codecs.text import Text
+from sdsnodes.codecs.video import VideoClip, _rate_and_duration
+from sdsnodes.errors import DecodeError
+
+_EPS = 1e-6  # chunks of a length that is a float: a chunk ending within this of the end fits
+
+
+def _count(length: float, chunk: float, stride: float) -> int:
+    """Whole chunks of ``chunk`` units every ``stride`` units in ``length`` units."""
+    if length + _EPS < chunk:
+        return 0
+    return math.floor((length - chunk) / stride + _EPS) + 1
+
+
+def _positive(name: str, value: Any, integer: bool) -> None:
+    kind = int if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a number > 0")
+    if value <= 0:
+        raise ValueError(f"{name}={value!r} must be > 0")
+
+
+class VideoChunks:
+    """A video as consecutive clips of ``num_frames`` frames at ``fps``.
+
+    Clip ``c`` is ``VideoClip(num_frames, fps, size, start="given")`` at ``c * stride / fps``
+    seconds: its frames are at ``(c * stride + i) / fps`` s, each the latest source frame at or
+    before that time. Only whole clips are yielded: a video of ``d`` seconds has
+    ``floor((d * fps - num_frames) / stride) + 1`` clips (none when shorter than a clip). Each clip
+    seeks to the keyframe before it and decodes from there (:class:`~sdsnodes.VideoClip`).
+
+    Args:
+        num_frames (int): frames per clip T, >= 1.
+        fps (float): clip frame rate in frames/s, > 0.
+        size (int | tuple[int, int] | None): resize as :class:`~sdsnodes.VideoClip` (an int: the
+            short side; a pair: cover and centre-crop to (H, W)); None keeps the source size.
+        stride (int | None): frames (at ``fps``) from one clip's start to the next; None:
+            ``num_frames`` (consecutive). Less overlaps clips, more leaves gaps.
+
+    Yields:
+        Decoded: uint8 [T, 3, H, W] with ``clip_start``, ``clip_end`` (s) and ``source_fps``.
+
+    Raises:
+        ValueError: at construction, for an invalid argument.
+        DecodeError: not a video, or frames that run out before the stated duration.
+    """
+
+    def __init__(
+        self, num_frames: int, fps: float, size: Size = None, stride: int | None = None
+    ) -> None:
+        _positive("num_frames", num_frames, integer=True)
+        _positive("fps", fps, integer=False)
+        if stride is not None:
+            _positive("stride", stride, integer=True)
+        self.num_frames, self.fps = int(num_frames), float(fps)
+        self.stride = int(stride or num_frames)
+        self.size = size
+        self._clip = VideoClip(
+            self.num_frames, fps=self.fps, size=size, start="given", on_short="skip",
+            with_info=True,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoChunks(num_frames={self.num_frames}, fps={self.fps}, size={self.size}, "
+            f"stride={self.stride})"
+        )
+
+    def count(self, value: Any) -> int:
+        """Clips in the video at ``value`` (a path or bytes), from its header."""
+        try:
+            with av_open(as_source(value)) as container:
+                if not container.streams.video:
+                    raise DecodeError(describe(value), "no video stream")
+                _, duration = _rate_and_duration(container, container.streams.video[0])
+        except DecodeError:
+            raise
+        except Exception as error:
+            raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
+        return _count(duration * self.fps, self.num_frames, self.stride)
+
+    def chunks(self, value: Any, start: int = 0) -> Iterator[Decoded]:
+        """Clips ``start, start + 1, …`` of the video at ``value`` (see the class docstring)."""
+        for c in range(start, self.count(value)):
+            clip, info = self._clip.clip(value, None, {"clip_start": c * self.stride / self.fps})
+            yield Decoded(clip, info)  # [T, 3, H, W] uint8
+
+
+class AudioChunks:
+    """An audio track (an audio file, or a video's) as consecutive windows of ``seconds``.
+
+    Window ``c`` is ``AudioWaveform(sample_rate, channels, duration=seconds, start="given")`` at
+    ``c * stride`` seconds: decoded from about 0.1 s before it and resampled with real signal on
+    both sides, so consecutive windows join without edge effects. Only whole windows are
+    yielded (``floor((d - seconds) / stride) + 1`` for a track of ``d`` seconds).
+
+    Args:
+        seconds (float): window length in seconds, > 0.
+        sample_rate (int): output rate in Hz.
+        channels (int): 1 (mono mixdown) or 2.
+        stride (float | None): seconds from one window's start to the next; None: ``seconds``.
+
+    Yields:
+        Decoded: float32 [C, S] in [-1, 1], S == round(seconds * sample_rate), with
+        ``sample_rate`` (Hz) and ``audio_start`` (s).
+
+    Raises:
+        ValueError: at construction, for an invalid argument.
+        DecodeError: no audio stream, or samples that stop before the stated length.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        sample_rate: int = 16000,
+        channels: int = 1,
+        stride: float | None = None,
+    ) -> None:
+        _positive("seconds", seconds, integer=False)
+        if stride is not None:
+            _positive("stride", stride, integer=False)
+        self.seconds = float(seconds)
+        self.stride = float(stride or seconds)
+        self._wave = AudioWaveform(
+            sample_rate, channels, duration=self.seconds, start="given", with_info=True
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AudioChunks(seconds={self.seconds}, sample_rate={self._wave.sample_rate}, "
+            f"channels={self._wave.channels}, stride={self.stride})"
+        )
+
+    def count(self, value: Any) -> int:
+        """Windows in the audio track at ``value``, from its header."""
+        try:
+            with av_open(as_source(value)) as container:
+                if not container.streams.audio:
+                    raise DecodeError(describe(value), "no audio stream")
+                stream = container.streams.audio[0]
+                rate = stream.codec_context.sample_rate or stream.rate
+                seconds = _total_samples(container, stream, rate) / rate if rate else 0.0
+        except DecodeError:
+            raise
+        except Exception as error:
+            raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
+        return _count(seconds, self.seconds, self.stride)
+
+    def chunks(self, value: Any, start: int = 0) -> Iterator[Decoded]:
+        """Windows ``start, start + 1, …`` of the track at ``value``."""
+        for c in range(start, self.count(value)):
+            yield self._wave(value, None, {"clip_start": c * self.stride})  # [C, S] float32
+
+
+class TextChunks:
+    """A text file as consecutive windows of ``chunk_size`` characters or tokens.
+
+    The file (a path, or bytes) is read as UTF-8 (``Text``). Without ``tokenizer``, chunk ``c``
+    is the str ``text[c * stride : c * stride + chunk_size]``; with it, the text is tokenized
+    once and chunk ``c`` is int64 [chunk_size] of token ids, the last one padded with
+    ``pad_id`` (``length`` says how many are real). Every character or token is in a chunk (the
+    last may be short); an empty text has none.
+
+    Args:
+        chunk_size (int): characters or tokens per chunk, >= 1.
+        tokenizer (Callable[[str], list[int]] | None): text → token ids (picklable for
+            DataLoader workers); None: characters.
+        stride (int | None): characters or tokens from one chunk's start to the next; None:
+            ``chunk_size``.
+        pad_id (int): the id padding the last token chunk.
+
+    Yields:
+        Decoded: str, or int64 [chunk_size], with ``length`` (real characters or tokens).
+
+    Raises:
+        ValueError: at construction, for an invalid argument.
+        DecodeError: the file is missing or not UTF-8; the tokenizer failed.
+    """
+
+    def __init__(
+        self,
+        chunk_size: int,
+        tokenizer: Callable[[str], Any] | None = None,
+        stride: int | None = None,
+        pad_id: int = 0,
+    ) -> None:
+        _positive("chunk_size", chunk_size, integer=True)
+        if stride is not None:
+            _positive("stride", stride, integer=True)
+        self.chunk_size, self.stride = int(chunk_size), int(stride or chunk_size)
+        self.tokenizer, self.pad_id = tokenizer, int(pad_id)
+        self._text = Text(strip=False, tokenizer=tokenizer)
+
+    def __repr__(self) -> str:
+        return (
+            f"TextChunks(chunk_size={self.chunk_size}, tokenizer={self.tokenizer!r}, "
+            f"stride={self.stride}, pad_id={self.pad_id})"
+        )
+
+    def chunks(self, value: Any, start: int = 0) -> Iterator[Decoded]:
+        """Chunks ``start, start + 1, …`` of the text at ``value``."""
+        if isinstance(value, (str, os.PathLike)):
+            try:
+                with open(value, "rb") as file:
+                    value = file.read()
+            except OSError as error:
+                raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
+        units = self._text(value)  # str, or the tokenizer's ids
+        n = (
+            0
+            if not len(units)
+            else 1 + math.ceil(max(len(units) - self.chunk_size, 0) / self.stride)
+        )
+        for c in range(start, n):
+            piece = units[c * self.stride : c * self.stride + self.chunk_size]
+            if self.tokenizer is None:
+                yield Decoded(piece, {"length": len(piece)})
+                continue
+            ids = torch.full((self.chunk_size,), self.pad_id, dtype=torch.int64)  # [L]
+            ids[: len(piece)] = torch.as_tensor(list(piece), dtype=torch.int64)
+            yield Decoded(ids, {"length": len(piece)})
+
+
+class LatentChunks:
+    """A precomputed video latent as consecutive runs of ``frames`` latent frames.
+
+    The file is loaded once per stream with :class:`~sdsnodes.Latent` (``.npy``, ``.npz``,
+    ``.pt``…); chunk ``c`` is the slice ``[c * stride, c * stride + frames)`` of dimension
+    ``temporal_dim``. Only whole chunks are yielded.
+
+    Args:
+        frames (int): latent frames per chunk, >= 1.
+        temporal_dim (int): the time dimension of the stored latent (1 for [C, T, h, w]).
+        stride (int | None): latent frames between chunk starts; None: ``frames``.
+        key (str | None), allow_pickle (bool): as :class:`~sdsnodes.Latent`.
+
+    Yields:
+        Decoded: float32, the stored shape with ``frames`` on ``temporal_dim``; ``latent_start``
+        (the first latent frame).
+
+    Raises:
+        ValueError: at construction, for an invalid argument.
+        DecodeError: the file is not a latent :class:`~sdsnodes.Latent` can load.
+    """
+
+    def __init__(
+        self,
+        frames: int,
+        temporal_dim: int = 1,
+        stride: int | None = None,
+        key: str | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        _positive("frames", frames, integer=True)
+        if stride is not None:
+            _positive("stride", stride, integer=True)
+        self.frames, self.temporal_dim = int(frames), int(temporal_dim)
+        self.stride = int(stride or frames)
+        self._latent = Latent(key=key, allow_pickle=allow_pickle)
+
+    def __repr__(self) -> str:
+        return (
+            f"LatentChunks(frames={self.frames}, temporal_dim={self.temporal_dim}, "
+            f"stride={self.stride})"
+        )
+
+    def chunks(self, value: Any, start: int = 0) -> Iterator[Decoded]:
+        """Chunks ``start, start + 1, …`` of the latent at ``value``."""
+        latent = self._latent(value)
+        if not -latent.ndim <= self.temporal_dim < latent.ndim:
+            raise DecodeError(
+                describe(value), f"temporal_dim={self.temporal_dim} of a {latent.ndim}-d latent"
+            )
+        n = _count(latent.shape[self.temporal_dim], self.frames, self.stride)
+        for c in range(start, n):
+            piece = latent.narrow(self.temporal_dim, c * self.stride, self.frames).contiguous()
+            yield Decoded(piece, {"latent_start": c * self.stride})
