@@ -26,11 +26,11 @@ import torch
 
 from sdsnodes.codecs._av import av_open
 from sdsnodes.codecs._resize import Size, as_source, describe
-from sdsnodes.codecs.audio import AudioWaveform, _total_samples
+from sdsnodes.codecs.audio import AudioWaveform
 from sdsnodes.codecs.base import Decoded
 from sdsnodes.codecs.latent import Latent
 from sdsnodes.codecs.text import Text
-from sdsnodes.codecs.video import VideoClip, _rate_and_duration
+from sdsnodes.codecs.video import VideoClip
 from sdsnodes.errors import DecodeError
 
 _EPS = 1e-6  # chunks of a length that is a float: a chunk ending within this of the end fits
@@ -41,6 +41,14 @@ def _count(length: float, chunk: float, stride: float) -> int:
     if length + _EPS < chunk:
         return 0
     return math.floor((length - chunk) / stride + _EPS) + 1
+
+
+def _seconds(container: Any, stream: Any) -> float:
+    """A stream's duration in seconds as its header states it (the stream's, else the
+    container's; 0.0 when neither says), as the codecs read it."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return (container.duration or 0) / 1_000_000  # AV_TIME_BASE units
 
 
 def _positive(name: str, value: Any, integer: bool) -> None:
@@ -103,7 +111,7 @@ class VideoChunks:
             with av_open(as_source(value)) as container:
                 if not container.streams.video:
                     raise DecodeError(describe(value), "no video stream")
-                _, duration = _rate_and_duration(container, container.streams.video[0])
+                duration = _seconds(container, container.streams.video[0])
         except DecodeError:
             raise
         except Exception as error:
@@ -168,9 +176,7 @@ class AudioChunks:
             with av_open(as_source(value)) as container:
                 if not container.streams.audio:
                     raise DecodeError(describe(value), "no audio stream")
-                stream = container.streams.audio[0]
-                rate = stream.codec_context.sample_rate or stream.rate
-                seconds = _total_samples(container, stream, rate) / rate if rate else 0.0
+                seconds = _seconds(container, container.streams.audio[0])
         except DecodeError:
             raise
         except Exception as error:
