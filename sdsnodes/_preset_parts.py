@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from torchdata.nodes import BaseNode, Batcher, Mapper
 
 from sdsnodes.codecs import AudioWaveform, Codec, Latent, Text, TextEmbedding
+from sdsnodes.nodes._packed import packed_source
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
@@ -208,7 +209,10 @@ def assemble(
     """Chain the nodes of a preset.
 
     Args:
-        src: the index source.
+        src: the index source; a packed dataset (parquet shards whose media columns are
+            ``{bytes, path}`` structs, see :mod:`sdsnodes.pack`) is read by a ShardReader
+            (shard order shuffled per epoch, rows within windows) instead of
+            IndexReader → Shuffler → downloads.
         codecs: output column → codec, in decoding order (a codec may read the sample decoded
             so far, e.g. audio aligned to the clip).
         columns: index column → the preset option naming it, for the error message when the
@@ -234,33 +238,46 @@ def assemble(
         raise ValueError(f"{prefetch_factor=} must be >= 0")
     cache, fetch = cache or CacheOptions(), fetch or FetchOptions()
     index_cache_dir = None if cache.cache_dir is None else os.path.join(cache.cache_dir, "index")
-    reader = IndexReader(
-        src, storage_options=fetch.storage_options, rank=rank, world_size=world_size,
-        index_cache_dir=index_cache_dir, index=index,
+    packed = packed_source(
+        src, cache=cache, fetch=fetch, errors=errors, shuffle=shuffle, seed=seed, rank=rank,
+        world_size=world_size,
     )  # fmt: skip
-    present = reader.column_names
+    if packed is not None:  # parquet shards with media bytes: a ShardReader, no downloads
+        node, present, media = packed
+        reader = None
+    else:
+        reader = IndexReader(
+            src, storage_options=fetch.storage_options, rank=rank, world_size=world_size,
+            index_cache_dir=index_cache_dir, index=index,
+        )  # fmt: skip
+        present, media = reader.column_names, []
+    where = src if reader is None else reader.src
     for column, option in columns.items():
         if column not in present:
             none = f", or {option}={_NONE[option]} for none" if option in _NONE else ""
             raise ValueError(
-                f"the index {reader.src!r} has no column {column!r} ({option}); its columns are "
+                f"the index {where!r} has no column {column!r} ({option}); its columns are "
                 f"{present}. Pass {option}=<one of them>{none}."
             )
-    node: BaseNode = Shuffler(reader, seed=seed) if shuffle else reader
+    if reader is not None:
+        node = Shuffler(reader, seed=seed) if shuffle else reader
     sources = {c: [c] for c in files}  # a file column → the index columns its values come from
     if select is not None:
         candidates: Mapping[str, Sequence[str]] = select["candidates"]  # type: ignore[assignment]
         for name, among in candidates.items():
             if name in present and name not in among:
                 raise ValueError(
-                    f"the index {reader.src!r} has a column {name!r}, which the choice among "
+                    f"the index {where!r} has a column {name!r}, which the choice among "
                     f"{list(among)} would overwrite; rename it (index=IndexOptions(rename=...))"
                 )
             sources[name] = list(among)
         node = Selector(node, **select, seed=seed, errors=errors)  # type: ignore[arg-type]
-    remote = [  # local files: no threads
-        c for c in dict.fromkeys(files) if any(has_urls(reader, s) for s in sources[c])
-    ]
+    remote = [  # local files: no threads; packed media: bytes already
+        c for c in dict.fromkeys(files)
+        if not set(sources[c]) <= set(media) and (
+            reader is None or any(has_urls(reader, s) for s in sources[c])
+        )
+    ]  # fmt: skip
     whole = [c for c in remote if c not in partial]
     if whole:
         node = CachingDownloader(node, whole, cache=cache, fetch=fetch, errors=errors)
@@ -269,7 +286,10 @@ def assemble(
         node = RangeReader(
             node, ranged, block_size=block_size, cache=cache, fetch=fetch, errors=errors
         )
-    members = [c for c in dict.fromkeys(files) if addresses_members(reader.index.table, c)]
+    members = [
+        c for c in dict.fromkeys(files)
+        if reader is not None and addresses_members(reader.index.table, c)
+    ]  # fmt: skip
     if members:  # tar members (sdsnodes.index.tar): only their bytes are read
         node = TarMemberReader(node, members, cache=cache, fetch=fetch, errors=errors)
     if codecs:  # a metadata graph decodes nothing

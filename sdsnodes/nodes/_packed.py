@@ -1,0 +1,44 @@
+"""The source stage of a preset over a packed dataset (see :mod:`sdsnodes.index.packed`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchdata.nodes import BaseNode
+
+from sdsnodes.index.packed import is_packed, media_columns, shard_table
+from sdsnodes.nodes.index_reader import IndexReader
+from sdsnodes.nodes.shard_reader import ShardReader
+from sdsnodes.nodes.shuffler import Shuffler
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
+
+
+def packed_source(
+    src: Any,
+    *,
+    cache: CacheOptions | None = None,
+    fetch: FetchOptions | None = None,
+    errors: ErrorOptions | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    window: int = 512,
+) -> tuple[BaseNode, list[str], list[str]] | None:
+    """The source stage of a preset over a packed dataset: IndexReader over the shard table
+    (shards split over ranks and workers) → Shuffler (shard order per epoch, when ``shuffle``)
+    → ShardReader; with the dataset's columns and its media columns. None when ``src`` is not
+    a packed dataset (see :func:`sdsnodes.index.packed.is_packed`)."""
+    options = (fetch or FetchOptions()).storage_options
+    if not is_packed(src, options):
+        return None
+    table, schema = shard_table(src, options)
+    media = media_columns(schema)
+    node: BaseNode = IndexReader(table, rank=rank, world_size=world_size)
+    if shuffle:
+        node = Shuffler(node, seed=seed)
+    node = ShardReader(
+        node, media, window=window, shuffle=shuffle, seed=seed, cache=cache, fetch=fetch,
+        errors=errors,
+    )  # fmt: skip
+    return node, list(schema.names), media

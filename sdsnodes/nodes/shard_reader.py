@@ -1,0 +1,393 @@
+"""ShardReader: the samples of packed parquet shards, a whole shard fetched at a time."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import logging
+import os
+import posixpath
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from torchdata.nodes import BaseNode
+
+from sdsnodes.errors import ErrorPolicy
+from sdsnodes.index.packed import BYTES_FIELD, ETAG, FIRST_ROW, NUM_ROWS, PATH_FIELD, SHARD, SIZE
+from sdsnodes.nodes._cache_ref import open_cache
+from sdsnodes.nodes._remote import RemoteErrors, remote_settings
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
+from sdsnodes.sample import EPOCH, INDEX, KEY, Sample
+from sdsnodes.storage import fetch, filesystem, is_remote
+
+logger = logging.getLogger(__name__)
+
+
+class CorruptShard(ValueError):
+    """A shard (or a row group of it) that parquet cannot read."""
+
+    reason = "corrupt_shard"
+
+
+def cache_key(unit: Sample) -> str:
+    """The cache's key of a shard's version: its URL plus the size and ETag it was listed with,
+    so a shard rewritten remotely is a new file, never mixed with the cached old one."""
+    version = urllib.parse.quote(f"{unit[ETAG]}-{unit[SIZE]}", safe="")
+    return f"{unit[SHARD]}?sds-version={version}"
+
+
+class _Unit:
+    """A shard on its way: the source's state before it, and its fetch (a local path)."""
+
+    def __init__(self, unit: Sample, before: dict, future: concurrent.futures.Future) -> None:
+        self.unit, self.before, self.future = unit, before, future
+        self.pinned: str | None = None  # the cache key this node pins
+
+
+class ShardReader(BaseNode[Sample], RemoteErrors):
+    """Yield the samples of the shards its source yields (rows of a shard table, see
+    :func:`sdsnodes.index.packed.shard_table`), each media struct replaced by its bytes.
+
+    Remote shards are fetched whole into the budgeted, machine-wide cache (one pinned file per
+    shard, keyed by URL, size and ETag; with the ``keepset`` policy the cache keeps a stable set
+    of whole shards), ``prefetch`` shards ahead in threads; local shards are read in place.
+    Rows are read a window at a time: consecutive row groups of at least ``window`` rows,
+    which are permuted with a generator seeded by ``(seed, epoch, first row of the shard,
+    window number)`` when ``shuffle`` (the second level of the two-level shuffle; the first,
+    the shard order per epoch, is the source's :class:`~sdsnodes.nodes.shuffler.Shuffler`).
+    At most ``window`` + one row group of rows are held in memory, plus the shard files in the
+    cache. A media value whose ``bytes`` is null is read from its ``path`` (absolute, a URL, or
+    relative to the shard's folder) when that is readable.
+
+    Args:
+        source (BaseNode): yields shard rows (``shard``, ``size``, ``etag``, ``num_rows``,
+            ``first_row``, ``row_groups``, ``__epoch__``): an IndexReader over the shard table,
+            usually behind a Shuffler; it splits shards over ranks and workers.
+        columns (Sequence[str]): the media columns (structs ``{bytes, path}``); each becomes the
+            bytes (``bytes``) of the medium.
+        window (int): rows permuted together within a shard, >= 1 (512).
+        shuffle (bool): permute within windows (True) or keep the shard's row order.
+        seed (int): seed of the within-window permutations.
+        prefetch (int): shards fetched ahead of the one being read, >= 0 (2).
+        cache (CacheOptions | None), fetch (FetchOptions | None): as for CachingDownloader.
+        errors (ErrorOptions | None): ``on_error`` and ``max_error_rate``.
+
+    Returns:
+        Sample: the row's columns (media columns as ``bytes``), ``__key__`` (the row's
+        ``__key__`` column, else its global row number), ``__index__`` (global row number:
+        shards in listing order) and ``__epoch__``.
+
+    State:
+        ``{SOURCE_KEY: <source state before the shard being read>, OFFSET_KEY: int (its samples
+        delivered), ERRORS_KEY: {...}}``: O(1). On resume the shard is fetched again (a cache
+        hit) and its first ``offset`` samples of the same permutation are skipped unread
+        (whole windows are not read at all).
+
+    Errors:
+        a shard that cannot be fetched skips its samples as ``"missing"``/``"download"``; one
+        that parquet cannot read (truncated, bad footer) as ``"corrupt_shard"``; a row group
+        that cannot be read skips its rows as ``"corrupt_shard"``; a null ``bytes`` whose path
+        is not readable as ``"missing"``. Under ``on_error="raise"`` they raise.
+
+    Raises:
+        ValueError: ``columns`` empty, ``window`` < 1 or ``prefetch`` < 0.
+    """
+
+    SOURCE_KEY = "source"
+    OFFSET_KEY = "offset"
+    ERRORS_KEY = "errors"
+
+    def __init__(
+        self,
+        source: BaseNode,
+        columns: Sequence[str],
+        *,
+        window: int = 512,
+        shuffle: bool = True,
+        seed: int = 0,
+        prefetch: int = 2,
+        cache: CacheOptions | None = None,
+        fetch: FetchOptions | None = None,
+        errors: ErrorOptions | None = None,
+    ) -> None:
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"{window=} must be >= 1 (rows shuffled together)")
+        if prefetch < 0:
+            raise ValueError(f"{prefetch=} must be >= 0 (shards fetched ahead)")
+        self.columns, self.cache, self.fetch, self.cache_dir = remote_settings(
+            columns, cache, fetch
+        )
+        self.source, self.window, self.shuffle, self.seed = source, window, shuffle, seed
+        self.prefetch = prefetch
+        errors = errors or ErrorOptions()
+        self.errors = ErrorPolicy(errors.on_error, errors.max_error_rate)
+        self._queue: collections.deque[_Unit] = collections.deque()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._current: _Unit | None = None
+        self._rows: list[int] = []  # rows of the current window, in delivery order
+        self._window_data: dict[str, list] = {}
+        self._windows: list[tuple[list[int], int]] = []  # (row groups, first row) per window
+        self._where: dict[int, int] = {}  # row of the shard → row of the window's data
+        self._bad: dict[int, BaseException] = {}  # rows of unreadable row groups → the error
+        self._file: pq.ParquetFile | None = None
+        self._offset = 0  # samples of the current shard delivered (or to skip, on resume)
+        self._exhausted = False
+
+    # -- torchdata node protocol ------------------------------------------------------------
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self._drop()
+        if initial_state is None:
+            self.source.reset(None)
+            self._offset = 0
+        else:
+            self.errors.load(initial_state.get(self.ERRORS_KEY))
+            self.source.reset(initial_state[self.SOURCE_KEY])
+            self._offset = int(initial_state.get(self.OFFSET_KEY, 0))
+        self._exhausted = False
+
+    def next(self) -> Sample:
+        while True:
+            if self._rows:
+                sample = self._sample(self._rows.pop())
+                if sample is not None:
+                    self._offset += 1
+                    self.errors.ok()
+                    return sample
+                self._offset += 1
+                continue
+            if self._current is not None and self._next_window():
+                continue
+            self._open_next()
+
+    def get_state(self) -> dict[str, Any]:
+        if self._current is not None and (self._rows or self._windows):
+            before, offset = self._current.before, self._offset
+        elif self._current is None and self._offset:  # a resumed shard not opened yet
+            before, offset = self.source.state_dict(), self._offset
+        else:
+            before = self._queue[0].before if self._queue else self.source.state_dict()
+            offset = 0
+        return {
+            self.SOURCE_KEY: before,
+            self.OFFSET_KEY: offset,
+            self.ERRORS_KEY: self.errors.state(),
+        }
+
+    def shutdown(self) -> None:
+        """Forget the shards in flight and stop the fetching threads."""
+        self._drop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- shards -----------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._queue) < self.prefetch + 1:
+            before = self.source.state_dict()
+            try:
+                unit = next(self.source)
+            except StopIteration:
+                self._exhausted = True
+                return
+            self._queue.append(_Unit(unit, before, self._threads().submit(self._local, unit)))
+
+    def _local(self, unit: Sample) -> str:
+        """The local path of the shard (fetched into the cache and pinned when remote)."""
+        url = unit[SHARD]
+        if not is_remote(url):
+            return url
+        download = functools.partial(
+            fetch, url, expected_size=unit[SIZE] or None, **self.fetch.fetch_kwargs
+        )
+        return str(self._cache().get(cache_key(unit), download, size_hint=unit[SIZE] or None))
+
+    def _open_next(self) -> None:
+        """Make the next shard current (raises StopIteration after the last one)."""
+        skip = self._offset if self._current is None else 0
+        self._release_current()
+        self._fill()
+        if not self._queue:
+            raise StopIteration
+        head = self._queue.popleft()
+        self._current, self._offset = head, 0
+        self._fill()  # the next shards download while this one is read
+        unit = head.unit
+        try:
+            path = head.future.result()
+            if is_remote(unit[SHARD]):
+                head.pinned = cache_key(unit)
+            self._file = pq.ParquetFile(path, memory_map=True)
+            if self._file.metadata.num_rows != unit[NUM_ROWS]:
+                raise CorruptShard(
+                    f"shard {unit[SHARD]!r} has {self._file.metadata.num_rows} rows, the shard "
+                    f"table {unit[NUM_ROWS]}: it changed since it was listed"
+                )
+        except Exception as error:  # noqa: BLE001 - counted, or raised under on_error="raise"
+            self._skip_rows(unit, unit[NUM_ROWS], error, self._reason(error))
+            self._current = None
+            return
+        self._windows = self._plan(self._file.metadata)
+        self._offset = skip
+        while self._windows and skip >= len(self._window_rows(self._windows[0])):
+            skip -= len(self._window_rows(self._windows.pop(0)))
+        self._next_window(skip)
+
+    def _reason(self, error: BaseException) -> str:
+        if isinstance(error, (CorruptShard, pa.ArrowException)):
+            return CorruptShard.reason
+        return self.classify(error)
+
+    def _plan(self, metadata: pq.FileMetaData) -> list[tuple[list[int], int]]:
+        """The windows of the shard: consecutive row groups of >= ``window`` rows in all."""
+        windows, groups, rows, first = [], [], 0, 0
+        for g in range(metadata.num_row_groups):
+            groups.append(g)
+            rows += metadata.row_group(g).num_rows
+            if rows >= self.window:
+                windows.append((groups, first))
+                first += rows
+                groups, rows = [], 0
+        if groups:
+            windows.append((groups, first))
+        self._sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+        return windows
+
+    def _window_rows(self, window: tuple[list[int], int]) -> list[int]:
+        """The rows of ``window`` (numbers within the shard) in delivery order, reversed (popped
+        from the end)."""
+        groups, first = window
+        n = sum(self._sizes[g] for g in groups)
+        rows = np.arange(first, first + n)
+        if self.shuffle:
+            unit = self._current.unit  # type: ignore[union-attr]
+            rng = np.random.default_rng([self.seed, unit[EPOCH], unit[FIRST_ROW], first])
+            rows = rng.permutation(rows)
+        return rows[::-1].tolist()
+
+    def _next_window(self, skip: int = 0) -> bool:
+        """Read the next window of the current shard (skipping its first ``skip`` samples);
+        False when the shard is done. A row group that cannot be read leaves its rows to be
+        skipped (counted as ``"corrupt_shard"`` when their turn comes)."""
+        if not self._windows:
+            return False
+        groups, first = self._windows.pop(0)
+        rows = self._window_rows((groups, first))
+        if skip:
+            rows = rows[: len(rows) - skip]
+        tables, self._where, self._bad = [], {}, {}
+        start, at = first, 0
+        for g in groups:
+            n = self._sizes[g]
+            try:
+                tables.append(self._file.read_row_group(g))  # type: ignore[union-attr]
+                self._where.update({start + i: at + i for i in range(n)})
+                at += n
+            except Exception as error:  # noqa: BLE001 - its rows are skipped
+                self._bad.update(dict.fromkeys(range(start, start + n), error))
+            start += n
+        self._window_data = self._columns(pa.concat_tables(tables)) if tables else {}
+        self._rows = rows
+        return True
+
+    def _columns(self, table: pa.Table) -> dict[str, list]:
+        out = {}
+        for name in table.column_names:
+            column = table.column(name)
+            if name in self.columns:  # {bytes, path} dicts, or None for a null struct
+                values = [v or {} for v in column.to_pylist()]
+                out[name] = [v.get(BYTES_FIELD) for v in values]
+                out[f"{name}\0path"] = [v.get(PATH_FIELD) for v in values]
+            else:
+                out[name] = column.to_pylist()
+        return out
+
+    def _sample(self, row: int) -> Sample | None:
+        """Row ``row`` of the current shard as a sample; None when it was skipped."""
+        unit = self._current.unit  # type: ignore[union-attr]
+        if row in self._bad:
+            error = self._bad[row]
+            self.errors.skip(CorruptShard.reason, error, f"row {row} of shard {unit[SHARD]!r}")
+            return None
+        i = self._where[row]
+        number = unit[FIRST_ROW] + row
+        out: Sample = {}
+        for name, values in self._window_data.items():
+            if "\0" not in name:
+                out[name] = values[i]
+        out[KEY] = str(out[KEY]) if out.get(KEY) is not None else str(number)
+        out[INDEX], out[EPOCH] = number, unit[EPOCH]
+        for column in self.columns:
+            if out.get(column) is None:
+                path = self._window_data[f"{column}\0path"][i]
+                try:
+                    out[column] = self._read_path(unit[SHARD], path)
+                except Exception as error:  # noqa: BLE001 - counted, or raised
+                    self.errors.skip(
+                        self.classify(error), error, f"{out[KEY]} ({column}: {path!r})"
+                    )
+                    return None
+        return out
+
+    def _read_path(self, shard: str, path: str | None) -> bytes:
+        """The bytes at a media struct's ``path``: absolute, a URL, or next to the shard."""
+        if not path:
+            raise FileNotFoundError("the media struct has neither bytes nor path")
+        if not is_remote(path) and not os.path.isabs(path):
+            path = posixpath.join(posixpath.dirname(shard), path)
+        fs, p = filesystem(path, self.fetch.storage_options)
+        return fs.cat_file(p)
+
+    def _skip_rows(self, unit: Sample, count: int, error: BaseException, reason: str) -> None:
+        logger.warning("skipping %d samples of shard %r: %s", count, unit[SHARD], error)
+        for _ in range(count):
+            self.errors.skip(reason, error, f"shard {unit[SHARD]!r}")
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def _cache(self) -> Any:
+        return open_cache(
+            self.cache_dir, self.cache.max_bytes, self.cache.ttl, self.cache.policy.value
+        )
+
+    def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max(1, self.prefetch), thread_name_prefix="sds-shard"
+            )
+        return self._executor
+
+    def _release_current(self) -> None:
+        current, self._current = self._current, None
+        self._rows, self._windows, self._window_data, self._file = [], [], {}, None
+        if current is not None and current.pinned is not None:
+            self._cache().unpin(current.pinned)
+
+    def _drop(self) -> None:
+        """Forget the current shard and the queue, unpinning what they hold."""
+        self._release_current()
+        queue, self._queue = self._queue, collections.deque()
+        for pending in queue:
+            if is_remote(pending.unit[SHARD]):
+                pending.future.add_done_callback(
+                    functools.partial(_unpin_done, self._cache(), cache_key(pending.unit))
+                )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_queue"], state["_executor"], state["_current"] = collections.deque(), None, None
+        state["_file"], state["_window_data"], state["_rows"] = None, {}, []
+        return state
+
+
+def _unpin_done(cache: Any, key: str, future: concurrent.futures.Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        cache.unpin(key)

@@ -1,0 +1,357 @@
+"""``sds pack``: an index and its media bytes into parquet shards in the Hugging Face layout.
+
+Each media column becomes a struct ``{bytes: binary, path: string}`` (what ``datasets`` writes
+for ``Image()`` / ``Audio()`` / ``Video()``; ``path`` keeps the index's original value), every
+other column is kept as it is, and the shards are named ``<prefix>-00000-of-00042.parquet``
+with the ``huggingface`` schema metadata, so ``datasets.load_dataset("parquet", ...)`` reads them
+and so does every sdsnodes preset (:mod:`sdsnodes.index.packed`,
+:class:`~sdsnodes.nodes.shard_reader.ShardReader`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sdsnodes.index.packed import BYTES_FIELD, PATH_FIELD
+from sdsnodes.index.sources import MEDIA_EXTENSIONS, read_index
+from sdsnodes.storage import filesystem, is_remote, local_path
+
+logger = logging.getLogger(__name__)
+
+MEDIA_TYPE = pa.struct([(BYTES_FIELD, pa.binary()), (PATH_FIELD, pa.string())])
+"""The type of a packed media column, as ``datasets`` stores an ``Image()`` or ``Audio()``."""
+MANIFEST = ".sds-pack.json"
+"""The plan of a pack (shards and their rows), written in DST first: a rerun checks it."""
+ROW_GROUP_BYTES = 8 << 20
+"""The row-group size ``row_group_size=None`` aims for: 8 MiB, a ranged read's worth."""
+_FEATURE = {"image": "Image", "audio": "Audio", "video": "Video"}
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes of ``size``: an int, or ``"256MB"`` / ``"1GiB"`` (MB = 10**6 as in ``datasets``).
+
+    Raises:
+        ValueError: not a positive size.
+    """
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(size))
+        if m is None or m.group(2).upper() not in _UNITS:
+            raise ValueError(f"{size=} must be bytes (an int) or like '256MB', '1GiB'")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value < 1:
+        raise ValueError(f"{size=} must be >= 1 byte")
+    return value
+
+
+@dataclasses.dataclass
+class PackResult:
+    """What :func:`pack` wrote."""
+
+    shards: list[str]
+    """every shard's URL, in order"""
+    rows: int
+    """rows packed"""
+    written: int
+    """shards written by this call (the others were complete already: a resumed pack)"""
+    missing: int
+    """media files that could not be read: packed with null ``bytes`` and their ``path``"""
+
+
+def media_kind(value: str) -> str | None:
+    """``"image"``, ``"video"``, ``"audio"``, ``"latent"`` by the extension, else None."""
+    ext = os.path.splitext(value.split("?", 1)[0])[1].lower()
+    return next((kind for kind, exts in MEDIA_EXTENSIONS.items() if ext in exts), None)
+
+
+def find_media_columns(table: pa.Table) -> list[str]:
+    """String columns whose first non-null value is a media file (by its extension)."""
+    out = []
+    for name in table.column_names:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        first = next((v for v in column.drop_null().to_pylist()[:1]), None)
+        if isinstance(first, str) and media_kind(first) is not None:
+            out.append(name)
+    return out
+
+
+def _feature(t: pa.DataType) -> Any:
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return {"feature": _feature(t.value_type), "_type": "Sequence"}
+    name = {"bool": "bool", "double": "float64", "float": "float32", "halffloat": "float16"}
+    return {"dtype": name.get(str(t), str(t)), "_type": "Value"}
+
+
+def hf_metadata(schema: pa.Schema, kinds: dict[str, str | None]) -> dict[bytes, bytes]:
+    """The ``huggingface`` schema metadata ``datasets`` writes: the features of every column
+    (``Image()`` / ``Audio()`` / ``Video()`` for media columns of that kind)."""
+    features = {}
+    for field in schema:
+        kind = kinds.get(field.name, "")
+        if field.name in kinds and kind in _FEATURE:
+            features[field.name] = {"_type": _FEATURE[kind]}
+        else:
+            features[field.name] = _feature(field.type)
+    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+
+
+def _sizes(
+    table: pa.Table, media: list[str], storage_options: dict | None, threads: int
+) -> list[int]:
+    """Bytes per row: its media files' sizes (from a ``size`` / ``<column>_size`` column, else
+    asked of the filesystem) plus the row's share of the other columns."""
+    n, totals = table.num_rows, [0] * table.num_rows
+    for column in media:
+        known = f"{column}_size" if len(media) > 1 else "size"
+        if known in table.column_names:
+            sizes = table.column(known).to_pylist()
+        else:
+            sizes = [None] * n
+        values = table.column(column).to_pylist()
+
+        def size(i: int, values: list = values, sizes: list = sizes) -> int:
+            if isinstance(sizes[i], int) or values[i] is None:
+                return int(sizes[i] or 0)
+            try:
+                fs, path = filesystem(values[i], storage_options)
+                return int(fs.size(path) or 0)
+            except OSError:
+                return 0
+
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            for i, s in enumerate(pool.map(size, range(n))):
+                totals[i] += s
+    rest = table.drop_columns(media).nbytes / max(n, 1)
+    return [int(t + rest) for t in totals]
+
+
+def plan_shards(
+    sizes: Sequence[int], shard_size: int, num_shards: int | None = None
+) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` row ranges: ``num_shards`` of them, else as few as keep each
+    under ``shard_size`` bytes on average; cut where the running bytes cross multiples of
+    ``total / num_shards``."""
+    total, n = sum(sizes), len(sizes)
+    num = num_shards if num_shards is not None else math.ceil(total / shard_size)
+    num = min(n, max(1, num))
+    bounds, running, k = [0], 0, 1
+    for i, s in enumerate(sizes):
+        running += s
+        if k < num and running >= k * total / num and i + 1 < n:
+            bounds.append(i + 1)
+            k += 1
+    bounds.append(n)
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _read(value: str | None, storage_options: dict | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        if is_remote(value):
+            fs, path = filesystem(value, storage_options)
+            return fs.cat_file(path)
+        with open(local_path(value), "rb") as f:
+            return f.read()
+    except OSError as error:
+        logger.warning("cannot read %r (packed without bytes): %s", value, error)
+        return None
+
+
+def _complete(fs: Any, path: str, rows: int) -> bool:
+    """Whether ``path`` is a readable parquet file of ``rows`` rows (a finished shard)."""
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows == rows
+    except (OSError, pa.ArrowInvalid):
+        return False
+
+
+def pack(
+    src: str | os.PathLike | pa.Table,
+    dst: str | os.PathLike,
+    *,
+    shard_size: int | str = "256MB",
+    num_shards: int | None = None,
+    row_group_size: int | None = None,
+    prefix: str = "train",
+    media_columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    dst_storage_options: dict[str, Any] | None = None,
+    num_threads: int = 32,
+    progress: bool = True,
+) -> PackResult:
+    """Write the index ``src`` (every column) and its media bytes as parquet shards in ``dst``.
+
+    Shards hold contiguous rows in index order (so ``__index__`` and ``__key__`` stay those of
+    the raw files) and about ``shard_size`` bytes each; each is written to a temporary file
+    and moved into place whole (a single upload on S3/GCS), after ``dst/.sds-pack.json`` (the
+    plan). Interrupted, a rerun with the same arguments keeps the shards that are complete and
+    writes the rest: no row is written twice. Media bytes are read ``num_threads`` at a time;
+    media columns are stored uncompressed (JPEG, H.264 do not compress), other columns with
+    zstd, without statistics on the bytes.
+
+    Args:
+        src (str | os.PathLike | pyarrow.Table): any index :func:`~sdsnodes.index.read_index`
+            reads (parquet, CSV, JSON lines, a directory, tar shards), local or remote.
+        dst (str | os.PathLike): the output directory, local or an fsspec URL (``s3://…``).
+        shard_size (int | str): bytes per shard, e.g. ``"256MB"`` (10**6) or ``"1GiB"``.
+        num_shards (int | None): write this many shards instead (as ``datasets``'s
+            ``push_to_hub(num_shards=...)``), at most one per row; None: by ``shard_size``.
+        row_group_size (int | None): rows per row group; None: about 8 MiB of rows
+            (:data:`ROW_GROUP_BYTES`), the unit a ranged read or a reader's window fetches.
+        prefix (str): the shards' name before ``-00000-of-00042.parquet`` (``datasets``'s
+            split name).
+        media_columns (Sequence[str] | None): the columns of media paths/URLs to embed; None:
+            every string column whose first value has a media extension (image, video, audio,
+            latent).
+        storage_options (dict | None), dst_storage_options (dict | None): fsspec options for
+            ``src`` and its media, and for ``dst``.
+        num_threads (int): media files read at a time, >= 1.
+        progress (bool): show a tqdm progress bar (rows).
+
+    Returns:
+        PackResult: the shards' URLs, rows, shards written now, unreadable media (packed with
+        null ``bytes``: a reader falls back to their ``path``).
+
+    Raises:
+        ValueError: a bad argument, an index without media columns, a ``media_columns`` entry
+            the index lacks, or a ``dst`` holding shards of another pack (another plan).
+    """
+    from tqdm import tqdm
+
+    if num_threads < 1:
+        raise ValueError(f"{num_threads=} must be >= 1")
+    if num_shards is not None and num_shards < 1:
+        raise ValueError(f"{num_shards=} must be None or >= 1")
+    if row_group_size is not None and row_group_size < 1:
+        raise ValueError(f"{row_group_size=} must be None or >= 1 (rows)")
+    cap = parse_size(shard_size)
+    table = src if isinstance(src, pa.Table) else read_index(src, storage_options)
+    media = list(media_columns) if media_columns is not None else find_media_columns(table)
+    missing_columns = [c for c in media if c not in table.column_names]
+    if missing_columns or not media:
+        raise ValueError(
+            f"media_columns={media} must name columns of media paths/URLs of the index "
+            f"{src!r} (its columns: {table.column_names}); pass media_columns=[...]"
+        )
+    sizes = _sizes(table, media, storage_options, num_threads)
+    ranges = plan_shards(sizes, cap, num_shards)
+    mean = sum(sizes) / max(len(sizes), 1)
+    group = row_group_size or max(1, int(ROW_GROUP_BYTES // max(mean, 1)))
+    fs, root = filesystem(os.fspath(dst), dst_storage_options)
+    base = os.fspath(dst).rstrip("/")
+    names = [f"{prefix}-{i:05d}-of-{len(ranges):05d}.parquet" for i in range(len(ranges))]
+    plan = {"shards": names, "rows": [b - a for a, b in ranges], "row_group_size": group}
+    _check_plan(fs, root, plan)
+    kinds = {
+        c: media_kind(next(iter(table.column(c).drop_null().to_pylist()[:1]), "")) for c in media
+    }
+    schema = pa.schema(
+        [pa.field(f.name, MEDIA_TYPE) if f.name in media else f for f in table.schema]
+    ).with_metadata(hf_metadata(table.schema, kinds))
+    written = missing = 0
+    bar = tqdm(total=table.num_rows, unit="row", desc="packing", disable=not progress)
+    with bar, concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+        for name, (start, stop) in zip(names, ranges):
+            path = f"{root.rstrip('/')}/{name}"
+            if _complete(fs, path, stop - start):
+                bar.update(stop - start)
+                continue
+            missing += _write_shard(
+                fs, path, table.slice(start, stop - start), schema, media, group, pool,
+                storage_options, bar,
+            )  # fmt: skip
+            written += 1
+    return PackResult([f"{base}/{n}" for n in names], table.num_rows, written, missing)
+
+
+def _check_plan(fs: Any, root: str, plan: dict) -> None:
+    """Write the plan in ``root``, or check that the one there is the same (a resumed pack)."""
+    manifest = f"{root.rstrip('/')}/{MANIFEST}"
+    fs.makedirs(root, exist_ok=True)
+    if fs.exists(manifest):
+        with fs.open(manifest, "rb") as f:
+            old = json.loads(f.read())
+        if old != plan:
+            raise ValueError(
+                f"{root!r} holds the shards of another pack ({len(old.get('shards', []))} "
+                f"shards, {sum(old.get('rows', []))} rows; this one: {len(plan['shards'])} "
+                f"shards, {sum(plan['rows'])} rows): pack into an empty directory, or rerun with "
+                "the arguments of that pack to finish it"
+            )
+        return
+    stray = [p for p in fs.glob(f"{root.rstrip('/')}/*.parquet")]
+    if stray:
+        raise ValueError(
+            f"{root!r} holds parquet files ({stray[0]!r}, …) that no pack there planned: "
+            "pack into an empty directory"
+        )
+    with fs.open(manifest, "wb") as f:
+        f.write(json.dumps(plan).encode())
+
+
+def _write_shard(
+    fs: Any, path: str, rows: pa.Table, schema: pa.Schema, media: list[str], group: int,
+    pool: concurrent.futures.Executor, storage_options: dict | None, bar: Any,
+) -> int:  # fmt: skip
+    """Write one shard (its media read through ``pool``) to a temporary file, then move it to
+    ``path`` whole; returns the media files that could not be read."""
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    folder = os.path.dirname(path) if local else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    missing = 0
+    compression = {f"{c}.{BYTES_FIELD}": "NONE" for c in media}
+    stats = [f.name for f in schema if f.name not in media]
+    try:
+        with pq.ParquetWriter(
+            tmp, schema, compression={**{f.name: "ZSTD" for f in schema}, **compression},
+            write_statistics=stats or False, use_dictionary=stats or False,
+        ) as writer:  # fmt: skip
+            for start in range(0, rows.num_rows, group):
+                chunk = rows.slice(start, group)
+                arrays = []
+                for field in schema:
+                    column = chunk.column(field.name)
+                    if field.name not in media:
+                        arrays.append(column)
+                        continue
+                    values = column.to_pylist()
+                    data = list(pool.map(lambda v: _read(v, storage_options), values))
+                    missing += sum(1 for v, d in zip(values, data) if v is not None and d is None)
+                    arrays.append(
+                        pa.StructArray.from_arrays(
+                            [pa.array(data, pa.binary()), pa.array(values, pa.string())],
+                            fields=list(MEDIA_TYPE),
+                        )
+                    )
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                bar.update(chunk.num_rows)
+        if local:
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return missing
