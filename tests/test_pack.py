@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from torchdata.nodes import Loader
 
-from sdsnodes import build_video_graph
+from sdsnodes import build_text_to_video_graph, build_video_graph
 from sdsnodes.cli import main
 from sdsnodes.index.packed import shard_table
 from sdsnodes.pack import MANIFEST, pack, parse_size, plan_shards
@@ -86,10 +86,10 @@ def test_packs_to_s3_and_the_cli(s3_server, s3_bucket, image_index, tmp_path, ca
     assert main(["pack", image_index, str(tmp_path / "x"), "--shard-size", "lots"]) == 1
 
 
-def test_the_video_preset_reads_packed_clips_from_bytes(video_index, tmp_path):
+@pytest.mark.parametrize("preset", [build_video_graph, build_text_to_video_graph])
+def test_the_video_presets_read_packed_clips_from_bytes(preset, video_index, tmp_path):
     pack(video_index, tmp_path / "v", num_shards=2, progress=False)
-    graph = build_video_graph(
-        str(tmp_path / "v"), num_frames=2, fps=4, size=32, batch_size=2, shuffle=False
-    )
+    graph = preset(str(tmp_path / "v"), num_frames=2, fps=4, size=32, batch_size=2, shuffle=False)
     batch = next(iter(Loader(graph)))
     assert batch["video"].shape == (2, 2, 3, 32, 32)
+    assert batch["__key__"] == ["0", "1"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import pathlib
 import shutil
+import wave
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from torchdata.nodes import Loader
 from utils import check_dataloader_resume, check_node_resume, json_roundtrip, stateful_loader
 
@@ -18,6 +22,7 @@ from sdsnodes import (
     ErrorOptions,
     FetchOptions,
     StreamingDataset,
+    build_audio_graph,
     build_image_graph,
     error_stats,
     load_elastic_state,
@@ -204,3 +209,31 @@ def test_hugging_face_parquet_with_null_bytes_falls_back_to_the_path(image_index
     assert batch["image"].shape == (5, 3, 16, 16)
     assert sorted(batch["label"].tolist()) == [0, 1, 2, 4, 5]
     assert error_stats(loader.state_dict()) == {"missing": 1}
+
+
+def test_audio_preset_reads_a_hugging_face_audio_column(tmp_path):
+    """An ``Audio()`` column (struct of WAV bytes and a path), as ``datasets`` writes it."""
+    blobs = []
+    for i in range(4):
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            t = np.arange(4000) / 8000
+            w.writeframes((np.sin(2 * np.pi * 220 * (i + 1) * t) * 8000).astype("<i2").tobytes())
+        blobs.append(out.getvalue())
+    audio = pa.StructArray.from_arrays(
+        [pa.array(blobs, pa.binary()), pa.array([f"{i}.wav" for i in range(4)])],
+        names=["bytes", "path"],
+    )
+    features = {"audio": {"_type": "Audio"}}
+    table = pa.table({"audio": audio}).replace_schema_metadata(
+        {"huggingface": json.dumps({"info": {"features": features}})}
+    )
+    pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
+    graph = build_audio_graph(
+        str(tmp_path), sample_rate=8000, batch_size=4, caption_column=None, shuffle=False
+    )
+    (batch,) = list(Loader(graph))
+    assert batch["audio"].shape[0] == 4 and batch["audio"].dtype == torch.float32
