@@ -75,9 +75,9 @@ class IndexOptions:
             index with keys.
         max_rows (int | None): read only the first ``max_rows`` rows (after ``filter``, in
             index order, so the same rows every run; shuffling then permutes those), >= 1;
-            None: all. For debugging runs (SDS's ``max_size``). Reads a converted index: with
-            ``lazy=None`` a big remote index is converted rather than read lazily, and
-            ``lazy=True`` is refused.
+            None: all. For debugging runs (SDS's ``max_size``). A lazy index cuts its chunks
+            (from the footers alone without a filter; with one, its counting pass stops at
+            the cap).
         max_index_files (int | None): read only the first ``max_index_files`` files of a
             wildcard (its matches sorted by name) or of a ``.txt`` of index shards (in the
             order listed), >= 1; None: all (SDS's ``max_index_files_to_use``). A source of one
@@ -89,11 +89,18 @@ class IndexOptions:
         txt (str | None): what a ``.txt`` source lists: ``"index"`` (index shards, SDS's
             ``split_file_paths.txt``), ``"media"`` (one sample per line), or None (by the
             lines' extensions).
+        group_by_key (bool | None): how a directory of files is read: None (default) groups
+            files by key (one row per key: media columns, ``caption`` from the ``.txt``, the
+            ``.json``'s fields) when a sidecar shares its key with a media file, else one row
+            per media file; True always groups and keeps keys without media (SDS's metadata
+            directories); False never groups. A directory only (other sources are refused);
+            read into memory, not converted (see :mod:`sdsnodes.index._sidecars`).
 
     Raises:
         ValueError: a filter that does not parse, a rename that is not str → str or maps two
             columns to one name, a ``key_column`` that is not a column name (or beside a rename
-            to ``__key__``), a cap < 1, ``lazy`` not True/False/None, an unknown ``txt``.
+            to ``__key__``), a cap < 1, ``lazy`` or ``group_by_key`` not True/False/None, an
+            unknown ``txt``, ``group_by_key`` beside ``lazy=True`` or ``max_index_files``.
     """
 
     filter: Any = None  # str | pyarrow.compute.Expression
@@ -103,6 +110,7 @@ class IndexOptions:
     max_index_files: int | None = None
     lazy: bool | None = None
     txt: str | None = None
+    group_by_key: bool | None = None
 
     def __post_init__(self) -> None:
         if self.filter is not None:
@@ -153,6 +161,17 @@ class IndexOptions:
             raise ValueError(
                 f"IndexOptions: lazy={self.lazy!r} must be True, False or None (lazy for big "
                 "remote parquet)"
+            )
+        if not any(self.group_by_key is v for v in (True, False, None)):
+            raise ValueError(
+                f"IndexOptions: group_by_key={self.group_by_key!r} must be True (one row per "
+                "key), False (one row per media file) or None (by the directory's files)"
+            )
+        if self.group_by_key is not None and (self.lazy or self.max_index_files is not None):
+            what = "lazy=True" if self.lazy else "max_index_files"
+            raise ValueError(
+                f"IndexOptions: group_by_key={self.group_by_key} reads a directory of files, "
+                f"and {what} applies to parquet index files; pass only one"
             )
         if self.txt not in (None, "index", "media"):
             raise ValueError(

@@ -91,8 +91,9 @@ def auto_footers(
     filter: Any,  # noqa: A002
 ) -> Footers | None:
     """``lazy=None``'s choice: the footers when the index should be read lazily (remote parquet
-    past :data:`LAZY_AUTO_BYTES`, no filter), else None (materialize it)."""
-    if filter is not None or not is_remote(url):
+    past :data:`LAZY_AUTO_BYTES`; a filter is then counted by chunks), else None (materialize
+    it)."""
+    if not is_remote(url):
         return None
     try:
         files = source_files(url, storage_options, txt)

@@ -36,24 +36,25 @@ that here:
   function of (seed, epoch), which is all a key needs to be.
 - **The fingerprint** hashes each file's path, size and ETag/mtime (as materialize's does) plus
   ``lazy``'s options, which define the shuffled order.
-- **Renames** apply per chunk. **Filters** cannot: the rows a filter keeps are known only after
-  reading every row, and positions must be known up front (sharding, equal batches per rank,
-  resume). A filter on a lazy index is refused with the fix: ``lazy=False`` (converted once,
-  filtered), or a filtered parquet written beforehand.
+- **Renames** apply per chunk, and so do **filters and** ``max_rows``: positions must be known
+  up front (sharding, equal batches per rank, resume), so construction counts the rows a
+  filter keeps in each chunk, reading the filter's columns only (:mod:`._lazy_rows`); a read
+  chunk is filtered again and cut to its count.
 
 A chunk is one ranged GET (pyarrow coalesces its column ranges), retried on transient errors
-by the downloads' :class:`~sdsnodes._retry.Retrier`. A fetch blocks the reader that needs it; a
-reader fetches about one chunk per ``chunk_rows`` samples (``S`` dividing ``lanes``), so no
-prefetch thread is kept (prefetching each lane's next chunk would hide the last of it).
+by the downloads' :class:`~sdsnodes._retry.Retrier`. With ``prefetch`` (the default) the chunk
+that follows the one just read (the next in index order, or the next of its lane) is fetched
+by one background thread, so a reader walking its lanes rarely waits; one chunk in flight.
 
 ``lazy=None`` (IndexReader's default) picks lazy for a remote parquet index (files, a wildcard or
-a ``.txt`` of shards) whose footers say it holds more than :data:`~sdsnodes.index.footers.LAZY_AUTO_BYTES` uncompressed,
-when no filter is given; everything else is materialized.
+a ``.txt`` of shards) whose footers say it holds more than
+:data:`~sdsnodes.index.footers.LAZY_AUTO_BYTES` uncompressed; everything else is materialized.
 """
 
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -64,15 +65,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sdsnodes._retry import Retrier
+from sdsnodes.index._lazy_read import ChunkReading, result_of
+from sdsnodes.index._lazy_rows import filter_columns, kept_rows, plan_rows
+from sdsnodes.index.filters import parse_filter
 from sdsnodes.index.footers import Footers
 from sdsnodes.index.materialize import fingerprint_files
 from sdsnodes.index.permutation import LanePermutation
 from sdsnodes.index.sources import IndexSourceError
 from sdsnodes.sample import EPOCH, INDEX, KEY, Sample
-from sdsnodes.storage import filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +87,10 @@ LANES = 16
 class _Chunk:
     file: int
     row_groups: tuple[int, ...]
+    rows: int | None = None  # rows kept (after the filter, up to max_rows); None: all
 
 
-class LazyIndexTable:
+class LazyIndexTable(ChunkReading):
     """Random access to the rows of a parquet index, fetched by chunks of row groups on demand.
 
     The same interface as :class:`~sdsnodes.index.table.IndexTable` (``len``, ``key``,
@@ -103,10 +107,15 @@ class LazyIndexTable:
         lanes (int): chunks a shuffled epoch reads side by side (see :meth:`localize`), >= 1.
         max_chunks (int): chunks kept decoded in memory (an LRU), >= 1; readers raise it to
             what their shuffle needs (:meth:`localize`).
+        filter (str | pyarrow.compute.Expression | None): keep only the rows matching it
+            (column names after ``rename``); counted per chunk at construction, reading the
+            filter's columns only (see :mod:`._lazy_rows`).
+        max_rows (int | None): keep the first ``max_rows`` rows (after ``filter``), >= 1.
+        prefetch (bool): fetch the chunk after the one just read in a background thread.
 
     Raises:
-        IndexSourceError (ValueError): the files have incompatible schemas, ``rename`` names an
-            absent column, or the index has no rows.
+        IndexSourceError (ValueError): the files have incompatible schemas, ``rename`` or the
+            filter names an absent column, or the index has no rows (after the filter).
         ValueError: ``chunk_rows``, ``lanes`` or ``max_chunks`` < 1.
     """
 
@@ -120,6 +129,9 @@ class LazyIndexTable:
         chunk_rows: int = CHUNK_ROWS,
         lanes: int = LANES,
         max_chunks: int = 2,
+        filter: Any = None,  # noqa: A002 - the field's word
+        max_rows: int | None = None,
+        prefetch: bool = True,
     ) -> None:
         if min(chunk_rows, lanes, max_chunks) < 1:
             raise ValueError(f"{chunk_rows=}, {lanes=} and {max_chunks=} must be >= 1")
@@ -144,20 +156,66 @@ class LazyIndexTable:
         self.schema = pa.schema([f.with_name(rename.get(f.name, f.name)) for f in schema])
         self.columns = list(dict.fromkeys([*self.schema.names, *(columns or [])]))
         self._has_keys = KEY in self.schema.names
+        self._rename, self._storage_options = rename, storage_options
+        self._expression = None if filter is None else self._check_filter(filter)
+        self.fetches = 0  # chunks read so far by this process
         self._chunks, self.starts = self._plan()
+        if self._expression is not None or max_rows is not None:
+            self._chunks, self.starts = self._select(filter, max_rows)
         if self.starts[-1] == 0:
-            raise IndexSourceError(f"index {self.url!r} has no rows: nothing to stream")
+            what = " after the filter" if filter is not None else ""
+            raise IndexSourceError(f"index {self.url!r} has no rows{what}: nothing to stream")
         self.fingerprint = fingerprint_files(
             self.url, self._files, storage_options, rename=rename,
             lazy={"chunk_rows": chunk_rows, "lanes": lanes},
+            **({} if filter is None else {"filter": str(filter)}),
+            **({} if max_rows is None else {"max_rows": max_rows}),
         )  # fmt: skip
-        self.fetches = 0  # chunks read so far by this process
         self.duplicate_keys = 0  # unknown without reading every key: never checked lazily
+        self.prefetch, self.prefetches = prefetch, 0  # chunks read ahead by the thread
+        self._next: dict[int, int] = {}  # chunk -> the chunk its lane reads next (shuffled)
+        self._reset_process()
+
+    def _reset_process(self) -> None:
+        """What each process holds for itself: open files, the LRU, the prefetch thread."""
         self._cache: OrderedDict[int, dict[str, pa.Array]] = OrderedDict()
         self._lock = threading.Lock()
         self._open: dict[int, pq.ParquetFile] = {}
-        self._storage_options = storage_options
+        self._open_ahead: dict[int, pq.ParquetFile] = {}  # the prefetch thread's own files
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: dict[int, concurrent.futures.Future] = {}
         self._pid = os.getpid()
+
+    def _check_filter(self, filter: Any) -> pc.Expression:  # noqa: A002
+        expression = parse_filter(filter)
+        absent = sorted((filter_columns(filter) or set()) - set(self.schema.names))
+        try:
+            if absent:
+                raise pa.ArrowInvalid(f"no column {absent}")
+            self.schema.empty_table().filter(expression)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            raise IndexSourceError(
+                f"the filter {str(filter)!r} does not fit index {self.url!r} (columns after "
+                f"rename: {self.schema.names}): {error}"
+            ) from error
+        return expression
+
+    def _select(self, filter: Any, max_rows: int | None) -> tuple[list[_Chunk], list[int]]:  # noqa: A002
+        """The chunks that keep rows under ``filter`` / ``max_rows``, and their starts."""
+        count = None
+        if self._expression is not None:
+            names = filter_columns(filter)
+            original = {new: old for old, new in self._rename.items()}
+            columns = None if names is None else [original.get(n, n) for n in sorted(names)]
+
+            def count(c: int) -> int:
+                arrays = self._read(self._chunks[c], {}, columns)
+                return pa.table(arrays).filter(self._expression).num_rows
+
+        sizes = [b - a for a, b in zip(self.starts, self.starts[1:])]
+        kept = kept_rows(sizes, count, max_rows)
+        planned, starts = plan_rows(self._chunks, kept)
+        return [dataclasses.replace(c, rows=n) for c, n in planned], starts
 
     def _plan(self) -> tuple[list[_Chunk], list[int]]:
         chunks, starts, big = [], [0], 0
@@ -198,12 +256,13 @@ class LazyIndexTable:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_cache=OrderedDict(), _lock=None, _open={})
+        for name in ("_cache", "_lock", "_open", "_open_ahead", "_pool", "_pending"):
+            state.pop(name)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._reset_process()
 
     @property
     def num_chunks(self) -> int:
@@ -241,9 +300,12 @@ class LazyIndexTable:
         """
         if rows is None:
             self.reserve(2)
+            self._next = {}
             return None
         key = tuple(int(rows(i)) for i in range(min(len(self), 4)))
         order = LanePermutation(self.starts, self.lanes, len(self), *key)
+        slots = order.chunk_order
+        self._next = dict(zip(slots, slots[1:]))
         self.reserve(order.lanes // math.gcd(order.lanes, num_shards) + 1)
         return order
 
@@ -304,57 +366,34 @@ class LazyIndexTable:
     # -- chunks ----------------------------------------------------------------------------------
     def _chunk(self, chunk: int) -> dict[str, pa.Array]:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: its parent's open files are not its own
-                self._open, self._pid = {}, os.getpid()
+            if (
+                self._pid != os.getpid()
+            ):  # a forked child: its parent's files and thread are not its own
+                self._reset_process()
+                return self._chunk(chunk)
             arrays = self._cache.get(chunk)
             if arrays is not None:
                 self._cache.move_to_end(chunk)
-                return arrays
-            arrays = self._read(self._chunks[chunk])
-            self.fetches += 1
-            self._cache[chunk] = arrays
-            while len(self._cache) > self.max_chunks:
-                self._cache.popitem(last=False)
+            else:
+                ahead = self._pending.pop(chunk, None)
+                arrays = result_of(ahead) if ahead is not None else None  # the thread takes no lock
+                if arrays is None:
+                    arrays = self._rows_of(chunk, self._open)
+                self.fetches += 1
+                self._cache[chunk] = arrays
+                while len(self._cache) > self.max_chunks:
+                    self._cache.popitem(last=False)
+            self._read_ahead(chunk)
             return arrays
 
-    def _parquet(self, n: int) -> pq.ParquetFile:
-        """File ``n``, opened once per process (its footer known already)."""
-        parquet = self._open.get(n)
-        if parquet is None:
-            # fsspec's instance cache gives a forked child a filesystem of its own
-            fs, path = filesystem(self._files[n].url, self._storage_options)
-            handle = fs.open(path, "rb", cache_type="none")
-            parquet = pq.ParquetFile(handle, metadata=self._metadata[n], pre_buffer=True)
-            self._open[n] = parquet
-        return parquet
-
-    def _read(self, chunk: _Chunk) -> dict[str, pa.Array]:
-        """The chunk's columns, conformed to the schema; transient errors retried (Retrier:
-        backoff with jitter, 30 s deadline), each retry on a freshly opened file."""
-        file, groups = self._files[chunk.file], list(chunk.row_groups)
-        broken: list[Exception] = []
-
-        def attempt() -> pa.Table | None:
-            try:
-                return self._parquet(chunk.file).read_row_groups(groups, use_threads=False)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-                broken.append(error)  # the bytes are bad: no retry will mend them
-                return None
-            except Exception:
-                self._open.pop(chunk.file, None)
-                raise
-
-        table = Retrier(file.url, what=f"row groups {groups}").call(attempt)
-        if table is None:
-            raise IndexSourceError(
-                f"cannot read row groups {groups} of index file {file.url!r}: "
-                f"{type(broken[0]).__name__}: {broken[0]}"
-            ) from broken[0]
-        arrays: dict[str, pa.Array] = {}
-        for field, out in zip(self._schema, self.schema):
-            if field.name in table.column_names:
-                column = table.column(field.name).cast(field.type).combine_chunks()
-            else:
-                column = pa.nulls(table.num_rows, field.type)
-            arrays[out.name] = column
-        return arrays
+    def _read_ahead(self, chunk: int) -> None:
+        """Start fetching the chunk read after ``chunk`` (called under the lock)."""
+        after = self._next.get(chunk, chunk + 1) if self._next else chunk + 1
+        if not self.prefetch or after >= len(self._chunks) or self._pending:
+            return
+        if after in self._cache:
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "sds-lazy-prefetch")
+        self._pending[after] = self._pool.submit(self._rows_of, after, self._open_ahead)
+        self.prefetches += 1

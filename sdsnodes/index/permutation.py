@@ -220,6 +220,11 @@ class LanePermutation:
         """The chunk that position ``i``'s row is in."""
         return bisect.bisect_right(self._starts, self(i)) - 1
 
+    @property
+    def chunk_order(self) -> list[int]:
+        """The chunks in the order the lanes read them (slot -> chunk)."""
+        return list(self._chunks)
+
     def _within(self, chunk: int) -> FeistelPermutation:
         perm = self._rows.get(chunk)
         if perm is None:

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from sdsnodes.index.filters import parse_filter
-from sdsnodes.index.materialize import SourceFile, materialize, source_files
+from sdsnodes.index.materialize import SourceFile, fingerprint, materialize, source_files
 from sdsnodes.index.sources import IndexSourceError
 from sdsnodes.options import IndexOptions
 from sdsnodes.sample import KEY
@@ -124,3 +124,49 @@ def lazy_rename(options: IndexOptions, names: list[str], src: str) -> dict[str, 
     original = {new: old for old, new in rename.items()}.get(options.key_column, options.key_column)
     rename[original] = KEY
     return rename
+
+
+def read_grouped(
+    url: str, storage_options: dict[str, Any] | None, options: IndexOptions
+) -> tuple[pa.Table, str]:
+    """The directory at ``url`` read with ``options.group_by_key`` (one row per key, or per
+    media file), renamed and filtered, in memory; and its fingerprint (the listing's, with the
+    options).
+
+    Raises:
+        ValueError: ``url`` is not a directory (``group_by_key`` reads directories only), or the
+            filter or rename does not fit its columns.
+    """
+    from sdsnodes.index.sources import read_index
+    from sdsnodes.storage import filesystem
+
+    fs, path = filesystem(url, storage_options)
+    if not fs.isdir(path):
+        raise ValueError(
+            f"IndexOptions(group_by_key={options.group_by_key}) groups the files of a directory "
+            f"by key, and {url!r} is not a directory: drop group_by_key"
+        )
+    table = read_index(url, storage_options, group_by_key=options.group_by_key)
+    rename = options.rename or {}
+    missing = set(rename) - set(table.column_names)
+    if missing:
+        raise IndexSourceError(
+            f"rename names columns {sorted(missing)} absent from the index (it has "
+            f"{table.column_names})"
+        )
+    table = table.rename_columns([rename.get(c, c) for c in table.column_names])
+    if options.filter is not None:
+        try:
+            table = table.filter(parse_filter(options.filter))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            raise IndexSourceError(
+                f"the filter does not fit the index (columns after rename: "
+                f"{table.column_names}): {error}"
+            ) from error
+    key = fingerprint(
+        url, storage_options, group_by_key=options.group_by_key, rename=rename,
+        filter=None if options.filter is None else str(options.filter),
+    )  # fmt: skip
+    if table.num_rows == 0:
+        raise IndexSourceError(f"index {url!r} has no rows after the filter: nothing to stream")
+    return table, key

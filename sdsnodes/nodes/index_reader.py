@@ -13,9 +13,14 @@ from sdsnodes.index.filters import parse_filter
 from sdsnodes.index.footers import auto_footers, read_footers
 from sdsnodes.index.lazy import CHUNK_ROWS, LANES, LazyIndexTable
 from sdsnodes.index.materialize import materialize
-from sdsnodes.index.sources import IndexSourceError
 from sdsnodes.index.table import IndexTable
-from sdsnodes.nodes._index_options import capped_files, lazy_rename, materialize_files, shape
+from sdsnodes.nodes._index_options import (
+    capped_files,
+    lazy_rename,
+    materialize_files,
+    read_grouped,
+    shape,
+)
 from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.options import IndexOptions
 
@@ -46,16 +51,9 @@ def _load(
             raise ValueError("the index table has no rows: nothing to stream")
         return IndexTable(table, **lazy_options["table"], fingerprint=key)
     url = os.fspath(src)
-    if lazy and (filter is not None or options.max_rows is not None):
-        what = "filter" if filter is not None else "cut to max_rows"
-        raise IndexSourceError(
-            f"a lazy index cannot {what} (index {url!r}): the rows it keeps are known only "
-            "after reading all of them; pass lazy=False (the index is converted once) or write "
-            "that index as parquet (max_index_files caps a lazy index by files)"
-        )
     files = capped_files(url, storage_options, options)
     footers = read_footers(url, storage_options, txt, files) if lazy else None
-    if lazy is None and files is None and options.max_rows is None:
+    if lazy is None and files is None and options.group_by_key is None:
         footers = auto_footers(url, storage_options, txt, filter)
     if footers is not None:
         names = pa.unify_schemas(
@@ -63,8 +61,13 @@ def _load(
         ).names
         index: IndexTable | LazyIndexTable = LazyIndexTable(
             footers, **lazy_options["table"], rename=lazy_rename(options, names, url),
-            storage_options=storage_options, **lazy_options["lazy"],
+            storage_options=storage_options, filter=filter, max_rows=options.max_rows,
+            **lazy_options["lazy"],
         )  # fmt: skip
+    elif options.group_by_key is not None:  # a directory, grouped as asked, in memory
+        table, key = read_grouped(url, storage_options, options)
+        table, key = shape(table, key, options, url)
+        index = IndexTable(table, **lazy_options["table"], fingerprint=key)
     else:
         if files is not None:
             table, key = materialize_files(files, storage_options, options, index_cache_dir)
@@ -105,7 +108,9 @@ class IndexReader(EpochReader):
     - lazy (remote parquet too big to copy to every machine): only the parquet footers are read
       up front; rows are fetched by row groups on demand into a small in-memory LRU, nothing
       on disk, and a shuffled epoch reads row groups in lanes rather than at random (see
-      :mod:`sdsnodes.index.lazy`). No ``filter`` (it would need every row up front).
+      :mod:`sdsnodes.index.lazy`); the next chunk is fetched in the background. A ``filter``
+      is counted per chunk at construction, reading only the filter's columns, and applied to
+      each chunk as it is read; ``max_rows`` cuts the chunks (footers only, without a filter).
 
     A bad source fails at construction. Under ``torch.distributed`` the ranks check that they
     all see the same index (its fingerprint).
@@ -132,13 +137,15 @@ class IndexReader(EpochReader):
             ``"media"`` (media files), or None to tell by the lines' extensions.
         lazy (bool | None): True reads a parquet index lazily (by row groups, on demand);
             False converts it to a local memory-mapped file; None (default) is lazy for remote
-            parquet past :data:`~sdsnodes.index.footers.LAZY_AUTO_BYTES` (1 GiB) uncompressed,
-            when no ``filter`` is given.
+            parquet past :data:`~sdsnodes.index.footers.LAZY_AUTO_BYTES` (1 GiB) uncompressed
+            (with a ``filter`` or ``max_rows`` too).
         lazy_chunk_rows (int): lazy only: rows fetched at once — consecutive row groups of a
             file are read together up to this many rows (a bigger row group is read whole).
         lazy_lanes (int): lazy only: chunks a shuffled epoch reads side by side (more lanes mix
             more row groups into each batch and keep more chunks in memory: ``lanes / gcd(lanes,
             world_size * num_workers) + 1`` per reader).
+        lazy_prefetch (bool): lazy only: fetch the chunk after the one just read in a
+            background thread (one chunk in flight).
         index (IndexOptions | None): the same ``filter``, ``rename``, ``txt`` and ``lazy`` as a
             group (as presets take them), plus ``key_column``, ``max_rows`` and
             ``max_index_files`` (see :class:`~sdsnodes.IndexOptions`); a setting given both
@@ -151,7 +158,8 @@ class IndexReader(EpochReader):
 
     Raises:
         ValueError: the source is missing, unreadable or empty, or ``lazy=True`` meets a source
-            that is not parquet or a ``filter`` (the message names it and the fix).
+            that is not parquet, or a filter naming an absent column (the message names it and
+            the fix).
     """
 
     def __init__(
@@ -170,6 +178,7 @@ class IndexReader(EpochReader):
         lazy: bool | None = None,
         lazy_chunk_rows: int = CHUNK_ROWS,
         lazy_lanes: int = LANES,
+        lazy_prefetch: bool = True,
         index: IndexOptions | None = None,
     ) -> None:
         super().__init__(rank, world_size, uneven)
@@ -187,7 +196,7 @@ class IndexReader(EpochReader):
         self.src = src if isinstance(src, pa.Table) else os.fspath(src)
         options = {
             "table": {"columns": columns, "name": name},
-            "lazy": {"chunk_rows": lazy_chunk_rows, "lanes": lazy_lanes},
+            "lazy": {"chunk_rows": lazy_chunk_rows, "lanes": lazy_lanes, "prefetch": lazy_prefetch},
         }
         self._index = _load(src, storage_options, index, index_cache_dir, options)
 
