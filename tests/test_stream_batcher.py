@@ -2,6 +2,7 @@
 row continuity, every chunk once, pad/reread/drop, resume, DataLoader workers, ranks, bad files."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -268,3 +269,20 @@ def test_on_error_raise_raises_the_cut(streams):
     index, _ = streams
     with pytest.raises(Exception, match="cut.mp4|short.mp4|no chunk"):
         list(Loader(graph(index, errors=ErrorOptions(on_error="raise"))))
+
+
+@pytest.mark.slow
+def test_bench_streams_quick_prints_its_table(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "streams", "--quick", "--dir", str(tmp_path)],
+        cwd=root, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, SDS_BENCH_DIR=str(tmp_path)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("Batcher *") == 2  # the baseline row of each table
+    assert "ms per batch" in done.stdout and "of 72 chunks" in done.stdout
