@@ -13,12 +13,14 @@ from sdsnodes.codecs._resize import (
     Size,
     as_source,
     check_crop,
+    check_interpolation,
     check_max_pixels,
     check_size,
     cover_shape,
     crop_box,
     describe,
     draw_crop,
+    resize,
 )
 from sdsnodes.errors import DecodeError, TooLarge
 
@@ -30,6 +32,10 @@ _MODES = {"RGB": 3, "L": 1}
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 rotate by 90 degrees, swapping width and height
 _REDUCING_GAP = 3.0  # Pillow: reduce by an integer factor first while >= 3x the target size
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
+_PILLOW_ONLY = {"box": 4, "hamming": 5, "lanczos": 1}  # PIL.Image.Resampling values
+# EXIF orientation -> PIL.Image.Transpose value (as PIL.ImageOps.exif_transpose)
+_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}
+_SWAPS = (2, 4, 5, 6)  # Transpose values that swap width and height
 _ARITHMETIC_SOF = (b"\xff\xc9", b"\xff\xca", b"\xff\xcb")  # arithmetic-coded JPEG frames
 _HEADER_LIMIT = 1 << 20  # bytes of a JPEG header searched for an arithmetic-coded frame
 
@@ -41,7 +47,16 @@ class ImageTensor:
     than the target (2x or more on both sides) are decoded at a reduced scale (Pillow's
     ``draft``, i.e. libjpeg DCT scaling). Any Pillow mode is converted to ``mode``: images with
     transparency are composited over white, 16-bit images keep their 8 most significant bits.
-    Resizing is Pillow's antialiased bicubic with ``reducing_gap=3``.
+    Resizing is antialiased bicubic by default (``interpolation``/``antialias`` as in
+    torchvision's ``Resize``): nearest, bilinear and bicubic run in torch's uint8 kernels, which
+    follow Pillow's filters to within one level and cost about a third of Pillow's ``resize``
+    here (``benchmarks/bench_peers.py``); box, hamming and lanczos run in Pillow
+    (``reducing_gap=3``). The EXIF header is parsed once per image.
+
+    The result is written once: Pillow's pixels are copied out into a tensor, resized by torch
+    into a new one, and the crop is a view of it, with channels-last strides; the collate's
+    ``torch.stack`` writes it into the batch (contiguous). Call ``.contiguous()`` on a single
+    image if you need it.
 
     Hostile input is refused, never padded: an image declaring more than ``max_pixels`` pixels
     (a decompression bomb) is refused from its header, before any pixel is decoded; a truncated
@@ -64,10 +79,11 @@ class ImageTensor:
             ``PIL.Image.MAX_IMAGE_PIXELS``, warns above it); raise that too for larger images.
 
     Returns:
-        torch.Tensor: uint8 [C, H, W].
+        torch.Tensor: uint8 [C, H, W] (channels-last strides when resized or cropped).
 
     Raises:
-        ValueError: at construction, for an invalid argument.
+        ValueError: at construction, for an invalid argument (an unknown ``interpolation``, or
+            ``antialias=False`` with a Pillow-only filter).
         DecodeError: the input is missing, empty, truncated or not an image Pillow can decode.
         TooLarge: the image declares more than ``max_pixels`` pixels (reason ``"too_large"``).
         NotAFile: a path naming a directory, FIFO, device or socket (reason ``"not_a_file"``).
@@ -80,6 +96,8 @@ class ImageTensor:
         mode: str = "RGB",
         draft: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        interpolation: str = "bicubic",
+        antialias: bool = True,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"{mode=} must be one of {list(_MODES)}")
@@ -88,11 +106,13 @@ class ImageTensor:
         self.crop = check_crop(crop)
         self.mode = mode
         self.draft = bool(draft)
+        self.interpolation, self.antialias = check_interpolation(interpolation, antialias)
 
     def __repr__(self) -> str:
         return (
             f"ImageTensor(size={self.size}, crop={self.crop.value!r}, mode={self.mode!r}, "
-            f"draft={self.draft}, max_pixels={self.max_pixels})"
+            f"draft={self.draft}, max_pixels={self.max_pixels}, "
+            f"interpolation={self.interpolation!r}, antialias={self.antialias})"
         )
 
     def __call__(self, value: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -109,17 +129,14 @@ class ImageTensor:
         rng = np.random.default_rng(0) if rng is None else rng
         position = draw_crop(self.size, self.crop, rng)
         try:
-            pixels = self._decode(value, position)
+            return self._decode(value, position)
         except DecodeError:
             raise  # refused before decoding (NotAFile, TooLarge…): keeps its reason
         except Exception as error:
             raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]  # [H, W, 1]
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # [C, H, W] uint8
 
-    def _decode(self, value: Any, position: tuple[float, float] | None) -> np.ndarray:
-        from PIL import Image, ImageOps
+    def _decode(self, value: Any, position: tuple[float, float] | None) -> torch.Tensor:
+        from PIL import Image
 
         try:
             opened = Image.open(as_source(value))
@@ -135,7 +152,8 @@ class ImageTensor:
                 )
             if image.format == "JPEG":
                 _check_jpeg_length(image, describe(value))
-            rotated = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
+            transpose = _TRANSPOSE.get(image.getexif().get(_ORIENTATION, 1))  # EXIF read once
+            rotated = transpose in _SWAPS
             if rotated:
                 width, height = height, width  # the upright size
             target_h, target_w = cover_shape(height, width, self.size)
@@ -146,16 +164,21 @@ class ImageTensor:
             image.load()
             if getattr(image, "_ended", False):  # Pillow padded it (LOAD_TRUNCATED_IMAGES)
                 raise OSError("image file is truncated (no end of image marker)")
-            image = ImageOps.exif_transpose(image)
+            if transpose is not None:
+                image = image.transpose(transpose)
             image = _to_mode(image, self.mode)
-            if image.size != (target_w, target_h):
-                image = image.resize(
-                    (target_w, target_h), Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP
-                )
             top, left, h, w = crop_box(target_h, target_w, self.size, position)
-            if (h, w) != (target_h, target_w):
-                image = image.crop((left, top, left + w, top + h))
-            return np.array(image, dtype=np.uint8)  # [H, W, 3] or [H, W]; a writable copy
+            if image.size != (target_w, target_h) and self.interpolation in _PILLOW_ONLY:
+                image = image.resize(
+                    (target_w, target_h), _PILLOW_ONLY[self.interpolation],
+                    reducing_gap=_REDUCING_GAP,
+                )  # fmt: skip
+            pixels = np.asarray(image)  # [H, W] or [H, W, C]: Pillow's one copy out, read-only
+        pixels = torch.from_numpy(pixels.copy())  # a writable tensor (a 20 us memcpy)
+        pixels = pixels.view(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)  # [C, H, W]
+        if pixels.shape[1:] != (target_h, target_w):
+            pixels = resize(pixels, (target_h, target_w), self.interpolation, self.antialias)
+        return pixels[:, top : top + h, left : left + w]  # a view: the collate copies it once
 
 
 def _check_jpeg_length(image: Any, name: str) -> None:

@@ -50,7 +50,8 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
             isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype
             for v in values
         ):
-            batch[key] = torch.stack(values)  # [B, ...]
+            stacked = torch.stack(values)  # [B, ...]: the one copy of views (e.g. image crops)
+            batch[key] = stacked if stacked.is_contiguous() else stacked.contiguous()
         elif (
             all(type(v) in (int, float, bool) for v in values)
             and len({type(v) for v in values}) == 1

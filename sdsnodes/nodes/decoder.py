@@ -25,6 +25,28 @@ def sample_rng(seed: int, sample: Sample, column_index: int) -> np.random.Genera
     )
 
 
+class LazyRng:
+    """The generator of :func:`sample_rng`, made on first use.
+
+    Seeding a ``numpy.random.Generator`` from a list costs about 30 us, as much as the rest of
+    the graph's work on a sample; most codecs (a centre crop, a caption) never draw. Attribute
+    access (``rng.random(2)``, ``rng.integers(...)``) builds the same generator
+    :func:`sample_rng` would, so the draws are identical.
+    """
+
+    __slots__ = ("_args", "_rng")
+
+    def __init__(self, seed: int, sample: Sample, column_index: int) -> None:
+        self._args = (seed, sample, column_index)
+        self._rng: np.random.Generator | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        rng = self._rng
+        if rng is None:
+            rng = self._rng = sample_rng(*self._args)
+        return getattr(rng, name)
+
+
 class Decoder(ThreadMapNode):
     """Apply a codec per column: ``sample[c] = codecs[c](sample[c], rng)``.
 
@@ -101,7 +123,7 @@ class Decoder(ThreadMapNode):
                 raise _Missing(
                     str(sample.get(url_key(source)) or source), f"column {source!r} is None"
                 )
-            rng = sample_rng(self.seed, sample, i)
+            rng = LazyRng(self.seed, sample, i)
             try:
                 result = (
                     codec(value, rng, sample=out)
