@@ -222,8 +222,24 @@ class StreamingDataset(IterableDataset):
         row, stream = find_row(self._template, key)
         return get_sample(self._template, row, stream)
 
+    def num_batches(self, num_workers: int = 0) -> int:
+        """Batches this rank yields in one epoch with a DataLoader of ``num_workers`` workers
+        (each worker batches its own share of the index): what ``len()`` of the loader handed
+        to a trainer must say; :class:`~sdsnodes.StreamingDataLoader` returns it as its
+        ``len()``. See :func:`sdsnodes.batch_count.num_batches` (the rule, and the graphs it
+        refuses).
+
+        Raises:
+            ValueError: ``num_workers`` < 0, or a graph whose batch count is not known up front
+                (mixing, filters, bucketing).
+        """
+        from sdsnodes.batch_count import num_batches
+
+        return num_batches(self._template, num_workers)
+
     def __len__(self) -> int:
-        """Rows of the index (of all streams, when mixing)."""
+        """Rows of the index (of all streams, when mixing); batches per rank are
+        :meth:`num_batches`."""
         from sdsnodes.nodes.epoch_reader import EpochReader
 
         return sum(len(n.index) for n in iter_nodes(self._template) if isinstance(n, EpochReader))
