@@ -54,12 +54,12 @@ def test_lazy_filtered_shuffle_reads_each_kept_row_once_and_resumes(remote_index
     def make():
         reader = IndexReader(
             url, storage_options=options, lazy=True, lazy_chunk_rows=250, lazy_lanes=4,
-            filter="id >= 1000",
+            filter="id >= 2000",
         )  # fmt: skip
         return Shuffler(reader, seed=5)
 
-    epoch = check_node_resume(make, midpoints=[0, 700, 2000])
-    assert sorted(int(k[0]) for k in epoch) == list(range(2000))
+    epoch = check_node_resume(make, midpoints=[0, 600])
+    assert sorted(int(k[0]) for k in epoch) == list(range(1000))
 
 
 def test_lazy_prefetch_fetches_the_next_chunk_in_the_background(remote_index):
@@ -99,3 +99,122 @@ def test_group_by_key_option(tmp_path):
     pq.write_table(pa.table({"id": [1]}), tmp_path / "one.parquet")
     with pytest.raises(ValueError, match="is not a directory"):
         IndexReader(str(tmp_path / "one.parquet"), index=IndexOptions(group_by_key=True))
+
+
+# -- per-sample .txt / .json files named by an index column ---------------------------------------
+def _sds_samples(n: int = 6) -> dict[str, bytes]:
+    """name -> bytes: n tiny PNGs, their .txt captions and .json metadata files."""
+    import io
+    import json
+
+    from PIL import Image
+
+    files = {}
+    for i in range(n):
+        png = io.BytesIO()
+        Image.new("RGB", (8 + i, 8), (i * 40, 0, 0)).save(png, format="PNG")
+        files[f"{i:06d}.png"] = png.getvalue()
+        files[f"{i:06d}.txt"] = f"  caption {i}\n".encode()
+        files[f"{i:06d}.json"] = json.dumps({"fps": 24 + i, "exif": {"Make": f"cam{i}"}}).encode()
+    return files
+
+
+def _index_of(root: str, n: int = 6) -> pa.Table:
+    return pa.table(
+        {
+            "image": [f"{root}/{i:06d}.png" for i in range(n)],
+            "caption": [f"{root}/{i:06d}.txt" for i in range(n)],
+            "meta": [f"{root}/{i:06d}.json" if i != 2 else None for i in range(n)],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def remote_sds(s3_server):
+    bucket = s3_server.make_bucket(f"sds-leftovers-files-{uuid.uuid4().hex[:8]}")
+    fs = s3_server.fs()
+    for name, data in _sds_samples().items():
+        fs.pipe(f"{bucket}/{name}", data)
+    with fs.open(f"{bucket}/index.parquet", "wb") as f:
+        pq.write_table(_index_of(bucket), f)
+    return f"{bucket}/index.parquet", s3_server.storage_options
+
+
+def _captions_and_meta(graph) -> tuple[dict, dict]:
+    graph.reset()
+    captions, meta = {}, {}
+    for batch in graph:
+        for i, key in enumerate(batch["__index__"].tolist()):
+            captions[key] = batch["caption"][i]
+            if "meta.fps" in batch:
+                meta[key] = (batch["meta.fps"][i], batch["meta.exif.Make"][i])
+    return captions, meta
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_caption_column_of_txt_paths_in_a_preset(where, tmp_path, remote_sds):
+    from sdsnodes import CacheOptions, FetchOptions, build_image_graph
+
+    if where == "local":
+        for name, data in _sds_samples().items():
+            (tmp_path / name).write_bytes(data)
+        src, fetch = str(tmp_path / "index.parquet"), None
+        pq.write_table(_index_of(str(tmp_path)), src)
+    else:
+        src, options = remote_sds
+        fetch = FetchOptions(storage_options=options)
+    graph = build_image_graph(
+        src, size=8, batch_size=4, shuffle=False, prefetch_factor=0, fetch=fetch,
+        cache=CacheOptions(str(tmp_path / "cache")),
+    )  # fmt: skip
+    captions, _ = _captions_and_meta(graph)
+    assert captions == {i: f"caption {i}" for i in range(6)}  # read from the files, stripped
+
+
+def test_json_file_fields_into_the_sample_from_s3(remote_sds, tmp_path):
+    from torchdata.nodes import Batcher, Mapper
+
+    from sdsnodes import CacheOptions, CachingDownloader, Decoder, Evictor, FetchOptions, collate
+    from sdsnodes.codecs.text_files import JsonFile
+
+    src, options = remote_sds
+    node = CachingDownloader(
+        IndexReader(src, storage_options=options), ["meta"],
+        cache=CacheOptions(str(tmp_path / "cache")), fetch=FetchOptions(storage_options=options),
+    )  # fmt: skip
+    node = Evictor(Decoder(node, {"meta": JsonFile(fields=["fps", "exif.Make", "absent"])}))
+    _, meta = _captions_and_meta(Mapper(Batcher(node, 3, drop_last=False), collate))
+    assert meta == {i: (24 + i, f"cam{i}") if i != 2 else (None, None) for i in range(6)}
+
+
+def test_text_and_json_file_codecs_refuse_bad_files(tmp_path):
+    import numpy as np
+
+    from sdsnodes.codecs.text_files import JsonFile, TextFile
+    from sdsnodes.errors import DecodeError, NotAFile, TooLarge
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "big.txt").write_bytes(b"x" * 11)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "bad.json").write_text("{nope")
+    text = TextFile(max_bytes=10)
+    assert text("an inline caption ", rng) == "an inline caption" and text(None, rng) is None
+    assert text(b" bytes ", rng) == "bytes"
+    with pytest.raises(DecodeError, match="not UTF-8"):
+        text(str(tmp_path / "latin.txt"), rng)
+    with pytest.raises(TooLarge):
+        text(str(tmp_path / "big.txt"), rng)
+    with pytest.raises(NotAFile):
+        (tmp_path / "dir.txt").mkdir()
+        text(str(tmp_path / "dir.txt"), rng)
+    with pytest.raises(FileNotFoundError):
+        text(str(tmp_path / "missing.txt"), rng)
+    with pytest.raises(DecodeError, match="not an object"):
+        JsonFile()(str(tmp_path / "list.json"), rng)
+    with pytest.raises(DecodeError, match="not JSON"):
+        JsonFile()(str(tmp_path / "bad.json"), rng)
+    with pytest.raises(ValueError, match="fields="):
+        JsonFile(fields="fps")
+    with pytest.raises(ValueError, match="max_bytes="):
+        TextFile(max_bytes=0)
