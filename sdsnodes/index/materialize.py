@@ -6,7 +6,9 @@ IPC file in the index cache, record batch by record batch (memory bounded by a b
 progress bar for big ones), with the filter and column renames applied on the way. The file
 is named by a fingerprint of the source (each file's path, size and mtime or ETag) and of the
 options, so a changed source gets a new file — never a stale copy — and the fingerprint travels
-in reader states so a resume notices.
+in reader states so a resume notices. A directory holding an index published once for the
+cluster (``sds index build SRC --out URL``, see :mod:`sdsnodes.index.published`) is downloaded
+into the index cache instead, under the same lock and name.
 Reading it back is a memory map: zero-copy, O(1) random access to any row, shared by forked
 workers, and RSS grows only with the pages touched.
 """
@@ -32,6 +34,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from sdsnodes.index.filters import parse_filter
+from sdsnodes.index.published import check_options, fetch_published, read_manifest
 from sdsnodes.index.sources import (
     IndexSourceError,
     check_txt_mode,
@@ -181,6 +184,11 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+def index_cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """Where converted indexes live: ``cache_dir``, else ``<default cache>/index``."""
+    return Path(cache_dir or Path(default_cache_dir()) / "index")
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,25 +221,39 @@ def materialize(
             are), ``"media"`` (one sample per line), or None to decide by the lines'
             extensions (see :mod:`sdsnodes.index.sources`).
 
+    A ``src`` that is a published index (a prefix with ``sdsnodes-index.json``) is fetched,
+    not converted; its fingerprint is the one converting its source gave.
+
     Returns:
         tuple[pyarrow.Table, str]: the table (backed by the memory-mapped file) and the
         fingerprint of source + options.
 
     Raises:
         IndexSourceError (ValueError): the source is missing, unreadable, empty (after the
-            filter), or its files have incompatible schemas; the message names the fix.
+            filter), or its files have incompatible schemas, or a published index was built
+            with another ``filter``/``rename``; the message names the fix.
+        DownloadError: a published index could not be downloaded whole (see
+            :func:`~sdsnodes.storage.fetch`).
     """
     url = os.fspath(src)
     check_txt_mode(txt)
     rename = dict(rename or {})
     filter_text = None if filter is None else str(filter)
     expression = None if filter is None else parse_filter(filter)
-    key = fingerprint(url, storage_options, txt, filter=filter_text, rename=rename)
-    root = Path(cache_dir or Path(default_cache_dir()) / "index")
+    files = source_files(url, storage_options, txt)
+    published = read_manifest(url, files, storage_options)
+    if published is not None:  # built once for the cluster: fetched, not converted
+        check_options(published, url, filter_text, rename)
+        key = published["fingerprint"]
+    else:
+        key = fingerprint_files(url, files, storage_options, filter=filter_text, rename=rename)
+    root = index_cache_root(cache_dir)
     target = root / f"{key}.arrow"
     with _locked(root / f"{key}.lock"):
-        if not target.exists():
-            _convert(url, storage_options, target, expression, rename, progress, txt)
+        if not target.exists() and published is not None:
+            fetch_published(published, storage_options, target)
+        elif not target.exists():
+            _convert(url, storage_options, target, expression, rename, progress, txt, files)
     table = pa.ipc.open_file(pa.memory_map(str(target))).read_all()
     if table.num_rows == 0:
         raise IndexSourceError(
@@ -248,10 +270,10 @@ def _convert(
     rename: dict,
     progress: bool | None,
     txt: str | None,
+    files: list[SourceFile],
 ) -> None:
     from tqdm import tqdm
 
-    files = source_files(url, storage_options, txt)
     if not files:
         raise IndexSourceError(f"index wildcard {url!r} matches no files")
     total = 0
