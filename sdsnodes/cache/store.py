@@ -250,6 +250,17 @@ class Cache:
             raise ValueError(f"cannot unpin {url!r}: this process does not pin it")
         self._holdings.drop(key)
 
+    def discard(self, url: str) -> bool:
+        """Remove the cached file of ``url`` now unless a live process pins it (for entries the
+        caller found unusable, or will never read again); whether it was removed."""
+        key = paths.key_for(url)
+        with self._ledger() as conn, ledger.write(conn):
+            row = ledger.get_row(conn, key)
+            if row is None or row[2] != ledger.READY or ledger.is_pinned(conn, key):
+                return False
+            ledger.remove(conn, self.cache_dir, key, row[0], row[1])
+        return True
+
     @contextlib.contextmanager
     def pinned(
         self, url: str, fetch: Fetch, size_hint: int | None = None
