@@ -93,3 +93,19 @@ def test_the_video_presets_read_packed_clips_from_bytes(preset, video_index, tmp
     batch = next(iter(Loader(graph)))
     assert batch["video"].shape == (2, 2, 3, 32, 32)
     assert batch["__key__"] == ["0", "1"]
+
+
+def test_packs_media_from_s3_and_counts_the_unreadable(s3_server, s3_bucket, image_index, tmp_path):
+    fs = s3_server.fs()
+    paths = pq.read_table(image_index)["image"].to_pylist()[:4]
+    urls = [f"{s3_bucket}/m/{pathlib.Path(p).name}" for p in paths]
+    fs.pipe({u: pathlib.Path(p).read_bytes() for u, p in zip(urls, paths)})
+    index = tmp_path / "index.parquet"
+    pq.write_table(pa.table({"image": [*urls, f"{s3_bucket}/m/gone.jpg"]}), index)
+    result = pack(
+        index, tmp_path / "out", storage_options=s3_server.storage_options, progress=False
+    )
+    assert (result.rows, result.missing) == (5, 1)
+    images = _rows(tmp_path / "out").column("image").to_pylist()
+    assert [i["bytes"] for i in images[:4]] == [pathlib.Path(p).read_bytes() for p in paths]
+    assert images[4] == {"bytes": None, "path": f"{s3_bucket}/m/gone.jpg"}
