@@ -63,6 +63,7 @@ def build_stream_graph(
     errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    num_threads: int = 4,
     prefetch_factor: int = 2,
     rank: int | None = None,
     world_size: int | None = None,
@@ -96,6 +97,8 @@ def build_stream_graph(
         errors (ErrorOptions | None): bad files (a download, or a stream that cannot be
             opened or breaks off mid-way) are skipped and counted, or raised.
         shuffle (bool), seed (int): a Shuffler over the streams, a new order each epoch.
+        num_threads (int): the StreamBatcher's threads reading the rows' chunks side by side
+            (4; 0: one after the other).
         prefetch_factor (int): batches prepared in the background (2; 0 for none).
         rank (int | None), world_size (int | None): the IndexReader's distributed position.
 
@@ -145,5 +148,5 @@ def build_stream_graph(
     if has_urls(reader, column):
         node = CachingDownloader(node, [column], cache=cache, fetch=fetch, errors=errors)
     node = StreamOpener(node, column, chunker)
-    node = StreamBatcher(node, batch_size, pad=pad, errors=errors)
+    node = StreamBatcher(node, batch_size, pad=pad, errors=errors, num_threads=num_threads)
     return Prefetcher(node, prefetch_factor) if prefetch_factor else node

@@ -308,3 +308,11 @@ def test_remote_streams_download_through_the_cache_resume_and_unpin(streams, htt
     assert batches[0]["__url__.video"][0].startswith("http://127.0.0.1")
     assert open_cache(cache.cache_dir).stats()["pinned_files"] == 0  # every stream unpinned
     check_node_resume(lambda: graph(remote, cache=cache), midpoints=[2, 5], key_fn=_keys)
+
+
+def test_threads_read_the_rows_side_by_side_with_the_same_result(streams):
+    index, _ = streams
+    inline, threaded = ([_keys(b) for b in Loader(graph(index, num_threads=n))] for n in (0, 3))
+    assert inline == threaded
+    with pytest.raises(ValueError, match="num_threads=-1"):
+        graph(index, num_threads=-1)

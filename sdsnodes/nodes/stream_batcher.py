@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import json
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import get_worker_info
 from torchdata.nodes import BaseNode
 
 from sdsnodes.errors import DecodeError, ErrorPolicy
+from sdsnodes.nodes._threads import register_live
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.stream_opener import CHUNK, Stream
 from sdsnodes.options import ErrorOptions
@@ -94,6 +96,8 @@ class StreamBatcher(BaseNode[dict]):
         pad (PadMode | str): ``"pad"``, ``"reread"`` or ``"drop"``; see :class:`PadMode`.
         errors (ErrorOptions | None): ``on_error`` and ``max_error_rate`` for bad streams
             (the rate is of streams); None: skip, 0.5.
+        num_threads (int): threads reading the rows' next chunks side by side (decoding
+            releases the GIL); 0 reads them one after the other in the caller's thread.
         collate_fn (Callable): rows → batch (:func:`~sdsnodes.nodes.collate.collate`).
         end_marker (bool): yield ``{END: True, WORKER: w, ROW: rows}`` once after the last
             batch, so a :class:`~sdsnodes.StreamLoader` knows the worker is done (it sets this).
@@ -112,7 +116,7 @@ class StreamBatcher(BaseNode[dict]):
         B + 1 times and seeks each stream to its chunk.
 
     Raises:
-        ValueError: ``batch_size`` < 1, an unknown ``pad``; at ``reset``, more DataLoader
+        ValueError: ``batch_size`` < 1, an unknown ``pad``, ``num_threads`` < 0; at ``reset``, more DataLoader
             workers than rows, or a state saved with another number of rows per worker.
     """
 
@@ -132,6 +136,7 @@ class StreamBatcher(BaseNode[dict]):
         *,
         pad: PadMode | str = PadMode.PAD,
         errors: ErrorOptions | None = None,
+        num_threads: int = 4,
         collate_fn: Callable[[Sequence[Sample]], dict] = collate,
         end_marker: bool = False,
     ) -> None:
@@ -145,6 +150,10 @@ class StreamBatcher(BaseNode[dict]):
         self.source, self.batch_size, self.collate_fn = source, batch_size, collate_fn
         self.errors = errors or ErrorOptions()
         self.end_marker = bool(end_marker)
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
+            raise ValueError(f"{num_threads=} must be an int >= 0 (0: read chunks inline)")
+        self.num_threads = num_threads
+        self._pool: ThreadPoolExecutor | None = None  # made at reset: the graph stays picklable
         self._open: list[_Open | None] = []
         self._rows: list[int] = []
         self._worker = 0
@@ -166,6 +175,9 @@ class StreamBatcher(BaseNode[dict]):
         super().reset(initial_state)
         self._close_all()
         self._share()
+        if self.num_threads and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="StreamBatcher")
+            register_live(self)
         self._policy = ErrorPolicy(self.errors.on_error, self.errors.max_error_rate)
         self._open = [None] * len(self._rows)
         state = initial_state or {}
@@ -253,28 +265,48 @@ class StreamBatcher(BaseNode[dict]):
                 continue
         return None  # the epoch has no stream at all
 
-    def _fill(self, i: int) -> Sample | None:
-        """Row i's next chunk, opening streams as needed; None when no stream is left."""
-        while True:
-            current = self._open[i]
-            if current is None:
-                current = self._open[i] = self._pull()
-                if current is None:
-                    return None
-            try:
-                return current.next_chunk()
-            except StopIteration:
-                if not current.reread:
-                    if current.chunk == 0:
-                        self._policy.skip("empty", ValueError("no chunk"), current.stream.key)
-                    else:
-                        self._policy.ok()
-            except (DecodeError, OSError) as error:
-                if not current.reread:
-                    reason = "stream_cut" if current.chunk else getattr(error, "reason", "decode")
-                    self._policy.skip(reason, error, f"stream {current.stream.key!r}")
-            current.close()
-            self._open[i] = None
+    def _step(self, current: _Open) -> Sample | BaseException | None:
+        """A stream's next chunk, or what ended it (None: its end; the error); in the pool."""
+        try:
+            return current.next_chunk()
+        except StopIteration:
+            return None
+        except (DecodeError, OSError) as error:
+            return error
+
+    def _fill(self) -> list[Sample | None]:
+        """Every row's next chunk (None: no stream left for the row). The rows' chunks are read
+        in the pool; a row whose stream ended takes the next one, in row order."""
+        chunks: list[Sample | None] = [None] * len(self._rows)
+        todo = list(range(len(self._rows)))
+        while todo:
+            for i in todo:
+                if self._open[i] is None:
+                    self._open[i] = self._pull()
+            rows = [i for i in todo if self._open[i] is not None]
+            opened: list[_Open] = [self._open[i] for i in rows]  # type: ignore[misc]
+            if self._pool is not None and len(opened) > 1:
+                results = list(self._pool.map(self._step, opened))
+            else:
+                results = [self._step(current) for current in opened]
+            todo = []
+            for i, current, result in zip(rows, opened, results, strict=True):
+                if isinstance(result, dict):
+                    chunks[i] = result
+                    continue
+                self._open[i] = None
+                current.close()
+                todo.append(i)
+                if current.reread:
+                    continue
+                if isinstance(result, BaseException):
+                    reason = "stream_cut" if current.chunk else getattr(result, "reason", "decode")
+                    self._policy.skip(reason, result, f"stream {current.stream.key!r}")
+                elif current.chunk == 0:
+                    self._policy.skip("empty", ValueError("no chunk"), current.stream.key)
+                else:
+                    self._policy.ok()
+        return chunks
 
     def _close_all(self) -> None:
         for current in self._open:
@@ -285,7 +317,7 @@ class StreamBatcher(BaseNode[dict]):
     def next(self) -> dict:
         if self._ended:
             raise StopIteration
-        chunks = [self._fill(i) for i in range(len(self._rows))]
+        chunks = self._fill()
         fresh = [
             c is not None and not o.reread  # type: ignore[union-attr]
             for c, o in zip(chunks, self._open, strict=True)
@@ -312,8 +344,11 @@ class StreamBatcher(BaseNode[dict]):
         return self.collate_fn(out)
 
     def shutdown(self) -> None:
-        """Close the open streams (their cached files are unpinned)."""
+        """Close the open streams (their cached files are unpinned) and stop the threads."""
         self._close_all()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def _pad_like(chunk: Sample) -> Sample:
