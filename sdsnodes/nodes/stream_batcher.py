@@ -303,7 +303,8 @@ class StreamBatcher(BaseNode[dict]):
                     reason = "stream_cut" if current.chunk else getattr(result, "reason", "decode")
                     self._policy.skip(reason, result, f"stream {current.stream.key!r}")
                 elif current.chunk == 0:
-                    self._policy.skip("empty", ValueError("no chunk"), current.stream.key)
+                    empty = ValueError("shorter than one chunk")
+                    self._policy.skip("empty", empty, f"stream {current.stream.key!r}")
                 else:
                     self._policy.ok()
         return chunks
