@@ -4,9 +4,12 @@ Both read the same streams through the same ``IndexReader → StreamOpener`` (th
 the same files, in index order, in this process, one epoch each through
 ``torchdata.nodes.Loader``, no prefetching):
 
-- **StreamBatcher** (the subject): ``StreamBatcher(opener, B, pad="pad")``: B streams side by
-  side, row r continuing its stream, the source's state recorded before every stream, the
-  ``is_first``/``is_pad``/``__row__`` columns, padding at the end of the epoch.
+- **StreamBatcher** (the subject): ``StreamBatcher(opener, B, pad="pad", num_threads=0)``: B
+  streams side by side, row r continuing its stream, the source's state recorded before every
+  stream, the ``is_first``/``is_pad``/``__row__`` columns, padding at the end of the epoch; the
+  rows' chunks read one after the other, as the Batcher reads them.
+- **StreamBatcher, 4 threads**: the same with ``num_threads=4`` (the preset's default): the
+  rows' next chunks read side by side.
 - **Batcher** (*the baseline*): the streams' chunks one stream after the other
   (``IterableWrapper`` over ``stream.chunks()``), then ``torchdata.nodes.Batcher(B)`` +
   ``collate``: the same chunks batched with no coherence.
@@ -14,9 +17,10 @@ the same files, in index order, in this process, one epoch each through
 Two kinds of chunks: ``latent`` (``LatentChunks`` over float32 ``.npy`` files of
 [4, T, 16, 16], 4 latent frames per chunk: a cheap chunk, so the batcher's own cost shows) and
 ``video`` (``VideoChunks`` over H.264 mp4 files, 8 frames at 8 frames/s, 64x64: decoding
-dominates). Printed: chunks (not padding) per second, median, min and max over ``--repeats``
-repeats that alternate which runs first, the ratio to the Batcher, and the time per batch the
-StreamBatcher adds: (its median epoch time - the Batcher's) / its batches, in ms. The
+dominates). One torch thread, as in a DataLoader worker. Printed: chunks (not padding) per
+second, median, min and max over ``--repeats`` repeats that alternate which runs first, the
+ratio to the Batcher, and the time per batch the StreamBatcher (inline) adds: (its median epoch
+time - the Batcher's) / its batches, in ms. The
 StreamBatcher yields more batches for the same chunks: at the end of the epoch, rows whose
 streams ran out are padding while the longest streams finish.
 """
@@ -44,7 +48,7 @@ DESCRIPTION = (
     "StreamBatcher (coherent rows, resumable) vs torchdata's Batcher over the same chunks: "
     "chunks/s and the time per batch it adds"
 )
-LOADERS = ("StreamBatcher", "Batcher")
+LOADERS = ("StreamBatcher", "StreamBatcher, 4 threads", "Batcher")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -103,8 +107,9 @@ def make(kind: str, index: Path, loader: str, batch_size: int):
 
     chunker = LatentChunks(4) if kind == "latent" else VideoChunks(8, 8.0, size=(64, 64))
     opener = StreamOpener(IndexReader(str(index)), kind, chunker)
-    if loader == "StreamBatcher":
-        return StreamBatcher(opener, batch_size, pad="pad")
+    if loader.startswith("StreamBatcher"):
+        threads = 4 if loader.endswith("threads") else 0
+        return StreamBatcher(opener, batch_size, pad="pad", num_threads=threads)
     chunks = itertools.chain.from_iterable(s.chunks() for s in Loader(opener))
     return Mapper(Batcher(IterableWrapper(chunks), batch_size), collate)
 
@@ -123,7 +128,10 @@ def epoch(kind: str, index: Path, loader: str, batch_size: int) -> tuple[int, in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
     args = parse(argv)
+    torch.set_num_threads(1)  # as in a DataLoader worker; copies then do not wait on idle cores
     repeats = repeats_of(args)
     root = (args.dir or default_data_dir()) / f"streams-{args.num_streams}"
     indexes = write_data(root, args.num_streams)
@@ -144,16 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batches, chunks, seconds = epoch(kind, index, name, args.batch_size)
                 counts[name] = batches, chunks
                 results[name].values.append(chunks / seconds)
-        if counts["StreamBatcher"][1] != counts["Batcher"][1]:
-            raise SystemExit(f"{kind}: the two loaders delivered different chunks: {counts}")
+        if len({chunks for _, chunks in counts.values()}) != 1:
+            raise SystemExit(f"{kind}: the loaders delivered different chunks: {counts}")
         chunks = counts["Batcher"][1]
         seconds = {name: chunks / results[name].median for name in LOADERS}
         added = 1e3 * (seconds["StreamBatcher"] - seconds["Batcher"]) / counts["StreamBatcher"][0]
-        results[
-            "StreamBatcher"
-        ].note = (
-            f"{added:+.2f} ms per batch ({counts['StreamBatcher'][0]} batches, padding included)"
-        )
+        batches = counts["StreamBatcher"][0]
+        results["StreamBatcher"].note = f"{added:+.2f} ms per batch ({batches} batches, padding in)"
         results["Batcher"].note = f"{counts['Batcher'][0]} batches of {chunks} chunks"
         rows += results.values()
     print()
