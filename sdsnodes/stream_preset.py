@@ -93,7 +93,11 @@ def build_stream_graph(
             (frames at ``fps``, seconds, characters/tokens, latent frames); None: the chunk's
             length (consecutive chunks).
         pad (str): ``"pad"``, ``"reread"`` or ``"drop"``; see :class:`~sdsnodes.nodes.stream_batcher.PadMode`.
-        index, cache, fetch: as :func:`~sdsnodes.build_video_graph`.
+        index (IndexOptions | None): which rows, under which names (as
+            :func:`~sdsnodes.build_video_graph`).
+        cache (CacheOptions | None): the download cache, for URLs.
+        fetch (FetchOptions | None): how URLs are fetched (``storage_options`` also to the
+            IndexReader).
         errors (ErrorOptions | None): bad files (a download, or a stream that cannot be
             opened or breaks off mid-way) are skipped and counted, or raised.
         shuffle (bool), seed (int): a Shuffler over the streams, a new order each epoch.
