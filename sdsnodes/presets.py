@@ -17,8 +17,10 @@ from collections.abc import Sequence
 import pyarrow as pa
 from torchdata.nodes import BaseNode
 
+from sdsnodes._metadata_preset import build_metadata_graph  # noqa: F401 - a preset of this module
 from sdsnodes._preset_parts import add_audio, add_caption, add_embeddings, assemble, square
 from sdsnodes._renamed import renamed_keywords
+from sdsnodes._rotation_options import DecodedCacheOptions, RotationOptions
 from sdsnodes.codecs import AudioWaveform, Codec, ImageTensor, Latent, VideoClip
 from sdsnodes.options import (
     CacheOptions,
@@ -55,6 +57,8 @@ def build_video_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    rotation: RotationOptions | None = None,
+    decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
     """A graph yielding batches of video clips and captions.
 
@@ -89,6 +93,12 @@ def build_video_graph(
         prefetch_factor (int): the Prefetcher's batches in the background (2; 0 for none).
         drop_last (bool): the Batcher drops a last, smaller batch.
         rank (int | None), world_size (int | None): the IndexReader's distributed position.
+        rotation (RotationOptions | None): yield each decoded sample ``rotation.times`` times,
+            interleaved (a :class:`~sdsnodes.nodes.rotator.Rotator` after the Evictor; the
+            epoch grows that many times); None: once (docs/rotation.md).
+        decoded_cache (DecodedCacheOptions | None): keep decoded samples in the cache
+            directory (a :class:`~sdsnodes.nodes.decoded_cache.DecodedCache` in place of the
+            downloads and the Decoder), refreshed every ``refresh_every`` epochs; None: none.
 
     Returns:
         BaseNode: yields dicts with ``video`` uint8 [B, T, 3, H, W], ``caption`` list[str | None],
@@ -109,7 +119,7 @@ def build_video_graph(
         partial=[video_column] if partial_reads else [],
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
     )  # fmt: skip
 
 
@@ -132,6 +142,8 @@ def build_image_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    rotation: RotationOptions | None = None,
+    decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
     """A graph yielding batches of images and captions.
 
@@ -153,7 +165,7 @@ def build_image_graph(
         src, codecs, columns=columns, files=[image_column],
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
     )  # fmt: skip
 
 
@@ -179,6 +191,8 @@ def build_audio_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    rotation: RotationOptions | None = None,
+    decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
     """A graph yielding batches of audio crops (resampled, mixed) and captions.
 
@@ -186,7 +200,7 @@ def build_audio_graph(
     first audio track is read. Each sample is a crop of ``duration`` seconds starting at a
     random time (seeded; ``start="uniform"``: the middle), mixed to ``channels`` and resampled
     to ``sample_rate`` (see :class:`~sdsnodes.AudioWaveform`); a file shorter than the crop is
-    padded with zeros at the end.
+    padded with zeros at the end. Other options: as :func:`build_video_graph`.
 
     Args:
         src: index source with an ``audio_column`` of local paths or URLs.
@@ -198,7 +212,6 @@ def build_audio_graph(
         batch_size (int): crops per batch B (16).
         audio_column (str): the column of files ("audio"); caption_column (str | None):
             ("caption").
-        The other options: as :func:`build_video_graph`.
 
     Returns:
         BaseNode: yields dicts with ``audio`` float32 [B, C, S] in [-1, 1], S ==
@@ -220,7 +233,7 @@ def build_audio_graph(
         src, codecs, columns=columns, files=[audio_column],
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
     )  # fmt: skip
 
 
@@ -260,6 +273,8 @@ def build_text_to_video_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    rotation: RotationOptions | None = None,
+    decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
     """A graph yielding batches of video clips with a caption, and optionally the clip's audio,
     precomputed latents sliced to the clip, and caption embeddings.
@@ -304,7 +319,8 @@ def build_text_to_video_graph(
         partial_reads (bool), block_size (int): read remote videos in byte ranges (False,
             1 MiB blocks); see :func:`build_video_graph`.
         batch_size (int): clips per batch B (4).
-        The other options: as :func:`build_video_graph`.
+
+    The other options are as in :func:`build_video_graph`.
 
     Returns:
         BaseNode: yields dicts with ``video`` uint8 [B, T, 3, H, W]; ``video.clip_start``,
@@ -344,55 +360,5 @@ def build_text_to_video_graph(
         partial=[video_column] if partial_reads else [], block_size=block_size,
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
-        rank=rank, world_size=world_size,
-    )  # fmt: skip
-
-
-def build_metadata_graph(
-    src: Src,
-    *,
-    columns: Sequence[str] | None = None,
-    batch_size: int = 256,
-    index: IndexOptions | None = None,
-    cache: CacheOptions | None = None,
-    fetch: FetchOptions | None = None,
-    shuffle: bool = True,
-    seed: int = 0,
-    prefetch_factor: int = 2,
-    drop_last: bool = False,
-    rank: int | None = None,
-    world_size: int | None = None,
-) -> BaseNode:
-    """A graph yielding batches of index rows as they are: nothing downloaded or decoded. For
-    metadata-only datasets (captions, embedding paths or class labels in the index, as SDS's
-    ``create_standard_metadata_pipeline``) and for looking at an index quickly.
-
-    The chain is the other presets' (IndexReader → Shuffler → Batcher + collate → Prefetcher),
-    so it resumes exactly, shards by rank and worker, and takes the same ``index`` options.
-
-    Args:
-        src: index source (see :class:`~sdsnodes.IndexReader`), e.g. a directory of ``.txt`` /
-            ``.json`` sidecars read with ``read_index(src, group_by_key=True)``.
-        columns (Sequence[str] | None): the only index columns kept (names after
-            ``index.rename``); None: every column.
-        batch_size (int): rows per batch (256).
-        cache, fetch: only ``cache.cache_dir`` (keeps the converted index, under ``index/``) and
-            ``fetch.storage_options`` (for a remote index) are used.
-        The other options: as :func:`build_video_graph`.
-
-    Returns:
-        BaseNode: yields dicts with each kept column (numbers as tensors [B], text and other
-        values as lists) and ``__key__`` list[str], ``__index__`` / ``__epoch__`` int64 [B].
-
-    Raises:
-        ValueError: a bad argument, or a column missing from the index (listed).
-    """
-    if isinstance(columns, str):
-        raise ValueError(f"{columns=} must be a list of column names, e.g. [{columns!r}]")
-    return assemble(
-        src, {}, columns=dict.fromkeys(columns or (), "columns"), files=[],
-        keep=None if columns is None else list(columns),
-        index=index, cache=cache, fetch=fetch, errors=None, batch_size=batch_size, shuffle=shuffle,
-        seed=seed, num_threads=1, prefetch_factor=prefetch_factor, drop_last=drop_last,
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
     )  # fmt: skip
