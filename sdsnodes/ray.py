@@ -33,7 +33,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from sdsnodes.codecs import Codec, Decoded
-from sdsnodes.errors import DecodeError, ErrorPolicy
+from sdsnodes.errors import DecodeError, DownloadError, ErrorPolicy
 from sdsnodes.options import CacheOptions, ErrorOptions, IndexOptions
 from sdsnodes.sample import EPOCH, INDEX, KEY, Sample
 from sdsnodes.storage import fetch, filesystem, is_remote, local_path
@@ -194,9 +194,11 @@ class DecodeBatches:
                         out.update({f"{column}.{k}": v for k, v in result.info.items()})
                         result = result.value
                     out[column] = result
-            except (DecodeError, OSError) as error:
-                reason = "missing" if isinstance(error, FileNotFoundError) else "decode"
-                reason = getattr(error, "reason", reason)
+            except (DecodeError, DownloadError, OSError) as error:
+                reason = getattr(error, "reason", None) or (
+                    "missing" if isinstance(error, FileNotFoundError)
+                    else "download" if isinstance(error, DownloadError) else "decode"
+                )  # fmt: skip
                 policy.skip(reason, error, f"{KEY}={sample.get(KEY)!r}")
                 continue
             policy.ok()

@@ -178,3 +178,13 @@ def test_without_ray_a_clear_import_error(monkeypatch, image_index):
 def test_import_sdsnodes_does_not_import_ray():
     code = "import sys, sdsnodes; sys.exit(int('ray' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+@pytest.mark.slow  # starts its own Ray instance and runs every row once: a minute or more
+def test_benchmark_quick_prints_the_table(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "ray", "--quick", "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Ray map_batches, 2 Ray workers" in proc.stdout and "ratio" in proc.stdout
