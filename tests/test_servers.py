@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from servers.gcs import GCSServer
 from servers.http import HTTPServer
 from servers.s3 import S3Server
 
-DATA = os.urandom(300_000)
+DATA = random.Random(0).randbytes(300_000)  # fixed: pytest-xdist workers collect the same ids
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 RANGES = [(0, 1), (0, 100), (12_345, 54_321), (299_990, 300_000), (299_999, None), (-10, None)]
 
@@ -186,6 +187,7 @@ def test_http_random_access_fetches_only_blocks(http_server: HTTPServer, http_di
         ("bytes=0-1,5-6", 200, None, DATA),  # several ranges: ignored
         ("bytes=9-3", 200, None, DATA),  # invalid: ignored
     ],
+    ids=lambda value: f"{len(value)}B" if isinstance(value, bytes) else None,
 )
 def test_http_range_semantics(http_dir, range_header, status, content_range, body) -> None:
     (http_dir.path / "r.bin").write_bytes(DATA)
