@@ -240,7 +240,7 @@ def assemble(
     index_cache_dir = None if cache.cache_dir is None else os.path.join(cache.cache_dir, "index")
     packed = packed_source(
         src, cache=cache, fetch=fetch, errors=errors, shuffle=shuffle, seed=seed, rank=rank,
-        world_size=world_size,
+        world_size=world_size, index=index,
     )  # fmt: skip
     if packed is not None:  # parquet shards with media bytes: a ShardReader, no downloads
         node, present, media = packed

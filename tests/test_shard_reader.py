@@ -21,6 +21,7 @@ from sdsnodes import (
     CacheOptions,
     ErrorOptions,
     FetchOptions,
+    IndexOptions,
     StreamingDataset,
     build_audio_graph,
     build_image_graph,
@@ -87,10 +88,18 @@ def test_preset_resumes_with_two_workers(packed, tmp_path):
     assert sorted(k for batch in epoch0 for k in batch) == sorted(str(i) for i in range(NUM))
 
 
+def test_index_options_are_refused_with_the_fix(packed):
+    with pytest.raises(ValueError, match="packed dataset.*pack that"):
+        build_image_graph(packed, index=IndexOptions(max_rows=3))
+
+
 def test_ranks_read_disjoint_shards(packed):
     shares = [set(_keys(_reader(packed, rank=r, world_size=2))) for r in range(2)]
     assert not shares[0] & shares[1]
     assert shares[0] | shares[1] == {str(i) for i in range(NUM)}
+    listed = sorted(str(p) for p in pathlib.Path(packed).glob("*.parquet"))
+    for src in (f"{packed}/*.parquet", listed):  # a wildcard, a list of shards
+        assert set(_keys(_reader(src))) == shares[0] | shares[1]
 
 
 def test_elastic_resume_loses_nothing(packed, tmp_path):

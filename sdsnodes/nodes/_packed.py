@@ -10,7 +10,7 @@ from sdsnodes.index.packed import is_packed, media_columns, shard_table
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.shard_reader import ShardReader
 from sdsnodes.nodes.shuffler import Shuffler
-from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOptions
 
 
 def packed_source(
@@ -24,14 +24,26 @@ def packed_source(
     rank: int | None = None,
     world_size: int | None = None,
     window: int = 512,
+    index: IndexOptions | None = None,
 ) -> tuple[BaseNode, list[str], list[str]] | None:
     """The source stage of a preset over a packed dataset: IndexReader over the shard table
     (shards split over ranks and workers) → Shuffler (shard order per epoch, when ``shuffle``)
     → ShardReader; with the dataset's columns and its media columns. None when ``src`` is not
-    a packed dataset (see :func:`sdsnodes.index.packed.is_packed`)."""
+    a packed dataset (see :func:`sdsnodes.index.packed.is_packed`).
+
+    Raises:
+        ValueError: ``index`` sets an option (filter, rename, max_rows, …): those shape an
+            index's rows, and a packed dataset is read shard by shard.
+    """
     options = (fetch or FetchOptions()).storage_options
     if not is_packed(src, options):
         return None
+    if index is not None and index != IndexOptions():
+        raise ValueError(
+            f"{src!r} is a packed dataset (parquet shards with media bytes), read shard by "
+            f"shard: {index} does not apply to it. Filter or rename the raw index and pack that "
+            "(sds pack), or drop index=..."
+        )
     table, schema = shard_table(src, options)
     media = media_columns(schema)
     node: BaseNode = IndexReader(table, rank=rank, world_size=world_size)

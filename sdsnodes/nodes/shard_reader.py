@@ -58,7 +58,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
     of whole shards), ``prefetch`` shards ahead in threads; local shards are read in place.
     Rows are read a window at a time: consecutive row groups of at least ``window`` rows,
     which are permuted with a generator seeded by ``(seed, epoch, first row of the shard,
-    window number)`` when ``shuffle`` (the second level of the two-level shuffle; the first,
+    first row of the window)`` when ``shuffle`` (the second level of the two-level shuffle; the first,
     the shard order per epoch, is the source's :class:`~sdsnodes.nodes.shuffler.Shuffler`).
     At most ``window`` + one row group of rows are held in memory, plus the shard files in the
     cache. A media value whose ``bytes`` is null is read from its ``path`` (absolute, a URL, or
@@ -232,14 +232,17 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
                     f"table {unit[NUM_ROWS]}: it changed since it was listed"
                 )
         except Exception as error:  # noqa: BLE001 - counted, or raised under on_error="raise"
+            self._release_current()
             self._skip_rows(unit, unit[NUM_ROWS], error, self._reason(error))
-            self._current = None
             return
         self._windows = self._plan(self._file.metadata)
         self._offset = skip
-        while self._windows and skip >= len(self._window_rows(self._windows[0])):
-            skip -= len(self._window_rows(self._windows.pop(0)))
+        while self._windows and skip >= self._count(self._windows[0]):
+            skip -= self._count(self._windows.pop(0))
         self._next_window(skip)
+
+    def _count(self, window: tuple[list[int], int]) -> int:
+        return sum(self._sizes[g] for g in window[0])
 
     def _reason(self, error: BaseException) -> str:
         if isinstance(error, (CorruptShard, pa.ArrowException)):
@@ -264,9 +267,8 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
     def _window_rows(self, window: tuple[list[int], int]) -> list[int]:
         """The rows of ``window`` (numbers within the shard) in delivery order, reversed (popped
         from the end)."""
-        groups, first = window
-        n = sum(self._sizes[g] for g in groups)
-        rows = np.arange(first, first + n)
+        first = window[1]
+        rows = np.arange(first, first + self._count(window))
         if self.shuffle:
             unit = self._current.unit  # type: ignore[union-attr]
             rng = np.random.default_rng([self.seed, unit[EPOCH], unit[FIRST_ROW], first])
@@ -376,6 +378,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         self._release_current()
         queue, self._queue = self._queue, collections.deque()
         for pending in queue:
+            pending.future.cancel()  # not started yet: never fetched
             if is_remote(pending.unit[SHARD]):
                 pending.future.add_done_callback(
                     functools.partial(_unpin_done, self._cache(), cache_key(pending.unit))
