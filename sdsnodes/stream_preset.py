@@ -104,7 +104,9 @@ def build_stream_graph(
         num_threads (int): the StreamBatcher's threads reading the rows' chunks side by side
             (4; 0: one after the other).
         prefetch_factor (int): batches prepared in the background (2; 0 for none).
-        rank (int | None), world_size (int | None): the IndexReader's distributed position.
+        rank (int | None), world_size (int | None): the IndexReader's distributed position;
+            each stream is read by one rank (``uneven="keep"``: no row repeated to even the
+            shards, since the ranks' batch counts depend on their streams' lengths anyway).
 
     Returns:
         BaseNode: yields dicts with the chunk under ``column`` — video uint8 [B, T, 3, H, W]
@@ -139,9 +141,9 @@ def build_stream_graph(
         raise ValueError(f"{batch_size=} must be an int >= 1")
     cache, fetch = cache or CacheOptions(), fetch or FetchOptions()
     index_cache_dir = None if cache.cache_dir is None else os.path.join(cache.cache_dir, "index")
-    reader = IndexReader(
+    reader = IndexReader(  # "keep": ranks' batch counts differ anyway; no stream read twice
         src, storage_options=fetch.storage_options, rank=rank, world_size=world_size,
-        index_cache_dir=index_cache_dir, index=index,
+        index_cache_dir=index_cache_dir, index=index, uneven="keep",
     )  # fmt: skip
     if column not in reader.column_names:
         raise ValueError(

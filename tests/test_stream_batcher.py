@@ -209,10 +209,10 @@ def test_plain_dataloader_workers_keep_their_own_rows(streams):
 
 def test_ranks_stream_disjoint_streams(streams):
     index, clips = streams
-    parts = [delivered(list(Loader(graph(index, rank=r, world_size=2)))) for r in (0, 1)]
-    keys = [{k for k, _ in p} for p in parts]
-    assert keys[0] and keys[1] and not keys[0] & keys[1]
-    assert sorted(parts[0] + parts[1]) == expected(clips)
+    parts = [delivered(list(Loader(graph(index, rank=r, world_size=3)))) for r in range(3)]
+    keys = [{k for k, _ in p} for p in parts]  # 10 streams over 3 ranks: none read twice
+    assert all(keys) and not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    assert sorted(parts[0] + parts[1] + parts[2]) == expected(clips)
 
 
 def test_audio_windows_follow_one_another(tmp_path):
