@@ -208,7 +208,7 @@ class VideoClip:
                 frames, padded = self._decode(container, stream, rate, targets, position, False)
         if padded and self.on_short is OnShort.SKIP:
             raise _Unusable("the video is shorter than the clip (its frames ran out)")
-        clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # [T, C, H, W]
+        clip = frames  # [T, C, H, W] uint8, each frame written once
         info = {"clip_start": t0, "clip_end": t0 + self.num_frames / fps, "source_fps": rate}
         return clip, info
 
@@ -220,9 +220,12 @@ class VideoClip:
         targets: np.ndarray,
         position: tuple[float, float] | None,
         seek: bool,
-    ) -> tuple[list[np.ndarray], bool]:
-        """The frames, uint8 [H, W, 3] each, picked for ``targets`` (seconds from the start), and
-        whether the clip was padded (targets past the end of the last frame)."""
+    ) -> tuple[torch.Tensor, bool]:
+        """The frames picked for ``targets`` (seconds from the start), uint8 [T, 3, H, W], and
+        whether the clip was padded (targets past the end of the last frame).
+
+        Each picked frame is converted once (swscale) and copied once, into the clip tensor; only
+        the last converted frame is held besides it (a clip never holds T frames twice)."""
         stream.codec_context.thread_count = self.threads
         if self.threads != 1:
             stream.codec_context.thread_type = "AUTO"
@@ -237,7 +240,7 @@ class VideoClip:
         from av.video.reformatter import VideoReformatter
 
         reformatter = VideoReformatter()  # one per clip: its swscale context is reused per frame
-        picked: list[np.ndarray] = []
+        picked = _Clip(len(targets))
         converted: tuple[Any, np.ndarray] | None = None  # the last frame converted, and its pixels
 
         def take(frame: Any) -> None:
@@ -269,7 +272,7 @@ class VideoClip:
             padded = targets[-1] + _EPS >= previous_time + step
         while len(picked) < len(targets):  # the rest of the clip is at or after the last frame
             take(previous)
-        return picked, padded
+        return picked.tensor, padded
 
     def _convert(
         self, reformatter: Any, frame: Any, position: tuple[float, float] | None
@@ -281,6 +284,28 @@ class VideoClip:
         ).to_ndarray()  # [H, W, 3]
         top, left, h, w = crop_box(height, width, self.size, position)
         return rgb[top : top + h, left : left + w]
+
+
+class _Clip:
+    """A clip tensor uint8 [T, 3, H, W] filled one frame at a time (allocated at the first)."""
+
+    __slots__ = ("count", "size", "tensor")
+
+    def __init__(self, size: int) -> None:
+        self.size, self.count = size, 0
+        self.tensor: torch.Tensor = torch.empty(0, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, frame: np.ndarray) -> None:
+        """Copy ``frame`` (uint8 [H, W, 3], a view is fine) into the next slot."""
+        if self.count == 0:
+            self.tensor = torch.empty(
+                (self.size, frame.shape[2], *frame.shape[:2]), dtype=torch.uint8
+            )
+        self.tensor[self.count].copy_(torch.from_numpy(frame).permute(2, 0, 1))
+        self.count += 1
 
 
 def _rate_and_duration(container: Any, stream: Any) -> tuple[float, float]:
