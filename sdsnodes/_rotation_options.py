@@ -8,6 +8,7 @@ import dataclasses
 from torchdata.nodes import BaseNode
 
 from sdsnodes.nodes.decoded_cache import DecodedCache
+from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.rotator import RotationMedium, Rotator
 from sdsnodes.options import CacheOptions, ErrorOptions
 
@@ -102,8 +103,10 @@ def cache_decoded(
 
 
 def rotate(node: BaseNode, options: RotationOptions, *, cache: CacheOptions, seed: int) -> Rotator:
-    """``node`` through a Rotator of ``options`` (its disk medium in ``cache``)."""
+    """``node`` through a Rotator of ``options`` (its disk medium in ``cache``), behind a
+    Prefetcher of a window's samples: the next window downloads and decodes while the Rotator
+    yields the current one, not only when it asks for it."""
     return Rotator(
-        node, options.times, medium=options.medium, window=options.window,
+        Prefetcher(node, options.window or 8), options.times, medium=options.medium, window=options.window,
         max_bytes=options.max_bytes, cache=cache, seed=seed,
     )  # fmt: skip
