@@ -1,13 +1,13 @@
-"""VideoClip(backend="torchcodec") samples the very clips the PyAV path samples (same start,
-same frames, same info), on real H.264 files written with PyAV. Skipped where torchcodec or
-FFmpeg's shared libraries do not load (CI has no FFmpeg libraries)."""
+"""VideoClip and AudioWaveform with backend="torchcodec" crop what the PyAV path crops (same
+start, same frames, same info; audio resampled by FFmpeg within 0.05), on real H.264 and FLAC
+files. Skipped where torchcodec or FFmpeg's shared libraries do not load (CI has none)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sdsnodes import VideoClip
+from sdsnodes import AudioWaveform, VideoClip
 from sdsnodes.codecs._torchcodec import check_backend
 from sdsnodes.errors import DecodeError, TooLarge
 
@@ -80,3 +80,43 @@ def test_bytes_and_errors(videos, tmp_path):
         VideoClip(num_frames=1, max_pixels=100, backend="torchcodec")(videos[0])
     with pytest.raises(ValueError, match="backend="):
         VideoClip(num_frames=1, backend="opencv")
+
+
+@pytest.fixture(scope="module")
+def flac(tmp_path_factory):
+    from sdsnodes._synthetic import write_audio
+
+    path = tmp_path_factory.mktemp("torchcodec-audio") / "a.flac"
+    write_audio(path, seconds=3.0, sample_rate=44100, channels=2)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"duration": 0.5},  # no resampling: the very samples
+        {"channels": 1, "duration": 4.0},  # longer than the file: zeros at the end
+        {"sample_rate": 16000, "channels": 1, "duration": 1.0},  # FFmpeg's resampler
+        {"sample_rate": 16000, "duration": 1.0, "start": "uniform"},
+    ],
+)
+def test_audio_same_crops_as_pyav(flac, options):
+    pyav = AudioWaveform(**options, with_info=True)
+    torchcodec = AudioWaveform(**options, with_info=True, backend="torchcodec")
+    for seed in range(2):
+        a = pyav(flac, np.random.default_rng(seed))
+        b = torchcodec(flac, np.random.default_rng(seed))
+        assert (
+            a.info == b.info and a.value.shape == b.value.shape and b.value.dtype == a.value.dtype
+        )
+        difference = (a.value - b.value).abs().max().item()  # torchaudio's sinc vs swresample
+        assert difference <= (0.05 if "sample_rate" in options else 0.0), (seed, difference)
+
+
+def test_audio_without_a_stream(videos):
+    with pytest.raises(DecodeError, match="no audio stream"):
+        AudioWaveform(duration=0.5, backend="torchcodec")(videos[0])
+    silent = AudioWaveform(
+        duration=0.5, sample_rate=8000, on_missing="silence", backend="torchcodec"
+    )(videos[0])
+    assert silent.shape == (1, 4000) and not silent.any()

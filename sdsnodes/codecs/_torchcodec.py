@@ -1,4 +1,5 @@
-"""The torchcodec backend of :class:`~sdsnodes.VideoClip` (``backend="torchcodec"``).
+"""The torchcodec backend of :class:`~sdsnodes.VideoClip` and :class:`~sdsnodes.AudioWaveform`
+(``backend="torchcodec"``).
 
 `torchcodec <https://github.com/pytorch/torchcodec>`_ (PyTorch's decoder over FFmpeg's shared
 libraries) decodes the frames "played at" given times — the latest frame at or before each
@@ -122,3 +123,58 @@ def video_clip(
     clip = data[:, :, top : top + ch, left : left + cw].contiguous()  # [T, C, H, W] uint8
     info = {"clip_start": t0, "clip_end": t0 + codec.num_frames / fps, "source_fps": rate}
     return clip, info
+
+
+def audio_crop(
+    codec: Any, value: Any, rng: np.random.Generator, t0: float | None, length: float | None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """:class:`~sdsnodes.AudioWaveform`'s crop decoded by torchcodec, resampled by FFmpeg
+    (swresample, while decoding: no torchaudio) rather than torchaudio's windowed sinc.
+
+    The start is drawn as the PyAV path draws it (in source samples, the same ``rng`` draw), so
+    both backends crop the same span; samples differ by the resampling filter.
+
+    Returns:
+        tuple[torch.Tensor, dict]: float32 [C, S] in [-1, 1] and ``sample_rate`` (Hz),
+        ``audio_start`` (s), as the PyAV path.
+
+    Raises:
+        DecodeError: no audio stream (unless ``on_missing="silence"``), or undecodable audio.
+    """
+    from torchcodec.decoders import AudioDecoder
+
+    source = as_source(value)
+    if not isinstance(source, str):
+        source = source.read()
+    try:
+        meta = AudioDecoder(source).metadata
+    except (RuntimeError, ValueError) as error:
+        if "stream" in str(error).lower() and codec.on_missing.value == "silence":
+            return codec._silence(t0, length)
+        what = "no audio stream" if "stream" in str(error).lower() else str(error)
+        raise DecodeError(describe(value), what) from error
+    source_rate = int(meta.sample_rate or 0)
+    if not source_rate:
+        raise DecodeError(describe(value), "the audio stream states no sample rate")
+    rate = codec.sample_rate or source_rate
+    size = None if length is None else round(length * rate)  # output samples
+    wanted = None if size is None else math.ceil(size * source_rate / rate)  # source samples
+    total = int((meta.duration_seconds or 0.0) * source_rate)  # stated; 0: unknown
+    if t0 is not None:
+        first = round(t0 * source_rate)
+    elif wanted is None:
+        first = 0
+    else:  # the PyAV path's draw, in source samples
+        spare = max(0, total - wanted)
+        where = rng.random() if codec.start is ClipStart.RANDOM else 0.5
+        first = min(spare, math.floor(where * (spare + 1)))
+    begin = float(meta.begin_stream_seconds or 0.0)
+    start = begin + first / source_rate
+    stop = None if wanted is None else start + wanted / source_rate
+    decoder = AudioDecoder(source, sample_rate=rate if rate != source_rate else None)
+    wave = decoder.get_samples_played_in_range(start, stop).data  # [C, n] float32 at rate
+    wave = torch.from_numpy(codec._mix(wave.numpy()))  # [channels, n]
+    if size is not None:  # cut, or zero-pad at the end (a file shorter than the crop)
+        wave = torch.nn.functional.pad(wave[:, :size], (0, max(0, size - wave.shape[1])))
+    wave = wave.clamp_(-1.0, 1.0).contiguous()  # [C, S] float32
+    return wave, {"sample_rate": int(rate), "audio_start": first / source_rate}
