@@ -7,6 +7,8 @@ Data: ``--num-files`` (16) H.264 mp4 of ``--seconds`` (8) s, 320x240 at 24 frame
 
 - **16 frames at 8 fps, short side 128**: frames dropped, resized by swscale in both.
 - **16 frames at the source rate, source size**: no resize.
+- **audio: 10-s crops of 30-s FLAC (44.1 kHz stereo) to 16 kHz mono**: ``AudioWaveform``,
+  resampled by torchaudio (PyAV path) or by FFmpeg's swresample while decoding (torchcodec).
 
 torchcodec needs ``pip install torchcodec`` and FFmpeg's shared libraries; without them the
 benchmark says so and exits 0.
@@ -37,7 +39,11 @@ DESCRIPTION = "VideoClip decoded by PyAV vs torchcodec (backend='torchcodec'), c
 CONFIGS = {
     "16 frames at 8 fps, short side 128": {"num_frames": 16, "fps": 8.0, "size": 128},
     "16 frames at the source rate and size": {"num_frames": 16},
-}
+    "audio: 10-s crops, 44.1 kHz stereo -> 16 kHz mono": {
+        "sample_rate": 16000, "channels": 1, "duration": 10.0,
+    },
+}  # fmt: skip
+AUDIO = "audio: 10-s crops, 44.1 kHz stereo -> 16 kHz mono"
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,8 +57,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sdsnodes import VideoClip
-    from sdsnodes._synthetic import make_video_dataset
+    from sdsnodes import AudioWaveform, VideoClip
+    from sdsnodes._synthetic import make_video_dataset, write_audio
     from sdsnodes.codecs._torchcodec import check_backend
 
     args = parse(argv)
@@ -69,7 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     import pyarrow.parquet as pq
 
-    paths = pq.read_table(index).column("video").to_pylist()
+    videos = pq.read_table(index).column("video").to_pylist()
+    sounds = []
+    for i in range(count):  # 30-s FLAC, kept between runs
+        sound = root / f"{i:05d}.flac"
+        if not sound.exists():
+            write_audio(sound, seconds=30.0, sample_rate=44100, channels=2)
+        sounds.append(str(sound))
     rows: dict[tuple[str, str], Result] = {}
     for config in CONFIGS:
         for backend in ("pyav", "torchcodec"):
@@ -79,10 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for repeat in range(repeats_of(args)):
         for config, options in CONFIGS.items():
             for backend in in_turn(["pyav", "torchcodec"], repeat):
-                clip = VideoClip(**options, backend=backend, threads=1)
+                if config == AUDIO:
+                    clip, paths = AudioWaveform(**options, backend=backend), sounds
+                else:
+                    clip, paths = VideoClip(**options, backend=backend, threads=1), videos
                 seeds = range(2 * len(paths))
 
-                def run(clip=clip, seeds=seeds, repeat=repeat) -> int:
+                def run(clip=clip, seeds=seeds, repeat=repeat, paths=paths) -> int:
                     for seed in seeds:
                         clip(paths[seed % len(paths)], np.random.default_rng((repeat, seed)))
                     return len(seeds)
