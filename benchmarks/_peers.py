@@ -258,7 +258,9 @@ def sdsnodes_reader(index: str, cache: str, workers: int, batch: int) -> Iterato
         yield b["image"], [int(c) for c in b["caption"]]
 
 
-def run_epoch(make: Callable[[], Batches], count: int) -> dict[str, float]:
+def run_epoch(
+    make: Callable[[], Batches], count: int, shape: tuple[int, ...] = (3, SIZE, SIZE)
+) -> dict[str, float]:
     """One epoch of ``make()``: wall s, first-batch s, CPU s (this process and its reaped
     children), peak PSS MiB; raises unless every id in ``range(count)`` came exactly once."""
     import resource
@@ -278,7 +280,7 @@ def run_epoch(make: Callable[[], Batches], count: int) -> dict[str, float]:
         for images, ids in loader:
             if first is None:
                 first = time.perf_counter() - start
-            if tuple(images.shape[1:]) != (3, SIZE, SIZE):
+            if tuple(images.shape[1:]) != shape:
                 raise RuntimeError(f"batch of shape {tuple(images.shape)}")
             seen.extend(int(i) for i in ids)
         del loader

@@ -17,6 +17,8 @@ CHARTS = {  # metric key: (file stem, axis label, higher is better)
     "first": ("peers_first_batch", "first-batch latency, s (lower is better)", False),
     "cpu_ms": ("peers_cpu_ms", "CPU ms per image (lower is better)", False),
     "pss": ("peers_peak_pss", "peak PSS, MiB (lower is better)", False),
+    "clip_rate": ("peers_clips_per_s", "16-frame clips/s (higher is better)", True),
+    "clip_pss": ("peers_clips_peak_pss", "peak PSS with clips, MiB (lower is better)", False),
 }
 PEERS = [BASE, "torchdata.nodes", "webdataset", "litdata", "mosaicml-streaming"]
 # (feature, sdsnodes, plain DataLoader, torchdata.nodes, webdataset, litdata, mosaicml-streaming)
@@ -43,7 +45,7 @@ def _chart(rows: Mapping[str, Result], stem: str, label: str, out: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in PEERS + [OURS] if n in rows]
+    names = [n for n in [*PEERS, "torchdata.nodes (threads)", OURS] if n in rows]
     medians = [rows[n].median for n in names]
     errors = [[rows[n].median - rows[n].min for n in names],
               [rows[n].max - rows[n].median for n in names]]  # fmt: skip
@@ -79,6 +81,31 @@ def _table(rows: Mapping[str, Mapping[str, Result]], convert_s: Mapping[str, flo
     return lines
 
 
+def _clips(rows: Mapping[str, Mapping[str, Result]], config: dict[str, Any]) -> list[str]:
+    """The clip section: clips/s and peak PSS, or where to get them."""
+    if "clip_rate" not in rows:
+        return [
+            "Clips: run `python -m benchmarks.bench_peers --task clips` (figures in "
+            "`benchmarks/README.md`).",
+        ]
+    names = list(rows["clip_rate"])
+    base = rows["clip_rate"][BASE]
+    lines = [
+        f"16-frame H.264 clips ({config.get('num_videos') or 96} videos of 256x192, 3 s; 16 "
+        "frames at 8 frames/s, 112x112 centre crops; batches of 8; the peers decode with "
+        "`benchmarks/bench_video.py::handwritten_clip`):",
+        "",
+        "| loader | clips/s | vs plain DataLoader | peak PSS, MiB |",
+        "|---|---:|---:|---:|",
+    ]
+    for n in names:
+        rate = rows["clip_rate"][n].median
+        lines.append(
+            f"| {n} | {rate:.1f} | {rate / base.median:.2f}x | {rows['clip_pss'][n].median:.0f} |"
+        )
+    return lines
+
+
 def write_page(
     rows: Mapping[str, Mapping[str, Result]],
     convert_s: Mapping[str, float],
@@ -90,7 +117,11 @@ def write_page(
     docs = docs or DOCS
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
-    written = [_chart(rows[key], stem, label, img) for key, (stem, label, _) in CHARTS.items()]
+    written = [
+        _chart(rows[key], stem, label, img)
+        for key, (stem, label, _) in CHARTS.items()
+        if key in rows
+    ]
     host = machine()
     header = "| feature | " + " | ".join([OURS.split(" ")[0]] + PEERS) + " |"
     features = [header, "|---" * (len(PEERS) + 2) + "|"]
@@ -118,11 +149,15 @@ def write_page(
         "sampled every 50 ms. These figures come from a busy shared machine: compare the rows "
         "with each other, not with other machines.",
         "",
-        *[f"![{label}](img/{stem}.png)" for stem, label, _ in CHARTS.values()],
+        *[f"![{label}](img/{stem}.png)" for key, (stem, label, _) in CHARTS.items() if key in rows],
         "",
-        "Not measured here yet: the same images from S3 (cold cache), bytes downloaded per epoch "
-        "under a cache budget, and video clips; see `benchmarks/bench_remote.py` and "
-        "`benchmarks/bench_video.py` for sdsnodes alone.",
+        "## Video clips",
+        "",
+        *_clips(rows, config),
+        "",
+        "Not measured here yet: the same images from S3 (cold cache) and bytes downloaded per "
+        "epoch under a cache budget; see `benchmarks/bench_remote.py` and "
+        "`benchmarks/bench_cache_policy.py` for sdsnodes alone.",
         "",
         "## Features",
         "",
@@ -136,7 +171,8 @@ def write_page(
         "```bash",
         "pip install -e '.[dev]' webdataset litdata mosaicml-streaming matplotlib",
         "python -m benchmarks.bench_peers --plot          # this page and docs/img/peers_*.png",
-        "python -m benchmarks.bench_peers --quick         # a smoke run (128 images, 1 repeat)",
+        "python -m benchmarks.bench_peers --quick         # a smoke run (128 images, 8 videos)",
+        "python -m benchmarks.bench_peers --task clips    # the clip task alone",
         "```",
         "",
     ]

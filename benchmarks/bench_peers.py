@@ -57,6 +57,10 @@ METRICS = {  # key: (table title, unit, higher is better)
     "cpu_ms": ("CPU ms per image", "ms", False),
     "pss": ("peak PSS", "MiB", False),
 }
+CLIP_METRICS = {
+    "clip_rate": ("16-frame clips/s", "clips/s", True),
+    "clip_pss": ("peak PSS, clips", "MiB", False),
+}
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,6 +72,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--num-images", type=int, default=None, help="256x256 JPEGs (2000; 128 with --quick)")
     add("--num-workers", type=int, default=2, help="worker processes of every loader (2)")
     add("--batch-size", type=int, default=32, help="batch size (32)")
+    add("--num-videos", type=int, default=None, help="3 s H.264 videos (96; 8 with --quick)")
+    add("--task", default="images,clips", help="images, clips or both (default)")
     add("--only", default="", help="comma-separated loader names to run (default: all)")
     add("--plot", action="store_true", help="write docs/img/peers_*.png and docs/comparison.md")
     add("--docs", type=Path, default=None, help="the docs folder --plot writes to (docs/)")
@@ -109,10 +115,10 @@ def loaders(paths: list[str], made: dict, root: Path, w: int, b: int) -> dict[st
     }
 
 
-def summarize(rows: dict[str, dict[str, Result]]) -> str:
+def summarize(rows: dict[str, dict[str, Result]], metrics: dict = METRICS) -> str:
     """Each metric's table, with the ratio to the best peer in each row's note."""
     out = []
-    for key, (title, unit, higher) in METRICS.items():
+    for key, (title, unit, higher) in metrics.items():
         results = list(rows[key].values())
         peers = [r for r in results if r.name != OURS]
         best = (max if higher else min)(peers, key=lambda r: r.median)
@@ -124,12 +130,49 @@ def summarize(rows: dict[str, dict[str, Result]]) -> str:
     return "\n\n".join(out)
 
 
+def run_clips(args: argparse.Namespace, repeats: int) -> dict[str, dict[str, Result]]:
+    """The clip task: clips/s and peak PSS per loader, medians of ``repeats``."""
+    from benchmarks import _peers_clips
+    from benchmarks.bench_video import Config, prepare
+
+    count = args.num_videos or (8 if args.quick else 96)
+    root = (args.dir or default_data_dir()) / "peers"
+    cfg = Config(num_videos=count, seconds=3.0, width=256, height=192, num_frames=16, fps=8.0,
+                 size=112, batch_size=8, num_workers=args.num_workers, num_threads=4,
+                 download_threads=4, repeats=repeats)  # fmt: skip
+    index = prepare(root / f"videos-{count}", cfg)
+    import pyarrow.parquet as pq
+
+    paths = pq.read_table(index, columns=["video"]).column("video").to_pylist()
+    table = _peers_clips.loaders(paths, str(index), str(root / "sds-clip-cache"), args.num_workers)
+    print(f"clips: {count} H.264 videos 256x192, 3 s -> 16 frames at 8 fps, 112 crop; batch 8",
+          flush=True)  # fmt: skip
+    rows = {
+        key: {name: Result(name, unit=unit, group=title, baseline=name == BASE) for name in table}
+        for key, (title, unit, _) in CLIP_METRICS.items()
+    }
+    shape = (_peers_clips.FRAMES, 3, _peers_clips.SIZE, _peers_clips.SIZE)
+    for repeat in range(repeats):
+        for name in in_turn(list(table), repeat):
+            m = _peers.run_epoch(table[name], count, shape)
+            rows["clip_rate"][name].values.append(count / m["wall"])
+            rows["clip_pss"][name].values.append(m["pss"])
+            print(f"  repeat {repeat + 1}/{repeats}  {name}: {m['wall']:.2f} s, peak PSS "
+                  f"{m['pss']:.0f} MiB", flush=True)  # fmt: skip
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     silence_known_warnings()
     args = parse(argv)
     from benchmarks.bench_image import make_images
 
     repeats = repeats_of(args)
+    tasks = args.task.split(",")
+    clip_rows = run_clips(args, repeats) if "clips" in tasks else {}
+    if "images" not in tasks:
+        print(summarize(clip_rows, CLIP_METRICS))
+        return 0
     count = args.num_images or (128 if args.quick else 2000)
     root = (args.dir or default_data_dir()) / "peers"
     paths = make_images((args.dir or default_data_dir()) / "image" / "jpeg-256", count, 256, 256)
@@ -161,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     print()
     print(summarize(rows))
+    if clip_rows:
+        print()
+        print(summarize(clip_rows, CLIP_METRICS))
+    rows.update(clip_rows)
     results = [r for group in rows.values() for r in group.values()]
     config = {"num_images": count, "repeats": repeats, "convert_s": convert_s, **vars(args)}
     if args.json:

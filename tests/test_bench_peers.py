@@ -15,7 +15,7 @@ LOADERS = {"plain DataLoader *", "torchdata.nodes", "webdataset", "litdata",
            "mosaicml-streaming", "sdsnodes (raw files)"}  # fmt: skip
 
 
-@pytest.mark.slow  # a benchmark smoke run (~1.5 min): SDS_SLOW=1
+@pytest.mark.slow  # a benchmark smoke run (~3 min): SDS_SLOW=1
 def test_peers_quick_prints_every_loader_and_writes_the_page(tmp_path: Path):
     docs = tmp_path / "docs"
     done = subprocess.run(
@@ -27,12 +27,14 @@ def test_peers_quick_prints_every_loader_and_writes_the_page(tmp_path: Path):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     rows = rows_after(lines, "loader")
-    assert len(rows) == 4 * len(LOADERS)  # samples/s, first batch, CPU ms, peak PSS
-    assert {row[0] for row in rows} == LOADERS
+    # images: samples/s, first batch, CPU ms, peak PSS; clips: clips/s, peak PSS (3 loaders)
+    assert len(rows) == 4 * len(LOADERS) + 2 * 3
+    assert {row[0] for row in rows} == LOADERS | {"torchdata.nodes (threads)"}
     for row in rows:
         assert row[-1].endswith(")") and "the best peer" in row[-1]  # ratio to the best peer
         if row[0] == "plain DataLoader *":
             assert row[4] == "1.00"  # the baseline, against itself
     page = (docs / "comparison.md").read_text()
     assert "| sdsnodes (raw files) |" in page and "## Features" in page
-    assert len(list((docs / "img").glob("peers_*.png"))) == 4
+    assert "| sdsnodes (raw files) |" in page.split("## Video clips")[1]
+    assert len(list((docs / "img").glob("peers_*.png"))) == 6
