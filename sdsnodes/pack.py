@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -24,19 +25,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdsnodes.index.packed import BYTES_FIELD, PATH_FIELD
-from sdsnodes.index.sources import MEDIA_EXTENSIONS, read_index
+from sdsnodes.index.packed import (
+    BYTES_FIELD,
+    MEDIA_TYPE,
+    find_media_columns,
+    hf_metadata,
+    media_kind,
+)
+from sdsnodes.index.sources import read_index
 from sdsnodes.storage import filesystem, is_remote, local_path
 
 logger = logging.getLogger(__name__)
 
-MEDIA_TYPE = pa.struct([(BYTES_FIELD, pa.binary()), (PATH_FIELD, pa.string())])
-"""The type of a packed media column, as ``datasets`` stores an ``Image()`` or ``Audio()``."""
 MANIFEST = ".sds-pack.json"
 """The plan of a pack (shards and their rows), written in DST first: a rerun checks it."""
 ROW_GROUP_BYTES = 8 << 20
 """The row-group size ``row_group_size=None`` aims for: 8 MiB, a ranged read's worth."""
-_FEATURE = {"image": "Image", "audio": "Audio", "video": "Video"}
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 
@@ -71,47 +75,6 @@ class PackResult:
     """shards written by this call (the others were complete already: a resumed pack)"""
     missing: int
     """media files that could not be read: packed with null ``bytes`` and their ``path``"""
-
-
-def media_kind(value: str) -> str | None:
-    """``"image"``, ``"video"``, ``"audio"``, ``"latent"`` by the extension, else None."""
-    ext = os.path.splitext(value.split("?", 1)[0])[1].lower()
-    return next((kind for kind, exts in MEDIA_EXTENSIONS.items() if ext in exts), None)
-
-
-def find_media_columns(table: pa.Table) -> list[str]:
-    """String columns whose first non-null value is a media file (by its extension)."""
-    out = []
-    for name in table.column_names:
-        column = table.column(name)
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            continue
-        first = next((v for v in column.drop_null().to_pylist()[:1]), None)
-        if isinstance(first, str) and media_kind(first) is not None:
-            out.append(name)
-    return out
-
-
-def _feature(t: pa.DataType) -> Any:
-    if pa.types.is_struct(t):
-        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return {"feature": _feature(t.value_type), "_type": "Sequence"}
-    name = {"bool": "bool", "double": "float64", "float": "float32", "halffloat": "float16"}
-    return {"dtype": name.get(str(t), str(t)), "_type": "Value"}
-
-
-def hf_metadata(schema: pa.Schema, kinds: dict[str, str | None]) -> dict[bytes, bytes]:
-    """The ``huggingface`` schema metadata ``datasets`` writes: the features of every column
-    (``Image()`` / ``Audio()`` / ``Video()`` for media columns of that kind)."""
-    features = {}
-    for field in schema:
-        kind = kinds.get(field.name, "")
-        if field.name in kinds and kind in _FEATURE:
-            features[field.name] = {"_type": _FEATURE[kind]}
-        else:
-            features[field.name] = _feature(field.type)
-    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
 
 
 def _sizes(
@@ -301,6 +264,7 @@ def pack(
     base = os.fspath(dst).rstrip("/")
     names = [f"{prefix}-{i:05d}-of-{len(ranges):05d}.parquet" for i in range(len(ranges))]
     plan = {"shards": names, "rows": [b - a for a, b in ranges], "row_group_size": group}
+    plan["index"] = _digest(table, media)
     _check_plan(fs, root, plan)
     kinds = {
         c: media_kind(next(iter(table.column(c).drop_null().to_pylist()[:1]), "")) for c in media
@@ -324,10 +288,22 @@ def pack(
     return PackResult([f"{base}/{n}" for n in names], table.num_rows, written, missing)
 
 
+def _digest(table: pa.Table, media: list[str]) -> str:
+    """A digest of the media paths/URLs, row by row: a rerun over another index is refused."""
+    digest = hashlib.sha256()
+    for column in media:
+        for chunk in table.column(column).chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    return digest.hexdigest()[:32]
+
+
 def _check_plan(fs: Any, root: str, plan: dict) -> None:
     """Write the plan in ``root``, or check that the one there is the same (a resumed pack)."""
     manifest = f"{root.rstrip('/')}/{MANIFEST}"
     fs.makedirs(root, exist_ok=True)
+    fs.invalidate_cache(root)
     if fs.exists(manifest):
         with fs.open(manifest, "rb") as f:
             old = json.loads(f.read())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,3 +111,17 @@ def test_packs_media_from_s3_and_counts_the_unreadable(s3_server, s3_bucket, ima
     images = _rows(tmp_path / "out").column("image").to_pylist()
     assert [i["bytes"] for i in images[:4]] == [pathlib.Path(p).read_bytes() for p in paths]
     assert images[4] == {"bytes": None, "path": f"{s3_bucket}/m/gone.jpg"}
+
+
+@pytest.mark.slow
+def test_the_pack_benchmark_runs(tmp_path):
+    """``benchmarks/bench_pack.py --quick`` prints its tables (a smoke run, SDS_SLOW=1)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "pack", "--quick", "--num-images", "64",
+         "--dir", str(tmp_path / "data")],
+        cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "sds pack" in done.stdout and "sdsnodes packed shards (s3://)" in done.stdout
+    assert "delivered" not in done.stdout  # every loader read all 64 images

@@ -11,6 +11,7 @@ small *shard table*: the unit a :class:`~sdsnodes.nodes.shard_reader.ShardReader
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdsnodes.index.sources import MEDIA_EXTENSIONS
 from sdsnodes.storage import filesystem, is_remote
 
 BYTES_FIELD, PATH_FIELD = "bytes", "path"
@@ -29,6 +31,9 @@ NUM_ROWS, FIRST_ROW, ROW_GROUPS = "num_rows", "first_row", "row_groups"
 was listed, its rows, the global number of its first row and the rows of each of its row groups."""
 
 _FOOTER_THREADS = 16
+MEDIA_TYPE = pa.struct([(BYTES_FIELD, pa.binary()), (PATH_FIELD, pa.string())])
+"""The type of a packed media column, as ``datasets`` stores an ``Image()`` or ``Audio()``."""
+_FEATURE = {"image": "Image", "audio": "Audio", "video": "Video"}
 
 
 def is_media_type(t: pa.DataType) -> bool:
@@ -47,6 +52,47 @@ def is_media_type(t: pa.DataType) -> bool:
 def media_columns(schema: pa.Schema) -> list[str]:
     """The columns of ``schema`` that hold media structs, in schema order."""
     return [f.name for f in schema if is_media_type(f.type)]
+
+
+def media_kind(value: str) -> str | None:
+    """``"image"``, ``"video"``, ``"audio"``, ``"latent"`` by the extension, else None."""
+    ext = os.path.splitext(value.split("?", 1)[0])[1].lower()
+    return next((kind for kind, exts in MEDIA_EXTENSIONS.items() if ext in exts), None)
+
+
+def find_media_columns(table: pa.Table) -> list[str]:
+    """String columns whose first non-null value is a media file (by its extension)."""
+    out = []
+    for name in table.column_names:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        first = next((v for v in column.drop_null().to_pylist()[:1]), None)
+        if isinstance(first, str) and media_kind(first) is not None:
+            out.append(name)
+    return out
+
+
+def _feature(t: pa.DataType) -> Any:
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return {"feature": _feature(t.value_type), "_type": "Sequence"}
+    name = {"bool": "bool", "double": "float64", "float": "float32", "halffloat": "float16"}
+    return {"dtype": name.get(str(t), str(t)), "_type": "Value"}
+
+
+def hf_metadata(schema: pa.Schema, kinds: dict[str, str | None]) -> dict[bytes, bytes]:
+    """The ``huggingface`` schema metadata ``datasets`` writes: the features of every column
+    (``Image()`` / ``Audio()`` / ``Video()`` for media columns of that kind)."""
+    features = {}
+    for field in schema:
+        kind = kinds.get(field.name, "")
+        if field.name in kinds and kind in _FEATURE:
+            features[field.name] = {"_type": _FEATURE[kind]}
+        else:
+            features[field.name] = _feature(field.type)
+    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
 
 
 def _expand(src: str, storage_options: dict[str, Any] | None) -> list[str]:
