@@ -1,12 +1,10 @@
 """Ray Data, both ways: sdsnodes' index and codecs inside Ray, and Ray's output inside our graph.
 
-- :func:`read_index` gives the rows of an index (read, converted and filtered as
-  :class:`~sdsnodes.IndexReader` does, through the machine's index cache or a published index)
-  as a ``ray.data.Dataset``;
-- :func:`decode_batches` gives a function for ``ds.map_batches(...)``, so Ray workers (on many
-  machines) decode with our codecs (``ImageTensor``, ``VideoClip``, ``AudioWaveform``…),
-  downloading remote files through the machine-wide cache when given a
-  :class:`~sdsnodes.CacheOptions`; ``ds.iter_torch_batches()`` then feeds training;
+- :func:`read_index`: the rows of an index, read as :class:`~sdsnodes.IndexReader` reads
+  them, as a ``ray.data.Dataset``;
+- :func:`decode_batches`: a function for ``ds.map_batches(...)``, so Ray workers decode with our
+  codecs (downloads through the machine-wide cache); ``ds.iter_torch_batches()`` then feeds
+  training;
 - :class:`RaySource` is a graph source over a ``Dataset`` or one iterator of
   ``ds.streaming_split(n, equal=True)``, so a training rank consumes Ray's preprocessing
   through the rest of our graph (``Batcher``, ``Mixer``, ``Prefetcher``).
@@ -14,8 +12,7 @@
 Resume: Ray's streaming split cannot be checkpointed or seeked (Ray 2.x), so a
 :class:`RaySource` resumes exactly at epoch boundaries only; see its docstring.
 
-Ray is an optional dependency, imported when these are first called: ``pip install
-"sdsnodes[ray]"``. ``import sdsnodes`` never imports it.
+Ray is optional (``pip install "sdsnodes[ray]"``), imported on first use, never by ``import sdsnodes``.
 """
 
 from __future__ import annotations
@@ -121,8 +118,7 @@ def read_index(
 class DecodeBatches:
     """``ds.map_batches(decode_batches(codecs))``: decode columns of a batch with our codecs.
 
-    Made by :func:`decode_batches`; picklable (Ray ships it to its workers by value: the codecs,
-    options and seed; each worker process opens its own cache connection).
+    Made by :func:`decode_batches`; picklable (each Ray worker opens its own cache connection).
     """
 
     def __init__(
@@ -145,12 +141,11 @@ class DecodeBatches:
 
     def _worker(self) -> tuple[Any, ErrorPolicy]:
         if self._state is None:  # once per Ray worker process
-            cache = None
-            if self.cache is not None:
+            cache, c = None, self.cache
+            if c is not None:
                 from sdsnodes.cache import Cache
                 from sdsnodes.storage import default_cache_dir
 
-                c = self.cache
                 cache = Cache(c.cache_dir or default_cache_dir(), c.max_bytes, c.ttl, c.policy)
             self._state = (cache, ErrorPolicy(self.errors.on_error, self.errors.max_error_rate))
         return self._state
@@ -171,9 +166,7 @@ class DecodeBatches:
             return run(str(path))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Decode one batch (``batch_format="numpy"``): column → array of ``n`` rows in, the
-        same columns (decoded ones replaced) out, for the rows that decoded; see
-        :func:`decode_batches`."""
+        """Decode one numpy batch; the rows that decoded come out (see :func:`decode_batches`)."""
         from sdsnodes.nodes.decoder import sample_rng
 
         _, policy = self._worker()
@@ -215,8 +208,7 @@ def _py(value: Any) -> Any:
 
 
 def _column(values: list) -> np.ndarray:
-    """Decoded values as one array: stacked when they are tensors of one shape and dtype,
-    else an object array (Ray stores those as variable-shaped tensors)."""
+    """Decoded values stacked when of one shape and dtype, else an object array (ragged)."""
     arrays = [v.numpy() if isinstance(v, torch.Tensor) else v for v in values]
     if arrays and all(isinstance(a, np.ndarray) for a in arrays):
         if len({(a.shape, a.dtype) for a in arrays}) == 1:
@@ -284,9 +276,9 @@ def decode_batches(
 class RaySource(BaseNode[Sample]):
     """A graph source over a ``ray.data.Dataset`` or one ``streaming_split`` iterator.
 
-    Each epoch iterates the dataset (or the split) once, row by row; numpy arrays become torch
-    tensors (copied when Ray's are read-only), numpy scalars Python ones, and each sample gets
-    ``__epoch__``. Give each training rank its split of ``ds.streaming_split(world_size,
+    Each epoch iterates the dataset (or the split) once, a block at a time, yielding its rows:
+    tensor columns become torch tensors (Ray's read-only arrays copied once per block), numpy
+    scalars Python ones, and each sample gets ``__epoch__``. Give each training rank its split of ``ds.streaming_split(world_size,
     equal=True)`` (equal rows per rank, so DDP never waits on a short rank) and run the graph
     in the training process (``torchdata.nodes.Loader``, or a DataLoader with
     ``num_workers=0``): Ray's workers already run the preprocessing, and a split read by several
@@ -362,7 +354,7 @@ class RaySource(BaseNode[Sample]):
                 )
                 epoch += 1
         self._epoch, self._position, self._finished = epoch, 0, False
-        self._rows = iter(self.data.iter_rows())  # starts Ray's epoch
+        self._rows = _rows(self.data)  # starts Ray's epoch
         self._ahead = next(self._rows, _END)  # one row ahead: the epoch's end is known at once
         self._finished = self._ahead is _END
 
@@ -372,7 +364,7 @@ class RaySource(BaseNode[Sample]):
         row, self._ahead = self._ahead, next(self._rows, _END)
         self._position += 1
         self._finished = self._ahead is _END
-        sample = {k: _tensor(v) for k, v in dict(row).items()}
+        sample = dict(row)
         sample[EPOCH] = self._epoch
         return sample
 
@@ -384,7 +376,24 @@ class RaySource(BaseNode[Sample]):
         }
 
 
-def _tensor(value: Any) -> Any:
-    if isinstance(value, np.ndarray) and value.dtype != object:
+def _rows(data: Any) -> Any:
+    """The rows of one pass over ``data``, read a block at a time (Ray's ``iter_rows`` builds
+    each row's tensors one by one): tensor columns become torch tensors, copied once per block
+    (Ray's arrays are read-only views of its object store) and viewed per row; other values
+    Python ones."""
+    for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+        columns = {
+            k: torch.from_numpy(np.array(v)) if v.ndim > 1 and v.dtype != object else v
+            for k, v in batch.items()
+        }  # a tensor column: [N, ...]
+        n = len(next(iter(batch.values()))) if batch else 0
+        for i in range(n):
+            yield {
+                k: v[i] if isinstance(v, torch.Tensor) else _value(v[i]) for k, v in columns.items()
+            }
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.dtype != object:  # one row of a ragged column
         return torch.from_numpy(value if value.flags.writeable else value.copy())
     return _py(value)

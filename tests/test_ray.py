@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import shutil
@@ -49,6 +50,7 @@ def ray_cluster():
                  _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)  # fmt: skip
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
+    gc.collect()  # Ray Data iterators left by the tests finish while Ray is still up
     ray.shutdown()
 
 
