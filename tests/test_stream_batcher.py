@@ -20,7 +20,7 @@ from sdsnodes.stream_preset import build_stream_graph
 
 T, FPS = 4, 8.0  # clips of 4 frames at the videos' own rate: chunk c holds frames 4c..4c+3
 LENGTHS = [8, 20, 12, 16, 24, 9, 12, 8]  # frames: 2, 5, 3, 4, 6, 2, 3, 2 clips
-CUT_CLIPS = 3  # the truncated video: 8 clips stated, 3 decodable before it breaks off
+CUT_CLIPS = 2  # the truncated video: 8 clips stated, 2 whole before it breaks off
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +336,20 @@ def test_latent_runs_follow_one_another(tmp_path):
             if not p:
                 runs.setdefault(k, []).append(x[0, :, 0, 0].tolist())
     assert runs == {"0": [[0, 1], [2, 3], [4, 5]], "1": [[100, 101], [102, 103]], "2": [[200, 201]]}
+
+
+def test_video_clips_are_videoclips_at_consecutive_starts_decoded_in_one_pass(tmp_path):
+    from sdsnodes import VideoChunks, VideoClip
+
+    path = tmp_path / "v.mp4"
+    write_video(path, num_frames=40, fps=24, width=96, height=64, gop=24)  # 3-4 clips a GOP
+    for stride, size in [(None, None), (3, (32, 40))]:  # consecutive; overlapping and resized
+        chunker = VideoChunks(5, 10.0, size=size, stride=stride)
+        clips = list(chunker.chunks(path))
+        assert len(clips) == chunker.count(path) == (3 if stride is None else 4)
+        codec = VideoClip(5, fps=10.0, size=size, start="given")
+        for clip in clips:
+            expected_clip = codec(path, None, {"clip_start": clip.info["clip_start"]})
+            assert torch.equal(clip.value, expected_clip)
+        resumed = list(chunker.chunks(path, 2))  # seeks, then one pass again
+        assert all(torch.equal(a.value, b.value) for a, b in zip(resumed, clips[2:], strict=True))

@@ -4,9 +4,10 @@ A chunker is the stream counterpart of a codec: ``chunker.chunks(value, start)``
 chunks ``start, start + 1, …`` of ``value`` in order, each a :class:`~sdsnodes.codecs.Decoded`
 (the chunk and facts about it, e.g. ``clip_start`` in seconds). Chunk ``c`` is a pure function of
 ``(value, c)``, so a stream resumed at chunk ``c`` yields exactly what the uninterrupted stream
-would have (see :class:`~sdsnodes.nodes.stream_batcher.StreamBatcher`). Each chunker reuses the
-codec of its modality for the decoding itself (``VideoClip``, ``AudioWaveform``, ``Text``,
-``Latent``). Chunk ``c`` starts at ``c * stride`` (frames, seconds, tokens or latent frames);
+would have (see :class:`~sdsnodes.nodes.stream_batcher.StreamBatcher`). Audio, text and
+latent chunkers call the codec of their modality (``AudioWaveform``, ``Text``, ``Latent``);
+video clips take ``VideoClip``'s frames, decoded in one pass over the file
+(:mod:`sdsnodes.codecs._video_stream`). Chunk ``c`` starts at ``c * stride`` (frames, seconds, tokens or latent frames);
 ``stride`` defaults to the chunk length: consecutive chunks, no gap, no overlap.
 
 Errors: a file that cannot be opened raises :class:`~sdsnodes.errors.DecodeError` at the first
@@ -16,22 +17,25 @@ header states) raises it at the first chunk it cannot fill.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from sdsnodes.codecs._av import av_open
-from sdsnodes.codecs._resize import Size, as_source, describe
+from sdsnodes.codecs._resize import Size, as_source, check_max_pixels, check_size, describe
+from sdsnodes.codecs._video_stream import FramesRanOut, SeekMissed, picked_frames, stream_seconds
 from sdsnodes.codecs.audio import AudioWaveform
 from sdsnodes.codecs.base import Decoded
 from sdsnodes.codecs.latent import Latent
 from sdsnodes.codecs.text import Text
-from sdsnodes.codecs.video import VideoClip
-from sdsnodes.errors import DecodeError
+from sdsnodes.codecs.video import DEFAULT_MAX_FRAME_PIXELS
+from sdsnodes.errors import DecodeError, TooLarge
 
 _EPS = 1e-6  # chunks of a length that is a float: a chunk ending within this of the end fits
 
@@ -41,14 +45,6 @@ def _count(length: float, chunk: float, stride: float) -> int:
     if length + _EPS < chunk:
         return 0
     return math.floor((length - chunk) / stride + _EPS) + 1
-
-
-def _seconds(container: Any, stream: Any) -> float:
-    """A stream's duration in seconds as its header states it (the stream's, else the
-    container's; 0.0 when neither says), as the codecs read it."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    return (container.duration or 0) / 1_000_000  # AV_TIME_BASE units
 
 
 def _positive(name: str, value: Any, integer: bool) -> None:
@@ -62,11 +58,13 @@ def _positive(name: str, value: Any, integer: bool) -> None:
 class VideoChunks:
     """A video as consecutive clips of ``num_frames`` frames at ``fps``.
 
-    Clip ``c`` is ``VideoClip(num_frames, fps, size, start="given")`` at ``c * stride / fps``
-    seconds: its frames are at ``(c * stride + i) / fps`` s, each the latest source frame at or
-    before that time. Only whole clips are yielded: a video of ``d`` seconds has
-    ``floor((d * fps - num_frames) / stride) + 1`` clips (none when shorter than a clip). Each clip
-    seeks to the keyframe before it and decodes from there (:class:`~sdsnodes.VideoClip`).
+    Clip ``c`` holds the frames for times ``(c * stride + i) / fps`` s, i < ``num_frames``, each
+    the latest source frame at or before that time (by timestamp), as
+    ``VideoClip(num_frames, fps, size, start="given")`` at ``c * stride / fps`` s gives it. The
+    clips of one stream are decoded in one pass: the file stays open, each frame is decoded once
+    (seeking once, to the keyframe before the first clip asked). Only whole clips are yielded: a
+    video of ``d`` seconds has ``floor((d * fps - num_frames) / stride) + 1`` clips (none when
+    shorter than a clip).
 
     Args:
         num_frames (int): frames per clip T, >= 1.
@@ -75,6 +73,7 @@ class VideoChunks:
             short side; a pair: cover and centre-crop to (H, W)); None keeps the source size.
         stride (int | None): frames (at ``fps``) from one clip's start to the next; None:
             ``num_frames`` (consecutive). Less overlaps clips, more leaves gaps.
+        max_pixels (int | None): refuse frames of more pixels (as :class:`~sdsnodes.VideoClip`).
 
     Yields:
         Decoded: uint8 [T, 3, H, W] with ``clip_start``, ``clip_end`` (s) and ``source_fps``.
@@ -82,10 +81,16 @@ class VideoChunks:
     Raises:
         ValueError: at construction, for an invalid argument.
         DecodeError: not a video, or frames that run out before the stated duration.
+        TooLarge: frames of more than ``max_pixels`` pixels.
     """
 
     def __init__(
-        self, num_frames: int, fps: float, size: Size = None, stride: int | None = None
+        self,
+        num_frames: int,
+        fps: float,
+        size: Size = None,
+        stride: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
     ) -> None:
         _positive("num_frames", num_frames, integer=True)
         _positive("fps", fps, integer=False)
@@ -93,36 +98,80 @@ class VideoChunks:
             _positive("stride", stride, integer=True)
         self.num_frames, self.fps = int(num_frames), float(fps)
         self.stride = int(stride or num_frames)
-        self.size = size
-        self._clip = VideoClip(
-            self.num_frames, fps=self.fps, size=size, start="given", on_short="skip",
-            with_info=True,
-        )  # fmt: skip
+        self.size = check_size(size)
+        self.max_pixels = check_max_pixels(max_pixels)
 
     def __repr__(self) -> str:
         return (
             f"VideoChunks(num_frames={self.num_frames}, fps={self.fps}, size={self.size}, "
-            f"stride={self.stride})"
+            f"stride={self.stride}, max_pixels={self.max_pixels})"
         )
 
     def count(self, value: Any) -> int:
         """Clips in the video at ``value`` (a path or bytes), from its header."""
-        try:
-            with av_open(as_source(value)) as container:
-                if not container.streams.video:
-                    raise DecodeError(describe(value), "no video stream")
-                duration = _seconds(container, container.streams.video[0])
-        except DecodeError:
-            raise
-        except Exception as error:
-            raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
+        with _decoding(value), av_open(as_source(value)) as container:
+            return self._count(value, container)
+
+    def _count(self, value: Any, container: Any) -> int:
+        if not container.streams.video:
+            raise DecodeError(describe(value), "no video stream")
+        stream = container.streams.video[0]
+        pixels = stream.codec_context.width * stream.codec_context.height
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            raise TooLarge(describe(value), f"{pixels} pixels per frame > {self.max_pixels=}")
+        duration = stream_seconds(container, stream)
         return _count(duration * self.fps, self.num_frames, self.stride)
 
     def chunks(self, value: Any, start: int = 0) -> Iterator[Decoded]:
         """Clips ``start, start + 1, …`` of the video at ``value`` (see the class docstring)."""
-        for c in range(start, self.count(value)):
-            clip, info = self._clip.clip(value, None, {"clip_start": c * self.stride / self.fps})
-            yield Decoded(clip, info)  # [T, 3, H, W] uint8
+        with _decoding(value), contextlib.ExitStack() as files:
+            container = files.enter_context(av_open(as_source(value)))
+            n = self._count(value, container)
+            if start >= n:
+                return
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 25.0)
+            first = start * self.stride
+            frames = picked_frames(container, stream, self.fps, first, self.size, first > 0)
+            buffer: dict[int, np.ndarray] = {}  # target → frame [H, W, 3], of this clip on
+            k = first  # the next target to read
+            for c in range(start, n):
+                lo = c * self.stride
+                while k < lo + self.num_frames:
+                    try:
+                        frame = next(frames)
+                    except SeekMissed:  # read again from the start, without seeking
+                        container = files.enter_context(av_open(as_source(value)))
+                        stream = container.streams.video[0]
+                        frames = picked_frames(container, stream, self.fps, k, self.size, False)
+                        continue
+                    except FramesRanOut:
+                        raise DecodeError(
+                            describe(value), f"the frames stop in clip {c} of the {n} its "
+                            f"header states ({stream_seconds(container, stream):.3f} s; truncated?)"
+                        ) from None  # fmt: skip
+                    if k >= lo:
+                        buffer[k] = frame
+                    k += 1
+                clip = np.stack(
+                    [buffer[t] for t in range(lo, lo + self.num_frames)]
+                )  # [T, H, W, 3]
+                for t in [t for t in buffer if t < lo + self.stride]:
+                    del buffer[t]
+                info = {"clip_start": lo / self.fps, "source_fps": rate}
+                info["clip_end"] = (lo + self.num_frames) / self.fps
+                yield Decoded(torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous(), info)
+
+
+@contextlib.contextmanager
+def _decoding(value: Any) -> Iterator[None]:
+    """Errors of PyAV and FFmpeg as DecodeError (ours pass through)."""
+    try:
+        yield
+    except DecodeError:
+        raise
+    except Exception as error:
+        raise DecodeError(describe(value), f"{type(error).__name__}: {error}") from error
 
 
 class AudioChunks:
@@ -176,7 +225,7 @@ class AudioChunks:
             with av_open(as_source(value)) as container:
                 if not container.streams.audio:
                     raise DecodeError(describe(value), "no audio stream")
-                seconds = _seconds(container, container.streams.audio[0])
+                seconds = stream_seconds(container, container.streams.audio[0])
         except DecodeError:
             raise
         except Exception as error:

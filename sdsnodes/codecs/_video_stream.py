@@ -1,0 +1,87 @@
+"""Consecutive clips of one video decoded in one pass: the container stays open, frames are
+decoded once each, in order (for :class:`~sdsnodes.codecs.chunks.VideoChunks`).
+
+Frame choice is :class:`~sdsnodes.VideoClip`'s: target ``k`` is at ``k / fps`` seconds and takes
+the latest source frame at or before it (by timestamp), so a clip read here equals
+``VideoClip(start="given")`` at the clip's start, without seeking to the keyframe before every
+clip (with keyframes every few seconds, that re-decoded most of each GOP once per clip).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from sdsnodes.codecs._resize import Size, cover_shape, crop_box
+
+_EPS = 1e-3  # s, as VideoClip: a frame at t + _EPS still counts as "at or before" t
+
+
+class SeekMissed(Exception):
+    """Seeking failed or landed after the first target: read again from the start."""
+
+
+class FramesRanOut(Exception):
+    """The frames ended before a target (its number is ``args[0]``)."""
+
+
+def stream_seconds(container: Any, stream: Any) -> float:
+    """A stream's duration in seconds as its header states it (the stream's, else the
+    container's; 0.0 when neither says)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return (container.duration or 0) / 1_000_000  # AV_TIME_BASE units
+
+
+def picked_frames(
+    container: Any, stream: Any, fps: float, first: int, size: Size, seek: bool
+) -> Iterator[np.ndarray]:
+    """The frames for targets ``first, first + 1, …`` (target k at ``k / fps`` s from the stream
+    start), uint8 [H, W, 3] RGB, resized to cover ``size`` and centre-cropped.
+
+    Raises:
+        SeekMissed: ``seek`` failed or landed after target ``first``.
+        FramesRanOut: past the last frame's end (its duration, else one frame at the stated rate).
+    """
+    from av.video.reformatter import VideoReformatter
+
+    rate = float(stream.average_rate or stream.guessed_rate or 25.0)
+    time_base, start = stream.time_base, stream.start_time or 0
+    if seek:
+        try:
+            offset = start + round(first / fps / time_base)
+            container.seek(offset, stream=stream, backward=True, any_frame=False)
+        except Exception as error:
+            raise SeekMissed from error
+    reformatter = VideoReformatter()
+    converted: tuple[Any, np.ndarray] | None = None
+
+    def convert(frame: Any) -> np.ndarray:
+        nonlocal converted
+        if converted is None or converted[0] is not frame:
+            height, width = cover_shape(frame.height, frame.width, size)
+            rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24")
+            top, left, h, w = crop_box(height, width, size, None)
+            converted = (frame, rgb.to_ndarray()[top : top + h, left : left + w])  # [H, W, 3]
+        return converted[1]
+
+    k, previous, previous_time, step = first, None, -math.inf, 1.0 / rate
+    for frame in container.decode(stream):
+        if frame.pts is not None:
+            now = float((frame.pts - start) * time_base)
+        else:
+            now = previous_time + 1.0 / rate if previous is not None else 0.0
+        if previous is None and seek and now > k / fps + _EPS:
+            raise SeekMissed  # landed after the first target
+        while k / fps + _EPS < now:
+            yield convert(previous if previous is not None else frame)
+            k += 1
+        step = float(frame.duration * time_base) if frame.duration else 1.0 / rate
+        previous, previous_time = frame, now
+    while previous is not None and k / fps + _EPS < previous_time + step:
+        yield convert(previous)  # targets within the last frame's duration
+        k += 1
+    raise FramesRanOut(k)
