@@ -16,8 +16,12 @@ the same files, in index order, in this process, one epoch each through
 
 Two kinds of chunks: ``latent`` (``LatentChunks`` over float32 ``.npy`` files of
 [4, T, 16, 16], 4 latent frames per chunk: a cheap chunk, so the batcher's own cost shows) and
-``video`` (``VideoChunks`` over H.264 mp4 files, 8 frames at 8 frames/s, 64x64: decoding
-dominates). One torch thread, as in a DataLoader worker. Printed: chunks (not padding) per
+``video`` (``VideoChunks`` over H.264 mp4 files, 8 frames at 8 frames/s, 64x64, one keyframe
+per file (GOP 48 frames, as x264's default of 250 frames keeps several seconds apart): decoding
+dominates). A third table, ``video decoding``, reads the same clips without batching, by
+``VideoChunks`` (one pass over each file: each frame decoded once) against the baseline of a
+``VideoClip(start="given")`` per clip (each seeking to the keyframe before it and decoding from
+there). One torch thread, as in a DataLoader worker. Printed: chunks (not padding) per
 second, median, min and max over ``--repeats`` repeats that alternate which runs first, the
 ratio to the Batcher, and the time per batch the StreamBatcher (inline) adds: (its median epoch
 time - the Batcher's) / its batches, in ms. The
@@ -84,7 +88,7 @@ def write_data(root: Path, n: int) -> dict[str, Path]:
         latent = root / f"l{i:05d}.npy"
         np.save(latent, rng.standard_normal((4, 4 * chunks, 16, 16)).astype(np.float32))
         video = root / f"v{i:05d}.mp4"
-        write_video(video, num_frames=8 * chunks, fps=8, width=64, height=64, seed=i, gop=8)
+        write_video(video, num_frames=8 * chunks, fps=8, width=64, height=64, seed=i, gop=48)
         latents.append(str(latent))
         videos.append(str(video))
     pq.write_table(pa.table({"latent": latents}), indexes["latent"])
@@ -114,6 +118,31 @@ def make(kind: str, index: Path, loader: str, batch_size: int):
     return Mapper(Batcher(IterableWrapper(chunks), batch_size), collate)
 
 
+DECODERS = ("VideoChunks (one pass)", "VideoClip per clip")
+
+
+def decode_all(index: Path, way: str) -> tuple[int, float]:
+    """Every clip of every video of ``index``, one stream after the other: by ``VideoChunks``
+    (one pass per file) or a ``VideoClip(start="given")`` per clip (a seek to the keyframe before
+    each); the clips and the seconds."""
+    import pyarrow.parquet as pq
+
+    from sdsnodes import VideoChunks, VideoClip
+
+    chunker = VideoChunks(8, 8.0, size=(64, 64))
+    codec = VideoClip(8, fps=8.0, size=(64, 64), start="given", on_short="skip")
+    clips = 0
+    start = time.perf_counter()
+    for path in pq.read_table(index).column("video").to_pylist():
+        if way == DECODERS[0]:
+            clips += sum(1 for _ in chunker.chunks(path))
+            continue
+        for c in range(chunker.count(path)):
+            codec(path, None, {"clip_start": c * 8 / 8.0})
+            clips += 1
+    return clips, time.perf_counter() - start
+
+
 def epoch(kind: str, index: Path, loader: str, batch_size: int) -> tuple[int, int, float]:
     """Batches and chunks (not padding) of one epoch, and its seconds."""
     from torchdata.nodes import Loader
@@ -133,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)  # as in a DataLoader worker; copies then do not wait on idle cores
     repeats = repeats_of(args)
-    root = (args.dir or default_data_dir()) / f"streams-{args.num_streams}"
+    root = (args.dir or default_data_dir()) / f"streams-{args.num_streams}-gop48"
     indexes = write_data(root, args.num_streams)
     print(
         f"{args.num_streams} streams of 3-6 chunks, batch {args.batch_size}, {repeats} repeat(s); "
@@ -161,6 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["StreamBatcher"].note = f"{added:+.2f} ms per batch ({batches} batches, padding in)"
         results["Batcher"].note = f"{counts['Batcher'][0]} batches of {chunks} chunks"
         rows += results.values()
+    decoding = {
+        way: Result(way, unit="chunks/s", group="video decoding", baseline=way == DECODERS[1])
+        for way in DECODERS
+    }
+    for repeat in range(repeats):
+        for way in in_turn(DECODERS, repeat):
+            clips, seconds = decode_all(indexes["video"], way)
+            decoding[way].values.append(clips / seconds)
+    rows += decoding.values()
     print()
     print(format_table(rows, f"{NAME}: {DESCRIPTION}"))
     if args.json:
