@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 
 def _options(text: str | None, flag: str) -> dict | None:
@@ -36,8 +37,8 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pack_command(sub: argparse._SubParsersAction) -> None:
-    """Add ``pack`` to the ``sds`` subcommands ``sub``."""
+def add_pack_command(sub: Any) -> None:
+    """Add ``pack`` to the ``sds`` subcommands ``sub`` (what ``add_subparsers()`` returned)."""
     pack = sub.add_parser(
         "pack",
         help="write an index and its media bytes as parquet shards (Hugging Face layout); "

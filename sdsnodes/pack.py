@@ -140,7 +140,7 @@ def _map_files(
     protocols = {v.split("://", 1)[0] for v in values if v is not None}
     fs, _ = filesystem(next(v for v in values if v is not None), storage_options)
     if len(protocols) == 1 and getattr(fs, "async_impl", False) and fn in (_cat, _size_of):
-        paths = [fs._strip_protocol(v) for v in values if v is not None]
+        paths = [filesystem(v, storage_options)[1] for v in values if v is not None]
         if fn is _cat:
             got = fs.cat(paths, on_error="return")
             results = iter(got[p] if isinstance(got, dict) else got for p in paths)
