@@ -4,8 +4,8 @@ The pages in ``docs/`` link to ``../examples/<name>.py`` and ``../benchmarks/REA
 are right on GitHub (the files sit beside ``docs/``) but outside the site's ``docs_dir``. This
 hook adds a generated page per example (its docstring and source), an examples index, and
 ``benchmarks.md`` (``benchmarks/README.md`` with its links into ``docs/`` made site-relative),
-then points those links at the generated pages, and shows Sphinx roles left in docstrings
-as plain code. Hooks API: https://www.mkdocs.org/user-guide/configuration/#hooks
+then points those links at the generated pages, shows Sphinx roles left in docstrings as
+plain code, and lists every ``docs/api/*.md`` page in the nav. Hooks API: https://www.mkdocs.org/user-guide/configuration/#hooks
 """
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ def _examples_index(paths: list[Path]) -> str:
         summary = doc.split("\n", 1)[0]
         lines.append(f"- [`{path.name}`]({path.stem}.md): {summary}")
     return "\n".join(lines) + "\n"
+
+
+def on_config(config):
+    """List every ``docs/api/*.md`` under "API reference" in the nav, those that ``mkdocs.yml``
+    names first, then the others by name: a new API page needs no nav line."""
+    section = next(
+        e["API reference"] for e in config["nav"] if isinstance(e, dict) and "API reference" in e
+    )
+    listed = {e if isinstance(e, str) else next(iter(e.values())) for e in section}
+    api = Path(config["docs_dir"]) / "api"
+    section.extend(
+        f"api/{p.name}" for p in sorted(api.glob("*.md")) if f"api/{p.name}" not in listed
+    )
+    return config
 
 
 def on_files(files: Files, *, config) -> Files:
