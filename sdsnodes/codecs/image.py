@@ -49,8 +49,9 @@ class ImageTensor:
     transparency are composited over white, 16-bit images keep their 8 most significant bits.
     Resizing is antialiased bicubic by default (``interpolation``/``antialias`` as in
     torchvision's ``Resize``): nearest, bilinear and bicubic run in torch's uint8 kernels, which
-    follow Pillow's filters to within one level and cost about a third of Pillow's ``resize``
-    here (``benchmarks/bench_peers.py``); box, hamming and lanczos run in Pillow
+    follow Pillow's filters to within one level and cost 0.4x (bicubic) to 0.5x (bilinear) the
+    CPU of Pillow's ``resize`` (``benchmarks/bench_resize.py``); box, hamming and lanczos run in
+    Pillow
     (``reducing_gap=3``). The EXIF header is parsed once per image.
 
     The result is written once: Pillow's pixels are copied out into a tensor, resized by torch
