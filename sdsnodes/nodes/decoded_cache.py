@@ -90,6 +90,7 @@ class DecodedCache(ThreadMapNode):
     """
 
     SKIPPED_ENTRIES_KEY = "skipped_entries"
+    reason = "decoded_cache"  # a failure of the node itself (not of a step)
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from torchdata.nodes import BaseNode
 
-from sdsnodes.cache.store import Cache
+from sdsnodes.cache.store import Cache, Claim
 from sdsnodes.nodes import _tensor_files
 from sdsnodes.nodes._cache_ref import open_cache
 from sdsnodes.options import CacheOptions
@@ -200,10 +200,7 @@ class Rotator(BaseNode[Sample]):
         self._order = self._permute(samples)
         self._offset = 0
         self._windows += 1
-        if self.medium is RotationMedium.DISK:
-            self._held = [self._put(i, s) for i, s in enumerate(samples)]
-        else:
-            self._held = samples
+        self._held = self._put(samples) if self.medium is RotationMedium.DISK else samples
         return True
 
     def _permute(self, samples: list[Sample]) -> list[int]:
@@ -234,16 +231,39 @@ class Rotator(BaseNode[Sample]):
         cache_dir = str(self.cache.cache_dir or default_cache_dir())
         return open_cache(cache_dir, self.cache.max_bytes, self.cache.ttl, self.cache.policy.value)
 
-    def _put(self, i: int, sample: Sample) -> Sample | str:
-        """Write ``sample`` to the cache (pinned); its URL there, or the sample itself when it
-        holds values a file cannot (kept in memory, logged)."""
-        url = f"sds-rotation://{os.getpid()}-{id(self):x}-{self._windows}/{i}.safetensors"
-        try:
-            self._cache().get(url, lambda tmp: _tensor_files.write(tmp, sample, {}))
-        except _tensor_files.Unstorable as error:
-            logger.warning("Rotator keeps a sample in memory: %s", error)
-            return sample
-        return url
+    def _put(self, samples: list[Sample]) -> list[Sample | str]:
+        """Write the window's samples to the cache, pinned, in one claim and one finish of the
+        ledger; each one's URL there, or the sample itself when it holds values a file cannot,
+        or the budget has no room for it (kept in memory, logged)."""
+        held: list[Sample | str] = list(samples)
+        files: dict[int, tuple[str, bytes]] = {}
+        for i, sample in enumerate(samples):
+            url = f"sds-rotation://{os.getpid()}-{id(self):x}-{self._windows}/{i}.safetensors"
+            try:
+                files[i] = (url, _tensor_files.encode(sample, {}))
+            except _tensor_files.Unstorable as error:
+                logger.warning("Rotator keeps a sample in memory: %s", error)
+        cache = self._cache()
+        answers = cache.claim([(url, len(data)) for url, data in files.values()])
+        done: list[tuple[Claim, BaseException | None]] = []
+        for (i, (url, data)), answer in zip(files.items(), answers):
+            if not isinstance(answer, Claim):
+                logger.warning("Rotator keeps a sample in memory: no room in %s", cache)
+                continue
+            error: OSError | None = None
+            try:
+                answer.tmp.write_bytes(data)
+            except OSError as e:  # a full disk: this sample stays in memory
+                logger.warning("Rotator keeps a sample in memory: %s", e)
+                error = e
+            done.append((answer, error))
+            held[i] = url
+        sizes = cache.finish(done) if done else []
+        for (claim, _), size in zip(done, sizes):
+            if size is None:  # not in place: the sample stays in memory
+                i = held.index(claim.url)
+                held[i] = samples[i]
+        return held
 
     def _release(self) -> None:
         """Remove the window's files (disk medium) and forget its samples."""
