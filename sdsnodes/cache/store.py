@@ -250,16 +250,24 @@ class Cache:
             raise ValueError(f"cannot unpin {url!r}: this process does not pin it")
         self._holdings.drop(key)
 
-    def discard(self, url: str) -> bool:
-        """Remove the cached file of ``url`` now unless a live process pins it (for entries the
-        caller found unusable, or will never read again); whether it was removed."""
-        key = paths.key_for(url)
+    def discard(self, *urls: str) -> int:
+        """Remove the cached files of ``urls`` now, in one transaction: drop this object's pin
+        of each (one, where it holds any), then remove it unless a live process still pins it
+        (for entries the caller found unusable, or will never read again); how many went."""
+        owner, released, removed = self._holdings.owner, [], 0
         with self._ledger() as conn, ledger.write(conn):
-            row = ledger.get_row(conn, key)
-            if row is None or row[2] != ledger.READY or ledger.is_pinned(conn, key):
-                return False
-            ledger.remove(conn, self.cache_dir, key, row[0], row[1])
-        return True
+            for url in urls:
+                key = paths.key_for(url)
+                if self._holdings.pins(key) and ledger.unpin(conn, key, *owner):
+                    released.append(key)
+                row = ledger.get_row(conn, key)
+                if row is None or row[2] != ledger.READY or ledger.is_pinned(conn, key):
+                    continue
+                ledger.remove(conn, self.cache_dir, key, row[0], row[1])
+                removed += 1
+        for key in released:
+            self._holdings.drop(key)
+        return removed
 
     @contextlib.contextmanager
     def pinned(
