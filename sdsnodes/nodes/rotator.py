@@ -269,8 +269,5 @@ class Rotator(BaseNode[Sample]):
         """Remove the window's files (disk medium) and forget its samples."""
         urls = [h for h in self._held if isinstance(h, str)]
         if urls:
-            cache = self._cache()
-            for url in urls:
-                cache.unpin(url)
-                cache.discard(url)
+            self._cache().discard(*urls)  # unpinned and removed in one transaction
         self._held = []
