@@ -1,0 +1,150 @@
+"""sdsnodes.stats(): counts equal to what is known, summed over real DataLoader workers."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+import warnings
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from torchdata.nodes import Batcher, IterableWrapper, Loader, Mapper
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from sdsnodes import CacheOptions, StreamingDataset, build_image_graph
+from sdsnodes._metrics_board import SLOT_BYTES, MetricsBoard
+from sdsnodes.metrics import flat, instrument, postfix, stats, timed, to_prometheus
+
+NUM_IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def remote_images(http_server, image_index, tmp_path_factory):
+    """An index of ``NUM_IMAGES`` images served over HTTP (with sizes) and their total bytes."""
+    http_server.ensure_running()
+    served = http_server.root / f"metrics-{uuid.uuid4().hex[:8]}"
+    served.mkdir()
+    rows = pq.read_table(image_index).to_pylist()[:NUM_IMAGES]
+    urls, sizes = [], []
+    for row in rows:
+        dst = served / row["image"].rsplit("/", 1)[1]
+        shutil.copy(row["image"], dst)
+        urls.append(http_server.url_for(dst))
+        sizes.append(dst.stat().st_size)
+    index = tmp_path_factory.mktemp("metrics") / "index.parquet"
+    captions = [r["caption"] for r in rows]
+    pq.write_table(pa.table({"image": urls, "caption": captions, "size": sizes}), index)
+    return str(index), sum(sizes)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(remote_images, tmp_path_factory):
+    """Two epochs over the HTTP images with 2 (non-persistent) workers and a full budget."""
+    index, _ = remote_images
+    cache = CacheOptions(str(tmp_path_factory.mktemp("cache")), max_bytes=10**9)
+    ds = StreamingDataset(
+        lambda: build_image_graph(index, size=16, batch_size=2, cache=cache, num_threads=2)
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
+        loader = timed(StatefulDataLoader(ds, batch_size=None, num_workers=2))
+    received = [sum(len(b["__key__"]) for b in loader) for _ in range(2)]
+    return loader, stats(loader), received
+
+
+def test_counts_equal_what_is_known_over_two_workers(two_epochs, remote_images):
+    loader, s, received = two_epochs
+    _, total_bytes = remote_images
+    assert received == [NUM_IMAGES, NUM_IMAGES]
+    assert s["workers"] == 2  # both workers' slots, summed
+    assert s["samples"] == 2 * NUM_IMAGES == s["loop_samples"]
+    assert s["batches"] == 2 * NUM_IMAGES // 2  # each worker batches its own half
+    cache = s["cache"]
+    assert cache["misses"] == NUM_IMAGES  # the first epoch downloads each file once
+    assert cache["hits"] == s["samples"] - NUM_IMAGES  # the second finds every file
+    assert cache["bytes_downloaded"] == total_bytes == cache["bytes"]
+    assert cache["hit_rate"] == pytest.approx(0.5)
+    assert cache["evictions"] == 0 and cache["max_bytes"] == 10**9
+    assert cache["in_flight"] == 0 and cache["pinned_files"] == 0
+    assert s["skipped"] == {}
+    assert s["decoded"] == {"ImageTensor": 2 * NUM_IMAGES, "Text": 2 * NUM_IMAGES}
+    assert s["decode_s"]["ImageTensor"] > 0
+    assert s["nodes"]["CachingDownloader"]["items"] == 2 * NUM_IMAGES
+    assert s["nodes"]["Prefetcher"]["items"] == s["batches"]
+    assert 0 < s["wait_s"] <= s["elapsed_s"]
+
+
+def test_prometheus_text_parses_to_the_same_figures(two_epochs):
+    _, s, _ = two_epochs
+    text = to_prometheus(s, labels={"rank": "0"})
+    samples = {
+        (m.name, tuple(sorted(m.labels.items()))): m.value
+        for family in text_string_to_metric_families(text)
+        for m in family.samples
+    }
+    rank = ("rank", "0")
+    assert samples[("sds_samples_total", (rank,))] == s["samples"]
+    assert samples[("sds_cache_hits_total", (rank,))] == s["cache"]["hits"]
+    assert samples[("sds_cache_bytes_downloaded_total", (rank,))] == s["cache"]["bytes_downloaded"]
+    assert samples[("sds_wait_seconds_total", (rank,))] == pytest.approx(s["wait_s"])
+    key = ("sds_decode_seconds_total", (("codec", "ImageTensor"), rank))
+    assert samples[key] == pytest.approx(s["decode_s"]["ImageTensor"])
+    node = ("sds_node_items_total", (("node", "Decoder"), rank))
+    assert samples[node] == s["nodes"]["Decoder"]["items"]
+
+
+def test_flat_dict_and_postfix(two_epochs):
+    _, s, _ = two_epochs
+    logged = flat(s)
+    assert logged["data/cache/hits"] == s["cache"]["hits"]
+    assert logged["data/nodes/Decoder/items"] == s["nodes"]["Decoder"]["items"]
+    assert logged["data/wait_fraction"] == pytest.approx(s["wait_s"] / s["elapsed_s"])
+    assert all(isinstance(v, (int, float)) for v in logged.values())
+    bar = postfix(s)
+    assert bar["hit"] == "50%" and bar["wait"].endswith("%") and float(bar["samples/s"]) > 0
+
+
+def _sleepy(x: int) -> int:
+    time.sleep(0.01)
+    return x
+
+
+def test_wait_time_when_a_node_sleeps():
+    graph = instrument(Batcher(Mapper(IterableWrapper(range(10)), _sleepy), batch_size=5))
+    loader = timed(Loader(graph))
+    assert [len(b) for b in loader] == [5, 5]
+    s = stats(loader)
+    assert s["samples"] == 10 and s["batches"] == 2 and s["workers"] == 1
+    mapper, batcher = s["nodes"]["ParallelMapper"], s["nodes"]["Batcher"]
+    assert mapper["items"] == 10 and mapper["busy_s"] >= 10 * 0.01
+    assert batcher["wait_s"] >= mapper["busy_s"] > 10 * batcher["busy_s"]
+    assert s["wait_s"] >= 10 * 0.01  # the loop waited for the sleeps
+    assert s["cache"]["hit_rate"] is None and s["cache"]["max_bytes"] is None
+
+
+def test_instrumenting_again_starts_afresh():
+    graph = instrument(Batcher(IterableWrapper(range(4)), batch_size=2))
+    list(Loader(graph))
+    instrument(graph)  # no timer around a timer
+    assert stats(graph)["samples"] == 0
+    list(Loader(graph))
+    assert stats(graph)["nodes"]["Batcher"]["items"] == 2
+
+
+def test_what_stats_cannot_read_says_the_fix():
+    with pytest.raises(ValueError, match="instrument"):
+        stats(Batcher(IterableWrapper(range(4)), batch_size=2))
+
+
+def test_board_slots():
+    board = MetricsBoard()
+    assert board.read() == [] and board.read_slot(3) is None
+    board.write(3, {"samples": 5, "nodes": {"A": {"items": 5}}})
+    board.write(3, {"samples": 7, "nodes": {"A": {"items": 7}}})  # the latest wins
+    assert board.read() == [{"samples": 7, "nodes": {"A": {"items": 7}}}]
+    huge = {"samples": 1, "nodes": {f"N{i}": {"items": i} for i in range(SLOT_BYTES)}}
+    board.write(0, huge)  # too big for a slot: the totals are kept
+    assert board.read_slot(0) == {"samples": 1}
