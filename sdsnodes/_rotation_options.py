@@ -63,7 +63,9 @@ class RotationOptions:
 @dataclasses.dataclass(frozen=True)
 class DecodedCacheOptions:
     """Keep decoded samples on disk (a :class:`~sdsnodes.nodes.decoded_cache.DecodedCache` in
-    place of the downloads and the Decoder), so later epochs skip download and decode.
+    place of the downloads and the Decoder), so later epochs skip download and decode. It looks
+    up or computes ``max(num_threads, fetch.max_in_flight)`` samples at a time (a miss downloads
+    its files, then decodes them, in one of its threads).
 
     Args:
         refresh_every (int | None): epochs an entry serves before it is decoded again (fresh
