@@ -51,8 +51,11 @@ class Rotator(BaseNode[Sample]):
         times (int): yields per sample k, >= 1 (1 passes samples through).
         medium (RotationMedium | str): ``"memory"`` (default) or ``"disk"``: the window's
             samples are written once to safetensors files in the cache directory (pinned, within
-            its budget, removed when the window is done) and read back at every use.
-        window (int | None): samples per window N, >= 2; None: as many as ``max_bytes`` holds.
+            its budget, removed when the window is done) and read back at every use; a sample
+            a file cannot hold (values neither tensors, arrays nor JSON) or that finds no room
+            in the budget stays in memory (logged).
+        window (int | None): samples per window N, >= 2 (8); None: as many as ``max_bytes``
+            holds. With both, a window ends at whichever limit comes first.
         max_bytes (int | None): bytes of tensors a window may hold, > 0 (a window has at least
             two samples whatever their size); None: ``window`` alone decides.
         cache (CacheOptions | None): the cache of the disk medium (its ``cache_dir``, budget and
