@@ -15,6 +15,8 @@ keys and losses printed after a resume are those an uninterrupted run prints at 
 on resume (credentials and endpoints from the environment, e.g. ``AWS_ENDPOINT_URL_S3``).
 
 Without ``--src`` it streams a small demo dataset of H.264 clips, made once under ``--dir``.
+A progress bar on stderr shows samples/s, wait % (data stall time: the share of the time the
+loop waited for batches) and the cache hit rate, from :func:`sdsnodes.stats`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,9 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchdata.stateful_dataloader import StatefulDataLoader
+from tqdm import tqdm
 
 from sdsnodes import CacheOptions, StreamingDataset, build_video_graph, load_state, save_state
 from sdsnodes._synthetic import make_video_dataset
+from sdsnodes.metrics import postfix, stats, timed
 
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, deprecated in recent torch
 warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
@@ -108,24 +113,35 @@ def main() -> None:
         if step >= args.steps:
             print(f"nothing to do: the checkpoint is at step {step}, --steps is {args.steps}")
 
+    loader = timed(dl)  # measures how long each step waited for its batch (data stall time)
+    bar = tqdm(total=args.steps, initial=step, unit="step", file=sys.stderr)
     empty_epochs = 0
     while step < args.steps and empty_epochs < 2:
         empty_epochs += 1  # a state saved after an epoch's last batch ends that epoch at once
-        for batch in dl:  # each pass over `dl` is one epoch
+        for batch in loader:  # each pass over `loader` is one epoch
             empty_epochs = 0
             step += 1
+            # samples/s, wait % (the share of time the loop waited for data), cache hit %
+            bar.set_postfix(postfix(stats(loader, ledger=False)), refresh=False)
+            bar.update()
             clips = batch["video"].permute(0, 2, 1, 3, 4).float() / 255  # [B, C, T, H, W] in [0, 1]
             loss = nn.functional.mse_loss(model(clips), clips)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             epoch = int(batch["__epoch__"][0])
-            print(f"step {step:3d}  epoch {epoch}  loss {loss.item():.4f}  keys {batch['__key__']}")
+            tqdm.write(
+                f"step {step:3d}  epoch {epoch}  loss {loss.item():.4f}  keys {batch['__key__']}"
+            )
             if args.ckpt and step % args.ckpt_every == 0:
                 save_checkpoint(args.ckpt, step, model, optimizer, dl, args.loader_state)
-                print(f"saved {args.ckpt} at step {step}")
+                tqdm.write(f"saved {args.ckpt} at step {step}")
             if step >= args.steps:
                 break
+    bar.close()
+    s = stats(loader)
+    print(f"data stall: waited {s['wait_s']:.2f} s of {s['elapsed_s']:.2f} s for batches; "
+          f"decode s per codec {s['decode_s']}; skipped {s['skipped'] or 'none'}")  # fmt: skip
     dataset.shutdown()  # stop the graph's threads in this process (there are some if num_workers=0)
 
 
