@@ -158,6 +158,26 @@ def test_s3_shards_cached_whole_and_a_rewritten_shard_refetched(
     assert fresh.count("rewritten") == table.num_rows  # never the cached old copy
     assert "rewritten" not in captions
     assert Cache(cache_dir).stats()["files"] == 5
+    # a budget of 3.5 shards: the keep-set holds 3 whole shards, the same ones every epoch
+    sizes = shard_table(url, opts)[0].column("size").to_pylist()
+    budget = int(3.5 * max(sizes))
+    small = str(tmp_path / "small")
+    loader = Loader(
+        build_image_graph(
+            url,
+            size=16,
+            batch_size=4,
+            seed=2,
+            cache=CacheOptions(small, max_bytes=budget),
+            fetch=FetchOptions(opts, retries=0),
+        )  # fmt: skip
+    )
+    kept = []
+    for _ in range(3):
+        assert sum(len(b["__key__"]) for b in loader) == NUM
+        kept.append(sorted(p.name for p in pathlib.Path(small).rglob("*.parquet")))
+        assert Cache(small).stats()["bytes"] <= budget
+    assert len(kept[1]) == 3 and kept[1] == kept[2]  # stable from the second epoch on
 
 
 def _corrupt_row_group(path, group: int) -> int:
