@@ -5,7 +5,8 @@ are right on GitHub (the files sit beside ``docs/``) but outside the site's ``do
 hook adds a generated page per example (its docstring and source), an examples index, and
 ``benchmarks.md`` (``benchmarks/README.md`` with its links into ``docs/`` made site-relative),
 then points those links at the generated pages, shows Sphinx roles left in docstrings as
-plain code, and lists every ``docs/api/*.md`` page in the nav. Hooks API: https://www.mkdocs.org/user-guide/configuration/#hooks
+plain code, and lists every ``docs/api/*.md`` page in the nav.
+Hooks API: https://www.mkdocs.org/user-guide/configuration/#hooks
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _example_page(path: Path) -> str:
     return (
         f"# `examples/{path.name}`\n\n{title}.\n\n"
         f"Run it from the repository root: `python examples/{path.name} --help`.\n\n"
-        f"```python\n{source}```\n"
+        f"````python\n{source}````\n"  # 4 backticks: a docstring may hold 3
     )
 
 
