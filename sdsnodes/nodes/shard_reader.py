@@ -86,7 +86,11 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         ``{SOURCE_KEY: <source state before the shard being read>, OFFSET_KEY: int (its samples
         delivered), ERRORS_KEY: {...}}``: O(1). On resume the shard is fetched again (a cache
         hit) and its first ``offset`` samples of the same permutation are skipped unread
-        (whole windows are not read at all).
+        (whole windows are not read at all). Elastic resume (another world size or
+        ``num_workers``, :func:`sdsnodes.load_elastic_state`) goes by the source's shard
+        positions: finished shards are not read again, the shard being read is read again
+        from its start (at-least-once for its samples). The two levels follow WebDataset's
+        shard shuffle + sample buffer, with a seeded permutation in place of the buffer.
 
     Errors:
         a shard that cannot be fetched skips its samples as ``"missing"``/``"download"``; one
