@@ -9,6 +9,7 @@ so the rows differ only by the library's plumbing (and sdsnodes' own codec).
 from __future__ import annotations
 
 import functools
+import gc
 import io
 import math
 import os
@@ -284,6 +285,7 @@ def run_epoch(
                 raise RuntimeError(f"batch of shape {tuple(images.shape)}")
             seen.extend(int(i) for i in ids)
         del loader
+        gc.collect()  # finalize the loader here, not in the next loader's forked workers
         wall, cpu_s = time.perf_counter() - start, cpu() - cpu0
     if sorted(seen) != list(range(count)):
         missing = len(set(range(count)) - set(seen))

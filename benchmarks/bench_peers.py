@@ -76,6 +76,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--task", default="images,clips", help="images, clips or both (default)")
     add("--only", default="", help="comma-separated loader names to run (default: all)")
     add("--plot", action="store_true", help="write docs/img/peers_*.png and docs/comparison.md")
+    add(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="rewrite the page from saved --json runs (images, then clips) without measuring",
+    )
     add("--docs", type=Path, default=None, help="the docs folder --plot writes to (docs/)")
     return parser.parse_args(argv)
 
@@ -167,11 +174,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     from benchmarks.bench_image import make_images
 
+    if args.from_json:
+        from benchmarks._peers_page import rows_from_json, write_page
+
+        rows, config = rows_from_json(args.from_json)
+        for path in write_page(rows, config.get("convert_s", {}), config, args.docs):
+            print(f"wrote {path}")
+        return 0
     repeats = repeats_of(args)
     tasks = args.task.split(",")
     clip_rows = run_clips(args, repeats) if "clips" in tasks else {}
     if "images" not in tasks:
         print(summarize(clip_rows, CLIP_METRICS))
+        results = [r for group in clip_rows.values() for r in group.values()]
+        config = {**vars(args), "num_videos": args.num_videos, "repeats": repeats}
+        if args.json:
+            print(f"wrote {write_json(NAME + '_clips', results, config)}")
         return 0
     count = args.num_images or (128 if args.quick else 2000)
     root = (args.dir or default_data_dir()) / "peers"
@@ -209,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summarize(clip_rows, CLIP_METRICS))
     rows.update(clip_rows)
     results = [r for group in rows.values() for r in group.values()]
-    config = {"num_images": count, "repeats": repeats, "convert_s": convert_s, **vars(args)}
+    config = {**vars(args), "num_images": count, "repeats": repeats, "convert_s": convert_s}
     if args.json:
         print(f"wrote {write_json(NAME, results, config)}")
     if args.plot:
