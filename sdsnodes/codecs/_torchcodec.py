@@ -150,7 +150,9 @@ def audio_crop(
         meta = AudioDecoder(source).metadata
     except (RuntimeError, ValueError) as error:
         if "stream" in str(error).lower() and codec.on_missing.value == "silence":
-            return codec._silence(t0, length)
+            rate = int(codec.sample_rate)  # set with on_missing="silence" (validated)
+            zeros = torch.zeros(codec.channels or 1, round(float(length) * rate))  # [C, S]
+            return zeros, {"sample_rate": rate, "audio_start": t0 or 0.0}
         what = "no audio stream" if "stream" in str(error).lower() else str(error)
         raise DecodeError(describe(value), what) from error
     source_rate = int(meta.sample_rate or 0)
@@ -173,7 +175,10 @@ def audio_crop(
     stop = None if wanted is None else start + wanted / source_rate
     decoder = AudioDecoder(source, sample_rate=rate if rate != source_rate else None)
     wave = decoder.get_samples_played_in_range(start, stop).data  # [C, n] float32 at rate
-    wave = torch.from_numpy(codec._mix(wave.numpy()))  # [channels, n]
+    if codec.channels == 1 and wave.shape[0] > 1:  # mixed as the PyAV path mixes
+        wave = wave.mean(0, keepdim=True)
+    elif codec.channels == 2:
+        wave = wave.repeat(2, 1) if wave.shape[0] == 1 else wave[:2]  # [channels, n]
     if size is not None:  # cut, or zero-pad at the end (a file shorter than the crop)
         wave = torch.nn.functional.pad(wave[:, :size], (0, max(0, size - wave.shape[1])))
     wave = wave.clamp_(-1.0, 1.0).contiguous()  # [C, S] float32

@@ -15,26 +15,12 @@ footers alone (no read); with one the counting pass stops at the chunk that reac
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow.compute as pc
-
-from sdsnodes.index.filters import _sqlish
-
 COUNT_THREADS = 8
 """Chunks whose filter columns are read at once by the counting pass."""
-
-
-def filter_columns(filter: str | pc.Expression) -> set[str] | None:  # noqa: A002
-    """The column names a filter string reads (after renames), or None for a pyarrow
-    expression (its fields are not listed by pyarrow's API: every column is read)."""
-    if isinstance(filter, pc.Expression):
-        return None
-    tree = ast.parse(_sqlish(filter.strip()), mode="eval")
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
 
 
 def kept_rows(

@@ -115,3 +115,12 @@ def parse_filter(text: str | pc.Expression) -> pc.Expression:
     if not isinstance(expr, pc.Expression):
         raise ValueError(f"filter {text!r} is a constant, not a condition on columns")
     return expr
+
+
+def filter_columns(filter: str | pc.Expression) -> set[str] | None:  # noqa: A002
+    """The column names a filter string reads (after renames), or None for a pyarrow
+    expression (its fields are not listed by pyarrow's API: every column is read)."""
+    if isinstance(filter, pc.Expression):
+        return None
+    tree = ast.parse(_sqlish(filter.strip()), mode="eval")
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}

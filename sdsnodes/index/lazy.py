@@ -69,8 +69,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdsnodes.index._lazy_read import ChunkReading, result_of
-from sdsnodes.index._lazy_rows import filter_columns, kept_rows, plan_rows
-from sdsnodes.index.filters import parse_filter
+from sdsnodes.index._lazy_rows import kept_rows, plan_rows
+from sdsnodes.index.filters import filter_columns, parse_filter
 from sdsnodes.index.footers import Footers
 from sdsnodes.index.materialize import fingerprint_files
 from sdsnodes.index.permutation import LanePermutation
