@@ -41,13 +41,16 @@ pytestmark = pytest.mark.filterwarnings(r"ignore::DeprecationWarning:ray\..*")
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray instance: loopback only, no dashboard, no usage report, a small object
-    store; its workers import sdsnodes from this checkout."""
+    store, no prestarted workers; its workers import sdsnodes from this checkout."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         mp.setenv("PYTHONPATH", path)  # inherited by the raylet and its workers
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20,
-                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)  # fmt: skip
+                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
+                 # no idle workers started with the cluster: they competed with its start-up
+                 # (init 20-32 s instead of 39-53 s at a load average of 25-30 on 2 CPUs)
+                 _system_config={"enable_worker_prestart": False})  # fmt: skip
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     gc.collect()  # Ray Data iterators left by the tests finish while Ray is still up
