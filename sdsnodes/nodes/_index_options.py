@@ -56,7 +56,22 @@ def materialize_files(
         table, key = materialize(file.url, storage_options, cache_dir=cache_dir)
         tables.append(table)
         keys.append(key)
-    table = pa.concat_tables(tables, promote_options="permissive")
+    table = renamed_and_filtered(pa.concat_tables(tables, promote_options="permissive"), options)
+    rename = options.rename or {}
+    blob = json.dumps(
+        {"files": keys, "filter": None if options.filter is None else str(options.filter),
+         "rename": rename}, sort_keys=True,
+    )  # fmt: skip
+    return table, hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def renamed_and_filtered(table: pa.Table, options: IndexOptions) -> pa.Table:
+    """``table`` with ``options.rename`` and then ``options.filter`` applied.
+
+    Raises:
+        IndexSourceError (ValueError): the rename names an absent column, or the filter does
+            not fit the columns after it.
+    """
     rename = options.rename or {}
     missing = set(rename) - set(table.column_names)
     if missing:
@@ -65,19 +80,15 @@ def materialize_files(
             f"{table.column_names})"
         )
     table = table.rename_columns([rename.get(c, c) for c in table.column_names])
-    if options.filter is not None:
-        try:
-            table = table.filter(parse_filter(options.filter))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
-            raise IndexSourceError(
-                f"the filter does not fit the index (columns after rename: "
-                f"{table.column_names}): {error}"
-            ) from error
-    blob = json.dumps(
-        {"files": keys, "filter": None if options.filter is None else str(options.filter),
-         "rename": rename}, sort_keys=True,
-    )  # fmt: skip
-    return table, hashlib.sha256(blob.encode()).hexdigest()[:24]
+    if options.filter is None:
+        return table
+    try:
+        return table.filter(parse_filter(options.filter))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        raise IndexSourceError(
+            f"the filter does not fit the index (columns after rename: {table.column_names}): "
+            f"{error}"
+        ) from error
 
 
 def shape(
@@ -147,24 +158,9 @@ def read_grouped(
             f"by key, and {url!r} is not a directory: drop group_by_key"
         )
     table = read_index(url, storage_options, group_by_key=options.group_by_key)
-    rename = options.rename or {}
-    missing = set(rename) - set(table.column_names)
-    if missing:
-        raise IndexSourceError(
-            f"rename names columns {sorted(missing)} absent from the index (it has "
-            f"{table.column_names})"
-        )
-    table = table.rename_columns([rename.get(c, c) for c in table.column_names])
-    if options.filter is not None:
-        try:
-            table = table.filter(parse_filter(options.filter))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
-            raise IndexSourceError(
-                f"the filter does not fit the index (columns after rename: "
-                f"{table.column_names}): {error}"
-            ) from error
+    table = renamed_and_filtered(table, options)
     key = fingerprint(
-        url, storage_options, group_by_key=options.group_by_key, rename=rename,
+        url, storage_options, group_by_key=options.group_by_key, rename=options.rename or {},
         filter=None if options.filter is None else str(options.filter),
     )  # fmt: skip
     if table.num_rows == 0:
