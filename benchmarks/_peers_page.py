@@ -119,9 +119,8 @@ def _clips(rows: Mapping[str, Mapping[str, Result]], config: dict[str, Any]) -> 
         "frames at 8 frames/s, 112x112 centre crops; batches of 8, 2 workers; medians of "
         f"{config.get('clip_repeats') or config.get('repeats')}; the peers decode with "
         "`benchmarks/bench_video.py::handwritten_clip`, torchdata.nodes in 4 threads of this "
-        "process). Each epoch (5-10 s here) includes the workers' start-up: sdsnodes' workers "
-        "import pyarrow's dataset module to read the index, which accounts for part of its "
-        "extra memory and time at this size:",
+        "process). Each epoch (5-10 s here) includes the workers' start-up, not separated "
+        "from the decoding here:",
         "",
         "| loader | clips/s | vs plain DataLoader | peak PSS, MiB |",
         "|---|---:|---:|---:|",
