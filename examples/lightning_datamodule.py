@@ -1,7 +1,8 @@
 """A PyTorch Lightning DataModule over sdsnodes whose checkpoints resume the data exactly.
 
-``ImageDataModule.train_dataloader()`` returns a ``StatefulDataLoader`` over a
-``StreamingDataset(build_image_graph(...))``. Lightning keeps a stateful loader's
+``ImageDataModule.train_dataloader()`` returns a ``StreamingDataLoader`` (a
+``StatefulDataLoader`` whose ``len()`` is the number of batches per epoch, which Lightning sizes
+its epochs by) over a ``StreamingDataset(build_image_graph(...))``. Lightning keeps a stateful loader's
 ``state_dict()`` in every checkpoint beside the model and the optimizer, and ``trainer.fit(...,
 ckpt_path=...)`` loads it back: the run goes on with the batch after the checkpointed step, the
 same samples in the same order as a run that was never stopped. (The loader's state sits under
@@ -29,9 +30,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
-from torchdata.stateful_dataloader import StatefulDataLoader
 
-from sdsnodes import CacheOptions, StreamingDataset, build_image_graph
+from sdsnodes import CacheOptions, StreamingDataLoader, StreamingDataset, build_image_graph
 from sdsnodes._synthetic import make_image_dataset
 
 # torchdata 0.11's StatefulDataLoader calls torch.set_vital, deprecated in recent torch
@@ -49,12 +49,12 @@ class ImageDataModule(pl.LightningDataModule):
             num_threads=2, cache=CacheOptions(cache_dir),
         )  # fmt: skip
         self.num_workers = num_workers
-        self.loader: StatefulDataLoader | None = None
+        self.loader: StreamingDataLoader | None = None
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> StreamingDataLoader:
         # the same config on resume (index, seed, batch_size, num_workers): the state refers to it
-        self.loader = StatefulDataLoader(
-            StreamingDataset(self.graph), batch_size=None, num_workers=self.num_workers,
+        self.loader = StreamingDataLoader(
+            StreamingDataset(self.graph), num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: async copies to the GPU
         )  # fmt: skip
         return self.loader
