@@ -200,7 +200,7 @@ def write_page(
         "## Reproduce",
         "",
         "```bash",
-        "pip install -e '.[dev]' webdataset litdata mosaicml-streaming matplotlib",
+        "pip install -e '.[dev,bench]'   # webdataset, litdata, mosaicml-streaming, matplotlib",
         "python -m benchmarks.bench_peers --plot          # this page and docs/img/peers_*.png",
         "python -m benchmarks.bench_peers --quick         # a smoke run (128 images, 8 videos)",
         "python -m benchmarks.bench_peers --task clips    # the clip task alone",
