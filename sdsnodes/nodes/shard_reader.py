@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class CorruptShard(ValueError):
-    """A shard (or a row group of it) that parquet cannot read."""
+    """A shard (or a row group of it) that parquet cannot read (``reason``: the skip's)."""
 
     reason = "corrupt_shard"
 
@@ -54,15 +54,13 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
     :func:`sdsnodes.index.packed.shard_table`), each media struct replaced by its bytes.
 
     Remote shards are fetched whole into the budgeted, machine-wide cache (one pinned file per
-    shard, keyed by URL, size and ETag; with the ``keepset`` policy the cache keeps a stable set
-    of whole shards), ``prefetch`` shards ahead in threads; local shards are read in place.
+    shard, keyed by URL, size and ETag; trimmed to its budget as each shard is released, so
+    eviction is by whole shards), ``prefetch`` shards ahead in threads; local shards in place.
     Rows are read a window at a time: consecutive row groups of at least ``window`` rows,
     which are permuted with a generator seeded by ``(seed, epoch, first row of the shard,
-    first row of the window)`` when ``shuffle`` (the second level of the two-level shuffle; the first,
-    the shard order per epoch, is the source's :class:`~sdsnodes.nodes.shuffler.Shuffler`).
-    At most ``window`` + one row group of rows are held in memory, plus the shard files in the
-    cache. A media value whose ``bytes`` is null is read from its ``path`` (absolute, a URL, or
-    relative to the shard's folder) when that is readable.
+    first row of the window)`` when ``shuffle`` (level 2; level 1, the shard order per epoch,
+    is the source's Shuffler). In memory: at most ``window`` + one row group of rows. A null
+    ``bytes`` is read from its ``path`` (absolute, a URL, or next to the shard) if readable.
 
     Args:
         source (BaseNode): yields shard rows (``shard``, ``size``, ``etag``, ``num_rows``,
@@ -179,11 +177,8 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         else:
             before = self._queue[0].before if self._queue else self.source.state_dict()
             offset = 0
-        return {
-            self.SOURCE_KEY: before,
-            self.OFFSET_KEY: offset,
-            self.ERRORS_KEY: self.errors.state(),
-        }
+        errors = self.errors.state()
+        return {self.SOURCE_KEY: before, self.OFFSET_KEY: offset, self.ERRORS_KEY: errors}
 
     def shutdown(self) -> None:
         """Forget the shards in flight and stop the fetching threads."""
@@ -194,8 +189,9 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
 
     # -- shards -----------------------------------------------------------------------------
 
-    def _fill(self) -> None:
-        while not self._exhausted and len(self._queue) < self.prefetch + 1:
+    def _fill(self, size: int) -> None:
+        """Queue (and start fetching) shards until ``size`` are queued or the source ends."""
+        while not self._exhausted and len(self._queue) < size:
             before = self.source.state_dict()
             try:
                 unit = next(self.source)
@@ -218,12 +214,12 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         """Make the next shard current (raises StopIteration after the last one)."""
         skip = self._offset if self._current is None else 0
         self._release_current()
-        self._fill()
+        self._fill(1)
         if not self._queue:
             raise StopIteration
         head = self._queue.popleft()
         self._current, self._offset = head, 0
-        self._fill()  # the next shards download while this one is read
+        self._fill(self.prefetch)  # the next shards download while this one is read
         unit = head.unit
         try:
             path = head.future.result()
@@ -375,7 +371,9 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         current, self._current = self._current, None
         self._rows, self._windows, self._window_data, self._file = [], [], {}, None
         if current is not None and current.pinned is not None:
-            self._cache().unpin(current.pinned)
+            cache = self._cache()
+            cache.unpin(current.pinned)
+            cache.trim()  # a whole shard released: back within the budget at once
 
     def _drop(self) -> None:
         """Forget the current shard and the queue, unpinning what they hold."""
