@@ -143,27 +143,6 @@ def _keys(batch):
     return tuple(zip(batch["__key__"], batch["__chunk__"].tolist(), batch["is_pad"].tolist()))
 
 
-@pytest.mark.parametrize("pad", ["pad", "reread"])
-def test_resume_restores_every_row_at_its_chunk(streams, pad):
-    index, _ = streams
-    epoch0 = check_node_resume(lambda: graph(index, pad=pad, prefetch_factor=2), key_fn=_keys)
-    assert len(epoch0) > 4
-
-
-def test_state_holds_positions_not_tensors(streams):
-    index, _ = streams
-    loader = Loader(graph(index))
-    it = iter(loader)
-    batches = [next(it) for _ in range(4)]
-    state = json_roundtrip(loader.state_dict())
-    (mine,) = [s for s in iter_states(state) if StreamBatcher.ROWS_KEY in s]
-    rows = mine[StreamBatcher.ROWS_KEY]
-    assert [r["key"] for r in rows] == batches[-1]["__key__"]
-    assert [r["chunk"] for r in rows] == (batches[-1]["__chunk__"] + 1).tolist()
-    assert all(isinstance(r["source"], str) for r in rows)  # the source's state, as JSON
-    assert len(json.dumps(state)) < 20_000
-
-
 def _full_batches(loader):
     return [(_keys(b), b["__row__"].tolist()) for b in loader]
 
@@ -205,6 +184,27 @@ def test_plain_dataloader_workers_keep_their_own_rows(streams):
         mine = [b for b in batches if int(b["__worker__"][0]) == w]
         assert all(b["__row__"].tolist() == [2 * w, 2 * w + 1] for b in mine)
         check_continuity(rows_of(mine))
+
+
+@pytest.mark.parametrize("pad", ["pad", "reread"])
+def test_resume_restores_every_row_at_its_chunk(streams, pad):
+    index, _ = streams
+    epoch0 = check_node_resume(lambda: graph(index, pad=pad, prefetch_factor=2), key_fn=_keys)
+    assert len(epoch0) > 4
+
+
+def test_state_holds_positions_not_tensors(streams):
+    index, _ = streams
+    loader = Loader(graph(index))
+    it = iter(loader)
+    batches = [next(it) for _ in range(4)]
+    state = json_roundtrip(loader.state_dict())
+    (mine,) = [s for s in iter_states(state) if StreamBatcher.ROWS_KEY in s]
+    rows = mine[StreamBatcher.ROWS_KEY]
+    assert [r["key"] for r in rows] == batches[-1]["__key__"]
+    assert [r["chunk"] for r in rows] == (batches[-1]["__chunk__"] + 1).tolist()
+    assert all(isinstance(r["source"], str) for r in rows)  # the source's state, as JSON
+    assert len(json.dumps(state)) < 20_000
 
 
 def test_ranks_stream_disjoint_streams(streams):

@@ -50,6 +50,7 @@ def picked_frames(
 
     rate = float(stream.average_rate or stream.guessed_rate or 25.0)
     time_base, start = stream.time_base, stream.start_time or 0
+    stream.codec_context.thread_count = 1  # as VideoClip: B streams open, no FFmpeg pool each
     if seek:
         try:
             offset = start + round(first / fps / time_base)
