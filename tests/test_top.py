@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import pty
 import re
 import select
-import subprocess
-import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import pytest
 from test_metrics import NUM_IMAGES, remote_images  # noqa: F401 - a fixture
@@ -19,44 +18,43 @@ from sdsnodes._ledger_view import read_ledger
 from sdsnodes.cli import main
 from sdsnodes.top import CLEAR, parse_bytes, run
 
-ROOT = Path(__file__).resolve().parents[1]
 
-JOB = """
-import sys
-from torchdata.nodes import Loader
-from sdsnodes import CacheOptions, build_image_graph
+def _job(index: str, cache_dir: str, ready: Any, stop: Any) -> None:
+    """A training job's loader: reads one batch, then holds what it pinned until ``stop``."""
+    from torchdata.nodes import Loader
 
-index, cache_dir = sys.argv[1:3]
-cache = CacheOptions(cache_dir, max_bytes=10**9)
-graph = build_image_graph(index, size=16, batch_size=1, cache=cache, num_threads=1, prefetch_factor=1)
-it = iter(Loader(graph))
-next(it)
-print("ready", flush=True)
-sys.stdin.read()  # holds the files it has pinned until killed
-"""
+    from sdsnodes import CacheOptions, build_image_graph
+
+    cache = CacheOptions(cache_dir, max_bytes=10**9)
+    graph = build_image_graph(
+        index, size=16, batch_size=1, cache=cache, num_threads=1, prefetch_factor=1
+    )
+    it = iter(Loader(graph))
+    next(it)
+    ready.set()
+    stop.wait(60)
 
 
 @pytest.fixture(scope="module")
 def live_job(remote_images, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    """A job that read one batch and holds the rest of its window pinned; its cache dir."""
+    """A job (a forked process: no second start-up of torch) that read one batch and holds the
+    rest of its window pinned; its cache dir and the bytes of the files."""
     index, total_bytes = remote_images
     cache_dir = tmp_path_factory.mktemp("top-cache")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    job = subprocess.Popen(
-        [sys.executable, "-c", JOB, index, str(cache_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    context = multiprocessing.get_context("fork")
+    ready, stop = context.Event(), context.Event()
+    job = context.Process(target=_job, args=(index, str(cache_dir), ready, stop), daemon=True)
+    job.start()
     try:
-        assert job.stdout.readline().strip() == "ready"
+        assert ready.wait(60), "the job did not read its first batch"
         deadline = time.monotonic() + 30
         while read_ledger(cache_dir)["files"] < NUM_IMAGES and time.monotonic() < deadline:
             time.sleep(0.05)  # the window's downloads end after the first batch
         yield str(cache_dir), total_bytes
     finally:
         job.kill()  # its pins are reclaimed as a dead process's
-        job.wait(timeout=30)
-        job.stdin.close()
-        job.stdout.close()
+        job.join(30)
+        job.close()
 
 
 def test_once_shows_the_live_job(live_job):
