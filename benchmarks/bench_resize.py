@@ -6,11 +6,16 @@ in this process with one torch thread (as in a DataLoader worker); CPU ms per re
 antialiased) and torch's ``interpolate`` on the channels-last uint8 tensor, antialiased or not,
 as ``ImageTensor(interpolation=..., antialias=...)`` runs it; plus the largest difference
 between the two, in levels (0-255).
+
+A last table decodes the same JPEG (bytes in memory) with Pillow (``open`` + ``load``, *the
+baseline*, what ``ImageTensor`` runs) and with ``simplejpeg.decode_jpeg`` (libjpeg-turbo, an
+optional dependency, skipped when absent): the gain a simplejpeg path could bring.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from collections.abc import Sequence
@@ -63,6 +68,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         group[f"torch {name}, antialias"].note = f"max difference to Pillow: {diffs[name]} levels"
         rows += list(group.values())
     print(format_table(rows, title="resize 256x256 -> 224x224 RGB, 1 thread (lower is better)"))
+    data = open(path, "rb").read()  # noqa: SIM115 - read once
+    ways = {"Pillow open + load": lambda: Image.open(io.BytesIO(data)).load()}
+    try:
+        import simplejpeg
+
+        ways["simplejpeg.decode_jpeg"] = lambda: simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ImportError:
+        print("simplejpeg is not installed: its row is skipped")
+    decode = {w: Result(w, unit="CPU ms/image", group="decode 256x256 JPEG",
+                        baseline=w.startswith("Pillow")) for w in ways}  # fmt: skip
+    for repeat in range(repeats):
+        for way in in_turn(list(ways), repeat):
+            start = time.process_time()
+            for _ in range(loops):
+                ways[way]()
+            decode[way].values.append(1000 * (time.process_time() - start) / loops)
+    for row in decode.values():
+        row.note = f"median {row.median:.3f} ms"
+    print()
+    print(format_table(list(decode.values()), title="JPEG decode, 1 thread (lower is better)"))
     return 0
 
 
