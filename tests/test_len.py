@@ -74,3 +74,33 @@ def test_graphs_without_a_known_count_are_refused(index):
         StreamingDataLoader(StreamingDataset(Batcher(reader, 2)), batch_size=4)
     with pytest.raises(TypeError, match="takes a StreamingDataset"):
         StreamingDataLoader([1, 2])
+
+
+@pytest.mark.slow  # Lightning's import and Trainer cost seconds: SDS_SLOW=1
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree deprecations in Lightning
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice (workers, logging)
+def test_lightning_runs_len_batches_per_epoch(index):
+    lightning = pytest.importorskip("lightning")
+    import torch
+
+    graph = build_metadata_graph(index, batch_size=BATCH, shuffle=False, prefetch_factor=0)
+    loader = StreamingDataLoader(StreamingDataset(graph), num_workers=2)
+
+    class Model(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_index):
+            return (self.weight * batch["n"].float()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    trainer = lightning.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(Model(), loader)
+    assert trainer.num_training_batches == len(loader) == 6  # 3 + 3, where len(dataset) is 23
+    assert trainer.global_step == 12
