@@ -20,13 +20,17 @@ EMPTY = {
 }  # fmt: skip
 
 
-def read_ledger(cache_dir: str | os.PathLike, busy_timeout_s: float = 1.0) -> dict[str, Any]:
+def read_ledger(
+    cache_dir: str | os.PathLike, busy_timeout_s: float = 1.0, *, files: bool = True
+) -> dict[str, Any]:
     """The cache directory's figures now, machine-wide.
 
     Args:
         cache_dir: the cache directory.
         busy_timeout_s (float): seconds to wait for the ledger while another process recovers
             it (reads never wait for writers in WAL mode).
+        files (bool): False reads the counters only (the file and pin counts stay 0): no scan
+            of the files table.
 
     Returns:
         dict: ``files``, ``bytes`` (ready files), ``pinned_files``, ``pinned_bytes`` (pinned
@@ -46,6 +50,9 @@ def read_ledger(cache_dir: str | os.PathLike, busy_timeout_s: float = 1.0) -> di
         conn.execute("BEGIN")  # one snapshot for every query
         out = dict(EMPTY)
         out.update(dict(conn.execute("SELECT name, value FROM counters").fetchall()))
+        if not files:
+            conn.execute("COMMIT")
+            return {k: int(v) for k, v in out.items() if k in EMPTY}
         out["files"], out["bytes"] = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE state = 'ready'"
         ).fetchone()

@@ -87,7 +87,13 @@ class _TimedCodec:
         self.accepts_none = getattr(codec, "accepts_none", False)
 
     def __getattr__(self, name: str) -> Any:  # any other attribute of the codec
-        return getattr(self.__dict__["codec"], name)
+        codec = self.__dict__.get("codec")
+        if codec is None:  # being copied or unpickled: not set up yet
+            raise AttributeError(name)
+        return getattr(codec, name)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:  # a copied or pickled graph: the bare codec
+        return _bare, (self.codec,)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         start = perf_counter()
@@ -98,6 +104,10 @@ class _TimedCodec:
             with self._lock:
                 self.seconds += elapsed
                 self.calls += 1
+
+
+def _bare(codec: Any) -> Any:
+    return codec
 
 
 def _sources(node: BaseNode) -> Iterator[BaseNode]:
@@ -188,7 +198,7 @@ class Recorder:
         return out
 
 
-def _unwrap(root: BaseNode) -> None:
+def unwrap(root: BaseNode) -> None:
     """Remove the wrappers an earlier :func:`instrument` put on this graph (a copied graph
     keeps them, pointing at the original's counters)."""
     for node in stages(root):
@@ -207,7 +217,7 @@ def instrument(root: BaseNode) -> Recorder:
     from sdsnodes.nodes.downloader import CachingDownloader
     from sdsnodes.nodes.graph import iter_nodes
 
-    _unwrap(root)
+    unwrap(root)
     recorder = Recorder(root)
     names: collections.Counter[str] = collections.Counter()
     by_node: dict[int, str] = {}

@@ -28,7 +28,7 @@ from torchdata.nodes import BaseNode
 
 from sdsnodes._metrics_board import MetricsBoard, Publisher, merge
 from sdsnodes._metrics_export import flat, to_prometheus
-from sdsnodes._metrics_record import Recorder
+from sdsnodes._metrics_record import Recorder, unwrap
 from sdsnodes._metrics_record import instrument as _instrument
 
 __all__ = ["TimedLoader", "flat", "instrument", "postfix", "stats", "timed", "to_prometheus"]
@@ -42,7 +42,8 @@ _recorders: weakref.WeakKeyDictionary[BaseNode, Recorder] = weakref.WeakKeyDicti
 
 def instrument(graph: BaseNode) -> BaseNode:
     """Count what each node of ``graph`` does, for :func:`stats` (a graph iterated without a
-    :class:`~sdsnodes.StreamingDataset`, which instruments the graph it runs by itself).
+    :class:`~sdsnodes.StreamingDataset`, which instruments the copies it runs by itself, and
+    takes the timers off a graph it is given).
 
     Call it before iterating. Each node's ``next`` is wrapped by a timer (two
     ``time.perf_counter`` calls per item) and each Decoder codec by another.
@@ -63,10 +64,11 @@ class GraphMetrics:
     """
 
     def __init__(self, template: BaseNode) -> None:
+        unwrap(template)  # instrumented by the user: its timers would travel into the copies
         self.enabled = os.environ.get(ENV, "1") != "0"
         self.board = MetricsBoard()
         self.cache_dirs, self.max_bytes = _caches_of(template)
-        self.evictions_before = sum(_ledger(d)["evictions"] for d in self.cache_dirs)
+        self.evictions_before = sum(_ledger(d, files=False)["evictions"] for d in self.cache_dirs)
         self._recorder: Recorder | None = None
         self._publisher: Publisher | None = None
         self._pid = 0
@@ -280,11 +282,11 @@ def _caches_of(graph: BaseNode) -> tuple[list[str], int | None]:
     return sorted(dirs), min(budgets) if budgets else None
 
 
-def _ledger(cache_dir: str) -> dict[str, int]:
+def _ledger(cache_dir: str, files: bool = True) -> dict[str, int]:
     """The cache directory's machine-wide figures now, read-only (see ``read_ledger``)."""
     from sdsnodes._ledger_view import read_ledger
 
-    return read_ledger(cache_dir)
+    return read_ledger(cache_dir, files=files)
 
 
 def _batch_len(batch: Any) -> int:

@@ -134,6 +134,17 @@ def test_instrumenting_again_starts_afresh():
     assert stats(graph)["nodes"]["Batcher"]["items"] == 2
 
 
+def test_a_graph_instrumented_before_the_dataset_copies_it(image_index):
+    graph = instrument(build_image_graph(image_index, size=16, batch_size=8, num_threads=1))
+    ds = StreamingDataset(graph)  # takes the timers off; its private copy gets its own
+    assert sum(len(b["__key__"]) for b in ds) == 24
+    s = stats(ds)
+    assert s["samples"] == 24 and s["decoded"]["ImageTensor"] == 24 and s["workers"] == 1
+    assert stats(graph)["samples"] == 0  # the template never ran
+    assert ds.__getstate__()["_template"]  # pickles: no timer left (spawned workers get it so)
+    ds.shutdown()
+
+
 def test_what_stats_cannot_read_says_the_fix():
     with pytest.raises(ValueError, match="instrument"):
         stats(Batcher(IterableWrapper(range(4)), batch_size=2))
