@@ -4,6 +4,8 @@ into the batch, and the decoder's lazily seeded generators."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 from sdsnodes.codecs import ImageTensor
+from sdsnodes.errors import DecodeError
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import LazyRng, sample_rng
 from sdsnodes.sample import EPOCH, INDEX
@@ -91,3 +94,56 @@ def test_lazy_rng_draws_as_the_eager_one():
     codec = ImageTensor(size=(24, 24), crop="random")
     data = png(smooth())
     assert torch.equal(codec(data, LazyRng(0, sample, 0)), codec(data, sample_rng(0, sample, 0)))
+
+
+# ---------------------------------------------------------------- simplejpeg, with Pillow's fallback
+
+
+def jpeg(pixels: np.ndarray, exif: Image.Exif | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95, exif=exif or Image.Exif())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("pixels", "kwargs"),
+    [
+        (smooth(), {"size": (32, 32)}),  # RGB, resized
+        (smooth()[:, :, 0], {"size": 24, "mode": "L"}),  # greyscale
+        (smooth()[:, :, 0], {"size": 24}),  # greyscale JPEG to RGB
+        (smooth(512, 384), {"size": 64}),  # draft: DCT-scaled by libjpeg in both
+    ],
+)
+def test_simplejpeg_agrees_with_pillow(pixels, kwargs):
+    pytest.importorskip("simplejpeg")
+    data = jpeg(pixels)
+    fast = ImageTensor(decoder="simplejpeg", **kwargs)(data)
+    slow = ImageTensor(decoder="pillow", **kwargs)(data)
+    assert fast.shape == slow.shape
+    assert (fast.int() - slow.int()).abs().max() <= 2
+
+
+def test_simplejpeg_leaves_rotated_and_truncated_jpegs_to_the_rules():
+    pytest.importorskip("simplejpeg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = jpeg(smooth(48, 32), exif)
+    rotated = ImageTensor(decoder="simplejpeg")(data)
+    assert torch.equal(rotated, ImageTensor(decoder="pillow")(data))  # Pillow decoded it
+    assert rotated.shape == (3, 48, 32)
+    with pytest.raises(DecodeError):
+        ImageTensor(decoder="simplejpeg")(jpeg(smooth())[:-200])
+
+
+def test_decoder_choice_and_the_fallback_without_simplejpeg():
+    with pytest.raises(ValueError, match="must be one of"):
+        ImageTensor(decoder="turbo")
+    code = (
+        "import sys; sys.modules['simplejpeg'] = None\n"  # import simplejpeg now fails
+        "from sdsnodes.codecs import ImageTensor\n"
+        "assert ImageTensor(decoder='auto').decoder == 'pillow'\n"
+        "try:\n    ImageTensor(decoder='simplejpeg')\nexcept ValueError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'sdsnodes[simplejpeg]'" in done.stdout

@@ -24,6 +24,11 @@ from sdsnodes.codecs._resize import (
 )
 from sdsnodes.errors import DecodeError, TooLarge
 
+try:
+    import simplejpeg as _SIMPLEJPEG  # optional: the simplejpeg extra
+except ImportError:  # pragma: no cover - depends on the environment
+    _SIMPLEJPEG = None
+
 DEFAULT_MAX_PIXELS = 89_478_485
 """Default pixel limit of :class:`ImageTensor` (about 0.27 GB as RGB): Pillow's own warning
 threshold (the default ``PIL.Image.MAX_IMAGE_PIXELS``), so images within it never warn."""
@@ -78,13 +83,26 @@ class ImageTensor:
             height; default 89,478,485, about 0.27 GB as RGB). None: no limit of ours. Pillow's
             own limit still applies above it (it refuses more than twice
             ``PIL.Image.MAX_IMAGE_PIXELS``, warns above it); raise that too for larger images.
+        interpolation (str): the resampling filter: ``"bicubic"`` (default), ``"bilinear"``
+            (cheaper, a little softer), ``"nearest"`` (cheapest, aliases), or Pillow's
+            ``"box"``, ``"hamming"``, ``"lanczos"``; torchvision's ``InterpolationMode`` works
+            too.
+        antialias (bool): widen the filter when shrinking (default True, as Pillow and
+            torchvision); False is cheaper and aliases. Only for nearest/bilinear/bicubic.
+        decoder (str): JPEG decoder: ``"pillow"`` (default), ``"simplejpeg"`` (the
+            ``simplejpeg`` extra; ValueError here when it is missing) or ``"auto"`` (simplejpeg
+            when installed, else Pillow). simplejpeg decodes a 256x256 JPEG in 0.6x Pillow's
+            CPU (``benchmarks/bench_resize.py``), into a writable array (one copy less); it
+            takes RGB and greyscale JPEGs without an EXIF rotation, Pillow the rest. Both are
+            libjpeg-turbo: the pixels agree to within a level or two.
 
     Returns:
         torch.Tensor: uint8 [C, H, W] (channels-last strides when resized or cropped).
 
     Raises:
-        ValueError: at construction, for an invalid argument (an unknown ``interpolation``, or
-            ``antialias=False`` with a Pillow-only filter).
+        ValueError: at construction, for an invalid argument (an unknown ``interpolation`` or
+            ``decoder``, ``antialias=False`` with a Pillow-only filter, ``decoder="simplejpeg"``
+            without simplejpeg).
         DecodeError: the input is missing, empty, truncated or not an image Pillow can decode.
         TooLarge: the image declares more than ``max_pixels`` pixels (reason ``"too_large"``).
         NotAFile: a path naming a directory, FIFO, device or socket (reason ``"not_a_file"``).
@@ -99,6 +117,7 @@ class ImageTensor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         interpolation: str = "bicubic",
         antialias: bool = True,
+        decoder: str = "pillow",
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"{mode=} must be one of {list(_MODES)}")
@@ -108,12 +127,14 @@ class ImageTensor:
         self.mode = mode
         self.draft = bool(draft)
         self.interpolation, self.antialias = check_interpolation(interpolation, antialias)
+        self.decoder = _check_decoder(decoder)
 
     def __repr__(self) -> str:
         return (
             f"ImageTensor(size={self.size}, crop={self.crop.value!r}, mode={self.mode!r}, "
             f"draft={self.draft}, max_pixels={self.max_pixels}, "
-            f"interpolation={self.interpolation!r}, antialias={self.antialias})"
+            f"interpolation={self.interpolation!r}, antialias={self.antialias}, "
+            f"decoder={self.decoder!r})"
         )
 
     def __call__(self, value: Any, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -159,6 +180,9 @@ class ImageTensor:
                 width, height = height, width  # the upright size
             target_h, target_w = cover_shape(height, width, self.size)
             large = height >= 2 * target_h and width >= 2 * target_w
+            fast = self._simplejpeg(image, transpose, large, (target_h, target_w))
+            if fast is not None:
+                return self._finish(fast, (target_h, target_w), position)
             if self.draft and image.format == "JPEG" and large:
                 # decode at 1/2, 1/4 or 1/8 scale, still covering the target; size is (w, h) as stored
                 image.draft(self.mode, (target_h, target_w) if rotated else (target_w, target_h))
@@ -168,18 +192,58 @@ class ImageTensor:
             if transpose is not None:
                 image = image.transpose(transpose)
             image = _to_mode(image, self.mode)
-            top, left, h, w = crop_box(target_h, target_w, self.size, position)
             if image.size != (target_w, target_h) and self.interpolation in _PILLOW_ONLY:
                 image = image.resize(
                     (target_w, target_h), _PILLOW_ONLY[self.interpolation],
                     reducing_gap=_REDUCING_GAP,
                 )  # fmt: skip
             pixels = np.asarray(image)  # [H, W] or [H, W, C]: Pillow's one copy out, read-only
-        pixels = torch.from_numpy(pixels.copy())  # a writable tensor (a 20 us memcpy)
-        pixels = pixels.view(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)  # [C, H, W]
-        if pixels.shape[1:] != (target_h, target_w):
-            pixels = resize(pixels, (target_h, target_w), self.interpolation, self.antialias)
-        return pixels[:, top : top + h, left : left + w]  # a view: the collate copies it once
+        return self._finish(pixels.copy(), (target_h, target_w), position)  # writable (memcpy)
+
+    def _finish(
+        self, pixels: np.ndarray, target: tuple[int, int], position: tuple[float, float] | None
+    ) -> torch.Tensor:
+        """Writable uint8 [H, W(, C)] pixels, upright, as [C, h, w]: resized, then cropped."""
+        tensor = torch.from_numpy(pixels)
+        tensor = tensor.view(tensor.shape[0], tensor.shape[1], -1).permute(2, 0, 1)  # [C, H, W]
+        if tensor.shape[1:] != target:
+            tensor = resize(tensor, target, self.interpolation, self.antialias)
+        top, left, h, w = crop_box(*target, self.size, position)
+        return tensor[:, top : top + h, left : left + w]  # a view: the collate copies it once
+
+    def _simplejpeg(
+        self, image: Any, transpose: int | None, large: bool, target: tuple[int, int]
+    ) -> np.ndarray | None:
+        """The JPEG decoded by simplejpeg, uint8 [H, W, C] (writable), or None where it does not
+        apply (another decoder or format, an EXIF rotation, CMYK…)."""
+        if self.decoder == "pillow" or image.format != "JPEG" or transpose is not None:
+            return None
+        if image.mode not in ("RGB", "L") or _SIMPLEJPEG is None:
+            return None
+        fp = image.fp
+        fp.seek(0)
+        data = fp.read()
+        scale = {"min_height": target[0], "min_width": target[1]} if self.draft and large else {}
+        colorspace = "RGB" if self.mode == "RGB" else "GRAY"
+        return _SIMPLEJPEG.decode_jpeg(data, colorspace=colorspace, **scale)
+
+
+def _check_decoder(decoder: Any) -> str:
+    """Validate ``decoder``; "auto" becomes "simplejpeg" or "pillow".
+
+    Raises:
+        ValueError: an unknown decoder, or "simplejpeg" when it is not installed.
+    """
+    if decoder not in ("auto", "simplejpeg", "pillow"):
+        raise ValueError(f"{decoder=} must be one of ['auto', 'simplejpeg', 'pillow']")
+    if decoder == "simplejpeg" and _SIMPLEJPEG is None:
+        raise ValueError(
+            "decoder='simplejpeg' needs simplejpeg: pip install 'sdsnodes[simplejpeg]', or pass "
+            "decoder='auto' (Pillow when it is missing)"
+        )
+    if decoder == "auto":
+        return "pillow" if _SIMPLEJPEG is None else "simplejpeg"
+    return decoder
 
 
 def _check_jpeg_length(image: Any, name: str) -> None:
