@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--num-frames", type=int, default=4, help="frames per clip")
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.2, help="SGD learning rate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -75,7 +76,6 @@ def main() -> None:
     )  # fmt: skip
     loader = StreamLoader(StreamingDataset(graph), num_workers=args.num_workers)
     model = FrameGRU()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     h = torch.zeros(1, args.batch_size, 32)  # one hidden state per batch row
     step = epoch = 0
     while step < args.steps:
@@ -88,9 +88,11 @@ def main() -> None:
             pred, state = model(x[:, :-1], state)
             real = ~batch["is_pad"]  # padding rows are not data
             loss = ((pred - x[:, 1:]) ** 2).mean(dim=(1, 2))[real].mean()
-            optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            with torch.no_grad():  # plain SGD: torch.optim's first use imports torch._dynamo (s)
+                for p in model.parameters():
+                    p -= args.lr * p.grad
+                    p.grad = None
             h = h.clone()
             h[:, rows] = state.detach()  # carried to the row's next clip
             step += 1
