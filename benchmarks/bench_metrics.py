@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -42,18 +41,12 @@ from benchmarks._common import (
     silence_known_warnings,
     write_json,
 )
+from benchmarks.bench_image import cpu_seconds  # this process's and its reaped workers'
 
 NAME = "metrics"
 DESCRIPTION = "the cost of counting (sdsnodes.stats): the image graph with metrics on vs off"
 WALL = "samples per wall second"
 CORE = "samples per CPU second (per core used)"
-
-
-def cpu_seconds() -> float:
-    """CPU seconds (user + system) of this process and of its reaped children."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def workers_epoch(build: Callable, num_workers: int, on: bool) -> int:
