@@ -353,3 +353,14 @@ def test_video_clips_are_videoclips_at_consecutive_starts_decoded_in_one_pass(tm
             assert torch.equal(clip.value, expected_clip)
         resumed = list(chunker.chunks(path, 2))  # seeks, then one pass again
         assert all(torch.equal(a.value, b.value) for a, b in zip(resumed, clips[2:], strict=True))
+
+
+def test_a_state_of_another_batch_size_is_refused_naming_the_fix(streams):
+    index, _ = streams
+    loader = Loader(graph(index, batch_size=3))
+    next(iter(loader))
+    state = json_roundtrip(loader.state_dict())
+    other = Loader(graph(index, batch_size=2))
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="resume with the batch_size and num_workers"):
+        next(iter(other))
