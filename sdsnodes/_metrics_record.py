@@ -150,9 +150,9 @@ class Recorder:
         self.nodes: dict[str, NodeCounters] = {}
         self.sample_nodes: list[str] = []  # the sources of batching nodes: they count samples
         self.codecs: list[_TimedCodec] = []
-        self._policies: list[ErrorPolicy] = []
-        self._downloaders: list[BaseNode] = []
-        self._cache_dirs: set[str] = set()
+        self.policies: list[ErrorPolicy] = []
+        self.downloaders: list[BaseNode] = []
+        self.cache_dirs: set[str] = set()
         self.root = root
 
     def snapshot(self) -> dict[str, Any]:
@@ -162,7 +162,7 @@ class Recorder:
         nodes = {name: c.as_dict() for name, c in self.nodes.items()}
         samples = sum(self.nodes[n].items for n in self.sample_nodes)
         skipped: dict[str, int] = {}
-        for policy in self._policies:
+        for policy in self.policies:
             for reason, n in policy.skipped.items():
                 skipped[reason] = skipped.get(reason, 0) + n
         decode_s: dict[str, float] = {}
@@ -180,20 +180,15 @@ class Recorder:
         }
 
     def _cache_counters(self) -> dict[str, int]:
-        from sdsnodes.nodes import _cache_ref
+        from sdsnodes.nodes._cache_ref import process_caches
 
         out = {"hits": 0, "misses": 0, "bytes_downloaded": 0, "in_flight": 0}
-        pid = os.getpid()
-        with _cache_ref._lock:
-            caches = [
-                c for k, c in _cache_ref._caches.items() if k[0] == pid and k[1] in self._cache_dirs
-            ]
-        for cache in caches:
+        for cache in process_caches(self.cache_dirs):
             counters = cache.process_counters()
             out["hits"] += counters["hits"]
             out["misses"] += counters["misses"]
             out["bytes_downloaded"] += counters["bytes_fetched"]
-        for node in self._downloaders:
+        for node in self.downloaders:
             out["in_flight"] += int(getattr(node, "in_flight", 0))
         return out
 
@@ -242,10 +237,10 @@ def instrument(root: BaseNode) -> Recorder:
     if not recorder.sample_nodes:
         recorder.sample_nodes = [by_node[id(root)]]
     for node in iter_nodes(root):
-        recorder._policies += [v for v in vars(node).values() if isinstance(v, ErrorPolicy)]
+        recorder.policies += [v for v in vars(node).values() if isinstance(v, ErrorPolicy)]
         cache_dir = getattr(node, "cache_dir", None)
         if isinstance(cache_dir, str):
-            recorder._cache_dirs.add(os.path.abspath(cache_dir))
+            recorder.cache_dirs.add(os.path.abspath(cache_dir))
         if isinstance(node, CachingDownloader):
-            recorder._downloaders.append(node)
+            recorder.downloaders.append(node)
     return recorder

@@ -38,6 +38,14 @@ def cache_for(cache_dir: str) -> Cache:
     return open_cache(cache_dir)
 
 
+def process_caches(cache_dirs: set[str] | frozenset[str]) -> list[Cache]:
+    """This process's open :class:`Cache` objects whose directory (an absolute path) is in
+    ``cache_dirs``, whatever their settings (for counters summed over them)."""
+    pid = os.getpid()
+    with _lock:
+        return [c for k, c in _caches.items() if k[0] == pid and k[1] in cache_dirs]
+
+
 def close_caches(cache_dir: str | None = None) -> None:
     """Close this process's Cache objects (of ``cache_dir``, or all): their pins are released and
     their ledger connections closed (e.g. before unmounting the cache's disk). They stay the
