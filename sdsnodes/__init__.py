@@ -3,8 +3,12 @@
 import atexit
 import gc
 
+from sdsnodes._rotation_options import DecodedCacheOptions, RotationOptions
 from sdsnodes.checkpoint import load_state, save_state
 from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, TextEmbedding, VideoClip
+from sdsnodes.codecs.chunks import AudioChunks, LatentChunks, TextChunks, VideoChunks
+from sdsnodes.codecs.text_files import JsonFile, TextFile
+from sdsnodes.dataloader import StreamingDataLoader
 from sdsnodes.dataset import StreamingDataset
 from sdsnodes.elastic import elastic_cursor, gather_states, load_elastic_state
 from sdsnodes.errors import (
@@ -19,11 +23,13 @@ from sdsnodes.errors import (
 )
 from sdsnodes.groups import GroupLoader, GroupMode
 from sdsnodes.index.tar import tar_index
+from sdsnodes.metrics import TimedLoader, flat, instrument, postfix, stats, timed, to_prometheus
 from sdsnodes.nodes import (
     AspectRatioBuckets,
     Batcher,
     BucketBatcher,
     CachingDownloader,
+    DecodedCache,
     Decoder,
     DurationBuckets,
     Evictor,
@@ -37,10 +43,15 @@ from sdsnodes.nodes import (
     PinMemory,
     Prefetcher,
     RangeReader,
+    RotationMedium,
+    Rotator,
     Selector,
+    ShardReader,
     Shuffler,
     Skip,
     StopCriterion,
+    StreamBatcher,
+    StreamOpener,
     Take,
     TarMemberReader,
     collate,
@@ -49,6 +60,7 @@ from sdsnodes.nodes import (
 )
 from sdsnodes.nodes._threads import shutdown_all as _shutdown_all
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOptions
+from sdsnodes.pack import PackResult, pack
 from sdsnodes.presets import (
     build_audio_graph,
     build_image_graph,
@@ -56,6 +68,8 @@ from sdsnodes.presets import (
     build_text_to_video_graph,
     build_video_graph,
 )
+from sdsnodes.stream_loader import StreamLoader
+from sdsnodes.stream_preset import build_stream_graph
 
 __version__ = "0.1.0"
 
@@ -68,12 +82,15 @@ atexit.register(_shutdown_all)  # atexit runs last-registered first
 
 __all__ = [
     "AspectRatioBuckets",
+    "AudioChunks",
     "AudioWaveform",
     "Batcher",
     "BucketBatcher",
     "CacheOptions",
     "CachingDownloader",
     "DecodeError",
+    "DecodedCache",
+    "DecodedCacheOptions",
     "Decoder",
     "DownloadError",
     "DurationBuckets",
@@ -86,43 +103,66 @@ __all__ = [
     "ImageTensor",
     "IndexOptions",
     "IndexReader",
+    "JsonFile",
     "Latent",
+    "LatentChunks",
     "Loader",
     "Mapper",
     "MixStrategy",
     "Mixer",
     "NotAFile",
     "OnError",
+    "PackResult",
     "ParallelMapper",
     "PinMemory",
     "Prefetcher",
     "RangeReader",
+    "RotationMedium",
+    "RotationOptions",
+    "Rotator",
     "SdsError",
     "Selector",
+    "ShardReader",
     "Shuffler",
     "Skip",
     "StopCriterion",
+    "StreamBatcher",
+    "StreamLoader",
+    "StreamOpener",
+    "StreamingDataLoader",
     "StreamingDataset",
     "Take",
     "TarMemberReader",
     "Text",
+    "TextChunks",
     "TextEmbedding",
+    "TextFile",
+    "TimedLoader",
     "TooLarge",
     "TooManyErrors",
+    "VideoChunks",
     "VideoClip",
     "build_audio_graph",
     "build_image_graph",
     "build_metadata_graph",
+    "build_stream_graph",
     "build_text_to_video_graph",
     "build_video_graph",
     "collate",
     "elastic_cursor",
     "error_stats",
+    "flat",
     "gather_states",
+    "instrument",
     "load_elastic_state",
     "load_state",
+    "pack",
+    "postfix",
     "save_state",
     "set_epoch",
     "shutdown",
+    "stats",
     "tar_index",
+    "timed",
+    "to_prometheus",
 ]

@@ -13,7 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from torchdata.nodes import BaseNode, Batcher, Mapper
 
+from sdsnodes._rotation_options import (  # rotation / decoded cache
+    DecodedCacheOptions,
+    RotationOptions,
+    cache_decoded,
+    rotate,
+)
 from sdsnodes.codecs import AudioWaveform, Codec, Latent, Text, TextEmbedding
+from sdsnodes.codecs.text_files import text_file_codecs
 from sdsnodes.nodes._packed import packed_source
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
@@ -205,6 +212,8 @@ def assemble(
     drop_last: bool,
     rank: int | None,
     world_size: int | None,
+    rotation: RotationOptions | None = None,
+    decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
     """Chain the nodes of a preset.
 
@@ -226,6 +235,8 @@ def assemble(
             column of it holds URLs when any of its candidates does.
         keep: the only columns a sample keeps (beside the reserved ``__…__`` keys), or None
             for all of them.
+        rotation, decoded_cache: a Rotator after the Evictor, and a DecodedCache in place of
+            the download and decode nodes (:mod:`sdsnodes._rotation_options`), or None.
         The rest: the preset's options, each to the node named in
         :func:`sdsnodes.build_video_graph`.
 
@@ -261,6 +272,9 @@ def assemble(
             )
     if reader is not None:
         node = Shuffler(reader, seed=seed) if shuffle else reader
+    if reader is not None and codecs:  # a caption column of .txt paths: downloaded, then read
+        codecs = dict(codecs)
+        files = [*files, *text_file_codecs(reader.index.table, codecs)]
     sources = {c: [c] for c in files}  # a file column → the index columns its values come from
     if select is not None:
         candidates: Mapping[str, Sequence[str]] = select["candidates"]  # type: ignore[assignment]
@@ -272,6 +286,7 @@ def assemble(
                 )
             sources[name] = list(among)
         node = Selector(node, **select, seed=seed, errors=errors)  # type: ignore[arg-type]
+    index_side = node  # rotation / decoded cache: what a DecodedCache reads
     remote = [  # local files: no threads; packed media: bytes already
         c for c in dict.fromkeys(files)
         if not set(sources[c]) <= set(media) and (
@@ -294,7 +309,14 @@ def assemble(
         node = TarMemberReader(node, members, cache=cache, fetch=fetch, errors=errors)
     if codecs:  # a metadata graph decodes nothing
         node = Decoder(node, codecs, num_threads=num_threads, seed=seed, errors=errors)
+    if decoded_cache is not None and node is not index_side:  # rotation / decoded cache
+        node = cache_decoded(
+            node, index_side, decoded_cache, cache=cache, seed=seed, errors=errors,
+            num_threads=max(num_threads, fetch.max_in_flight),  # a miss downloads, then decodes
+        )  # fmt: skip
     node = Evictor(node)
+    if rotation is not None:  # rotation / decoded cache
+        node = rotate(node, rotation, cache=cache, seed=seed)
     if keep is not None:
         node = Mapper(node, functools.partial(_keep_columns, keep=frozenset(keep)))
     node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)

@@ -1,4 +1,4 @@
-"""The ``sds`` command: demo, index build/inspect, cache stats/clean, bench.
+"""The ``sds`` command: demo, index build/inspect, cache stats/clean, top, pack, bench.
 
 Exit codes: 0 success, 1 the command failed (the message on stderr says why), 2 bad arguments.
 """
@@ -15,6 +15,9 @@ import time
 import warnings
 from pathlib import Path
 
+from sdsnodes._pack_cli import add_pack_command
+from sdsnodes.top import add_top_command
+
 DEFAULT_DEMO_DIR = (
     Path(os.environ.get("SDS_CACHE_DIR") or Path.home() / ".cache" / "sdsnodes") / "demo"
 )
@@ -26,6 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from sdsnodes import CacheOptions, StreamingDataset, build_video_graph, error_stats
     from sdsnodes._synthetic import make_video_dataset
+    from sdsnodes.metrics import postfix, stats, timed
 
     if args.src is None:
         print(f"demo dataset: {args.dir} ({args.num_videos} H.264 clips, made once)")
@@ -42,7 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
     num_rows = len(ds)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
-        dl = StatefulDataLoader(ds, batch_size=None, num_workers=args.num_workers)
+        dl = timed(StatefulDataLoader(ds, batch_size=None, num_workers=args.num_workers))
     clips = frames = 0
     shapes: dict[str, tuple] = {}
     caption = None
@@ -55,6 +59,8 @@ def _demo(args: argparse.Namespace) -> int:
             shapes = shapes or {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
             caption = caption or (batch.get(args.caption_column) or [None])[0]
             bar.update(video.shape[0])
+            # samples/s, wait % (data stall time) and cache hit %: see sdsnodes.metrics
+            bar.set_postfix(postfix(stats(dl, ledger=False)), refresh=False)
     elapsed = time.perf_counter() - start
     skipped = {k: v for k, v in error_stats(dl.state_dict()).items() if k != "seen"}
     print(f"streamed {clips} clips ({frames} frames) of {num_rows} rows in {elapsed:.2f} s "
@@ -146,6 +152,10 @@ def _index_build(args: argparse.Namespace) -> int:
     options = json.loads(args.storage_options) if args.storage_options else None
     if options is not None and not isinstance(options, dict):
         raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+    if args.out:
+        return _index_publish(args, options)
+    if args.filter or args.rename:
+        raise ValueError("--filter and --rename apply to a converted index: pass --out URL")
     if is_tar_source(args.src, options):  # WebDataset shards, indexed in place (sdsnodes.index.tar)
         counts: dict[str, int] = {}
         table = tar_index(args.src, options, num_threads=args.threads, mode=args.tar_read,
@@ -173,6 +183,24 @@ def _index_build(args: argparse.Namespace) -> int:
     pq.write_table(table, tmp)
     tmp.replace(out)
     print(f"wrote {out}: {table.num_rows} rows, columns {table.column_names}")
+    return 0
+
+
+def _index_publish(args: argparse.Namespace, options: dict | None) -> int:
+    from sdsnodes.index.published import publish
+
+    if args.parse:
+        raise ValueError("--parse writes a parquet index (-o FILE), not a converted one (--out)")
+    rename = {}
+    for pair in args.rename or []:
+        old, sep, new = pair.partition("=")
+        if not (sep and old and new):
+            raise ValueError(f"--rename {pair!r} must be OLD=NEW, e.g. --rename url=video")
+        rename[old] = new
+    manifest = publish(args.src, args.out, options, filter=args.filter, rename=rename or None,
+                       progress=None if not args.quiet else False)  # fmt: skip
+    print(f"published {manifest['rows']} rows ({_human(manifest['size'])}, fingerprint "
+          f"{manifest['fingerprint']}) to {args.out}: readers given it fetch it, not convert")  # fmt: skip
     return 0
 
 
@@ -221,7 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory or URL (s3://, gs://, https://) of media files; or tar shards: a .tar, "
         "a wildcard ('shards/*.tar'), a brace range ('shard-{0000..0099}.tar') or a .txt list",
     )
-    build.add_argument("-o", "--output", required=True, help="the parquet file to write")
+    where = build.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", help="the parquet file to write")
+    where.add_argument(
+        "--out",
+        help="a prefix (local, s3://, gs://) to publish the converted index to, once for the "
+        "cluster: readers given the prefix download it instead of converting SRC (any index "
+        "source: parquet, CSV, JSON, directory, wildcard, .txt, tar shards)",
+    )
+    build.add_argument("--filter", help="with --out: keep rows matching it, e.g. 'width >= 256'")
+    build.add_argument(
+        "--rename", action="append", metavar="OLD=NEW", help="with --out: rename a column"
+    )
     build.add_argument(
         "--parse",
         help="regex with named groups applied to each path, e.g. '(?P<label>[^/]+)/[^/]+$'",
@@ -254,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     clean = cache.add_parser("clean", help="remove every file no live process has pinned")
     clean.add_argument("dir")
     clean.set_defaults(func=_cache_clean)
+
+    add_top_command(sub)
+    add_pack_command(sub)
 
     bench = sub.add_parser("bench", help="run the benchmarks (from a checkout)")
     bench.add_argument("names", nargs="*", help="benchmarks to run (default: all)")

@@ -14,6 +14,7 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.nodes import BaseNode
 
+from sdsnodes.metrics import GraphMetrics
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 
 MAX_WORKERS = 1024
@@ -103,6 +104,7 @@ class StreamingDataset(IterableDataset):
         self._pending_state: dict[str, Any] | None = None
         self._cursor: dict[str, Any] | None = None  # an elastic cursor, see sdsnodes.elastic
         self._prepared = False  # the graph is reset for the upcoming iteration
+        self._metrics = GraphMetrics(template)  # what sdsnodes.stats() reads, from any worker
 
     @staticmethod
     def _worker_id() -> int:
@@ -119,6 +121,7 @@ class StreamingDataset(IterableDataset):
                 if isinstance(v, types.ModuleType)
             }
             self._root = copy.deepcopy(self._template, memo)
+            self._metrics.attach(self._root)
         return self._root
 
     def _prepare(self) -> None:
@@ -167,7 +170,7 @@ class StreamingDataset(IterableDataset):
         if not self._prepared:
             self._prepare()
         self._prepared = False
-        return _GraphIterator(self._build())
+        return _GraphIterator(self._build(), self._metrics.publisher(self._worker_id()))
 
     def state_dict(self) -> dict[str, Any]:
         """The worker's position: ``{"epoch": int, "graph": dict}`` (JSON-compatible)."""
@@ -276,11 +279,20 @@ class StreamingDataset(IterableDataset):
 class _GraphIterator:
     """Iterates a reset graph once; what ``StreamingDataset.__iter__`` returns."""
 
-    def __init__(self, root: BaseNode) -> None:
+    def __init__(self, root: BaseNode, metrics: Any = None) -> None:
         self.root = root
+        self.metrics = metrics  # a Publisher of the counters, see sdsnodes.metrics
 
     def __iter__(self) -> _GraphIterator:
         return self
 
     def __next__(self) -> Any:
-        return next(self.root)
+        try:
+            item = next(self.root)
+        except StopIteration:
+            if self.metrics is not None:
+                self.metrics.flush()
+            raise
+        if self.metrics is not None:
+            self.metrics.tick()
+        return item

@@ -118,11 +118,10 @@ def test_shuffle_differs_per_epoch_and_resumes_exactly(shards):
     assert sorted(rows) == list(range(1300)) and rows != list(range(1300))
 
 
-def test_filter_is_refused_lazily_and_auto_materializes_it(shards, tmp_path):
-    with pytest.raises(ValueError, match="lazy=False"):
-        IndexReader(shards, lazy=True, filter="id > 5")
+def test_filter_lazily_and_auto_materializes_a_small_index(shards, tmp_path):
+    lazy = IndexReader(shards, lazy=True, filter="id > 5")  # counted per chunk
     reader = IndexReader(shards, filter="id > 5", index_cache_dir=str(tmp_path / "ic"))
-    assert not reader.lazy and len(reader.index) == 1294
+    assert lazy.lazy and not reader.lazy and len(reader.index) == len(lazy.index) == 1294
     pq.write_table(pa.table({"id": [1]}), tmp_path / "one.parquet")
     (tmp_path / "x.csv").write_text("id\n1\n")
     with pytest.raises(ValueError, match="lazy=False"):
@@ -162,9 +161,10 @@ def test_remote_auto_lazy_txt_of_shards_and_changed_source(
     reader = IndexReader(url, storage_options=options, index_cache_dir=str(tmp_path / "ic2"))
     assert reader.lazy and len(reader.index) == 1500 and not (tmp_path / "ic2").exists()
     assert reader.index.sample(1234)["video"] == "s3://bucket/v/1234.mp4"
-    assert not IndexReader(
+    filtered = IndexReader(
         url, storage_options=options, filter="id < 3", index_cache_dir=str(cache)
-    ).lazy
+    )
+    assert filtered.lazy and len(filtered.index) == 3  # counted per chunk, not converted
     loader = Shuffler(reader, seed=1)
     loader.reset()
     for _ in range(10):
@@ -214,7 +214,7 @@ def test_worker_processes_read_a_remote_lazy_index(s3_server, s3_bucket):
 def test_one_ranged_get_per_chunk_and_transient_errors_retried(http_server, http_dir):
     write_index(str(http_dir.path / "i.parquet"), 4000, 500)
     url = http_dir.url_for("i.parquet")
-    reader = IndexReader(url, lazy=True, lazy_chunk_rows=1000)
+    reader = IndexReader(url, lazy=True, lazy_chunk_rows=1000, lazy_prefetch=False)
     assert reader.lazy and reader.index.num_chunks == 4
     http_server.reset_stats()
     rows = [reader.index.sample(i)["id"] for i in (0, 999, 1000, 3999)]

@@ -13,6 +13,7 @@ import torch
 
 from sdsnodes.codecs._av import av_open
 from sdsnodes.codecs._resize import as_source, describe
+from sdsnodes.codecs._torchcodec import audio_crop, check_backend
 from sdsnodes.codecs.base import ClipStart, Decoded, check_choice, given_start
 from sdsnodes.errors import DecodeError
 
@@ -69,6 +70,8 @@ class AudioWaveform:
             small (64 KiB), since audio states them early and probing a WAV reads (and costs)
             as much as allowed; None: FFmpeg's default (5 MB), for containers whose streams
             start late (MPEG-TS).
+        backend (str): ``"pyav"`` (default) or ``"torchcodec"`` (optional; resampled by FFmpeg,
+            no torchaudio; see :mod:`sdsnodes.codecs._torchcodec`).
 
     Returns:
         torch.Tensor: float32 [C, S] in [-1, 1]; S == round(duration * sample_rate) (or of the
@@ -92,7 +95,9 @@ class AudioWaveform:
         on_missing: OnMissing | str = OnMissing.RAISE,
         with_info: bool = False,
         probesize: int | None = 1 << 16,
+        backend: str = "pyav",
     ) -> None:
+        self.backend = check_backend(backend)  # "torchcodec": sdsnodes.codecs._torchcodec
         if probesize is not None and not (isinstance(probesize, int) and probesize >= 32):
             raise ValueError(f"{probesize=} must be an int >= 32 (bytes) or None")
         if sample_rate is not None and not (isinstance(sample_rate, int) and sample_rate > 0):
@@ -173,6 +178,8 @@ class AudioWaveform:
         t0, length = self._span(sample)
         if value is None:  # only with on_missing="silence" (accepts_none)
             return self._silence(t0, length)
+        if self.backend == "torchcodec":
+            return audio_crop(self, value, rng, t0, length)
         with self._open(value) as container:
             if not container.streams.audio:
                 if self.on_missing is OnMissing.SILENCE:

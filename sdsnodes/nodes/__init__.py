@@ -5,6 +5,7 @@ from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory
 from sdsnodes.nodes._schedule import MixStrategy, StopCriterion
 from sdsnodes.nodes.bucketing import AspectRatioBuckets, BucketBatcher, DurationBuckets
 from sdsnodes.nodes.collate import collate
+from sdsnodes.nodes.decoded_cache import DecodedCache
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
 from sdsnodes.nodes.evictor import Evictor
@@ -14,8 +15,12 @@ from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.mixer import Mixer
 from sdsnodes.nodes.prefetcher import Prefetcher
 from sdsnodes.nodes.range_reader import RangeReader
+from sdsnodes.nodes.rotator import RotationMedium, Rotator
 from sdsnodes.nodes.select import Selector
+from sdsnodes.nodes.shard_reader import ShardReader
 from sdsnodes.nodes.shuffler import Shuffler
+from sdsnodes.nodes.stream_batcher import PadMode, StreamBatcher
+from sdsnodes.nodes.stream_opener import Stream, StreamOpener
 from sdsnodes.nodes.tar_member_reader import TarMemberReader
 
 __all__ = [
@@ -23,6 +28,7 @@ __all__ = [
     "Batcher",
     "BucketBatcher",
     "CachingDownloader",
+    "DecodedCache",
     "Decoder",
     "DurationBuckets",
     "Evictor",
@@ -32,14 +38,21 @@ __all__ = [
     "Mapper",
     "MixStrategy",
     "Mixer",
+    "PadMode",
     "ParallelMapper",
     "PinMemory",
     "Prefetcher",
     "RangeReader",
+    "RotationMedium",
+    "Rotator",
     "Selector",
+    "ShardReader",
     "Shuffler",
     "Skip",
     "StopCriterion",
+    "Stream",
+    "StreamBatcher",
+    "StreamOpener",
     "Take",
     "TarMemberReader",
     "collate",

@@ -177,6 +177,11 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self._state, self.ERRORS_KEY: self.errors.state()}
 
+    @property
+    def in_flight(self) -> int:
+        """Downloads of this node running now (read by :func:`sdsnodes.stats`)."""
+        return sum(f.future is not None for entry in list(self._window) for f in entry.files)
+
     def shutdown(self) -> None:
         """Cancel the downloads in flight, release the window's files, stop the threads."""
         self._drop_window()
