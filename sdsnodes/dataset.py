@@ -241,11 +241,21 @@ class StreamingDataset(IterableDataset):
         return num_batches(self._template, num_workers)
 
     def __len__(self) -> int:
-        """Rows of the index (of all streams, when mixing); batches per rank are
-        :meth:`num_batches`."""
+        """Rows of the index (of all streams, when mixing; of the shards, for a packed
+        dataset); batches per rank are :meth:`num_batches`."""
+        from sdsnodes.index.packed import NUM_ROWS
         from sdsnodes.nodes.epoch_reader import EpochReader
+        from sdsnodes.nodes.shard_reader import ShardReader
 
-        return sum(len(n.index) for n in iter_nodes(self._template) if isinstance(n, EpochReader))
+        shard_tables = {  # a packed dataset: the reader's rows are shards, counted by num_rows
+            id(r) for s in iter_nodes(self._template) if isinstance(s, ShardReader)
+            for r in iter_nodes(s) if isinstance(r, EpochReader)
+        }  # fmt: skip
+        return sum(
+            sum(n.index.table.column(NUM_ROWS).to_pylist()) if id(n) in shard_tables
+            else len(n.index)
+            for n in iter_nodes(self._template) if isinstance(n, EpochReader)
+        )  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` at the next ``iter()`` (in this process; in workers, call before they start)."""

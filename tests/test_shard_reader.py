@@ -84,6 +84,7 @@ def test_preset_resumes_with_two_workers(packed, tmp_path):
             )  # fmt: skip
         )
 
+    assert len(make()) == NUM  # rows, not the 4 shards the reader's table holds
     epoch0 = check_dataloader_resume(make, num_workers=2, midpoints=[1, 3])
     assert sorted(k for batch in epoch0 for k in batch) == sorted(str(i) for i in range(NUM))
 
