@@ -1,9 +1,9 @@
 """A PyTorch Lightning DataModule over sdsnodes whose checkpoints resume the data exactly.
 
 ``ImageDataModule.train_dataloader()`` returns a ``StreamingDataLoader`` (a
-``StatefulDataLoader`` whose ``len()`` is the number of batches per epoch, which Lightning sizes
-its epochs by) over a ``StreamingDataset(build_image_graph(...))``. Lightning keeps a stateful loader's
-``state_dict()`` in every checkpoint beside the model and the optimizer, and ``trainer.fit(...,
+``StatefulDataLoader`` whose ``len()`` is the number of batches per epoch, which Lightning
+sizes its epochs by) over a ``StreamingDataset(build_image_graph(...))``. Lightning keeps a
+stateful loader's ``state_dict()`` in every checkpoint beside the model and the optimizer, and ``trainer.fit(...,
 ckpt_path=...)`` loads it back: the run goes on with the batch after the checkpointed step, the
 same samples in the same order as a run that was never stopped. (The loader's state sits under
 ``checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]``; Lightning >= 2.2 does this
