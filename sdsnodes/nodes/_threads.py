@@ -64,7 +64,8 @@ class ThreadMapNode(BaseNode[Sample]):
     State:
         ``{"source": <ParallelMapper state>, "errors": {"seen": int, "skipped": {reason: int}}}``;
         once the source is exhausted, the mapper state holds the source's final state (with the
-        skips after the last item), not the one at the last item.
+        skips after the last item), not the one at the last item, in the layout of the mapper
+        in use (threaded: a snapshot; ``num_threads=0``: torchdata's inline ``{"source": …}``).
     """
 
     SOURCE_KEY = "source"
@@ -142,7 +143,14 @@ class ThreadMapNode(BaseNode[Sample]):
     def get_state(self) -> dict[str, Any]:
         mapper = self._mapper.state_dict()
         if self._end_state is not None:
-            mapper = {"it_state": {"snapshot": self._end_state, "steps_since_snapshot": 0}}
+            # the threaded mapper's iterator state is a snapshot; the inline one's is
+            # {"source": <state>} (read live, but written the same way for clarity)
+            inner = (
+                {"snapshot": self._end_state, "steps_since_snapshot": 0}
+                if self.num_threads
+                else {self.SOURCE_KEY: self._end_state}
+            )
+            mapper = {"it_state": inner}
         return {self.SOURCE_KEY: mapper, self.ERRORS_KEY: self.errors.state()}
 
     def shutdown(self) -> None:
