@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from sdsnodes.sample import Sample
 
@@ -50,8 +52,7 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
             isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype
             for v in values
         ):
-            stacked = torch.stack(values)  # [B, ...]: the one copy of views (e.g. image crops)
-            batch[key] = stacked if stacked.is_contiguous() else stacked.contiguous()
+            batch[key] = _stack(values)  # [B, ...]: the one copy (of views, e.g. image crops)
         elif (
             all(type(v) in (int, float, bool) for v in values)
             and len({type(v) for v in values}) == 1
@@ -61,3 +62,33 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
         else:
             batch[key] = values
     return batch
+
+
+def _stack(values: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(values)``, contiguous, written once where it ends up.
+
+    In a DataLoader worker the output is allocated in shared memory, as torch's
+    ``default_collate`` does, so sending the batch to the main process does not copy it again.
+    CPU tensors without gradients are copied by numpy (``np.stack(out=...)``), not through
+    torch's intra-op thread pool, which on a busy 2-core machine made ``torch.stack`` of 8 clips
+    (uint8 [8, 16, 3, 112, 112]) take about 80 ms instead of about 1 ms.
+    """
+    first = values[0]
+    if (
+        first.device.type != "cpu"
+        or first.layout is not torch.strided
+        or first.is_nested
+        or any(v.requires_grad for v in values)
+    ):
+        return torch.stack(values).contiguous()
+    shape = (len(values), *first.shape)
+    if get_worker_info() is not None:  # torch's default_collate recipe
+        storage = first._typed_storage()._new_shared(len(values) * first.numel())
+        out = first.new(storage).resize_(shape)
+    else:
+        out = torch.empty(shape, dtype=first.dtype)
+    try:
+        np.stack([v.numpy() for v in values], out=out.numpy())
+    except TypeError:  # a dtype numpy lacks (bfloat16…)
+        torch.stack(values, out=out)
+    return out
