@@ -17,7 +17,8 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
 
     For each key: tensors of one shape are stacked (``[B, ...]``, same dtype); ints/floats/bools
     become a 1-D tensor ``[B]`` (int64, float64, bool); anything else (str, None, mixed, tensors of different shapes) is
-    kept as a list of length B.
+    kept as a list of length B. Tensors are written once, into the batch (in shared memory when
+    called in a DataLoader worker, so passing the batch to the main process copies nothing).
 
     Args:
         samples (Sequence[dict]): B >= 1 samples with the same keys; reserved keys
