@@ -32,6 +32,10 @@ ALLOWED_ATTRIBUTES = {
     # torchdata 0.11's Prefetcher/ParallelMapper/PinMemory run threads in an inner iterator whose
     # only way to stop them is its _shutdown (the nodes have no public shutdown in 0.11).
     ("sdsnodes/nodes/graph.py", "_shutdown"),
+    # torch's own default_collate allocates a worker's batch in shared memory this way
+    # (torch/utils/data/_utils/collate.py); the public share_memory_() would copy it once more.
+    ("sdsnodes/nodes/collate.py", "_typed_storage"),
+    ("sdsnodes/nodes/collate.py", "_new_shared"),
 }
 """(module, attribute) pairs allowed to read a private attribute of another object."""
 

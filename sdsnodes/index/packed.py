@@ -145,6 +145,8 @@ def is_packed(
         return False
     try:
         schema = _footer(urls[0], storage_options)[1].schema.to_arrow_schema()
+    except FileNotFoundError:
+        return False  # the index readers say it does not exist
     except (OSError, pa.ArrowInvalid) as error:
         raise ValueError(
             f"{urls[0]!r} (of {src!r}) is not a readable parquet file ({error}); remove it or "
