@@ -73,7 +73,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--num-workers", type=int, default=2, help="worker processes of every loader (2)")
     add("--batch-size", type=int, default=32, help="batch size (32)")
     add("--num-videos", type=int, default=None, help="3 s H.264 videos (96; 8 with --quick)")
-    add("--task", default="images,clips", help="images, clips or both (default)")
+    add("--task", default="images,clips", help="comma-separated: images, clips, s3 (images,clips)")
     add("--only", default="", help="comma-separated loader names to run (default: all)")
     add("--plot", action="store_true", help="write docs/img/peers_*.png and docs/comparison.md")
     add(
@@ -184,7 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = repeats_of(args)
     tasks = args.task.split(",")
     clip_rows = run_clips(args, repeats) if "clips" in tasks else {}
+    if "s3" in tasks:
+        from benchmarks._peers_s3 import run_s3, summarize_s3
+
+        count = args.num_images or (128 if args.quick else 2000)
+        data = args.dir or default_data_dir()
+        s3_rows = run_s3(args, make_images(data / "image" / "jpeg-256", count, 256, 256), repeats)
+        print(summarize_s3(s3_rows))
+        if args.json:
+            print(f"wrote {write_json(NAME + '_s3', s3_rows, {**vars(args), 'repeats': repeats})}")
     if "images" not in tasks:
+        if not clip_rows:
+            return 0
         print(summarize(clip_rows, CLIP_METRICS))
         results = [r for group in clip_rows.values() for r in group.values()]
         config = {**vars(args), "num_videos": args.num_videos, "repeats": repeats}

@@ -1,0 +1,36 @@
+"""``bench_peers --task s3``: the bound (server CPU per GET, from the real moto process) and a
+slow smoke run of the task. No speed is asserted (house rule: figures live in benchmarks/)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks._peers_s3 import get_bound
+from tests.test_benchmarks_remote import ROOT
+
+
+def test_bound_is_server_cpu_per_get_over_the_cores(s3_server):
+    fs = s3_server.fs()
+    bucket = s3_server.make_bucket("sds-peers-s3-bound")
+    keys = [f"{bucket}/k{i}" for i in range(40)]
+    fs.pipe({key: b"x" * 1000 for key in keys})
+    ms_per_get, bound = get_bound(s3_server, keys)
+    assert ms_per_get > 0
+    assert bound == pytest.approx((os.cpu_count() or 1) * 1000 / ms_per_get)
+
+
+@pytest.mark.slow  # a benchmark smoke run (~1 min): SDS_SLOW=1
+def test_peers_s3_quick_prints_every_reader_and_the_bound(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_peers", "--task", "s3", "--quick",
+         "--dir", str(tmp_path / "data")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for name in ("LitData (its chunks, s3://)", "WebDataset (its tars, HTTP from moto)",
+                 "sdsnodes packed shards (s3://)", "sdsnodes (raw files, s3://)"):  # fmt: skip
+        assert name in out
+    assert "x the bound" in out and "delivered" not in out  # every reader gave every sample
