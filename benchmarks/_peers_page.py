@@ -186,9 +186,10 @@ def write_page(
         "",
         *_clips(rows, config),
         "",
-        "Not measured here yet: the same images from S3 (cold cache) and bytes downloaded per "
-        "epoch under a cache budget; see `benchmarks/bench_remote.py` and "
-        "`benchmarks/bench_cache_policy.py` for sdsnodes alone.",
+        "The same images from S3 (moto on 127.0.0.1, cold cache): "
+        "`python -m benchmarks.run peers --task s3`; its last figures are in the `peers` section "
+        "of `benchmarks/README.md`. Not measured here yet: bytes downloaded per epoch under a "
+        "cache budget (see `benchmarks/bench_cache_policy.py` for sdsnodes alone).",
         "",
         "## Features",
         "",
