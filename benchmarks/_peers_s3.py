@@ -21,14 +21,11 @@ from pathlib import Path
 
 from benchmarks._common import Result, format_table, in_turn
 from benchmarks.bench_image import measure
-from benchmarks.bench_pack import lit_epoch, lit_optimize, sds_epoch
+from benchmarks.bench_pack import LIT_S3, PACKED_S3, WDS_S3, sds_epoch, upload_shards
 from benchmarks.bench_remote import import_servers
-from benchmarks.bench_tar import make_tars, wds_epoch
 
 RAW = "sdsnodes (raw files, s3://)"
-PACKED = "sdsnodes packed shards (s3://)"
-LIT = "LitData (its chunks, s3://)"
-WDS = "WebDataset (its tars, HTTP from moto)"
+PACKED, LIT, WDS = PACKED_S3, LIT_S3, WDS_S3
 
 
 def get_bound(server, keys: list[str]) -> tuple[float, float]:
@@ -48,20 +45,18 @@ def run_s3(args: Namespace, paths: list[str], repeats: int) -> list[Result]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sdsnodes.pack import pack
-
     servers = import_servers()
     os.environ.update(servers.s3.CLIENT_ENV)
     server = servers.s3.S3Server().start()
     work = Path(tempfile.mkdtemp(prefix="sds-bench-peers-s3-"))
     try:
-        return _run(args, paths, repeats, server, work, pa, pq, pack)
+        return _run(args, paths, repeats, server, work, pa, pq)
     finally:
         server.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(args, paths, repeats, server, work, pa, pq, pack) -> list[Result]:
+def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
     n, batch, count = args.num_workers, args.batch_size, len(paths)
     captions = [str(i) for i in range(count)]
     fs = server.fs()
@@ -74,26 +69,12 @@ def _run(args, paths, repeats, server, work, pa, pq, pack) -> list[Result]:
                    raw_index)  # fmt: skip
     local_index = str(work / "local.parquet")
     pq.write_table(pa.table({"image": list(paths), "caption": captions}), local_index)
-    lit_dir, pack_dir = str(work / "lit"), str(work / "packed")
-    lit_optimize(list(zip(paths, captions)), lit_dir, n)
-    pack(local_index, pack_dir, num_shards=8, progress=False)
-    tars = make_tars(work / "tars", paths, 8)
-    fs.put(lit_dir + "/", "bench/lit/", recursive=True)
-    fs.put(pack_dir + "/", "bench/packed/", recursive=True)
-    for tar in tars:
-        fs.put_file(str(tar), f"bench/tars/{tar.name}")
-    tar_urls = [fs.url(f"bench/tars/{t.name}", expires=24 * 3600) for t in tars]
-    options = server.storage_options
+    loaders = upload_shards(server, work, paths, captions, local_index, n, batch)
     ms_per_get, bound = get_bound(server, keys)
     print(f"s3: moto on 127.0.0.1; server CPU {ms_per_get:.2f} ms per GET -> bound "
           f"{bound:.0f} GET/s on {os.cpu_count()} CPUs (one GET per raw image); "
           "mosaicml-streaming: not run against moto", flush=True)  # fmt: skip
-    loaders = {
-        LIT: functools.partial(lit_epoch, "s3://bench/lit", {"endpoint_url": server.url}, n, batch),
-        WDS: lambda cache: wds_epoch(tar_urls, n, batch),
-        PACKED: functools.partial(sds_epoch, "s3://bench/packed", options, n, batch),
-        RAW: functools.partial(sds_epoch, raw_index, options, n, batch),
-    }
+    loaders[RAW] = functools.partial(sds_epoch, raw_index, server.storage_options, n, batch)
     rows = {name: Result(name, unit="samples/s", group="S3 cold cache", baseline=name == LIT)
             for name in loaders}  # fmt: skip
     for r in range(repeats):

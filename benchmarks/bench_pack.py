@@ -112,6 +112,42 @@ def sds_epoch(url: str, options: dict, num_workers: int, batch_size: int, cache:
     return sum(int(batch["image"].shape[0]) for batch in loader)
 
 
+LIT_S3 = "LitData (its chunks, s3://)"
+WDS_S3 = "WebDataset (its tars, HTTP from moto)"
+PACKED_S3 = "sdsnodes packed shards (s3://)"
+
+
+def upload_shards(
+    server, work: Path, images: Sequence[str], captions: Sequence[str], index: str,
+    num_workers: int, batch_size: int,
+) -> dict[str, Callable[[str], int]]:  # fmt: skip
+    """Convert the images with each system (LitData ``optimize()``, ``sds pack``, WebDataset
+    tars; 8 shards each), upload them under ``bench/`` of the moto ``server`` (the bucket must
+    exist), and return each system's reader of them: name → epoch(cache_dir) -> samples."""
+    fs = server.fs()
+    lit_dir, pack_dir = str(work / "lit"), str(work / "packed")
+    lit_optimize(list(zip(images, captions)), lit_dir, num_workers)
+    from sdsnodes.pack import pack
+
+    pack(index, pack_dir, num_shards=8, progress=False)
+    tars = make_tars(work / "tars", images, 8)
+    fs.put(lit_dir + "/", "bench/lit/", recursive=True)
+    fs.put(pack_dir + "/", "bench/packed/", recursive=True)
+    for tar in tars:
+        fs.put_file(str(tar), f"bench/tars/{tar.name}")
+    tar_urls = [fs.url(f"bench/tars/{t.name}", expires=24 * 3600) for t in tars]  # presigned
+    lit_options = {"endpoint_url": server.url}
+    return {
+        LIT_S3: functools.partial(
+            lit_epoch, "s3://bench/lit", lit_options, num_workers, batch_size
+        ),
+        WDS_S3: lambda cache: wds_epoch(tar_urls, num_workers, batch_size),
+        PACKED_S3: functools.partial(
+            sds_epoch, "s3://bench/packed", server.storage_options, num_workers, batch_size
+        ),
+    }
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=f"python -m benchmarks.run {NAME}", description=DESCRIPTION
@@ -189,31 +225,8 @@ def _run(args, repeats, count, images, captions, index, work, server) -> list[Re
     for name, result in conv.items():
         result.note = f"{sorted(seconds[name])[len(seconds[name]) // 2]:.2f} s (median)"
     # each system's own shards, on S3
-    fs = server.fs()
     server.make_bucket("bench")
-    options = server.storage_options
-    lit_dir, pack_dir = str(work / "lit"), str(work / "packed")
-    lit_optimize(list(zip(images, captions)), lit_dir, n)
-    from sdsnodes.pack import pack
-
-    pack(index, pack_dir, num_shards=8, progress=False)
-    tars = make_tars(work / "tars", images, 8)
-    fs.put(lit_dir + "/", "bench/lit/", recursive=True)
-    fs.put(pack_dir + "/", "bench/packed/", recursive=True)
-    for tar in tars:
-        fs.put_file(str(tar), f"bench/tars/{tar.name}")
-    endpoint = server.url
-    tar_urls = [fs.url(f"bench/tars/{t.name}", expires=24 * 3600) for t in tars]  # presigned
-    lit_options = {"endpoint_url": endpoint}
-    loaders: dict[str, Callable[[str], int]] = {
-        "LitData (its chunks, s3://)": functools.partial(
-            lit_epoch, "s3://bench/lit", lit_options, n, batch
-        ),
-        "WebDataset (its tars, HTTP from moto)": lambda cache: wds_epoch(tar_urls, n, batch),
-        "sdsnodes packed shards (s3://)": functools.partial(
-            sds_epoch, "s3://bench/packed", options, n, batch
-        ),
-    }
+    loaders = upload_shards(server, work, images, captions, index, n, batch)
     read = {name: Result(name, unit="samples/s", group="S3 cold cache",
                          baseline=name.startswith("LitData")) for name in loaders}  # fmt: skip
     per_cpu = {name: Result(name, unit="samples/s", group="S3 cold cache, per CPU second",
@@ -227,8 +240,8 @@ def _run(args, repeats, count, images, captions, index, work, server) -> list[Re
             read[name].values.append(got / wall)
             per_cpu[name].values.append(got / cpu)
             shutil.rmtree(cache, ignore_errors=True)
-    wds = read["WebDataset (its tars, HTTP from moto)"].median
-    sds = read["sdsnodes packed shards (s3://)"]
+    wds = read[WDS_S3].median
+    sds = read[PACKED_S3]
     sds.note = (
         sds.note + " " if sds.note else ""
     ) + f"{sds.median / wds:.2f}x WebDataset; target >= 1.2x both"
