@@ -26,3 +26,11 @@ def av_open(source: Any, **kwargs: Any) -> Any:
                 raise
             _METADATA_ERRORS = False
     return av.open(source, **kwargs)
+
+
+def stream_seconds(container: Any, stream: Any) -> float:
+    """A stream's duration in seconds as its header states it (the stream's, else the
+    container's; 0.0 when neither says)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return (container.duration or 0) / 1_000_000  # AV_TIME_BASE units

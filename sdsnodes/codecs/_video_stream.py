@@ -28,14 +28,6 @@ class FramesRanOut(Exception):
     """The frames ended before a target (its number is ``args[0]``)."""
 
 
-def stream_seconds(container: Any, stream: Any) -> float:
-    """A stream's duration in seconds as its header states it (the stream's, else the
-    container's; 0.0 when neither says)."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    return (container.duration or 0) / 1_000_000  # AV_TIME_BASE units
-
-
 def picked_frames(
     container: Any, stream: Any, fps: float, first: int, size: Size, seek: bool
 ) -> Iterator[np.ndarray]:

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdsnodes.codecs._av import av_open
+from sdsnodes.codecs._av import av_open, stream_seconds
 from sdsnodes.codecs._resize import Size, as_source, check_max_pixels, check_size, describe
-from sdsnodes.codecs._video_stream import FramesRanOut, SeekMissed, picked_frames, stream_seconds
+from sdsnodes.codecs._video_stream import FramesRanOut, SeekMissed, picked_frames
 from sdsnodes.codecs.audio import AudioWaveform
 from sdsnodes.codecs.base import Decoded
 from sdsnodes.codecs.latent import Latent

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdsnodes.codecs._av import av_open
+from sdsnodes.codecs._av import av_open, stream_seconds
 from sdsnodes.codecs._resize import (
     Size,
     as_source,
@@ -330,11 +330,7 @@ def _rate_and_duration(container: Any, stream: Any) -> tuple[float, float]:
         if candidate:
             rate = float(candidate)
             break
-    duration = 0.0
-    if stream.duration and stream.time_base:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration:
-        duration = container.duration / 1_000_000  # AV_TIME_BASE units
+    duration = stream_seconds(container, stream)
     if not rate:
         rate = stream.frames / duration if stream.frames and duration else _DEFAULT_FPS
     if not duration and stream.frames:
