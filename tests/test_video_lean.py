@@ -54,3 +54,45 @@ def test_batch_is_written_into_shared_memory_in_a_worker():
     (item,) = list(loader)
     assert item["shared"] is True  # so sending it to the main process copies nothing
     assert torch.equal(item["video"][:, 0, 0, 0, 0], torch.tensor([0, 1, 2], dtype=torch.uint8))
+
+
+def _gc_in_forked_child() -> None:
+    import gc
+
+    gc.collect()  # frees the parent's cyclic garbage here, in a process without its threads
+
+
+def test_swscale_contexts_left_in_garbage_free_in_a_forked_child(tmp_path):
+    """A DataLoader worker is forked with the parent's cyclic garbage and collects it. Freeing a
+    swscale context that had slice threads waits on them in the child, forever (seen: a worker
+    stuck in ``sws_freeContext`` → ``pthread_cond_destroy``). The reformatters are 1-thread."""
+    import gc
+    import multiprocessing
+
+    import av
+
+    from media import video
+    from sdsnodes.codecs._video_stream import picked_frames
+    from sdsnodes.codecs.video import VideoClip
+
+    path = video(tmp_path, width=320, height=240, num_frames=24)
+    gc.disable()  # keep the garbage for the child
+    try:
+        container = av.open(str(path))
+        frames = picked_frames(container, container.streams.video[0], 8.0, 0, (64, 64), False)
+        next(frames)  # a reformatter in use inside the suspended generator
+        cycle: list = [frames, container]
+        cycle.append(cycle)
+        VideoClip(4, fps=8.0, size=64)(str(path), np.random.default_rng(0))
+        del frames, container, cycle
+        child = multiprocessing.get_context("fork").Process(target=_gc_in_forked_child)
+        child.start()
+        child.join(timeout=30)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+        assert not hung, "the forked child hung freeing a swscale context"
+        assert child.exitcode == 0
+    finally:
+        gc.enable()
+        gc.collect()

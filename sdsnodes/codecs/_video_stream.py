@@ -56,15 +56,20 @@ def picked_frames(
         nonlocal converted
         if converted is None or converted[0] is not frame:
             height, width = cover_shape(frame.height, frame.width, size)
-            rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24")
+            # threads=1: a scaler with slice threads hangs a forked DataLoader worker that
+            # frees it (pthread_cond_destroy waits on threads the fork did not copy)
+            rgb = reformatter.reformat(
+                frame, width=width, height=height, format="rgb24", threads=1
+            )
             top, left, h, w = crop_box(height, width, size, None)
             converted = (frame, rgb.to_ndarray()[top : top + h, left : left + w])  # [H, W, 3]
         return converted[1]
 
     k, previous, previous_time, step = first, None, -math.inf, 1.0 / rate
+    seconds = float(time_base) if time_base else None  # per tick: floats, not Fractions
     for frame in container.decode(stream):
-        if frame.pts is not None:
-            now = float((frame.pts - start) * time_base)
+        if frame.pts is not None and seconds is not None:
+            now = (frame.pts - start) * seconds
         else:
             now = previous_time + 1.0 / rate if previous is not None else 0.0
         if previous is None and seek and now > k / fps + _EPS:
@@ -72,7 +77,7 @@ def picked_frames(
         while k / fps + _EPS < now:
             yield convert(previous if previous is not None else frame)
             k += 1
-        step = float(frame.duration * time_base) if frame.duration else 1.0 / rate
+        step = frame.duration * seconds if frame.duration and seconds else 1.0 / rate
         previous, previous_time = frame, now
     while previous is not None and k / fps + _EPS < previous_time + step:
         yield convert(previous)  # targets within the last frame's duration

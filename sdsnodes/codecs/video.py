@@ -69,7 +69,8 @@ class VideoClip:
             and crop to exactly (height, width) pixels; None keeps the source size.
         crop (str): ``"center"`` or ``"random"`` (offsets drawn from ``rng``, the same for every
             frame of a clip); used only when ``size`` is a pair.
-        threads (int): FFmpeg decoder threads per clip; 0 lets FFmpeg choose.
+        threads (int): FFmpeg decoder threads per clip; 0 lets FFmpeg choose. The scaler
+            (resize, RGB) always runs in one thread.
         start (str): ``"random"``, ``"uniform"`` (centred) or ``"given"``; see :class:`ClipStart`.
         start_column (str): with ``start="given"``, the sample column holding the start in
             seconds (the codec then has ``needs_sample``).
@@ -256,9 +257,10 @@ class VideoClip:
             picked.append(converted[1])
 
         previous, previous_time, padded = None, -math.inf, False
+        seconds = float(time_base) if time_base else None  # per tick: floats, not Fractions
         for frame in container.decode(stream):
-            if frame.pts is not None:
-                now = float((frame.pts - start) * time_base)
+            if frame.pts is not None and seconds is not None:
+                now = (frame.pts - start) * seconds
             else:  # no timestamp: assume the stated rate
                 now = previous_time + 1.0 / rate if previous is not None else 0.0
             if previous is None and seek and now > targets[0] + _EPS:
@@ -268,7 +270,7 @@ class VideoClip:
             if len(picked) == len(targets):
                 break
             # the frame's own duration (exact with a variable frame rate), else the stated rate
-            step = float(frame.duration * time_base) if frame.duration else 1.0 / rate
+            step = frame.duration * seconds if frame.duration and seconds else 1.0 / rate
             previous, previous_time = frame, now
             if now + step > targets[-1] + _EPS:  # the next frame would be past the clip
                 break
@@ -285,8 +287,11 @@ class VideoClip:
     ) -> np.ndarray:
         """One frame as uint8 [H, W, 3] RGB, resized (by swscale) and cropped."""
         height, width = cover_shape(frame.height, frame.width, self.size)
+        # the scaler in one thread whatever ``threads`` says: one with slice threads hangs a
+        # forked DataLoader worker that frees it (pthread_cond_destroy waits on threads the
+        # fork did not copy; tests/test_video_lean.py)
         rgb = reformatter.reformat(
-            frame, width=width, height=height, format="rgb24", threads=self.threads
+            frame, width=width, height=height, format="rgb24", threads=1
         ).to_ndarray()  # [H, W, 3]
         top, left, h, w = crop_box(height, width, self.size, position)
         return rgb[top : top + h, left : left + w]
