@@ -207,7 +207,7 @@ def assemble(
     errors: ErrorOptions | None,
     shuffle: bool,
     seed: int,
-    num_threads: int,
+    num_threads: int | None,
     prefetch_factor: int,
     drop_last: bool,
     rank: int | None,
@@ -312,7 +312,7 @@ def assemble(
     if decoded_cache is not None and node is not index_side:  # rotation / decoded cache
         node = cache_decoded(
             node, index_side, decoded_cache, cache=cache, seed=seed, errors=errors,
-            num_threads=max(num_threads, fetch.max_in_flight),  # a miss downloads, then decodes
+            num_threads=max(num_threads or 1, fetch.max_in_flight),  # a miss downloads, then decodes
         )  # fmt: skip
     node = Evictor(node)
     if rotation is not None:  # rotation / decoded cache

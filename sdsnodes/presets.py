@@ -52,7 +52,7 @@ def build_video_graph(
     errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    num_threads: int = 4,
+    num_threads: int | None = None,
     prefetch_factor: int = 2,
     drop_last: bool = False,
     rank: int | None = None,
@@ -89,7 +89,10 @@ def build_video_graph(
             and Decoder; None: ``ErrorOptions()``, skip, raise past a rate of 0.5 (docs/nodes.md).
         shuffle (bool), seed (int): a Shuffler, a new permutation each epoch, deterministic in
             (seed, epoch); the seed also seeds the Decoder's codecs.
-        num_threads (int): the Decoder's threads (4).
+        num_threads (int | None): the Decoder's threads; None (default): sized to the cores of
+            each process that runs the graph (its CPUs over the DataLoader's workers, at most
+            8; inline, in the Prefetcher's thread, when that is one core or less, e.g. 2
+            workers on 2 cores); 0 decodes inline.
         prefetch_factor (int): the Prefetcher's batches in the background (2; 0 for none).
         drop_last (bool): the Batcher drops a last, smaller batch.
         rank (int | None), world_size (int | None): the IndexReader's distributed position.
@@ -137,7 +140,7 @@ def build_image_graph(
     errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    num_threads: int = 4,
+    num_threads: int | None = None,
     prefetch_factor: int = 2,
     drop_last: bool = False,
     rank: int | None = None,
@@ -186,7 +189,7 @@ def build_audio_graph(
     errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    num_threads: int = 4,
+    num_threads: int | None = None,
     prefetch_factor: int = 2,
     drop_last: bool = False,
     rank: int | None = None,
@@ -268,7 +271,7 @@ def build_text_to_video_graph(
     errors: ErrorOptions | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    num_threads: int = 4,
+    num_threads: int | None = None,
     prefetch_factor: int = 2,
     drop_last: bool = False,
     rank: int | None = None,

@@ -67,7 +67,10 @@ class Decoder(ThreadMapNode):
     Args:
         source (BaseNode): upstream node (paths must be local: put a CachingDownloader before).
         codecs (Mapping[str, Codec]): column → codec.
-        num_threads (int): decoding threads; 0 decodes inline.
+        num_threads (int | None): decoding threads; 0 decodes inline; None (default) sizes them
+            to the cores of the process that runs the graph: its CPUs over the DataLoader's
+            workers, at most 8, inline when one core or less
+            (:func:`~sdsnodes.nodes._threads.auto_threads`).
         seed (int): seed of the codecs' randomness (clip starts, random crops).
         errors (ErrorOptions | None): ``on_error`` (``"skip"`` or ``"raise"``) and
             ``max_error_rate``, the skipped fraction past which the node raises; None:
@@ -87,7 +90,7 @@ class Decoder(ThreadMapNode):
         self,
         source: BaseNode,
         codecs: Mapping[str, Codec],
-        num_threads: int = 4,
+        num_threads: int | None = None,
         seed: int = 0,
         *,
         errors: ErrorOptions | None = None,
