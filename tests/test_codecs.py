@@ -270,12 +270,12 @@ def test_image_big_jpeg_uses_draft(tmp_path, monkeypatch):
 
     monkeypatch.setattr(JpegImageFile, "draft", spy)
     path = media.big_jpeg(tmp_path)
-    out = ImageTensor(size=64)(path, rng())
+    out = ImageTensor(size=64, decoder="pillow")(path, rng())
     assert out.shape == (3, 64, 85)
     assert calls == [("RGB", (85, 64))]
-    assert ImageTensor(size=(100, 100))(path, rng()).shape == (3, 100, 100)
+    assert ImageTensor(size=(100, 100), decoder="pillow")(path, rng()).shape == (3, 100, 100)
     calls.clear()
-    ImageTensor(size=800)(path, rng())  # not 2x smaller: full decode
+    ImageTensor(size=800, decoder="pillow")(path, rng())  # not 2x smaller: full decode
     assert calls == []
 
 

@@ -253,9 +253,9 @@ def test_image_tensor_draft_can_be_turned_off(tmp_path, monkeypatch):
     draft = JpegImagePlugin.JpegImageFile.draft
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
                         lambda self, *a: calls.append(a) or draft(self, *a))  # fmt: skip
-    on = ImageTensor(size=(64, 64))(path)
+    on = ImageTensor(size=(64, 64), decoder="pillow")(path)
     assert len(calls) == 1  # 1024x768 -> 64: decoded at 1/8 scale
-    off = ImageTensor(size=(64, 64), draft=False)
+    off = ImageTensor(size=(64, 64), draft=False, decoder="pillow")
     assert off(path).shape == on.shape == (3, 64, 64) and len(calls) == 1
     assert (off(path).float() - on.float()).abs().mean() < 8  # the same picture
     assert "draft=False" in repr(off)

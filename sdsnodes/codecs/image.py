@@ -25,7 +25,7 @@ from sdsnodes.codecs._resize import (
 from sdsnodes.errors import DecodeError, TooLarge
 
 try:
-    import simplejpeg as _SIMPLEJPEG  # optional: the simplejpeg extra
+    import simplejpeg as _SIMPLEJPEG  # a dependency; Pillow decodes where it does not import
 except ImportError:  # pragma: no cover - depends on the environment
     _SIMPLEJPEG = None
 
@@ -89,9 +89,9 @@ class ImageTensor:
             too.
         antialias (bool): widen the filter when shrinking (default True, as Pillow and
             torchvision); False is cheaper and aliases. Only for nearest/bilinear/bicubic.
-        decoder (str): JPEG decoder: ``"pillow"`` (default), ``"simplejpeg"`` (the
-            ``simplejpeg`` extra; ValueError here when it is missing) or ``"auto"`` (simplejpeg
-            when installed, else Pillow). simplejpeg decodes a 256x256 JPEG in 0.6x Pillow's
+        decoder (str): JPEG decoder: ``"auto"`` (default: simplejpeg, a dependency of
+            sdsnodes, when it imports, else Pillow), ``"simplejpeg"`` (ValueError here when it
+            does not import) or ``"pillow"``. simplejpeg decodes a 256x256 JPEG in 0.6x Pillow's
             CPU (``benchmarks/bench_resize.py``), into a writable array (one copy less); it
             takes RGB and greyscale JPEGs without an EXIF rotation, Pillow the rest. Both are
             libjpeg-turbo: the pixels agree to within a level or two.
@@ -117,7 +117,7 @@ class ImageTensor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         interpolation: str = "bicubic",
         antialias: bool = True,
-        decoder: str = "pillow",
+        decoder: str = "auto",
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"{mode=} must be one of {list(_MODES)}")
@@ -238,7 +238,7 @@ def _check_decoder(decoder: Any) -> str:
         raise ValueError(f"{decoder=} must be one of ['auto', 'simplejpeg', 'pillow']")
     if decoder == "simplejpeg" and _SIMPLEJPEG is None:
         raise ValueError(
-            "decoder='simplejpeg' needs simplejpeg: pip install 'sdsnodes[simplejpeg]', or pass "
+            "decoder='simplejpeg' needs simplejpeg: pip install simplejpeg, or pass "
             "decoder='auto' (Pillow when it is missing)"
         )
     if decoder == "auto":
