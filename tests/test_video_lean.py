@@ -70,8 +70,8 @@ def test_swscale_contexts_left_in_garbage_free_in_a_forked_child(tmp_path):
     import multiprocessing
 
     import av
-
     from media import video
+
     from sdsnodes.codecs._video_stream import picked_frames
     from sdsnodes.codecs.video import VideoClip
 

@@ -58,9 +58,7 @@ def picked_frames(
             height, width = cover_shape(frame.height, frame.width, size)
             # threads=1: a scaler with slice threads hangs a forked DataLoader worker that
             # frees it (pthread_cond_destroy waits on threads the fork did not copy)
-            rgb = reformatter.reformat(
-                frame, width=width, height=height, format="rgb24", threads=1
-            )
+            rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24", threads=1)
             top, left, h, w = crop_box(height, width, size, None)
             converted = (frame, rgb.to_ndarray()[top : top + h, left : left + w])  # [H, W, 3]
         return converted[1]
