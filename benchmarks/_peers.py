@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib
 import io
 import math
+import multiprocessing
 import os
 import shutil
 import threading
@@ -291,3 +293,60 @@ def run_epoch(
         missing = len(set(range(count)) - set(seen))
         raise RuntimeError(f"coverage: {len(seen)} samples, {missing} ids missing or repeated")
     return {"wall": wall, "first": first or wall, "cpu": cpu_s, "pss": pss.peak}
+
+
+# what every measuring process imports before timing (every loader needs some of it; a loader
+# pays for nothing it imports itself, and no loader for another's)
+PRELOAD = (
+    "numpy", "torch", "torchdata.nodes", "torchdata.stateful_dataloader", "av", "PIL.Image",
+    "pyarrow.parquet", "sdsnodes", "webdataset", "litdata", "streaming",
+)  # fmt: skip
+
+
+def run_isolated(
+    make: Callable[[], Batches], count: int, shape: tuple[int, ...] = (3, SIZE, SIZE)
+) -> dict[str, float]:
+    """:func:`run_epoch` in a fresh process (``spawn``), so its peak PSS and CPU are the
+    loader's own and not inflated by what the loaders measured before it left in this process
+    (the main-process heap grew by 200-300 MiB over a run, and forked workers inherit it).
+
+    The child imports :data:`PRELOAD` before timing and starts DataLoader workers as this
+    process would (fork on Linux). ``make`` must pickle (a ``functools.partial`` of a
+    module-level function).
+
+    Raises:
+        RuntimeError: the epoch failed in the child (its message), or the child died.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    method = multiprocessing.get_start_method()  # the workers' start method here (fork)
+    child = ctx.Process(target=_measure_in_child, args=(make, count, shape, method, sender))
+    child.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+    except EOFError:
+        child.join()
+        raise RuntimeError(f"the measuring process died (exit code {child.exitcode})") from None
+    child.join()
+    if isinstance(result, str):
+        raise RuntimeError(f"in the measuring process: {result}")
+    return result
+
+
+def _measure_in_child(
+    make: Callable[[], Batches], count: int, shape: tuple[int, ...], method: str, sender: Any
+) -> None:
+    from benchmarks._common import silence_known_warnings
+
+    multiprocessing.set_start_method(method, force=True)  # a spawned child would spawn workers
+    silence_known_warnings()
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a peer not installed: its loader fails on its own
+            pass
+    try:
+        sender.send(run_epoch(make, count, shape))
+    except Exception as error:  # noqa: BLE001 - reported by the parent
+        sender.send(f"{type(error).__name__}: {error}")

@@ -161,7 +161,7 @@ def run_clips(args: argparse.Namespace, repeats: int) -> dict[str, dict[str, Res
     shape = (_peers_clips.FRAMES, 3, _peers_clips.SIZE, _peers_clips.SIZE)
     for repeat in range(repeats):
         for name in in_turn(list(table), repeat):
-            m = _peers.run_epoch(table[name], count, shape)
+            m = _peers.run_isolated(table[name], count, shape)
             rows["clip_rate"][name].values.append(count / m["wall"])
             rows["clip_pss"][name].values.append(m["pss"])
             print(f"  repeat {repeat + 1}/{repeats}  {name}: {m['wall']:.2f} s, peak PSS "
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for repeat in range(repeats):
         for name in in_turn(list(table), repeat):
-            m = _peers.run_epoch(table[name], count)
+            m = _peers.run_isolated(table[name], count)
             values = {"rate": count / m["wall"], "first": m["first"],
                       "cpu_ms": 1000 * m["cpu"] / count, "pss": m["pss"]}  # fmt: skip
             for key, value in values.items():
