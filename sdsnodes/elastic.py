@@ -5,7 +5,9 @@ positions of one layout mean nothing in another. What does carry over is the set
 positions the old job consumed: every reader walks one global order (a function of seed and
 epoch), so that set is "everything below ``base`` plus a short ``skip`` list" — the cursor.
 A new layout reads the remaining positions round-robin; nothing is lost or repeated (the order
-within the rest of the epoch may differ). Building the cursor reads O(shards) small dicts; resuming
+within the rest of the epoch may differ). Packed shards being read carry their offsets (samples
+delivered) in the cursor, so the new layout skips those samples: exactly-once there too
+(:mod:`sdsnodes.nodes._packed_cursor`). Building the cursor reads O(shards) small dicts; resuming
 from it costs O(1) per reader, not a replay.
 
     states = [state_of_rank_0, state_of_rank_1]     # each rank's dl.state_dict() (all ranks!)
@@ -23,6 +25,7 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from sdsnodes.dataset import StreamingDataset
+from sdsnodes.nodes._packed_cursor import SHARDS_KEY, apply_partial, partial_offsets
 from sdsnodes.nodes.epoch_reader import EpochReader, position_of
 from sdsnodes.nodes.graph import find_states, iter_nodes, iter_states
 from sdsnodes.nodes.mixer import Mixer
@@ -105,7 +108,8 @@ def elastic_cursor(states: Sequence[dict]) -> dict[str, Any]:
 
     Reader and Mixer states are found in the loader states by their tag
     (``state[NODE_KEY] == EpochReader.STATE_TAG`` / ``Mixer.STATE_TAG``, see
-    :mod:`sdsnodes.nodes.graph`); states saved before the tag, by their keys.
+    :mod:`sdsnodes.nodes.graph`); states saved before the tag, by their keys. ShardReader
+    states (``ShardReader.STATE_TAG``) give the packed shards being read and their offsets.
 
     Args:
         states (Sequence[dict]): ``state_dict()`` of every rank's StatefulDataLoader (or
@@ -113,8 +117,9 @@ def elastic_cursor(states: Sequence[dict]) -> dict[str, Any]:
 
     Returns:
         dict: ``{"epoch": int, "readers": {reader_id: {"epoch", "base", "skip", "num_rows"}},
-        "mixers": {mixer_id: int global step}}``, JSON-compatible; its size grows with the
-        number of shards and in-flight items, never with the dataset.
+        "mixers": {mixer_id: int global step}, "shards": {reader_id: {str(first_row): int
+        samples delivered}}}`` (packed shards being read), JSON-compatible; its size grows
+        with the number of shards and in-flight items, never with the dataset.
 
     Raises:
         ValueError: states of some shards are missing, the states hold no reader, or a reader
@@ -144,7 +149,13 @@ def elastic_cursor(states: Sequence[dict]) -> dict[str, Any]:
     epoch = max(epochs) if epochs else max(r[R.EPOCH_KEY] for r in cursor_readers.values())
     if all(r[R.EPOCH_KEY] > epoch for r in cursor_readers.values()):
         epoch += 1
-    return {EPOCH_KEY: epoch, READERS_KEY: cursor_readers, MIXERS_KEY: cursor_mixers}
+    reader_epochs = {rid: c[R.EPOCH_KEY] for rid, c in cursor_readers.items()}
+    return {
+        EPOCH_KEY: epoch,
+        READERS_KEY: cursor_readers,
+        MIXERS_KEY: cursor_mixers,
+        SHARDS_KEY: partial_offsets(states, reader_epochs),
+    }
 
 
 def apply_cursor(root: BaseNode, cursor: dict[str, Any]) -> None:
@@ -180,6 +191,8 @@ def apply_cursor(root: BaseNode, cursor: dict[str, Any]) -> None:
         reader.set_epoch(c[R.EPOCH_KEY], c[R.BASE_KEY], c[R.SKIP_KEY])
     for mixer in mixers:
         mixer.set_base_step(cursor_mixers[mixer.mixer_id])
+    epochs = {rid: c[R.EPOCH_KEY] for rid, c in cursor_readers.items()}
+    apply_partial(root, epochs, cursor.get(SHARDS_KEY, {}))  # a cursor without it: none
 
 
 def load_elastic_state(target: Any, states_or_cursor: Sequence[dict] | dict) -> dict[str, Any]:

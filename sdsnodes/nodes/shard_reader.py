@@ -6,9 +6,6 @@ import collections
 import concurrent.futures
 import functools
 import logging
-import os
-import posixpath
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,35 +15,25 @@ import pyarrow.parquet as pq
 from torchdata.nodes import BaseNode
 
 from sdsnodes.errors import ErrorPolicy
-from sdsnodes.index.packed import BYTES_FIELD, ETAG, FIRST_ROW, NUM_ROWS, PATH_FIELD, SHARD, SIZE
+from sdsnodes.index.packed import FIRST_ROW, NUM_ROWS, SHARD, SIZE
 from sdsnodes.nodes._cache_ref import open_cache
+from sdsnodes.nodes._packed_cursor import PartialShards
 from sdsnodes.nodes._remote import RemoteErrors, remote_settings
+from sdsnodes.nodes._shard_parts import (
+    CorruptShard,
+    Unit,
+    cache_key,
+    columns_of,
+    read_path,
+    unpin_done,
+)
+from sdsnodes.nodes.graph import NODE_KEY
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 from sdsnodes.sample import EPOCH, INDEX, KEY, Sample
-from sdsnodes.storage import fetch, filesystem, is_remote
+from sdsnodes.storage import fetch, is_remote
 
 logger = logging.getLogger(__name__)
-
-
-class CorruptShard(ValueError):
-    """A shard (or a row group of it) that parquet cannot read (``reason``: the skip's)."""
-
-    reason = "corrupt_shard"
-
-
-def cache_key(unit: Sample) -> str:
-    """The cache's key of a shard's version: its URL plus the size and ETag it was listed with,
-    so a shard rewritten remotely is a new file, never mixed with the cached old one."""
-    version = urllib.parse.quote(f"{unit[ETAG]}-{unit[SIZE]}", safe="")
-    return f"{unit[SHARD]}?sds-version={version}"
-
-
-class _Unit:
-    """A shard on its way: the source's state before it, and its fetch (a local path)."""
-
-    def __init__(self, unit: Sample, before: dict, future: concurrent.futures.Future) -> None:
-        self.unit, self.before, self.future = unit, before, future
-        self.pinned: str | None = None  # the cache key this node pins
+__all__ = ["CorruptShard", "ShardReader", "cache_key"]
 
 
 class ShardReader(BaseNode[Sample], RemoteErrors):
@@ -81,14 +68,19 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         shards in listing order) and ``__epoch__``.
 
     State:
-        ``{SOURCE_KEY: <source state before the shard being read>, OFFSET_KEY: int (its samples
-        delivered), ERRORS_KEY: {...}}``: O(1). On resume the shard is fetched again (a cache
-        hit) and its first ``offset`` samples of the same permutation are skipped unread
-        (whole windows are not read at all). Elastic resume (another world size or
-        ``num_workers``, :func:`sdsnodes.load_elastic_state`) goes by the source's shard
-        positions: finished shards are not read again, the shard being read is read again
-        from its start (at-least-once for its samples). The two levels follow WebDataset's
-        shard shuffle + sample buffer, with a seeded permutation in place of the buffer.
+        ``{NODE_KEY: STATE_TAG, SOURCE_KEY: <source state before the shard being read>,
+        FIRST_ROW_KEY, EPOCH_KEY: that shard's (None: none), OFFSET_KEY: int (its samples
+        delivered), PARTIAL_KEY: <PartialShards state>, ERRORS_KEY: {...}}``: O(1). On resume
+        the shard is fetched again (a cache hit) and its first ``offset`` samples of the same
+        permutation are skipped unread (whole windows are not read at all); shards fetched
+        ahead but not started are not in the state, so they are read. Elastic resume (another
+        world size or ``num_workers``, :func:`sdsnodes.load_elastic_state`) is exactly-once
+        too: finished shards are not read again, and each shard being read is resumed after
+        its ``offset`` samples by whichever reader of the new layout gets it (the permutation
+        depends on no layout; see :mod:`sdsnodes.nodes._packed_cursor`), in that epoch only.
+        States saved without the tag resume such shards from their start (at-least-once).
+        The two levels follow WebDataset's shard shuffle + sample buffer, with a seeded
+        permutation in place of the buffer.
 
     Errors:
         a shard that cannot be fetched skips its samples as ``"missing"``/``"download"``; one
@@ -100,8 +92,13 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         ValueError: ``columns`` empty, ``window`` < 1 or ``prefetch`` < 0.
     """
 
+    STATE_TAG = "ShardReader"
+    """``state[NODE_KEY]``: how elastic resume finds the ShardReaders' states."""
     SOURCE_KEY = "source"
+    FIRST_ROW_KEY = "first_row"  # the shard being read: its first global row, and its epoch
+    EPOCH_KEY = "epoch"
     OFFSET_KEY = "offset"
+    PARTIAL_KEY = "partial"  # shards to resume mid-way after an elastic resume
     ERRORS_KEY = "errors"
 
     def __init__(
@@ -129,9 +126,9 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         self.prefetch = prefetch
         errors = errors or ErrorOptions()
         self.errors = ErrorPolicy(errors.on_error, errors.max_error_rate)
-        self._queue: collections.deque[_Unit] = collections.deque()
+        self._queue: collections.deque[Unit] = collections.deque()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._current: _Unit | None = None
+        self._current: Unit | None = None
         self._rows: list[int] = []  # rows of the current window, in delivery order
         self._window_data: dict[str, list] = {}
         self._windows: list[tuple[list[int], int]] = []  # (row groups, first row) per window
@@ -139,6 +136,8 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         self._bad: dict[int, BaseException] = {}  # rows of unreadable row groups → the error
         self._file: pq.ParquetFile | None = None
         self._offset = 0  # samples of the current shard delivered (or to skip, on resume)
+        self._resumed: tuple[Any, Any] = (None, None)  # (first row, epoch) of a resumed shard
+        self._partial, self._next_partial = PartialShards(), PartialShards()
         self._exhausted = False
 
     # -- torchdata node protocol ------------------------------------------------------------
@@ -148,12 +147,21 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         self._drop()
         if initial_state is None:
             self.source.reset(None)
-            self._offset = 0
+            self._offset, self._resumed = 0, (None, None)
+            self._partial, self._next_partial = self._next_partial, PartialShards()
         else:
             self.errors.load(initial_state.get(self.ERRORS_KEY))
             self.source.reset(initial_state[self.SOURCE_KEY])
             self._offset = int(initial_state.get(self.OFFSET_KEY, 0))
+            first, epoch = initial_state.get(self.FIRST_ROW_KEY), initial_state.get(self.EPOCH_KEY)
+            self._resumed = (first, epoch)
+            self._partial = PartialShards.load(initial_state.get(self.PARTIAL_KEY))
         self._exhausted = False
+
+    def set_partial(self, partial: PartialShards) -> None:
+        """Make the next ``reset()`` without state skip the first samples of the shards in
+        ``partial`` (an elastic resume: :func:`sdsnodes.elastic.apply_cursor` calls this)."""
+        self._next_partial = partial
 
     def next(self) -> Sample:
         while True:
@@ -170,15 +178,20 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             self._open_next()
 
     def get_state(self) -> dict[str, Any]:
+        shard: tuple[Any, Any] = (None, None)
         if self._current is not None and (self._rows or self._windows):
             before, offset = self._current.before, self._offset
+            shard = (self._current.unit[FIRST_ROW], self._current.unit[EPOCH])
         elif self._current is None and self._offset:  # a resumed shard not opened yet
-            before, offset = self.source.state_dict(), self._offset
+            before, offset, shard = self.source.state_dict(), self._offset, self._resumed
         else:
             before = self._queue[0].before if self._queue else self.source.state_dict()
             offset = 0
-        errors = self.errors.state()
-        return {self.SOURCE_KEY: before, self.OFFSET_KEY: offset, self.ERRORS_KEY: errors}
+        return {
+            NODE_KEY: self.STATE_TAG, self.SOURCE_KEY: before, self.FIRST_ROW_KEY: shard[0],
+            self.EPOCH_KEY: shard[1], self.OFFSET_KEY: offset,
+            self.PARTIAL_KEY: self._partial.state(), self.ERRORS_KEY: self.errors.state(),
+        }  # fmt: skip
 
     def shutdown(self) -> None:
         """Forget the shards in flight and stop the fetching threads."""
@@ -198,7 +211,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             except StopIteration:
                 self._exhausted = True
                 return
-            self._queue.append(_Unit(unit, before, self._threads().submit(self._local, unit)))
+            self._queue.append(Unit(unit, before, self._threads().submit(self._local, unit)))
 
     def _local(self, unit: Sample) -> str:
         """The local path of the shard (fetched into the cache and pinned when remote)."""
@@ -218,7 +231,8 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         if not self._queue:
             raise StopIteration
         head = self._queue.popleft()
-        self._current, self._offset = head, 0
+        skip = skip or self._partial.take(head.unit)  # elastic resume: its first samples read
+        self._current, self._offset, self._resumed = head, 0, (None, None)
         self._fill(self.prefetch)  # the next shards download while this one is read
         unit = head.unit
         try:
@@ -233,7 +247,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
                 )
         except Exception as error:  # noqa: BLE001 - counted, or raised under on_error="raise"
             self._release_current()
-            self._skip_rows(unit, unit[NUM_ROWS], error, self._reason(error))
+            self._skip_rows(unit, unit[NUM_ROWS] - skip, error, self._reason(error))
             return
         self._windows = self._plan(self._file.metadata)
         self._offset = skip
@@ -296,21 +310,9 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             except Exception as error:  # noqa: BLE001 - its rows are skipped
                 self._bad.update(dict.fromkeys(range(start, start + n), error))
             start += n
-        self._window_data = self._columns(pa.concat_tables(tables)) if tables else {}
+        self._window_data = columns_of(pa.concat_tables(tables), self.columns) if tables else {}
         self._rows = rows
         return True
-
-    def _columns(self, table: pa.Table) -> dict[str, list]:
-        out = {}
-        for name in table.column_names:
-            column = table.column(name)
-            if name in self.columns:  # {bytes, path} dicts, or None for a null struct
-                values = [v or {} for v in column.to_pylist()]
-                out[name] = [v.get(BYTES_FIELD) for v in values]
-                out[f"{name}\0path"] = [v.get(PATH_FIELD) for v in values]
-            else:
-                out[name] = column.to_pylist()
-        return out
 
     def _sample(self, row: int) -> Sample | None:
         """Row ``row`` of the current shard as a sample; None when it was skipped."""
@@ -331,22 +333,13 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             if out.get(column) is None:
                 path = self._window_data[f"{column}\0path"][i]
                 try:
-                    out[column] = self._read_path(unit[SHARD], path)
+                    out[column] = read_path(unit[SHARD], path, self.fetch.storage_options)
                 except Exception as error:  # noqa: BLE001 - counted, or raised
                     self.errors.skip(
                         self.classify(error), error, f"{out[KEY]} ({column}: {path!r})"
                     )
                     return None
         return out
-
-    def _read_path(self, shard: str, path: str | None) -> bytes:
-        """The bytes at a media struct's ``path``: absolute, a URL, or next to the shard."""
-        if not path:
-            raise FileNotFoundError("the media struct has neither bytes nor path")
-        if not is_remote(path) and not os.path.isabs(path):
-            path = posixpath.join(posixpath.dirname(shard), path)
-        fs, p = filesystem(path, self.fetch.storage_options)
-        return fs.cat_file(p)
 
     def _skip_rows(self, unit: Sample, count: int, error: BaseException, reason: str) -> None:
         logger.warning("skipping %d samples of shard %r: %s", count, unit[SHARD], error)
@@ -383,7 +376,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             pending.future.cancel()  # not started yet: never fetched
             if is_remote(pending.unit[SHARD]):
                 pending.future.add_done_callback(
-                    functools.partial(_unpin_done, self._cache(), cache_key(pending.unit))
+                    functools.partial(unpin_done, self._cache(), cache_key(pending.unit))
                 )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -391,8 +384,3 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         state["_queue"], state["_executor"], state["_current"] = collections.deque(), None, None
         state["_file"], state["_window_data"], state["_rows"] = None, {}, []
         return state
-
-
-def _unpin_done(cache: Any, key: str, future: concurrent.futures.Future) -> None:
-    if not future.cancelled() and future.exception() is None:
-        cache.unpin(key)
