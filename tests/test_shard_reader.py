@@ -119,8 +119,8 @@ def test_elastic_resume_loses_nothing(packed, tmp_path):
     rest = [k for batch in stateful_loader(ds, num_workers=1) for k in batch["__key__"]]
     assert set(seen) | set(rest) == {str(i) for i in range(NUM)}  # nothing lost
     assert len(rest) == len(set(rest))
-    # at-least-once: only the shards being read when the state was taken are read again
-    assert len(seen) + len(rest) - NUM <= len(seen)
+    # exactly-once: the shards being read resume after their delivered samples
+    assert len(seen) + len(rest) == NUM
 
 
 def test_s3_shards_cached_whole_within_budget_and_a_rewritten_shard_refetched(
