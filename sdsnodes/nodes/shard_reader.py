@@ -70,7 +70,8 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
     State:
         ``{NODE_KEY: STATE_TAG, SOURCE_KEY: <source state before the shard being read>,
         FIRST_ROW_KEY, EPOCH_KEY: that shard's (None: none), OFFSET_KEY: int (its samples
-        delivered), PARTIAL_KEY: <PartialShards state>, ERRORS_KEY: {...}}``: O(1). On resume
+        delivered), PARTIAL_KEY: <PartialShards state>, ERRORS_KEY: {...}}``: O(1), plus after
+        an elastic resume O(shards that were being read) until they are reopened. On resume
         the shard is fetched again (a cache hit) and its first ``offset`` samples of the same
         permutation are skipped unread (whole windows are not read at all); shards fetched
         ahead but not started are not in the state, so they are read. Elastic resume (another
