@@ -7,7 +7,11 @@ not run here (not wired to moto yet; the line printed says so).
 
 The bound: the moto server's CPU seconds per GET (``psutil``, the server process), measured with
 one ``fs.cat`` of every raw object (s3fs keeps many requests in flight); ``os.cpu_count()``
-divided by that is the most GET/s the cores allow, one GET per raw image.
+divided by that is the most GET/s the cores allow, one GET per raw image. The same is printed
+with 16 GETs in flight (the image preset's window), where moto spends about half the CPU per
+GET, and for every loader the CPU per sample of the server and of the client (this process and
+its workers) during its epoch: on these shared cores the client's CPU counts against the same
+bound. Bytes per epoch: the size of the objects each system reads (each is read once, cold).
 """
 
 from __future__ import annotations
@@ -26,17 +30,25 @@ from benchmarks.bench_remote import import_servers
 
 RAW = "sdsnodes (raw files, s3://)"
 PACKED, LIT, WDS = PACKED_S3, LIT_S3, WDS_S3
+PREFIXES = {LIT: "bench/lit", WDS: "bench/tars", PACKED: "bench/packed", RAW: "bench/raw"}
 
 
-def get_bound(server, keys: list[str]) -> tuple[float, float]:
-    """(server CPU ms per GET, GET/s the cores allow) from one concurrent ``fs.cat(keys)``."""
+def server_cpu(server) -> float:
+    """CPU seconds (user + system) the moto server process has used."""
     import psutil
 
+    return sum(psutil.Process(server.pid).cpu_times()[:2])
+
+
+def get_bound(server, keys: list[str], batch: int | None = None) -> tuple[float, float]:
+    """(server CPU ms per GET, GET/s the cores allow) from ``fs.cat`` of ``keys``: all at once,
+    or ``batch`` at a time."""
     fs = server.fs()
-    proc = psutil.Process(server.pid)
-    before = sum(proc.cpu_times()[:2])
-    fs.cat(keys)
-    per_get = (sum(proc.cpu_times()[:2]) - before) / len(keys)
+    step = batch or len(keys)
+    before = server_cpu(server)
+    for i in range(0, len(keys), step):
+        fs.cat(keys[i : i + step])
+    per_get = (server_cpu(server) - before) / len(keys)
     return 1000 * per_get, (os.cpu_count() or 1) / per_get
 
 
@@ -71,20 +83,30 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
     pq.write_table(pa.table({"image": list(paths), "caption": captions}), local_index)
     loaders = upload_shards(server, work, paths, captions, local_index, n, batch)
     ms_per_get, bound = get_bound(server, keys)
-    print(f"s3: moto on 127.0.0.1; server CPU {ms_per_get:.2f} ms per GET -> bound "
-          f"{bound:.0f} GET/s on {os.cpu_count()} CPUs (one GET per raw image); "
+    ms_16, bound_16 = get_bound(server, keys, 16)
+    print(f"s3: moto on 127.0.0.1; server CPU {ms_per_get:.2f} ms per GET ({count} in flight) "
+          f"-> bound {bound:.0f} GET/s on {os.cpu_count()} CPUs (one GET per raw image); "
+          f"{ms_16:.2f} ms per GET 16 at a time -> {bound_16:.0f} GET/s; "
           "mosaicml-streaming: not run against moto", flush=True)  # fmt: skip
+    stored = {name: fs.du(prefix) for name, prefix in PREFIXES.items()}
+    print("bytes per epoch (objects read): "
+          + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in stored.items()),
+          flush=True)  # fmt: skip
     loaders[RAW] = functools.partial(sds_epoch, raw_index, server.storage_options, n, batch)
     rows = {name: Result(name, unit="samples/s", group="S3 cold cache", baseline=name == LIT)
             for name in loaders}  # fmt: skip
     for r in range(repeats):
         for name in in_turn(list(loaders), r):
             cache = tempfile.mkdtemp(prefix="cache-", dir=work)
-            wall, _, got = measure(functools.partial(loaders[name], cache))
+            before = server_cpu(server)
+            wall, cpu, got = measure(functools.partial(loaders[name], cache))
+            served = server_cpu(server) - before
             if got != count:
                 rows[name].note = f"delivered {got} of {count}"
             rows[name].values.append(got / wall)
-            print(f"  repeat {r + 1}/{repeats}  {name}: {wall:.2f} s, {got} samples", flush=True)
+            print(f"  repeat {r + 1}/{repeats}  {name}: {wall:.2f} s, {got} samples; CPU ms per "
+                  f"sample: client {1000 * cpu / got:.2f}, server {1000 * served / got:.2f}",
+                  flush=True)  # fmt: skip
             shutil.rmtree(cache, ignore_errors=True)
     best = max(rows[LIT].median, rows[WDS].median)
     rows[PACKED].note += f" {rows[PACKED].median / best:.2f}x the best peer; target >= 1.2x"
