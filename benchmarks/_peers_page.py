@@ -119,8 +119,8 @@ def _clips(rows: Mapping[str, Mapping[str, Result]], config: dict[str, Any]) -> 
         "frames at 8 frames/s, 112x112 centre crops; batches of 8, 2 workers; medians of "
         f"{config.get('clip_repeats') or config.get('repeats')}; the peers decode with "
         "`benchmarks/bench_video.py::handwritten_clip`, torchdata.nodes in 4 threads of this "
-        "process). Each epoch (5-10 s here) includes the workers' start-up, not separated "
-        "from the decoding here:",
+        "process). Each epoch (4-5 s here) includes the workers' start-up, not separated "
+        "from the decoding:",
         "",
         "| loader | clips/s | vs plain DataLoader | peak PSS, MiB |",
         "|---|---:|---:|---:|",
@@ -173,12 +173,12 @@ def write_page(
         "",
         "CPU ms per image counts this process and its reaped children (the workers); peak PSS is "
         "the sum of `Pss` in `/proc/<pid>/smaps_rollup` over the process and its descendants, "
-        "sampled every 50 ms. These figures come from a busy shared machine (other jobs kept "
-        "its load far above its core count): compare the rows with each other, not with other "
-        "machines. Under such load a loader with more runnable threads gets a larger share of "
-        "the cores: sdsnodes runs 4 decoding threads in each of its 2 workers, the peers one "
-        "per worker, which favours sdsnodes' samples/s here; CPU ms per image does not depend "
-        "on that share.",
+        "sampled every 50 ms. Each epoch runs in a fresh process (spawned, with the same "
+        "libraries imported before timing; its DataLoader workers forked), so no loader "
+        "inherits what another left in memory. The machine is a shared 2-core VM: compare "
+        "the rows with each other, not with other machines. sdsnodes runs its default "
+        "`num_threads=None`: with 2 workers on 2 cores it decodes inline, one thread per "
+        "worker as the peers do.",
         "",
         *[f"![{label}](img/{stem}.png)" for key, (stem, label, _) in CHARTS.items() if key in rows],
         "",
@@ -187,9 +187,9 @@ def write_page(
         *_clips(rows, config),
         "",
         "The same images from S3 (moto on 127.0.0.1, cold cache): "
-        "`python -m benchmarks.run peers --task s3`; its last figures are in the `peers` section "
-        "of `benchmarks/README.md`. Not measured here yet: bytes downloaded per epoch under a "
-        "cache budget (see `benchmarks/bench_cache_policy.py` for sdsnodes alone).",
+        "`python -m benchmarks.run peers --task s3`; its last figures, with each reader's "
+        "bytes per epoch and the client's and the server's CPU per sample, are in the `peers` "
+        "section of `benchmarks/README.md`.",
         "",
         "## Features",
         "",
