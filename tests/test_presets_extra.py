@@ -286,3 +286,20 @@ def test_benchmarks_quick_run(tmp_path):
     for name in ("partial", "image", "audio"):
         assert f"== {name}: exit 0" in out
     assert out.count("ratio") >= 3
+
+
+def test_building_a_graph_does_not_import_pandas(image_index, tmp_path):
+    """pyarrow imports pandas (0.4-0.5 s, tens of MB) on some paths, e.g. ``pc.index`` with a
+    Python value: building a preset and reading a batch stays off them."""
+    code = (
+        "import sys\n"
+        "from torchdata.nodes import Loader\n"
+        "from sdsnodes import CacheOptions, build_image_graph\n"
+        f"graph = build_image_graph({image_index!r}, size=32, batch_size=4, "
+        f"cache=CacheOptions({str(tmp_path / 'cache')!r}))\n"
+        "next(iter(Loader(graph)))\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False"

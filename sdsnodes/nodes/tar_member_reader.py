@@ -33,7 +33,8 @@ def addresses_members(table: pa.Table, column: str) -> bool:
         return False
     for chunk in values.chunks:  # the first non-null value, found without copying the column
         if chunk.null_count < len(chunk):
-            first = chunk[pc.index(chunk.is_valid(), True).as_py()].as_py()
+            # indices_nonzero, not pc.index: its pa.scalar(True) imports pandas (0.4-0.5 s)
+            first = chunk[pc.indices_nonzero(chunk.is_valid())[0].as_py()].as_py()
             return parse_member(first) is not None
     return False
 
