@@ -7,11 +7,11 @@ not run here (not wired to moto yet; the line printed says so).
 
 The bound: the moto server's CPU seconds per GET (``psutil``, the server process), measured with
 one ``fs.cat`` of every raw object (s3fs keeps many requests in flight); ``os.cpu_count()``
-divided by that is the most GET/s the cores allow, one GET per raw image. The same is printed
-with 16 GETs in flight (the image preset's window), where moto spends about half the CPU per
-GET, and for every loader the CPU per sample of the server and of the client (this process and
-its workers) during its epoch: on these shared cores the client's CPU counts against the same
-bound. Bytes per epoch: the size of the objects each system reads (each is read once, cold).
+divided by that is the most GET/s the cores allow, one GET per raw image. For every loader the
+CPU per sample of the server and of the client (this process and its workers) during its epoch
+is printed too: moto spent 10 ms per object under ``fs.cat`` but 4-5 ms per GET during
+sdsnodes' raw-file epochs (2026-12-04), and on these shared cores the client's CPU counts
+against the same cores. Bytes per epoch: the size of the objects each system reads (each is read once, cold).
 """
 
 from __future__ import annotations
@@ -40,14 +40,11 @@ def server_cpu(server) -> float:
     return sum(psutil.Process(server.pid).cpu_times()[:2])
 
 
-def get_bound(server, keys: list[str], batch: int | None = None) -> tuple[float, float]:
-    """(server CPU ms per GET, GET/s the cores allow) from ``fs.cat`` of ``keys``: all at once,
-    or ``batch`` at a time."""
+def get_bound(server, keys: list[str]) -> tuple[float, float]:
+    """(server CPU ms per GET, GET/s the cores allow) from one concurrent ``fs.cat(keys)``."""
     fs = server.fs()
-    step = batch or len(keys)
     before = server_cpu(server)
-    for i in range(0, len(keys), step):
-        fs.cat(keys[i : i + step])
+    fs.cat(keys)
     per_get = (server_cpu(server) - before) / len(keys)
     return 1000 * per_get, (os.cpu_count() or 1) / per_get
 
@@ -83,10 +80,8 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
     pq.write_table(pa.table({"image": list(paths), "caption": captions}), local_index)
     loaders = upload_shards(server, work, paths, captions, local_index, n, batch)
     ms_per_get, bound = get_bound(server, keys)
-    ms_16, bound_16 = get_bound(server, keys, 16)
     print(f"s3: moto on 127.0.0.1; server CPU {ms_per_get:.2f} ms per GET ({count} in flight) "
           f"-> bound {bound:.0f} GET/s on {os.cpu_count()} CPUs (one GET per raw image); "
-          f"{ms_16:.2f} ms per GET 16 at a time -> {bound_16:.0f} GET/s; "
           "mosaicml-streaming: not run against moto", flush=True)  # fmt: skip
     stored = {name: fs.du(prefix) for name, prefix in PREFIXES.items()}
     print("bytes per epoch (objects read): "

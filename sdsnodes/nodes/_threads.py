@@ -35,8 +35,8 @@ def auto_threads() -> int:
 
     Inline, the work runs in the thread that pulls it (in the presets, the Prefetcher's, which
     overlaps it with the consumer): with 2 DataLoader workers on 2 cores, threads only add
-    hand-offs (workers' CPU per image 3.1-3.5 s inline against 3.6-4.1 s with 4 threads per
-    2,000 JPEGs; ``benchmarks/bench_peers.py``).
+    hand-offs (the two workers' CPU for 2,000 JPEGs: 3.1-3.5 s inline against 3.6-4.1 s with 4
+    threads each; ``benchmarks/bench_peers.py``, images task).
     """
     from torch.utils.data import get_worker_info
 
