@@ -96,3 +96,30 @@ def test_swscale_contexts_left_in_garbage_free_in_a_forked_child(tmp_path):
     finally:
         gc.enable()
         gc.collect()
+
+
+@pytest.mark.parametrize(
+    ("size", "shape"), [(112, (112, 149, 3)), ((112, 112), (112, 112, 3)), (None, (192, 256, 3))]
+)
+def test_odd_resized_width_is_scaled_even_and_cropped(tmp_path, size, shape):
+    """256x192 → short side 112 is 149.3 wide: swscale scales to 150 (its fast path) and the
+    extra column is cropped; the shape is the exact one and the pixels within ~2 levels of an
+    exact 149-wide resize."""
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    from sdsnodes._synthetic import write_video
+    from sdsnodes.codecs._av import rgb_frame
+
+    path = tmp_path / "v.mp4"
+    write_video(path, num_frames=2, width=256, height=192)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    rgb = rgb_frame(VideoReformatter(), frame, size, None)
+    assert rgb.shape == shape and rgb.dtype == np.uint8
+    if size == 112:
+        exact = VideoReformatter().reformat(frame, width=149, height=112, format="rgb24")
+        diff = np.abs(rgb.astype(int) - exact.to_ndarray().astype(int))
+        assert diff.mean() < 4, diff.mean()
+    if size is None:
+        assert np.array_equal(rgb, frame.to_ndarray(format="rgb24"))

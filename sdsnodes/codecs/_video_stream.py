@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from sdsnodes.codecs._resize import Size, cover_shape, crop_box
+from sdsnodes.codecs._av import rgb_frame
+from sdsnodes.codecs._resize import Size
 
 _EPS = 1e-3  # s, as VideoClip: a frame at t + _EPS still counts as "at or before" t
 
@@ -55,12 +56,7 @@ def picked_frames(
     def convert(frame: Any) -> np.ndarray:
         nonlocal converted
         if converted is None or converted[0] is not frame:
-            height, width = cover_shape(frame.height, frame.width, size)
-            # threads=1: a scaler with slice threads hangs a forked DataLoader worker that
-            # frees it (pthread_cond_destroy waits on threads the fork did not copy)
-            rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24", threads=1)
-            top, left, h, w = crop_box(height, width, size, None)
-            converted = (frame, rgb.to_ndarray()[top : top + h, left : left + w])  # [H, W, 3]
+            converted = (frame, rgb_frame(reformatter, frame, size, None))  # [H, W, 3]
         return converted[1]
 
     k, previous, previous_time, step = first, None, -math.inf, 1.0 / rate

@@ -10,15 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdsnodes.codecs._av import av_open, stream_seconds
+from sdsnodes.codecs._av import av_open, rgb_frame, stream_seconds
 from sdsnodes.codecs._resize import (
     Size,
     as_source,
     check_crop,
     check_max_pixels,
     check_size,
-    cover_shape,
-    crop_box,
     describe,
     draw_crop,
 )
@@ -253,7 +251,7 @@ class VideoClip:
         def take(frame: Any) -> None:
             nonlocal converted
             if converted is None or converted[0] is not frame:
-                converted = (frame, self._convert(reformatter, frame, position))
+                converted = (frame, rgb_frame(reformatter, frame, self.size, position))
             picked.append(converted[1])
 
         previous, previous_time, padded = None, -math.inf, False
@@ -281,20 +279,6 @@ class VideoClip:
         while len(picked) < len(targets):  # the rest of the clip is at or after the last frame
             take(previous)
         return picked.tensor, padded
-
-    def _convert(
-        self, reformatter: Any, frame: Any, position: tuple[float, float] | None
-    ) -> np.ndarray:
-        """One frame as uint8 [H, W, 3] RGB, resized (by swscale) and cropped."""
-        height, width = cover_shape(frame.height, frame.width, self.size)
-        # the scaler in one thread whatever ``threads`` says: one with slice threads hangs a
-        # forked DataLoader worker that frees it (pthread_cond_destroy waits on threads the
-        # fork did not copy; tests/test_video_lean.py)
-        rgb = reformatter.reformat(
-            frame, width=width, height=height, format="rgb24", threads=1
-        ).to_ndarray()  # [H, W, 3]
-        top, left, h, w = crop_box(height, width, self.size, position)
-        return rgb[top : top + h, left : left + w]
 
 
 class _Clip:
