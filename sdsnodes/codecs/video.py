@@ -256,27 +256,31 @@ class VideoClip:
 
         previous, previous_time, padded = None, -math.inf, False
         seconds = float(time_base) if time_base else None  # per tick: floats, not Fractions
+        due = [t + _EPS for t in targets.tolist()]  # Python floats: no numpy scalar per frame
+        total, last = len(due), due[-1]
         for frame in container.decode(stream):
-            if frame.pts is not None and seconds is not None:
-                now = (frame.pts - start) * seconds
+            pts = frame.pts
+            if pts is not None and seconds is not None:
+                now = (pts - start) * seconds
             else:  # no timestamp: assume the stated rate
                 now = previous_time + 1.0 / rate if previous is not None else 0.0
-            if previous is None and seek and now > targets[0] + _EPS:
+            if previous is None and seek and now > due[0]:
                 raise _SeekMissed  # landed after the clip start
-            while len(picked) < len(targets) and targets[len(picked)] + _EPS < now:
+            while picked.count < total and due[picked.count] < now:
                 take(previous if previous is not None else frame)
-            if len(picked) == len(targets):
+            if picked.count == total:
                 break
             # the frame's own duration (exact with a variable frame rate), else the stated rate
-            step = frame.duration * seconds if frame.duration and seconds else 1.0 / rate
+            duration = frame.duration
+            step = duration * seconds if duration and seconds else 1.0 / rate
             previous, previous_time = frame, now
-            if now + step > targets[-1] + _EPS:  # the next frame would be past the clip
+            if now + step > last:  # the next frame would be past the clip
                 break
         else:  # the frames ran out: padded if the last one ends before the clip does
             if previous is None:
                 raise _Unusable("no decodable video frame")
-            padded = targets[-1] + _EPS >= previous_time + step
-        while len(picked) < len(targets):  # the rest of the clip is at or after the last frame
+            padded = last >= previous_time + step
+        while picked.count < total:  # the rest of the clip is at or after the last frame
             take(previous)
         return picked.tensor, padded
 
