@@ -2,8 +2,15 @@
 
 Reuses ``bench_pack``'s readers (LitData's chunks over ``s3://``, WebDataset's tars over presigned
 HTTP URLs of the moto server, sdsnodes' packed shards over ``s3://``) and adds sdsnodes on the raw
-files (``build_image_graph`` on an index of ``s3://`` URLs, no conversion). MosaicML streaming is
-not run here (not wired to moto yet; the line printed says so).
+files (``build_image_graph`` on an index of ``s3://`` URLs, no conversion) and mosaicml-streaming
+on its own MDS shards (``MDSWriter``, 8 MB, {index, image bytes}; the conversion timed apart and
+printed), called as a streaming user would: ``StreamingDataset(remote="s3://bench/mds",
+local=<a fresh folder per epoch>, shuffle=True)`` in a torch ``DataLoader`` (batch 32, 2
+workers), its boto3 client pointed at moto by ``S3_ENDPOINT_URL`` and the ``AWS_*`` credentials
+in the environment (streaming's documented variables). Every epoch starts with an empty cache
+folder (cold); streaming's sample ids are checked to cover the epoch exactly once, the other
+rows' counts against the number of images. Each row's note gives its ratio to the best peer
+(the fastest of LitData, WebDataset and streaming).
 
 The bound: the moto server's CPU seconds per GET (``psutil``, the server process), measured with
 one ``fs.cat`` of every raw object (s3fs keeps many requests in flight); ``os.cpu_count()``
@@ -23,14 +30,18 @@ import tempfile
 from argparse import Namespace
 from pathlib import Path
 
-from benchmarks._common import Result, format_table, in_turn
+from benchmarks._common import Result, format_table, in_turn, timed
+from benchmarks._peers import convert_mosaic
 from benchmarks.bench_image import measure
 from benchmarks.bench_pack import LIT_S3, PACKED_S3, WDS_S3, sds_epoch, upload_shards
 from benchmarks.bench_remote import import_servers
 
 RAW = "sdsnodes (raw files, s3://)"
+MDS = "mosaicml-streaming (its MDS shards, s3://)"
 PACKED, LIT, WDS = PACKED_S3, LIT_S3, WDS_S3
-PREFIXES = {LIT: "bench/lit", WDS: "bench/tars", PACKED: "bench/packed", RAW: "bench/raw"}
+PEERS = (LIT, WDS, MDS)
+PREFIXES = {LIT: "bench/lit", WDS: "bench/tars", MDS: "bench/mds", PACKED: "bench/packed",
+            RAW: "bench/raw"}  # fmt: skip
 
 
 def server_cpu(server) -> float:
@@ -57,6 +68,7 @@ def run_s3(args: Namespace, paths: list[str], repeats: int) -> list[Result]:
     servers = import_servers()
     os.environ.update(servers.s3.CLIENT_ENV)
     server = servers.s3.S3Server().start()
+    os.environ["S3_ENDPOINT_URL"] = server.url  # mosaicml-streaming's boto3 endpoint
     work = Path(tempfile.mkdtemp(prefix="sds-bench-peers-s3-"))
     try:
         return _run(args, paths, repeats, server, work, pa, pq)
@@ -66,6 +78,8 @@ def run_s3(args: Namespace, paths: list[str], repeats: int) -> list[Result]:
 
 
 def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
+    from benchmarks._peers_mds import mds_s3_epoch  # imports streaming
+
     n, batch, count = args.num_workers, args.batch_size, len(paths)
     captions = [str(i) for i in range(count)]
     fs = server.fs()
@@ -79,17 +93,23 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
     local_index = str(work / "local.parquet")
     pq.write_table(pa.table({"image": list(paths), "caption": captions}), local_index)
     loaders = upload_shards(server, work, paths, captions, local_index, n, batch)
+    mds_s, mds_dir = timed(lambda: convert_mosaic(paths, work / "mds"))
+    fs.put(mds_dir + "/", "bench/mds/", recursive=True)
+    print(f"conversion s (timed apart): mosaicml-streaming MDSWriter {mds_s:.2f}", flush=True)
     ms_per_get, bound = get_bound(server, keys)
     print(f"s3: moto on 127.0.0.1; server CPU {ms_per_get:.2f} ms per GET ({count} in flight) "
           f"-> bound {bound:.0f} GET/s on {os.cpu_count()} CPUs (one GET per raw image); "
-          "mosaicml-streaming: not run against moto", flush=True)  # fmt: skip
+          f"streaming's S3_ENDPOINT_URL={server.url}", flush=True)  # fmt: skip
     stored = {name: fs.du(prefix) for name, prefix in PREFIXES.items()}
     print("bytes per epoch (objects read): "
           + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in stored.items()),
           flush=True)  # fmt: skip
     loaders[RAW] = functools.partial(sds_epoch, raw_index, server.storage_options, n, batch)
+    loaders[MDS] = functools.partial(mds_s3_epoch, "s3://bench/mds", count, n, batch)
+    loaders = {name: loaders[name] for name in (LIT, WDS, MDS, PACKED, RAW)}
     rows = {name: Result(name, unit="samples/s", group="S3 cold cache", baseline=name == LIT)
             for name in loaders}  # fmt: skip
+    rows[MDS].note = f"conversion (MDSWriter) {mds_s:.2f} s;"
     for r in range(repeats):
         for name in in_turn(list(loaders), r):
             cache = tempfile.mkdtemp(prefix="cache-", dir=work)
@@ -103,8 +123,10 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
                   f"sample: client {1000 * cpu / got:.2f}, server {1000 * served / got:.2f}",
                   flush=True)  # fmt: skip
             shutil.rmtree(cache, ignore_errors=True)
-    best = max(rows[LIT].median, rows[WDS].median)
-    rows[PACKED].note += f" {rows[PACKED].median / best:.2f}x the best peer; target >= 1.2x"
+    best = max((rows[p] for p in PEERS), key=lambda r: r.median)
+    for row in rows.values():
+        row.note = f"{row.note} {row.median / best.median:.2f}x the best peer ({best.name.split(' (')[0]})".strip()
+    rows[PACKED].note += "; target >= 1.2x"
     rows[RAW].note += f" {rows[RAW].median / bound:.2f}x the bound {bound:.0f}/s; target >= 0.8x"
     return list(rows.values())
 

@@ -81,7 +81,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         nargs="+",
         default=None,
-        help="rewrite the page from saved --json runs (images, then clips) without measuring",
+        help="rewrite the page from saved --json runs (images, clips, s3) without measuring",
     )
     add("--docs", type=Path, default=None, help="the docs folder --plot writes to (docs/)")
     return parser.parse_args(argv)
