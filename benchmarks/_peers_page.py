@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Result, machine
+from benchmarks._peers_page_s3 import is_s3_run, s3_lines
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 OURS = "sdsnodes (raw files)"
@@ -93,6 +94,9 @@ def rows_from_json(paths: list[Path]) -> tuple[dict[str, dict[str, Result]], dic
     rows: dict[str, dict[str, Result]] = {}
     config: dict[str, Any] = {}
     for path in paths:
+        if is_s3_run(path):  # the S3 task: its own section (benchmarks/_peers_page_s3.py)
+            config["s3_json"] = str(path)
+            continue
         saved = json.loads(Path(path).read_text())
         for r in saved["results"]:
             result = Result(r["name"], list(r["values"]), r["unit"], r["group"], r["baseline"])
@@ -186,10 +190,7 @@ def write_page(
         "",
         *_clips(rows, config),
         "",
-        "The same images from S3 (moto on 127.0.0.1, cold cache): "
-        "`python -m benchmarks.run peers --task s3`; its last figures, with each reader's "
-        "bytes per epoch and the client's and the server's CPU per sample, are in the `peers` "
-        "section of `benchmarks/README.md`.",
+        *s3_lines(config.get("s3_json")),
         "",
         "## Features",
         "",
