@@ -42,11 +42,11 @@ def objects(gcs_server):
     gcs_server.fs().rm(bucket, recursive=True)
 
 
-def write_index(tmp_path, blobs: dict[str, bytes], sizes: dict[str, int] | None = None) -> str:
+def write_index(tmp_path, blobs: dict[str, bytes], **columns) -> str:
     urls = list(blobs)
-    sizes = sizes or {u: len(b) for u, b in blobs.items()}
     path = tmp_path / f"index-{len(list(tmp_path.iterdir()))}.parquet"
-    pq.write_table(pa.table({"file": urls, "size": [sizes[u] for u in urls]}), path)
+    table = {"file": urls, "size": [len(blobs[u]) for u in urls], **columns}
+    pq.write_table(pa.table(table), path)
     return str(path)
 
 
@@ -130,6 +130,20 @@ def test_a_failed_compose_falls_back_and_loses_nothing(gcs_server, objects, tmp_
         fs.rm_file(bad)
 
 
+def test_a_composed_part_with_a_wrong_digest_is_not_cached(gcs_server, objects, tmp_path):
+    _, blobs = objects
+    mine = dict(itertools.islice(blobs.items(), 16))
+    md5 = [hashlib.md5(b).hexdigest() for b in mine.values()]
+    md5[3] = "0" * 32
+    index = write_index(tmp_path, mine, md5=md5)
+    root, downloader = graph(gcs_server, index, tmp_path / "cache", GcsComposeOptions())
+    loader = Loader(root)
+    got = by_key(loader)
+    assert sorted(got.values()) == sha({u: b for i, (u, b) in enumerate(mine.items()) if i != 3})
+    assert error_stats(loader.state_dict()) == {"checksum": 1}
+    assert downloader.compose_counts["composed_objects"] == 16
+
+
 def test_resume_with_compose_is_exact(gcs_server, objects, tmp_path):
     _, blobs = objects
     index = write_index(tmp_path, dict(itertools.islice(blobs.items(), 32)))
@@ -155,3 +169,12 @@ def test_options_are_checked():
         GcsComposeOptions(temp_prefix="gs://other/tmp/")
     with pytest.raises(ValueError, match="gcs_compose"):
         FetchOptions(gcs_compose={"min_objects": 4})
+
+
+@pytest.mark.slow
+def test_benchmark_runs(capsys):
+    from benchmarks import bench_gcs_compose
+
+    assert bench_gcs_compose.main(["--quick", "--objects", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "serves compose (gcsfs merge): yes" in out and "64 composed, 0 fell back" in out

@@ -26,8 +26,7 @@ from typing import Any
 
 from sdsnodes._checksum import parse_checksum
 from sdsnodes._gcs_compose_options import GcsComposeOptions
-from sdsnodes._retry import Retrier
-from sdsnodes.storage import _checked, _Download, _fetch_async, _remove, filesystem, protocol_of
+from sdsnodes.storage import _checked, _Download, _remove, fetch_soon, filesystem, protocol_of
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ class GcsComposer:
                 raise
             self._fell_back(len(items), error)
             return await asyncio.gather(
-                *(_alone(fs, item, e, abandoned, fetch_kwargs) for item, e in zip(items, expected)),
+                *(_alone(item, abandoned, fetch_kwargs) for item in items),
                 return_exceptions=True,
             )
         self.counts["composed_groups"] += 1
@@ -209,21 +208,15 @@ async def _compose_once(fs: Any, temp: str, paths: list[str]) -> None:
 
 
 async def _alone(
-    fs: Any,
-    item: ComposeItem,
-    expected: tuple[str, bytes] | None,
-    abandoned: threading.Event,
-    fetch_kwargs: dict[str, Any],
+    item: ComposeItem, abandoned: threading.Event, fetch_kwargs: dict[str, Any]
 ) -> int:
-    """The fallback: the object on its own, as :func:`sdsnodes.storage.fetch_soon` does it."""
-    retry = functools.partial(
-        Retrier, item.url, fetch_kwargs.get("retries"), 0.5, fetch_kwargs.get("deadline_s")
-    )
-    path = fs._strip_protocol(item.url)
-    return await _fetch_async(
-        fs, item.url, path, item.dest, retry, fetch_kwargs.get("timeout"), abandoned, item.size,
-        expected,
+    """The fallback: the object on its own, by :func:`sdsnodes.storage.fetch_soon` (its
+    retries, checks and cancellation)."""
+    download = fetch_soon(
+        item.url, item.dest, abandoned=abandoned, expected_size=item.size,
+        checksum=item.checksum, **fetch_kwargs,
     )  # fmt: skip
+    return await asyncio.wrap_future(download)
 
 
 def _split(
