@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -24,9 +25,11 @@ import threading
 import uuid
 from typing import Any
 
-from sdsnodes._checksum import parse_checksum
+from fsspec.core import strip_protocol
+
+from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
 from sdsnodes._gcs_compose_options import GcsComposeOptions
-from sdsnodes.storage import _checked, _Download, _remove, fetch_soon, filesystem, protocol_of
+from sdsnodes.storage import fetch_soon, filesystem, protocol_of, run_soon
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +122,7 @@ class GcsComposer:
         fs, _ = filesystem(items[0].url, options)
         temp = f"{bucket}/{self.options.temp_prefix}{uuid.uuid4().hex}"
         coro = self._group(fs, temp, items, abandoned, fetch_kwargs)
-        group = _Download(fs.loop, coro)
+        group = run_soon(fs.loop, coro)
         parts = [_Part(group) for _ in items]
         group.add_done_callback(functools.partial(_settle, parts))
         return parts
@@ -136,7 +139,7 @@ class GcsComposer:
         timeout = fetch_kwargs.get("timeout")
         expected = [None if i.checksum is None else parse_checksum(i.checksum) for i in items]
         try:
-            blob = await _composed(fs, temp, [fs._strip_protocol(i.url) for i in items], timeout)
+            blob = await _composed(fs, temp, [strip_protocol(i.url) for i in items], timeout)
             if len(blob) != sum(i.size for i in items):
                 raise _SizeMismatch(f"{len(blob)} bytes composed, {sum(i.size for i in items)} "
                                     "expected from the index's sizes (an object changed?)")  # fmt: skip
@@ -234,12 +237,22 @@ def _split(
         try:
             with open(item.dest, "wb") as f:
                 f.write(part)
-            out.append(_checked(item.url, item.dest, item.size, digest))
-        except Exception as error:  # noqa: BLE001 - that item's own error (a checksum, a full disk)
+            if digest is not None:
+                verify(item.url, item.dest, digest)
+            out.append(item.size)
+        except ChecksumMismatch as error:  # never cached, as fetch() leaves it
+            _unlink(item.dest)
+            out.append(error)
+        except Exception as error:  # noqa: BLE001 - that item's own error (a full disk, say)
             out.append(error)
         if abandoned.is_set():
-            _remove(item.dest)
+            _unlink(item.dest)
     return out
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _settle(parts: list[_Part], group: concurrent.futures.Future) -> None:
