@@ -10,6 +10,7 @@ from collections.abc import Collection
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sdsnodes.index.packed import BYTES_FIELD, ETAG, PATH_FIELD, SHARD, SIZE
 from sdsnodes.sample import Sample
@@ -70,3 +71,21 @@ def read_path(shard: str, path: str | None, storage_options: dict | None) -> byt
 def unpin_done(cache: Any, key: str, future: concurrent.futures.Future) -> None:
     if not future.cancelled() and future.exception() is None:
         cache.unpin(key)
+
+
+def plan_windows(
+    metadata: pq.FileMetaData, window: int
+) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """The windows of a shard (consecutive row groups of >= ``window`` rows in all, each with
+    its first row) and the rows of each row group."""
+    windows, groups, rows, first = [], [], 0, 0
+    for g in range(metadata.num_row_groups):
+        groups.append(g)
+        rows += metadata.row_group(g).num_rows
+        if rows >= window:
+            windows.append((groups, first))
+            first += rows
+            groups, rows = [], 0
+    if groups:
+        windows.append((groups, first))
+    return windows, [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
