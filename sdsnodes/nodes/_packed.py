@@ -25,11 +25,19 @@ def packed_source(
     world_size: int | None = None,
     window: int = 512,
     index: IndexOptions | None = None,
+    balance: bool = True,
+    batch_size: int | None = None,
 ) -> tuple[BaseNode, list[str], list[str]] | None:
     """The source stage of a preset over a packed dataset: IndexReader over the shard table
     (shards split over ranks and workers) → Shuffler (shard order per epoch, when ``shuffle``)
     → ShardReader; with the dataset's columns and its media columns. None when ``src`` is not
     a packed dataset (see :func:`sdsnodes.index.packed.is_packed`).
+
+    With ``balance`` (and ``world_size > 1``) the shards are split without padding (each shard
+    read once per epoch) and each ShardReader caps its epoch so that every rank reads as many
+    rows, in whole batches of ``batch_size`` when given (:mod:`sdsnodes.nodes._packed_balance`);
+    without it, shard counts are padded to equal (a few shards read twice) and ranks read
+    unequal rows.
 
     Raises:
         ValueError: ``index`` sets an option (filter, rename, max_rows, …): those shape an
@@ -46,11 +54,12 @@ def packed_source(
         )
     table, schema = shard_table(src, options)
     media = media_columns(schema)
-    node: BaseNode = IndexReader(table, rank=rank, world_size=world_size)
+    uneven = "keep" if balance else None  # balanced by rows: no shard read twice
+    node: BaseNode = IndexReader(table, rank=rank, world_size=world_size, uneven=uneven)
     if shuffle:
         node = Shuffler(node, seed=seed)
     node = ShardReader(
         node, media, window=window, shuffle=shuffle, seed=seed, cache=cache, fetch=fetch,
-        errors=errors,
+        errors=errors, balance=balance, batch_size=batch_size,
     )  # fmt: skip
     return node, list(schema.names), media

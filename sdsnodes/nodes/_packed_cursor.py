@@ -52,6 +52,10 @@ class PartialShards:
             return 0
         return self.offsets.pop(str(unit[FIRST_ROW]), 0)
 
+    def peek(self, unit: Sample) -> int:
+        """Samples of shard ``unit`` to skip, without taking them."""
+        return self.offsets.get(str(unit[FIRST_ROW]), 0) if unit[EPOCH] == self.epoch else 0
+
     def state(self) -> dict[str, Any] | None:
         """The state (None when there is nothing left to skip)."""
         if not self.offsets:

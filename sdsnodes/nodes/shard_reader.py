@@ -17,6 +17,7 @@ from torchdata.nodes import BaseNode
 from sdsnodes.errors import ErrorPolicy
 from sdsnodes.index.packed import FIRST_ROW, NUM_ROWS, SHARD, SIZE
 from sdsnodes.nodes._cache_ref import open_cache
+from sdsnodes.nodes._packed_balance import Balance
 from sdsnodes.nodes._packed_cursor import PartialShards
 from sdsnodes.nodes._remote import RemoteErrors, remote_settings
 from sdsnodes.nodes._shard_parts import (
@@ -24,6 +25,7 @@ from sdsnodes.nodes._shard_parts import (
     Unit,
     cache_key,
     columns_of,
+    plan_windows,
     read_path,
     unpin_done,
 )
@@ -61,6 +63,10 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         prefetch (int): shards fetched ahead of the one being read, >= 0 (2).
         cache (CacheOptions | None), fetch (FetchOptions | None): as for CachingDownloader.
         errors (ErrorOptions | None): ``on_error`` and ``max_error_rate``.
+        balance (bool): when ``world_size > 1``, cap each epoch so that every rank reads as
+            many rows (in whole batches of ``batch_size``) and DDP never waits on a short rank;
+            the rows past the cap are not read (see :mod:`sdsnodes.nodes._packed_balance`).
+        batch_size (int | None): the batch size downstream, for ``balance``; None: equal rows.
 
     Returns:
         Sample: the row's columns (media columns as ``bytes``), ``__key__`` (the row's
@@ -70,13 +76,13 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
     State:
         ``{NODE_KEY: STATE_TAG, SOURCE_KEY: <source state before the shard being read>,
         FIRST_ROW_KEY, EPOCH_KEY: that shard's (None: none), OFFSET_KEY: int (its samples
-        delivered), PARTIAL_KEY: <PartialShards state>, ERRORS_KEY: {...}}``: O(1), plus after
-        an elastic resume O(shards that were being read) until they are reopened. On resume
-        the shard is fetched again (a cache hit) and its first ``offset`` samples of the same
-        permutation are skipped unread (whole windows are not read at all); shards fetched
-        ahead but not started are not in the state, so they are read. Elastic resume (another
-        world size or ``num_workers``, :func:`sdsnodes.load_elastic_state`) is exactly-once
-        too: finished shards are not read again, and each shard being read is resumed after
+        delivered), PARTIAL_KEY: <PartialShards state>, ERRORS_KEY: {...}, BALANCE_KEY:
+        <Balance state>}``: O(1), plus after an elastic resume O(shards that were being read)
+        until they are reopened. On resume the shard is fetched again (a cache hit) and its
+        first ``offset`` samples of the same permutation are skipped unread (whole windows are
+        not read at all); shards fetched ahead but not started are not in the state, so they
+        are read. Elastic resume (another world size or ``num_workers``,
+        :func:`sdsnodes.load_elastic_state`) is exactly-once too: finished shards are not read again, and each shard being read is resumed after
         its ``offset`` samples by whichever reader of the new layout gets it (the permutation
         depends on no layout; see :mod:`sdsnodes.nodes._packed_cursor`), in that epoch only.
         States saved without the tag resume such shards from their start (at-least-once).
@@ -90,7 +96,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         is not readable as ``"missing"``. Under ``on_error="raise"`` they raise.
 
     Raises:
-        ValueError: ``columns`` empty, ``window`` < 1 or ``prefetch`` < 0.
+        ValueError: ``columns`` empty, ``window`` < 1, ``prefetch`` < 0 or ``batch_size`` < 1.
     """
 
     STATE_TAG = "ShardReader"
@@ -101,6 +107,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
     OFFSET_KEY = "offset"
     PARTIAL_KEY = "partial"  # shards to resume mid-way after an elastic resume
     ERRORS_KEY = "errors"
+    BALANCE_KEY = "balance"  # equal batches per rank: rows delivered this epoch, cap, left
 
     def __init__(
         self,
@@ -114,6 +121,8 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         cache: CacheOptions | None = None,
         fetch: FetchOptions | None = None,
         errors: ErrorOptions | None = None,
+        balance: bool = True,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if window < 1:
@@ -140,6 +149,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         self._resumed: tuple[Any, Any] = (None, None)  # (first row, epoch) of a resumed shard
         self._partial, self._next_partial = PartialShards(), PartialShards()
         self._exhausted = False
+        self._balance = Balance(balance, batch_size)
 
     # -- torchdata node protocol ------------------------------------------------------------
 
@@ -158,6 +168,8 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             self._resumed = (first, epoch)
             self._partial = PartialShards.load(initial_state.get(self.PARTIAL_KEY))
         self._exhausted = False
+        saved = None if initial_state is None else initial_state.get(self.BALANCE_KEY, {})
+        self._balance.start(self.source, self._partial, saved)
 
     def set_partial(self, partial: PartialShards) -> None:
         """Make the next ``reset()`` without state skip the first samples of the shards in
@@ -166,13 +178,15 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
 
     def next(self) -> Sample:
         while True:
+            if self._balance.full():
+                raise StopIteration  # the rest of the epoch is left to balance the ranks
             if self._rows:
                 sample = self._sample(self._rows.pop())
+                self._offset += 1
+                self._balance.delivered += 1
                 if sample is not None:
-                    self._offset += 1
                     self.errors.ok()
                     return sample
-                self._offset += 1
                 continue
             if self._current is not None and self._next_window():
                 continue
@@ -192,6 +206,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             NODE_KEY: self.STATE_TAG, self.SOURCE_KEY: before, self.FIRST_ROW_KEY: shard[0],
             self.EPOCH_KEY: shard[1], self.OFFSET_KEY: offset,
             self.PARTIAL_KEY: self._partial.state(), self.ERRORS_KEY: self.errors.state(),
+            self.BALANCE_KEY: self._balance.state(),
         }  # fmt: skip
 
     def shutdown(self) -> None:
@@ -205,7 +220,9 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
 
     def _fill(self, size: int) -> None:
         """Queue (and start fetching) shards until ``size`` are queued or the source ends."""
-        while not self._exhausted and len(self._queue) < size:
+        while (
+            not self._exhausted and len(self._queue) < size and self._balance.wants(self._ahead())
+        ):
             before = self.source.state_dict()
             try:
                 unit = next(self.source)
@@ -213,6 +230,13 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
                 self._exhausted = True
                 return
             self._queue.append(Unit(unit, before, self._threads().submit(self._local, unit)))
+
+    def _ahead(self) -> int:
+        """Rows queued or left in the current shard (a shard past the balance cap is not
+        fetched)."""
+        rows = sum(q.unit[NUM_ROWS] - self._partial.peek(q.unit) for q in self._queue)
+        current = self._current.unit[NUM_ROWS] - self._offset if self._current else 0
+        return rows + current
 
     def _local(self, unit: Sample) -> str:
         """The local path of the shard (fetched into the cache and pinned when remote)."""
@@ -250,7 +274,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
             self._release_current()
             self._skip_rows(unit, unit[NUM_ROWS] - skip, error, self._reason(error))
             return
-        self._windows = self._plan(self._file.metadata)
+        self._windows, self._sizes = plan_windows(self._file.metadata, self.window)
         self._offset = skip
         while self._windows and skip >= self._count(self._windows[0]):
             skip -= self._count(self._windows.pop(0))
@@ -263,21 +287,6 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         if isinstance(error, (CorruptShard, pa.ArrowException)):
             return CorruptShard.reason
         return self.classify(error)
-
-    def _plan(self, metadata: pq.FileMetaData) -> list[tuple[list[int], int]]:
-        """The windows of the shard: consecutive row groups of >= ``window`` rows in all."""
-        windows, groups, rows, first = [], [], 0, 0
-        for g in range(metadata.num_row_groups):
-            groups.append(g)
-            rows += metadata.row_group(g).num_rows
-            if rows >= self.window:
-                windows.append((groups, first))
-                first += rows
-                groups, rows = [], 0
-        if groups:
-            windows.append((groups, first))
-        self._sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
-        return windows
 
     def _window_rows(self, window: tuple[list[int], int]) -> list[int]:
         """The rows of ``window`` (numbers within the shard) in delivery order, reversed (popped
@@ -344,6 +353,7 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
 
     def _skip_rows(self, unit: Sample, count: int, error: BaseException, reason: str) -> None:
         logger.warning("skipping %d samples of shard %r: %s", count, unit[SHARD], error)
+        self._balance.delivered += count  # skipped rows count towards the cap, as read ones
         for _ in range(count):
             self.errors.skip(reason, error, f"shard {unit[SHARD]!r}")
 
