@@ -65,6 +65,14 @@ def num_batches(graph: BaseNode, num_workers: int = 0) -> int:
     nodes = list(iter_nodes(graph))
     for node in nodes:
         name = type(node).__name__
+        if name == "ShardReader":
+            raise ValueError(
+                "the graph reads packed shards (a ShardReader): its batch count is the rows of "
+                "the shards this rank gets, which change every epoch with the shard order; with "
+                "world_size > 1 and balance=True every rank yields the same count each epoch "
+                "(docs/packing.md, Ranks), but not a fixed one: give the trainer a step count "
+                "(Lightning: limit_train_batches / max_steps; HF: max_steps)"
+            )
         if name in UNCOUNTABLE:
             raise ValueError(
                 f"the graph has a {name}: how many batches it yields depends on the data or on "
