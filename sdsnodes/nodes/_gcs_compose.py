@@ -138,13 +138,13 @@ class GcsComposer:
         """The bytes written per item (or its error): composed, else one by one."""
         timeout = fetch_kwargs.get("timeout")
         expected = [None if i.checksum is None else parse_checksum(i.checksum) for i in items]
+        total = sum(i.size for i in items)
         try:
             blob = await _composed(fs, temp, [strip_protocol(i.url) for i in items], timeout)
-            if len(blob) != sum(i.size for i in items):
-                raise _SizeMismatch(f"{len(blob)} bytes composed, {sum(i.size for i in items)} "
-                                    "expected from the index's sizes (an object changed?)")  # fmt: skip
-        except (Exception, asyncio.CancelledError) as error:
-            if isinstance(error, asyncio.CancelledError) or abandoned.is_set():
+            if len(blob) != total:
+                raise _SizeMismatch(f"{len(blob)} bytes composed, {total} from the index's sizes")
+        except Exception as error:  # noqa: BLE001 - any failure: one by one instead
+            if abandoned.is_set():
                 raise
             self._fell_back(len(items), error)
             return await asyncio.gather(
@@ -175,7 +175,7 @@ class GcsComposer:
 
 
 class _SizeMismatch(Exception):
-    pass
+    """The composed object is not as long as the sizes say: an object changed since the index."""
 
 
 async def _composed(fs: Any, temp: str, paths: list[str], timeout: float | None) -> bytes:
