@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from sdsnodes._gcs_compose_options import GcsComposeOptions
 from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES
 from sdsnodes.cache import EvictionPolicy
 from sdsnodes.errors import OnError
@@ -267,6 +268,13 @@ class FetchOptions:
         max_in_flight (int): samples fetched ahead of the consumer and at once, >= 1 (8). The
             :class:`~sdsnodes.CachingDownloader`'s window; the files a
             :class:`~sdsnodes.RangeReader` opens concurrently.
+        gcs_compose (GcsComposeOptions | None): fetch small ``gs://`` objects by composing
+            them into one temporary object (a write to the bucket; see
+            :class:`~sdsnodes.GcsComposeOptions`); None (default): one GET per object.
+        s3_direct (bool): send each ``s3://`` GET as a URL presigned by the s3fs client,
+            through one aiohttp connection pool, where the filesystem's options allow it
+            (True, the default: about 0.75x s3fs's client CPU per small object in the
+            downloader, see ``docs/speed.md``); False: every GET through s3fs.
 
     Raises:
         ValueError: an argument out of range, or ``storage_options`` not a mapping.
@@ -277,8 +285,17 @@ class FetchOptions:
     timeout: float | None = 60.0
     deadline_s: float | None = DEFAULT_DEADLINE_S
     max_in_flight: int = 8
+    gcs_compose: GcsComposeOptions | None = None
+    s3_direct: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.s3_direct, bool):
+            raise ValueError(f"FetchOptions: s3_direct={self.s3_direct!r} must be True or False")
+        if self.gcs_compose is not None and not isinstance(self.gcs_compose, GcsComposeOptions):
+            raise ValueError(
+                f"FetchOptions: gcs_compose={self.gcs_compose!r} must be a GcsComposeOptions() "
+                "or None"
+            )
         if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
             raise ValueError(
                 f"FetchOptions: storage_options={self.storage_options!r} must be a dict of "
@@ -308,6 +325,7 @@ class FetchOptions:
             "retries": self.retries,
             "timeout": self.timeout,
             "deadline_s": self.deadline_s,
+            "s3_direct": self.s3_direct,
         }
 
 

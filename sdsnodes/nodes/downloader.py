@@ -18,6 +18,7 @@ from sdsnodes.cache.ledger import disk_full_error
 from sdsnodes.cache.store import BUSY, NO_ROOM, Cache
 from sdsnodes.errors import ErrorPolicy
 from sdsnodes.nodes._cache_ref import open_cache
+from sdsnodes.nodes._gcs_compose import GcsComposer, items_for
 from sdsnodes.nodes._remote import RemoteErrors, disk_full, remote_settings, remote_values
 from sdsnodes.nodes._threads import register_live
 from sdsnodes.nodes._window import (
@@ -77,7 +78,8 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
             ``CacheOptions()``.
         fetch (FetchOptions | None): ``storage_options``, ``retries``, ``timeout`` and
             ``deadline_s`` of each download, and ``max_in_flight``, the samples downloaded ahead
-            and at once; None: ``FetchOptions()`` (30 retries within 30 s, 8 in flight).
+            and at once; None: ``FetchOptions()`` (30 retries within 30 s, 8 in flight). Its
+            ``gcs_compose`` fetches small ``gs://`` files by compose (counts: ``compose_counts``).
         errors (ErrorOptions | None): ``on_error`` (``"skip"``: count and drop the sample, or
             ``"raise"``) and ``max_error_rate``; None: ``ErrorOptions()`` (skip, 0.5).
         checksum_columns (dict[str, str] | None): media column → index column holding the
@@ -133,6 +135,8 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         self._state: dict[str, Any] | None = None
         self._abandoned = threading.Event()  # set when the window is dropped
         self._delivered = Delivered()  # files delivered and maybe still pinned downstream
+        compose = self.fetch.gcs_compose
+        self._composer = None if compose is None else GcsComposer(compose)
 
     # -- torchdata node protocol ------------------------------------------------------------
 
@@ -267,27 +271,39 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
             return
         waits = any(e is head and a == NO_ROOM for (e, _), a in zip(todo, answers))
         self._delivered.watch(waits, self.cache_dir, self.max_bytes)
+        fresh = []
         for (entry, f), answer in zip(todo, answers):
-            if answer == NO_ROOM:
-                continue
             if isinstance(answer, pathlib.Path):
                 self._pinned(entry, f, answer)
-            elif answer == BUSY:
-                continue  # another downloader has it: asked again until it is a hit
-            else:
-                f.claim = answer
-                try:
-                    f.download = fetch_soon(
-                        f.url, answer.tmp, executor=self._threads(), abandoned=self._abandoned,
-                        expected_size=f.size_hint, checksum=f.checksum, **self.fetch.fetch_kwargs,
-                    )  # fmt: skip
-                except Exception as error:  # noqa: BLE001 - an unknown protocol, say
-                    cache.finish([(answer, error)])
-                    f.claim = None
-                    self._fail(entry, f, error)
-                    continue
-                f.future = concurrent.futures.Future()
-                f.download.add_done_callback(functools.partial(record, cache, answer, f.future))
+            elif answer not in (NO_ROOM, BUSY):  # BUSY: asked again until it is a hit
+                fresh.append((entry, f, answer))
+        composed = self._compose(fresh)
+        for (entry, f, answer), part in zip(fresh, composed):
+            f.claim = answer
+            try:
+                f.download = part if part is not None else fetch_soon(
+                    f.url, answer.tmp, executor=self._threads(), abandoned=self._abandoned,
+                    expected_size=f.size_hint, checksum=f.checksum, **self.fetch.fetch_kwargs,
+                )  # fmt: skip
+            except Exception as error:  # noqa: BLE001 - an unknown protocol, say
+                cache.finish([(answer, error)])
+                f.claim = None
+                self._fail(entry, f, error)
+                continue
+            f.future = concurrent.futures.Future()
+            f.download.add_done_callback(functools.partial(record, cache, answer, f.future))
+
+    def _compose(self, fresh: list) -> list:
+        """Per new claim, its composed download (``fetch.gcs_compose``), or None."""
+        if self._composer is None:
+            return [None] * len(fresh)
+        items = items_for([(f.url, a.tmp, f.size_hint, f.checksum) for _, f, a in fresh])
+        return self._composer.start(items, self._abandoned, self.fetch.fetch_kwargs)
+
+    @property
+    def compose_counts(self) -> dict[str, int]:
+        """GCS compose counts of this process (``fetch.gcs_compose``; empty when off)."""
+        return {} if self._composer is None else dict(self._composer.counts)
 
     def _wait(self, head: WindowEntry) -> None:
         """Wait until a download of the window ended (or, when the head sample waits for a

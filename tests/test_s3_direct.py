@@ -1,0 +1,95 @@
+"""S3 GETs by presigned URL through aiohttp (``sdsnodes._s3_direct``), against moto and the
+fault proxy in front of it: the same bytes, typed errors, retries, and s3fs where it must."""
+
+from __future__ import annotations
+
+import pytest
+import s3fs
+
+from sdsnodes import _s3_direct
+from sdsnodes.storage import fetch_soon
+
+DATA = bytes(range(256)) * 300  # 76,800 bytes: several chunks
+
+
+def _fs(**options):
+    return s3fs.S3FileSystem(
+        endpoint_url="http://127.0.0.1:9", key="k", secret="s", skip_instance_cache=True, **options
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "direct"),
+    [
+        ({}, True),
+        ({"client_kwargs": {"region_name": "eu-west-1"}}, True),
+        ({"requester_pays": True}, False),
+        ({"version_aware": True}, False),
+        ({"s3_additional_kwargs": {"SSECustomerAlgorithm": "AES256"}}, False),
+        ({"client_kwargs": {"verify": False}}, False),
+        ({"config_kwargs": {"proxies": {"https": "http://127.0.0.1:9"}}}, False),
+    ],
+)
+def test_only_plain_filesystems_go_direct(options, direct):
+    assert (_s3_direct.getter(_fs(**options)) is not None) is direct
+
+
+def _get(url, dest, options, **kwargs):
+    return fetch_soon(url, dest, storage_options=options, **kwargs).result(timeout=60)
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    from servers.proxy import FaultProxy
+
+    with FaultProxy(s3_server.url, storage_options=s3_server.storage_options) as proxy:
+        yield proxy
+
+
+def _object(s3_server, s3_bucket, name="a.bin"):
+    bucket = s3_bucket.removeprefix("s3://")
+    s3_server.fs().pipe(f"{bucket}/{name}", DATA)
+    return f"s3://{bucket}/{name}"
+
+
+def test_same_bytes_as_s3fs_and_a_missing_object_is_file_not_found(s3_server, s3_bucket, tmp_path):
+    url = _object(s3_server, s3_bucket)
+    options = s3_server.storage_options
+    assert _get(url, tmp_path / "direct", options) == len(DATA)
+    assert _get(url, tmp_path / "s3fs", options, s3_direct=False) == len(DATA)
+    assert (tmp_path / "direct").read_bytes() == (tmp_path / "s3fs").read_bytes() == DATA
+    with pytest.raises(FileNotFoundError):
+        _get(url + ".missing", tmp_path / "none", options, retries=0)
+
+
+def test_retries_a_503_and_a_short_body_on_the_direct_path(
+    s3_server, s3_bucket, s3_proxy, tmp_path
+):
+    url = _object(s3_server, s3_bucket)
+    options = s3_proxy.storage_options
+    assert _s3_direct.getter(s3fs.S3FileSystem(**options, skip_instance_cache=True)) is not None
+    s3_proxy.faults(fail_next=1, status=503, retry_after=0)
+    assert _get(url, tmp_path / "a", options, backoff_s=0.01) == len(DATA)
+    s3_proxy.faults(short_next=1, after_bytes=100)
+    assert _get(url, tmp_path / "b", options, backoff_s=0.01) == len(DATA)
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == DATA
+    statuses = s3_proxy.stats(url)["statuses"]
+    assert statuses.count(503) == 1 and s3_proxy.stats()["injected"] == 2
+
+
+def test_a_refused_presigned_get_falls_back_to_s3fs_for_the_bucket(
+    s3_server, s3_bucket, s3_proxy, tmp_path
+):
+    """A 403 (say, a bucket policy that refuses query-string auth) is fetched again through
+    s3fs at once, and the bucket goes through s3fs from then on."""
+    url = _object(s3_server, s3_bucket)
+    bucket = url.split("/")[2]
+    options = s3_proxy.storage_options
+    s3_proxy.faults(fail_next=1, status=403)
+    try:
+        assert _get(url, tmp_path / "a", options, retries=0) == len(DATA)
+        assert bucket in _s3_direct._slow_buckets
+        assert (tmp_path / "a").read_bytes() == DATA
+        assert s3_proxy.stats(url)["statuses"].count(403) == 1
+    finally:
+        _s3_direct._slow_buckets.discard(bucket)
