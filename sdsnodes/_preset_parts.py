@@ -214,6 +214,7 @@ def assemble(
     world_size: int | None,
     rotation: RotationOptions | None = None,
     decoded_cache: DecodedCacheOptions | None = None,
+    balance: bool = True,
 ) -> BaseNode:
     """Chain the nodes of a preset.
 
@@ -251,7 +252,7 @@ def assemble(
     index_cache_dir = None if cache.cache_dir is None else os.path.join(cache.cache_dir, "index")
     packed = packed_source(
         src, cache=cache, fetch=fetch, errors=errors, shuffle=shuffle, seed=seed, rank=rank,
-        world_size=world_size, index=index,
+        world_size=world_size, index=index, balance=balance, batch_size=batch_size,
     )  # fmt: skip
     if packed is not None:  # parquet shards with media bytes: a ShardReader, no downloads
         node, present, media = packed

@@ -57,6 +57,7 @@ def build_video_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    balance: bool = True,
     rotation: RotationOptions | None = None,
     decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
@@ -96,6 +97,9 @@ def build_video_graph(
         prefetch_factor (int): the Prefetcher's batches in the background (2; 0 for none).
         drop_last (bool): the Batcher drops a last, smaller batch.
         rank (int | None), world_size (int | None): the IndexReader's distributed position.
+        balance (bool): a packed dataset under ``world_size > 1``: every rank reads as many
+            whole batches per epoch, the rest of the epoch left unread (docs/packing.md,
+            "Ranks"); False reads every row, ranks unequal. Raw-file indexes pad instead.
         rotation (RotationOptions | None): yield each decoded sample ``rotation.times`` times,
             interleaved (a :class:`~sdsnodes.nodes.rotator.Rotator` after the Evictor; the
             epoch grows that many times); None: once (docs/rotation.md).
@@ -123,6 +127,7 @@ def build_video_graph(
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
+        balance=balance,
     )  # fmt: skip
 
 
@@ -145,6 +150,7 @@ def build_image_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    balance: bool = True,
     rotation: RotationOptions | None = None,
     decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
@@ -169,6 +175,7 @@ def build_image_graph(
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
+        balance=balance,
     )  # fmt: skip
 
 
@@ -194,6 +201,7 @@ def build_audio_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    balance: bool = True,
     rotation: RotationOptions | None = None,
     decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
@@ -237,6 +245,7 @@ def build_audio_graph(
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
+        balance=balance,
     )  # fmt: skip
 
 
@@ -276,6 +285,7 @@ def build_text_to_video_graph(
     drop_last: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
+    balance: bool = True,
     rotation: RotationOptions | None = None,
     decoded_cache: DecodedCacheOptions | None = None,
 ) -> BaseNode:
@@ -364,4 +374,5 @@ def build_text_to_video_graph(
         index=index, cache=cache, fetch=fetch, errors=errors, batch_size=batch_size, shuffle=shuffle,
         seed=seed, num_threads=num_threads, prefetch_factor=prefetch_factor, drop_last=drop_last,
         rank=rank, world_size=world_size, rotation=rotation, decoded_cache=decoded_cache,
+        balance=balance,
     )  # fmt: skip

@@ -22,7 +22,6 @@ are capped at the min of their remaining rows; later epochs follow the normal ru
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from typing import Any
@@ -55,17 +54,9 @@ def reader_rows(reader: EpochReader, partial: PartialShards) -> list[list[int]]:
     for rank in range(layout.world_size):
         ranks = []
         for worker in range(layout.num_workers):
-            clone = copy.copy(reader)  # shares the index and the epoch's order; reads nothing
-            clone._shard = dataclasses.replace(layout, rank=rank, worker=worker)
-            clone._position = 0
-            total = 0
-            while True:
-                try:
-                    unit = EpochReader.next(clone)
-                except StopIteration:
-                    break
-                total += int(unit[NUM_ROWS]) - partial.peek(unit)
-            ranks.append(total)
+            shard = dataclasses.replace(layout, rank=rank, worker=worker)
+            units = reader.samples_of(shard)  # reads nothing: the shard table's rows
+            ranks.append(sum(int(unit[NUM_ROWS]) - partial.peek(unit) for unit in units))
         out.append(ranks)
     return out
 

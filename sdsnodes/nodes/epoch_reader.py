@@ -13,7 +13,7 @@ count: see :mod:`sdsnodes.elastic`), where they describe what the old layout had
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torchdata.nodes import BaseNode
@@ -175,7 +175,10 @@ class EpochReader(BaseNode[Sample]):
 
     def __len__(self) -> int:
         """Samples this shard reads this epoch (known after ``reset()``)."""
-        m, s = self._remaining(), self._shard
+        return self._length(self._shard)
+
+    def _length(self, s: ShardInfo) -> int:
+        m = self._remaining()
         if m <= 0:
             return 0
         mode = self.uneven or ("pad" if s.world_size > 1 else "keep")
@@ -189,11 +192,23 @@ class EpochReader(BaseNode[Sample]):
         """Global position of the ``rank``-th remaining position (past ``base``, not in ``skip``)."""
         return position_of(self._base, self._skip, rank)
 
+    def samples_of(self, shard: ShardInfo) -> Iterator[Sample]:
+        """The samples the reader of ``shard`` (another rank or worker of this layout) reads this
+        epoch from its start, without moving this reader; known after ``reset()``. Balancing
+        packed shards over ranks counts the others' rows with it (``nodes/_packed_balance.py``).
+        """
+        for i in range(self._length(shard)):
+            yield self._sample_at(shard, i)
+
     def next(self) -> Sample:
         if self._position >= len(self):
             raise StopIteration
-        rank = self._shard.shard + self._position * self._shard.num_shards
         self._position += 1
+        return self._sample_at(self._shard, self._position - 1)
+
+    def _sample_at(self, s: ShardInfo, i: int) -> Sample:
+        """The ``i``-th sample of shard ``s`` this epoch."""
+        rank = s.shard + i * s.num_shards
         position = self.position_of(rank % self._remaining())  # past the end: pad from the start
         row = position if self._rows is None else self._rows(position)
         return self.index.sample(row, self._epoch)
