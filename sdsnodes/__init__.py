@@ -3,6 +3,7 @@
 import atexit
 import gc
 
+from sdsnodes._gcs_compose_options import GcsComposeOptions
 from sdsnodes._rotation_options import DecodedCacheOptions, RotationOptions
 from sdsnodes.checkpoint import load_state, save_state
 from sdsnodes.codecs import AudioWaveform, ImageTensor, Latent, Text, TextEmbedding, VideoClip
@@ -58,6 +59,7 @@ from sdsnodes.nodes import (
     set_epoch,
     shutdown,
 )
+from sdsnodes.nodes._packed_balance import balance_dropped
 from sdsnodes.nodes._threads import shutdown_all as _shutdown_all
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOptions
 from sdsnodes.pack import PackResult, pack
@@ -98,6 +100,7 @@ __all__ = [
     "Evictor",
     "FetchOptions",
     "Filter",
+    "GcsComposeOptions",
     "GroupLoader",
     "GroupMode",
     "ImageTensor",
@@ -142,6 +145,7 @@ __all__ = [
     "TooManyErrors",
     "VideoChunks",
     "VideoClip",
+    "balance_dropped",
     "build_audio_graph",
     "build_image_graph",
     "build_metadata_graph",
