@@ -1,23 +1,14 @@
 """Real ``torchrun --nproc_per_node=2`` runs (gloo backend, CPU, 127.0.0.1)."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from utils import torchrun
 
 HERE = Path(__file__).parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +19,7 @@ def ranks(tmp_path_factory):
         pa.table({"x": list(range(66))}), index_a
     )  # 66 rows over 4 shards: padded to 17 each
     pq.write_table(pa.table({"x": list(range(40))}), index_b)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        str(HERE / "dist_job.py"), str(tmp), str(index_a), str(index_b),
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]),
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(HERE / "dist_job.py", str(tmp), str(index_a), str(index_b))
     return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
 
 

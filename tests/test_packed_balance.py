@@ -5,15 +5,11 @@ from __future__ import annotations
 import collections
 import functools
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from torchdata.nodes import Batcher, Loader
-from utils import check_dataloader_resume, json_roundtrip, stateful_loader
+from utils import check_dataloader_resume, json_roundtrip, stateful_loader, torchrun
 
 from sdsnodes import StreamingDataset, build_image_graph, load_elastic_state
 from sdsnodes.index.packed import shard_table
@@ -127,26 +123,9 @@ def test_a_shard_wholly_past_the_cap_is_never_taken_from_the_source(packed8):
     assert reader.state_dict()[reader.POSITION_KEY] == needed < len(mine)  # none fetched past
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_ranks_join_every_step(packed8, tmp_path):
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        str(HERE / "dist_packed_balance_job.py"), str(tmp_path), packed8,
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]),
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(HERE / "dist_packed_balance_job.py", str(tmp_path), packed8)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for epoch in range(2):
         assert len(ranks[0][epoch]) == len(ranks[1][epoch]) > 0

@@ -31,6 +31,7 @@ def test_peers_s3_quick_prints_every_reader_and_the_bound(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     for name in ("LitData (its chunks, s3://)", "WebDataset (its tars, HTTP from moto)",
-                 "sdsnodes packed shards (s3://)", "sdsnodes (raw files, s3://)"):  # fmt: skip
+                 "mosaicml-streaming (its MDS shards, s3://)", "sdsnodes packed shards (s3://)",
+                 "sdsnodes (raw files, s3://)"):  # fmt: skip
         assert name in out
     assert "x the bound" in out and "delivered" not in out  # every reader gave every sample
