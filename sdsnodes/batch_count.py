@@ -27,7 +27,7 @@ from sdsnodes.nodes.epoch_reader import EpochReader
 from sdsnodes.nodes.graph import iter_nodes
 
 UNCOUNTABLE = ("Mixer", "BucketBatcher", "StreamBatcher", "Filter", "Take", "Skip",
-               "ShardReader", "Rotator")  # fmt: skip
+               "Rotator")  # fmt: skip
 """Nodes whose output count is not known before the epoch (by class name, so this module
 imports none of them)."""
 

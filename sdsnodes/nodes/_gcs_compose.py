@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -29,7 +28,7 @@ from fsspec.core import strip_protocol
 
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
 from sdsnodes._gcs_compose_options import GcsComposeOptions
-from sdsnodes.storage import fetch_soon, filesystem, protocol_of, run_soon
+from sdsnodes.storage import fetch_soon, filesystem, protocol_of, remove_quietly, run_soon
 
 logger = logging.getLogger(__name__)
 
@@ -241,18 +240,13 @@ def _split(
                 verify(item.url, item.dest, digest)
             out.append(item.size)
         except ChecksumMismatch as error:  # never cached, as fetch() leaves it
-            _unlink(item.dest)
+            remove_quietly(item.dest)
             out.append(error)
         except Exception as error:  # noqa: BLE001 - that item's own error (a full disk, say)
             out.append(error)
         if abandoned.is_set():
-            _unlink(item.dest)
+            remove_quietly(item.dest)
     return out
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _settle(parts: list[_Part], group: concurrent.futures.Future) -> None:

@@ -4,9 +4,10 @@ Shards hold unequal row counts (``sds pack`` sizes them by bytes), so ranks that
 shards still read unequal rows, and DDP hangs on the rank that runs out first. Every reader
 knows, without communication, the rows of every (rank, worker) reader this epoch: the shard
 table (``num_rows`` per shard), the layout (:class:`~sdsnodes.distributed.ShardInfo`) and the
-epoch's shard order (the Shuffler's permutation, a pure function of seed and epoch). It walks
-a copy of its :class:`~sdsnodes.nodes.epoch_reader.EpochReader` as each other reader
-(``EpochReader.next``: the split is the reader's own code, not a copy of it) and caps itself:
+epoch's shard order (the Shuffler's permutation, a pure function of seed and epoch). It asks
+its :class:`~sdsnodes.nodes.epoch_reader.EpochReader` for each other reader's shards
+(``EpochReader.samples_of``: the split is the reader's own code, not a copy of it) and caps
+itself:
 
 * without a batch size, at its share of ``T = min over ranks of the rank's rows``;
 * with batch size ``B``, at its share of ``T' = min over ranks of sum_w floor(n_w / B)``

@@ -82,8 +82,9 @@ class ShardReader(BaseNode[Sample], RemoteErrors):
         first ``offset`` samples of the same permutation are skipped unread (whole windows are
         not read at all); shards fetched ahead but not started are not in the state, so they
         are read. Elastic resume (another world size or ``num_workers``,
-        :func:`sdsnodes.load_elastic_state`) is exactly-once too: finished shards are not read again, and each shard being read is resumed after
-        its ``offset`` samples by whichever reader of the new layout gets it (the permutation
+        :func:`sdsnodes.load_elastic_state`) is exactly-once too: finished shards are not read
+        again, and each shard being read is resumed after its ``offset`` samples by whichever
+        reader of the new layout gets it (the permutation
         depends on no layout; see :mod:`sdsnodes.nodes._packed_cursor`), in that epoch only.
         States saved without the tag resume such shards from their start (at-least-once).
         The two levels follow WebDataset's shard shuffle + sample buffer, with a seeded
