@@ -11,8 +11,11 @@ Suits: an ``s3fs.S3FileSystem`` whose reads need nothing beyond the signature: n
 (``req_kw``), no ``s3_additional_kwargs`` (SSE-C keys…), not ``version_aware``, no
 ``client_kwargs`` other than ``endpoint_url`` / ``region_name`` and no ``config_kwargs`` other
 than pool size and addressing. Proxies in ``HTTP(S)_PROXY`` / ``NO_PROXY`` and a CA bundle in
-``AWS_CA_BUNDLE`` are honoured as botocore honours them (aiohttp ``trust_env``, an SSL context
-with that bundle).
+``AWS_CA_BUNDLE`` are honoured as botocore honours them (the proxy of each host looked up once
+with aiohttp's own ``trust_env`` rule, an SSL context with that bundle). The session itself does
+not trust the environment: aiohttp would then look the proxy and ``~/.netrc`` up in a thread on
+every request (0.7 of the 1.8 client CPU ms a small GET cost on moto), and a ``~/.netrc`` entry
+for the endpoint would add an ``Authorization`` header the presigned URL does not want.
 
 What differs from s3fs's GET, and how it is kept safe: an answer other than 200 or 404 (a
 redirect to another region, a 400 or 403 from a signature the bucket refuses…) is fetched again
@@ -43,6 +46,7 @@ _CHUNK = 1 << 16
 
 _sessions: dict[tuple[int, int], tuple[Any, Any]] = {}  # (pid, id(loop)) -> (session, loop)
 _slow_buckets: set[str] = set()  # buckets that go through s3fs
+_proxies: dict[tuple[str, str | None], tuple[Any, dict[str, str] | None]] = {}  # (scheme, host)
 _lock = threading.Lock()
 
 
@@ -97,7 +101,9 @@ async def _get(fs: Any, bucket: str, key: str, dest: str) -> int | None:
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=_EXPIRES_S
     )
     name = f"s3://{bucket}/{key}"
-    async with _session().get(url, allow_redirects=False) as response:
+    proxy, proxy_headers = _proxy_for(url)
+    get = _session().get(url, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers)
+    async with get as response:
         status = response.status
         if status == 404:
             raise FileNotFoundError(errno.ENOENT, "no such object", name)
@@ -123,9 +129,30 @@ def _session() -> Any:
             bundle = os.environ.get("AWS_CA_BUNDLE")
             context = ssl.create_default_context(cafile=bundle) if bundle else True
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=context)
-            session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            session = aiohttp.ClientSession(connector=connector, trust_env=False)
             _sessions[key] = (session, loop)
     return session
+
+
+def _proxy_for(url: str) -> tuple[Any, dict[str, str] | None]:
+    """(proxy URL or None, its ``Proxy-Authorization`` header or None) for ``url``'s scheme and
+    host, from ``HTTP(S)_PROXY`` / ``NO_PROXY`` (and ``~/.netrc`` for the proxy's credentials)
+    as aiohttp's ``trust_env`` finds them; looked up once per scheme and host."""
+    from yarl import URL
+
+    parsed = URL(url)
+    where = (parsed.scheme, parsed.host)
+    found = _proxies.get(where)
+    if found is None:
+        from aiohttp.helpers import get_env_proxy_for_url
+
+        try:
+            proxy, auth = get_env_proxy_for_url(parsed)
+        except LookupError:  # no proxy, or NO_PROXY names the host
+            proxy, auth = None, None
+        found = (proxy, None if auth is None else {"Proxy-Authorization": auth.encode()})
+        _proxies[where] = found
+    return found
 
 
 @atexit.register

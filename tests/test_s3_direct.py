@@ -93,3 +93,23 @@ def test_a_refused_presigned_get_falls_back_to_s3fs_for_the_bucket(
         assert s3_proxy.stats(url)["statuses"].count(403) == 1
     finally:
         _s3_direct._slow_buckets.discard(bucket)
+
+
+def test_a_proxy_in_the_environment_carries_the_presigned_get(
+    s3_server, s3_bucket, s3_proxy, tmp_path, monkeypatch
+):
+    """``HTTP_PROXY`` is honoured (the fault proxy serves as a forward proxy: it forwards the
+    absolute URL's path to moto), and ``NO_PROXY`` naming the host bypasses it again."""
+    url = _object(s3_server, s3_bucket)
+    options = s3_server.storage_options  # the endpoint is moto itself, not the proxy
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", s3_proxy.url)
+    monkeypatch.setattr(_s3_direct, "_proxies", {})
+    assert _get(url, tmp_path / "a", options, retries=0) == len(DATA)
+    assert (tmp_path / "a").read_bytes() == DATA
+    assert s3_proxy.stats(url)["statuses"] == [200]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(_s3_direct, "_proxies", {})
+    assert _get(url, tmp_path / "b", options, retries=0) == len(DATA)
+    assert s3_proxy.stats(url)["statuses"] == [200]  # not through the proxy this time
