@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from sdsnodes.cache import Cache
+from sdsnodes.cache import Cache, paths
 from sdsnodes.cache.store import BUSY, NO_ROOM, Claim
 
 URL = "s3://bucket/a.bin"
@@ -97,7 +97,17 @@ def test_claim_answers_in_order_for_a_mixed_batch(tmp_path):
         assert cache.finish([(answers[0], None), (answers[2], None)]) == [3, 6]
 
 
-def test_busy_while_a_claim_is_unfinished(tmp_path):
+@pytest.fixture(params=["ranges", "files"])
+def key_locks(request, monkeypatch):
+    """Both kinds of key locks: byte ranges of ``.locks/keys.lock`` (Linux) and a ``flock`` file
+    per key (where the kernel refuses ranges)."""
+    monkeypatch.setattr(paths, "_RANGE_WORKS", {})
+    if request.param == "files":
+        monkeypatch.setattr(paths, "RANGE_LOCKS", False)
+    return request.param
+
+
+def test_busy_while_a_claim_is_unfinished(tmp_path, key_locks):
     root = tmp_path / "c"
     cache = Cache(root)
     other = Cache(root)  # another object on the same directory, as another worker would have
@@ -128,6 +138,8 @@ def test_busy_while_a_claim_is_unfinished(tmp_path):
     cache.close()
     other.close()
     assert pins(root) == []
+    kept = {"ranges": ["keys.lock", "open.lock", "users.lock"], "files": ["open.lock", "users.lock"]}
+    assert sorted(p.name for p in (root / ".locks").iterdir()) == kept[key_locks]
 
 
 def test_busy_while_get_downloads(tmp_path):
@@ -247,7 +259,7 @@ def _claim_and_die(cache: Cache, url: str) -> None:
     os._exit(0)  # killed mid-download: no finish, no close
 
 
-def test_a_dead_claimers_lock_and_reservation_are_reclaimed(tmp_path):
+def test_a_dead_claimers_lock_and_reservation_are_reclaimed(tmp_path, key_locks):
     root = tmp_path / "c"
     cache = Cache(root, max_bytes=250)
     child = multiprocessing.get_context("fork").Process(target=_claim_and_die, args=(cache, URL))

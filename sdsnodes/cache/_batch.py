@@ -53,7 +53,7 @@ def claim(
     except BaseException:
         for answer in out:
             if isinstance(answer, Claim):
-                paths.unflock(holdings.pool.locks / f"{answer.key}.lock", answer.fd)
+                paths.unlock_key(holdings.pool.locks, answer.key, answer.fd)
                 holdings.drop(answer.key)
             elif isinstance(answer, pathlib.Path):
                 holdings.drop(answer.name.split(".")[0])
@@ -86,27 +86,27 @@ def _claim_in(
             if blocked:
                 out.append(NO_ROOM)
                 continue
-            lock = holdings.pool.locks / f"{key}.lock"
-            fd = paths.try_flock(lock)
+            locks = holdings.pool.locks
+            fd = paths.try_lock_key(locks, key)
             if fd is None:
                 out.append(BUSY)
                 continue
             if _transactions.hit_in(*args, True, now):  # finished while we looked
-                paths.unflock(lock, fd)
+                paths.unlock_key(locks, key, fd)
                 holdings.count(key, hits=1)
                 out.append(path)
                 continue
             need = budget.need(conn, hint)
             if need is None:  # no size known yet: the head downloads alone, the rest wait
                 if i >= overshoot:
-                    paths.unflock(lock, fd)
+                    paths.unlock_key(locks, key, fd)
                     blocked = True
                     out.append(NO_ROOM)
                     continue
                 need = 0
             if not _transactions.make_room_for(conn, root, need, budget, now):
                 if i >= overshoot:
-                    paths.unflock(lock, fd)
+                    paths.unlock_key(locks, key, fd)
                     blocked = True
                     out.append(NO_ROOM)
                     continue
@@ -114,7 +114,7 @@ def _claim_in(
             try:
                 holdings.make_dir(path.parent)
             except BaseException:
-                paths.unflock(lock, fd)
+                paths.unlock_key(locks, key, fd)
                 raise
             _transactions.insert_reservation(conn, key, url, need, owner, now)
             holdings.count(key, misses=1)
@@ -149,7 +149,7 @@ def finish(
             budget.make_room(conn, root, 0, now)
     finally:
         for claim, _ in done:
-            paths.unflock(holdings.pool.locks / f"{claim.key}.lock", claim.fd)
+            paths.unlock_key(holdings.pool.locks, claim.key, claim.fd)
     for (claim, _), size in zip(done, sizes):
         if size is None:
             holdings.drop(claim.key)

@@ -3,7 +3,8 @@
 Layout of a cache directory::
 
     cache_dir/ledger.sqlite            the ledger (plus -wal and -shm while in use)
-    cache_dir/.locks/<key>.lock        per-key download locks, present only while held
+    cache_dir/.locks/keys.lock         per-key download locks: one byte range per key (Linux)
+    cache_dir/.locks/<key>.lock        per-key download locks elsewhere, present only while held
     cache_dir/.locks/open.lock         serializes the opening of the ledger
     cache_dir/.locks/users.lock        shared-locked by every open Cache (a cold start takes it alone)
     cache_dir/<key[:2]>/<key><ext>     the cached files
@@ -23,6 +24,8 @@ import pathlib
 import posixpath
 import re
 import secrets
+import struct
+import sys
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -40,6 +43,18 @@ reservations are still reclaimed by pid and start time)."""
 
 LEDGER_NAME = "ledger.sqlite"
 LOCKS_DIR = ".locks"
+KEYS_LOCK = "keys.lock"
+
+RANGE_LOCKS = fcntl is not None and sys.platform == "linux" and sys.maxsize > 2**32
+"""Key locks are open-file-description byte-range locks (``F_OFD_SETLK``, Linux 3.15+) on the
+one file ``.locks/keys.lock``, a byte per key, instead of a lock file per key created and removed
+at each download: no file is created per download (on an ext4 without a journal, creating a file
+where many were just removed cost 0.1-0.7 CPU ms). They behave as ``flock`` does: owned by the
+open file description, so threads exclude each other (each lock opens the file anew), a child
+of ``fork`` shares its parent's until it closes its copy, and a dead process's are released by
+the kernel. Falls back to per-key ``flock`` files where the kernel refuses them (``EINVAL``)."""
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux: type, whence, start, len, pid
+_RANGE_WORKS: dict[pathlib.Path, bool] = {}  # locks directory -> byte-range locks work there
 
 _EXT = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 _FILE = re.compile(r"^(?P<key>[0-9a-f]{64})(?P<ext>\.[A-Za-z0-9]{1,8})?$")
@@ -136,6 +151,92 @@ def unlink(path: pathlib.Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def _range_lock(fd: int, key: str, wait: bool) -> bool:
+    """Lock ``key``'s byte of ``keys.lock`` through ``fd``; False when another holds it."""
+    arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, int(key[:15], 16), 1, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES) and not wait:
+            return False
+        raise
+    return True
+
+
+def _range_locks_work(locks: pathlib.Path) -> bool:
+    """Whether byte-range locks work in the directory ``locks`` (tried once per process)."""
+    if not RANGE_LOCKS:
+        return False
+    works = _RANGE_WORKS.get(locks)
+    if works is None:
+        fd = os.open(locks / KEYS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _range_lock(fd, "0" * 15, wait=False)
+            works = True
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+            works = False
+        finally:
+            os.close(fd)
+        _RANGE_WORKS[locks] = works
+    return works
+
+
+def try_lock_key(locks: pathlib.Path, key: str) -> int | filelock.BaseFileLock | None:
+    """Take the download lock of ``key`` (a cache key) without waiting: what holds it (give it
+    to :func:`unlock_key`), or None when another thread or process holds it.
+
+    Raises:
+        OSError: the lock file cannot be created or locked.
+    """
+    if not _range_locks_work(locks):
+        return try_flock(locks / f"{key}.lock")
+    fd = os.open(locks / KEYS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if not _range_lock(fd, key, wait=False):
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD.add(fd)
+    return fd
+
+
+def unlock_key(locks: pathlib.Path, key: str, held: int | filelock.BaseFileLock) -> None:
+    """Release the lock of ``key`` taken by :func:`try_lock_key` or :func:`locked_key`."""
+    if isinstance(held, filelock.BaseFileLock) or not _range_locks_work(locks):
+        unflock(locks / f"{key}.lock", held)
+        return
+    _HELD.discard(held)
+    os.close(held)  # releases the range: the lock belongs to this open file description
+
+
+@contextlib.contextmanager
+def locked_key(locks: pathlib.Path, key: str) -> Iterator[None]:
+    """Hold the download lock of ``key`` for the block, waiting for it.
+
+    Raises:
+        OSError: the lock file cannot be created or locked.
+    """
+    if not _range_locks_work(locks):
+        with flocked(locks / f"{key}.lock", remove=True):
+            yield
+        return
+    fd = os.open(locks / KEYS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        _range_lock(fd, key, wait=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD.add(fd)
+    try:
+        yield
+    finally:
+        unlock_key(locks, key, fd)
 
 
 @contextlib.contextmanager

@@ -154,7 +154,7 @@ class Cache:
                 and self._hit(conn, key, url, path, False)
             ):
                 return path
-        with paths.flocked(self._pool.locks / f"{key}.lock", remove=True):
+        with paths.locked_key(self._pool.locks, key):
             with self._ledger() as conn:
                 if self._hit(conn, key, url, path, True):
                     return path
