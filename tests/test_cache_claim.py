@@ -138,7 +138,10 @@ def test_busy_while_a_claim_is_unfinished(tmp_path, key_locks):
     cache.close()
     other.close()
     assert pins(root) == []
-    kept = {"ranges": ["keys.lock", "open.lock", "users.lock"], "files": ["open.lock", "users.lock"]}
+    kept = {
+        "ranges": ["keys.lock", "open.lock", "users.lock"],
+        "files": ["open.lock", "users.lock"],
+    }
     assert sorted(p.name for p in (root / ".locks").iterdir()) == kept[key_locks]
 
 
