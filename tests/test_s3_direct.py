@@ -113,3 +113,80 @@ def test_a_proxy_in_the_environment_carries_the_presigned_get(
     monkeypatch.setattr(_s3_direct, "_proxies", {})
     assert _get(url, tmp_path / "b", options, retries=0) == len(DATA)
     assert s3_proxy.stats(url)["statuses"] == [200]  # not through the proxy this time
+
+
+def _same_second(make_ours, make_theirs, tries=5):
+    """(ours, theirs) presigned within one second, so that their expiry times agree."""
+    import time
+
+    for _ in range(tries):
+        start = int(time.time())
+        theirs, ours, again = make_theirs(), make_ours(), make_theirs()
+        if theirs == again and int(time.time()) == start:
+            return ours, theirs
+    pytest.fail("could not presign twice within one second")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # botocore's default for presigned S3 GETs (SigV2 query auth here)
+        {"config_kwargs": {"signature_version": "s3v4"}},
+        {
+            "config_kwargs": {"signature_version": "s3v4", "s3": {"addressing_style": "path"}},
+            "client_kwargs": {"region_name": "eu-west-1"},
+        },
+    ],
+)
+def test_the_bucket_signer_gives_the_clients_url_to_the_character(s3_server, s3_bucket, options):
+    import fsspec.asyn
+
+    fs = s3fs.S3FileSystem(**{**s3_server.storage_options, **options}, skip_instance_cache=True)
+    bucket = s3_bucket.removeprefix("s3://")
+    keys = ["first.jpg", "a b/ü~x+y=z&.jpg", "deep/er/path/%41.bin"]
+
+    async def presign(key, ours):
+        if ours:
+            return await _s3_direct._presign(fs, bucket, key)
+        client = await fs.set_session()
+        return await client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=_s3_direct._EXPIRES_S
+        )
+
+    def run(key, ours):
+        return fsspec.asyn.sync(fs.loop, presign, key, ours)
+
+    run(keys[0], True)  # the client's URL, from which the signer is learnt
+    client = fsspec.asyn.sync(fs.loop, fs.set_session)
+    assert isinstance(_s3_direct._signers[client][bucket], _s3_direct._BucketSigner)
+    for key in keys:
+        ours, theirs = _same_second(lambda k=key: run(k, True), lambda k=key: run(k, False))
+        assert ours == theirs
+    if options:
+        assert "X-Amz-Signature=" in ours  # SigV4 when asked for
+    s3_server.fs().pipe(f"{bucket}/{keys[1]}", DATA)  # and moto serves it
+    assert fs.cat(f"{bucket}/{keys[1]}") == DATA
+
+
+def test_the_bucket_signer_signs_with_the_sessions_credentials(
+    s3_server, s3_bucket, monkeypatch, tmp_path
+):
+    """No key in the storage options: the credentials come from the environment, through the
+    session, as the client's do."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_SECURITY_TOKEN", raising=False)
+    options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
+    url = _object(s3_server, s3_bucket)
+    assert _get(url, tmp_path / "a", options) == len(DATA)
+    assert (tmp_path / "a").read_bytes() == DATA
+    import fsspec.asyn
+
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    bucket = url.split("/")[2]
+    fsspec.asyn.sync(fs.loop, _s3_direct._presign, fs, bucket, "a.bin")  # the client's URL
+    ours = fsspec.asyn.sync(fs.loop, _s3_direct._presign, fs, bucket, "a.bin")
+    client = fsspec.asyn.sync(fs.loop, fs.set_session)
+    assert isinstance(_s3_direct._signers[client][bucket], _s3_direct._BucketSigner)
+    assert "AWSAccessKeyId=from-env" in ours

@@ -1,15 +1,13 @@
 """The window of :class:`~sdsnodes.nodes.downloader.CachingDownloader`: its samples and files,
-the digest each file must have, and recording ended downloads in the cache in batches."""
+the digest each file must have, and recording a download in the cache as soon as it ends."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import dataclasses
 import errno
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -205,88 +203,23 @@ class Delivered:
             self.clear()
 
 
-FLUSH_S = 0.05
-"""How long a download that ended on an event loop may wait to be recorded in the cache while
-the node is not called (s): its key's lock is held, and other processes wait for it, meanwhile."""
-
-
-class Recorder:
-    """Records ended downloads in the cache in batches: one ledger transaction (``Cache.finish``)
-    for every download that ended since the last batch, instead of one each.
-
-    Each download's done callback (:meth:`ended`) queues it. The node records the queue
-    whenever it runs (:meth:`flush`, at each call and after each wait), so downloads that end
-    while it decodes or waits go in together. A download that ended on an event loop is also
-    recorded there ``FLUSH_S`` later if the node has not run by then, so the key's lock never
-    waits long for a node that is not called again; one that ended in an executor thread (a sync
-    filesystem's) is recorded at once. Recording resolves the ``out`` future given with the
-    download: to its size in bytes, or to the download's error.
-    """
-
-    def __init__(self) -> None:
-        self._ended: list[tuple[Cache, Claim, concurrent.futures.Future, Any]] = []
-        self._changed = threading.Condition(threading.Lock())
-        self._version = 0  # moves at each ended download and each batch recorded
-        self._armed = False  # a flush is scheduled on the loop
-
-    def ended(
-        self,
-        cache: Cache,
-        claim: Claim,
-        out: concurrent.futures.Future,
-        download: concurrent.futures.Future,
-    ) -> None:
-        """The done callback of ``download`` (any thread): queue it for the next batch."""
-        with self._changed:
-            self._ended.append((cache, claim, out, download))
-            self._version += 1
-            self._changed.notify_all()
-            if self._armed:
-                return
-            self._armed = True
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # an executor thread: nothing would run a timer here
-            self.flush()
-        else:
-            loop.call_later(FLUSH_S, self.flush)
-
-    @property
-    def version(self) -> int:
-        """A counter that moves whenever a download ends or a batch is recorded."""
-        return self._version
-
-    def wait(self, since: int, timeout: float | None) -> None:
-        """Block until a download waits to be recorded or :attr:`version` moved from ``since``,
-        at most ``timeout`` s (None: no limit)."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._ended or self._version != since, timeout)
-
-    def flush(self) -> None:
-        """Record every queued download in the cache (one transaction per cache), and resolve
-        their ``out`` futures."""
-        with self._changed:
-            batch, self._ended, self._armed = self._ended, [], False
-        if not batch:
-            return
-        caches: dict[int, tuple[Cache, list]] = {}
-        for item in batch:
-            caches.setdefault(id(item[0]), (item[0], []))[1].append(item)
-        for cache, items in caches.values():
-            errors = [error_of(download) for _, _, _, download in items]
-            try:
-                sizes = cache.finish([(item[1], e) for item, e in zip(items, errors)])
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting node
-                sizes, errors = [None] * len(items), [e] * len(items)
-            for (_, claim, out, _), size, error in zip(items, sizes, errors):
-                if size is not None:
-                    out.set_result(size)
-                else:
-                    not_written = FileNotFoundError(errno.ENOENT, "not written", claim.url)
-                    out.set_exception(error or not_written)
-        with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+def record(
+    cache: Cache,
+    claim: Claim,
+    out: concurrent.futures.Future,
+    download: concurrent.futures.Future,
+) -> None:
+    """Record an ended download in the cache at once, whoever waits for it (so the key's lock
+    is released even if the node is never called again), and resolve ``out`` with its size."""
+    error = error_of(download)
+    try:
+        size = cache.finish([(claim, error)])[0]
+    except BaseException as e:  # noqa: BLE001 - handed to the waiting node
+        size, error = None, e
+    if size is not None:
+        out.set_result(size)
+    else:
+        out.set_exception(error or FileNotFoundError(errno.ENOENT, "not written", claim.url))
 
 
 def unpin_if_kept(cache: Cache, url: str, future: concurrent.futures.Future) -> None:

@@ -25,12 +25,12 @@ from sdsnodes.nodes._window import (
     BUSY_POLL_S,
     DROP_WAIT_S,
     Delivered,
-    Recorder,
     WindowEntry,
     WindowFile,
     checksum_candidates,
     checksum_of,
     error_of,
+    record,
     unpin_if_kept,
 )
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
@@ -45,10 +45,9 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
     their files concurrently: on S3, GCS and HTTP each download is a coroutine on fsspec's event
     loop (no thread per download); other filesystems use ``max_in_flight`` threads. Samples come out
     in order. The cache's ledger is asked once per batch of files (hits are pinned, misses
-    claimed) and the downloads that ended are recorded in batches too (whenever the node runs,
-    and at most 50 ms after a download ended on the event loop, so a node no longer called
-    holds no key's lock for long), so a cold-cache download costs little CPU beyond the HTTP
-    request. A file another downloader is fetching is asked for again every 10 ms.
+    claimed) and each download is recorded as it ends (by the thread that ends it, so a node
+    dropped mid-epoch holds no key's lock), so a cold-cache download costs little CPU beyond
+    the HTTP request. A file another downloader is fetching is asked for again every 10 ms.
 
     The byte budget holds: a download starts only when the files pinned and in flight, all
     processes together, leave room for it under ``cache.max_bytes`` (its size from the index's
@@ -136,7 +135,6 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         self._state: dict[str, Any] | None = None
         self._abandoned = threading.Event()  # set when the window is dropped
         self._delivered = Delivered()  # files delivered and maybe still pinned downstream
-        self._recorder = Recorder()  # ended downloads, recorded in the cache in batches
         compose = self.fetch.gcs_compose
         self._composer = None if compose is None else GcsComposer(compose)
 
@@ -255,9 +253,7 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         self._start()
 
     def _start(self) -> None:
-        """Record the downloads that ended, then claim the unclaimed files of the window, in
-        order, and start their downloads."""
-        self._recorder.flush()
+        """Claim the unclaimed files of the window, in order, and start their downloads."""
         todo = [(entry, f) for entry in self._window for f in entry.unclaimed()]
         if not todo:
             return
@@ -295,8 +291,7 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
                 self._fail(entry, f, error)
                 continue
             f.future = concurrent.futures.Future()
-            ended = functools.partial(self._recorder.ended, cache, answer, f.future)
-            f.download.add_done_callback(ended)
+            f.download.add_done_callback(functools.partial(record, cache, answer, f.future))
 
     def _compose(self, fresh: list) -> list:
         """Per new claim, its composed download (``fetch.gcs_compose``), or None."""
@@ -312,16 +307,20 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
 
     def _wait(self, head: WindowEntry) -> None:
         """Wait until a download of the window ended (or, when the head sample waits for a
-        file another downloader is fetching, at most ``BUSY_POLL_S``); record what ended in the
-        cache (one batch) and take it in."""
-        since = self._recorder.version
-        running = [f.future for entry in self._window for f in entry.files if f.future is not None]
+        file another downloader is fetching, at most ``BUSY_POLL_S``); take in what ended.
+
+        Each download is recorded in the cache as soon as it ends (in the thread that ends it),
+        so its key's lock never waits for this node."""
+        pending = [f.future for entry in self._window for f in entry.files if f.future is not None]
         polling = bool(head.unclaimed())
-        if running and not any(future.done() for future in running):
-            self._recorder.wait(since, BUSY_POLL_S if polling else None)
-        elif polling and not running:
+        if pending:
+            concurrent.futures.wait(
+                pending,
+                timeout=BUSY_POLL_S if polling else None,
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+        elif polling:
             time.sleep(BUSY_POLL_S)
-        self._recorder.flush()
         for entry in list(self._window):
             for f in list(entry.files):
                 if f.future is None or not f.future.done():
@@ -362,8 +361,7 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         for f in running:
             f.download.cancel()
         # a cancelled coroutine ends at its next await: wait, so nothing is written after this
-        concurrent.futures.wait([f.download for f in running], timeout=DROP_WAIT_S)
-        self._recorder.flush()  # what ended and was queued: released below
+        concurrent.futures.wait([f.future for f in running], timeout=DROP_WAIT_S)
         for entry in window:
             for f in entry.files:
                 if f.future is None:
@@ -391,10 +389,9 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         state = self.__dict__.copy()
         state["_window"] = collections.deque()
         state["_delivered"] = Delivered()
-        state["_executor"] = state["_abandoned"] = state["_recorder"] = None
+        state["_executor"] = state["_abandoned"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._abandoned = threading.Event()
-        self._recorder = Recorder()
