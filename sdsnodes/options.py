@@ -273,7 +273,7 @@ class FetchOptions:
             :class:`~sdsnodes.GcsComposeOptions`); None (default): one GET per object.
         s3_direct (bool): send each ``s3://`` GET as a URL presigned by the s3fs client,
             through one aiohttp connection pool, where the filesystem's options allow it
-            (True, the default: 0.75-0.83x s3fs's client CPU per small object in the
+            (True, the default: 0.68-0.83x s3fs's client CPU per small object in the
             downloader, see ``docs/speed.md``); False: every GET through s3fs.
 
     Raises:

@@ -222,7 +222,7 @@ def fetch_soon(
             (required for those).
         abandoned (threading.Event | None): set when the caller gives the download up.
         s3_direct (bool): send an ``s3://`` GET as a presigned URL through aiohttp, where the
-            filesystem's options allow it (see :mod:`sdsnodes._s3_direct`: 0.75-0.83x
+            filesystem's options allow it (see :mod:`sdsnodes._s3_direct`: 0.68-0.83x
             s3fs's client CPU per small object); False: always through s3fs.
 
     Returns:

@@ -310,3 +310,35 @@ def test_unpinning_after_close_is_a_no_op(tmp_path):
     with pytest.raises(ValueError, match="does not pin"):
         cache.unpin("s3://b/x")
     cache.close()
+
+
+def _live_for(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def test_a_forked_child_does_not_keep_its_parents_key_lock(tmp_path, key_locks):
+    """The child shares the parent's lock descriptions after a fork; it closes its copies, so
+    the parent's release takes effect while the child still lives."""
+    root = tmp_path / "c"
+    cache, other = Cache(root), Cache(root)
+    (claim,) = cache.claim([(URL, 4)])
+    child = multiprocessing.get_context("fork").Process(target=_live_for, args=(2.0,))
+    child.start()
+    try:
+        assert other.claim([(URL, 4)]) == [BUSY]
+        claim.tmp.write_bytes(b"data")
+        assert cache.finish([(claim, None)]) == [4]
+        assert child.is_alive()
+        (hit,) = other.claim([("s3://b/next", 4)])  # a key never held: free
+        assert isinstance(hit, Claim)
+        assert other.finish([(hit, ValueError("not needed"))]) == [None]
+        cache.discard(URL)  # unpinned and removed: the next claim must download it again
+        (again,) = other.claim([(URL, 4)])
+        assert isinstance(again, Claim), "the child kept the parent's lock of the key"
+        assert other.finish([(again, ValueError("not needed"))]) == [None]
+    finally:
+        child.join(10)
+    cache.close()
+    other.close()
