@@ -186,14 +186,7 @@ class _BucketSigner:
         if again is None:
             return None
         mine = parse_qs(urlsplit(again).query)
-        same_credential = ("AWSAccessKeyId", "X-Amz-Credential", "X-Amz-Security-Token")
-        if (
-            again.split("?")[0] != url.split("?")[0]
-            or mine.keys() != query.keys()
-            or any(mine.get(k) != query.get(k) for k in same_credential if k != "X-Amz-Credential")
-            or mine.get("X-Amz-Credential", [""])[0].split("/")[2:]
-            != query.get("X-Amz-Credential", [""])[0].split("/")[2:]
-        ):
+        if again.split("?")[0] != url.split("?")[0] or _signed_by(mine) != _signed_by(query):
             return None
         return signer
 
@@ -209,6 +202,19 @@ class _BucketSigner:
         request = AWSRequest(method="GET", url=self._base + quote(key, safe="/~"))
         self._make_auth(credentials).add_auth(request)
         return request.url
+
+
+def _signed_by(query: dict[str, list[str]]) -> tuple:
+    """What a presigned URL's query says of its signing, but the signature, expiry and date:
+    the parameters' names, the access key, the session token, the region and service."""
+    credential = query.get("X-Amz-Credential", [""])[0].split("/")  # key/date/region/service/…
+    names = sorted(query)
+    return (
+        names,
+        query.get("AWSAccessKeyId"),
+        query.get("X-Amz-Security-Token"),
+        credential[:1] + credential[2:],
+    )
 
 
 async def _credentials(fs: Any) -> Any:

@@ -190,3 +190,19 @@ def test_the_bucket_signer_signs_with_the_sessions_credentials(
     client = fsspec.asyn.sync(fs.loop, fs.set_session)
     assert isinstance(_s3_direct._signers[client][bucket], _s3_direct._BucketSigner)
     assert "AWSAccessKeyId=from-env" in ours
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/bucket/k.jpg",  # unsigned (anonymous access)
+        "http://127.0.0.1:9/bucket/other.jpg?AWSAccessKeyId=a&Signature=s&Expires=1",  # moved
+        "http://127.0.0.1:9/bucket/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=x",
+        "http://127.0.0.1:9/bucket/k.jpg?Signature=s&Policy=p",  # a scheme it does not know
+    ],
+)
+def test_no_bucket_signer_is_learnt_from_a_url_it_does_not_understand(url):
+    """Then the client presigns every key, as before."""
+    import asyncio
+
+    assert asyncio.run(_s3_direct._BucketSigner.learn(_fs(), "k.jpg", url)) is None
