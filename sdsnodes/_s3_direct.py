@@ -46,6 +46,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 _PLAIN_CLIENT = {"endpoint_url", "region_name"}
 _PLAIN_CONFIG = {
@@ -156,12 +157,17 @@ class _BucketSigner:
     otherwise the client presigns every key."""
 
     def __init__(self, fs: Any, base: str, make_auth: Callable[[Any], Any]) -> None:
-        self._fs, self._base, self._make_auth = fs, base, make_auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import ReadOnlyCredentials
+
+        self._fs, self._base, self._make_auth, self._request = fs, base, make_auth, AWSRequest
+        key, secret = getattr(fs, "key", None), getattr(fs, "secret", None)  # as s3fs's client
+        self._static = (
+            ReadOnlyCredentials(key, secret, getattr(fs, "token", None)) if key and secret else None
+        )
 
     @classmethod
     async def learn(cls, fs: Any, key: str, url: str) -> _BucketSigner | None:
-        from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
-
         from botocore.auth import HmacV1QueryAuth, S3SigV4QueryAuth
 
         parts = urlsplit(url)
@@ -192,14 +198,10 @@ class _BucketSigner:
 
     async def sign(self, key: str) -> str | None:
         """The presigned URL of ``key``; None when there are no credentials to sign with."""
-        from urllib.parse import quote
-
-        from botocore.awsrequest import AWSRequest
-
-        credentials = await _credentials(self._fs)
+        credentials = self._static or await _session_credentials(self._fs)
         if credentials is None:
             return None
-        request = AWSRequest(method="GET", url=self._base + quote(key, safe="/~"))
+        request = self._request(method="GET", url=self._base + quote(key, safe="/~"))
         self._make_auth(credentials).add_auth(request)
         return request.url
 
@@ -217,14 +219,10 @@ def _signed_by(query: dict[str, list[str]]) -> tuple:
     )
 
 
-async def _credentials(fs: Any) -> Any:
-    """The credentials the filesystem's client signs with, frozen (access key, secret, token):
-    its own ``key`` / ``secret`` / ``token`` when given, else its session's (refreshed as
-    botocore refreshes them); None when there are none."""
-    if getattr(fs, "key", None) and getattr(fs, "secret", None):
-        from botocore.credentials import ReadOnlyCredentials
-
-        return ReadOnlyCredentials(fs.key, fs.secret, getattr(fs, "token", None))
+async def _session_credentials(fs: Any) -> Any:
+    """The credentials of the filesystem's session, frozen (access key, secret, token; refreshed
+    as botocore refreshes them): what its client signs with when no ``key`` / ``secret`` were
+    given; None when there are none."""
     session = getattr(fs, "session", None)
     if session is None:
         return None
@@ -256,16 +254,15 @@ def _proxy_for(url: str) -> tuple[Any, dict[str, str] | None]:
     """(proxy URL or None, its ``Proxy-Authorization`` header or None) for ``url``'s scheme and
     host, from ``HTTP(S)_PROXY`` / ``NO_PROXY`` (and ``~/.netrc`` for the proxy's credentials)
     as aiohttp's ``trust_env`` finds them; looked up once per scheme and host."""
-    from yarl import URL
-
-    parsed = URL(url)
-    where = (parsed.scheme, parsed.host)
+    parts = urlsplit(url)
+    where = (parts.scheme, parts.hostname)
     found = _proxies.get(where)
     if found is None:
         from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
 
         try:
-            proxy, auth = get_env_proxy_for_url(parsed)
+            proxy, auth = get_env_proxy_for_url(URL(url))
         except LookupError:  # no proxy, or NO_PROXY names the host
             proxy, auth = None, None
         found = (proxy, None if auth is None else {"Proxy-Authorization": auth.encode()})

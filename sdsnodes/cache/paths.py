@@ -185,6 +185,21 @@ def _range_locks_work(locks: pathlib.Path) -> bool:
     return works
 
 
+def _open_range(locks: pathlib.Path, key: str, wait: bool) -> int | None:
+    """Open ``keys.lock`` and lock ``key``'s byte through the new descriptor (registered in
+    ``_HELD``); None, the descriptor closed, when another holds it and ``wait`` is False."""
+    fd = os.open(locks / KEYS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if not _range_lock(fd, key, wait):
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD.add(fd)
+    return fd
+
+
 def try_lock_key(locks: pathlib.Path, key: str) -> int | filelock.BaseFileLock | None:
     """Take the download lock of ``key`` (a cache key) without waiting: what holds it (give it
     to :func:`unlock_key`), or None when another thread or process holds it.
@@ -194,16 +209,7 @@ def try_lock_key(locks: pathlib.Path, key: str) -> int | filelock.BaseFileLock |
     """
     if not _range_locks_work(locks):
         return try_flock(locks / f"{key}.lock")
-    fd = os.open(locks / KEYS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        if not _range_lock(fd, key, wait=False):
-            os.close(fd)
-            return None
-    except BaseException:
-        os.close(fd)
-        raise
-    _HELD.add(fd)
-    return fd
+    return _open_range(locks, key, wait=False)
 
 
 def unlock_key(locks: pathlib.Path, key: str, held: int | filelock.BaseFileLock) -> None:
@@ -226,13 +232,7 @@ def locked_key(locks: pathlib.Path, key: str) -> Iterator[None]:
         with flocked(locks / f"{key}.lock", remove=True):
             yield
         return
-    fd = os.open(locks / KEYS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        _range_lock(fd, key, wait=True)
-    except BaseException:
-        os.close(fd)
-        raise
-    _HELD.add(fd)
+    fd = _open_range(locks, key, wait=True)
     try:
         yield
     finally:
