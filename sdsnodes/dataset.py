@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import gc
 import importlib
 import io
 import multiprocessing
+import os
 import pickle
 import types
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from sdsnodes.metrics import GraphMetrics
 from sdsnodes.nodes.graph import iter_nodes, set_epoch, shutdown
 
 MAX_WORKERS = 1024
+_frozen_in: int | None = None  # the pid whose inherited heap freeze_inherited_heap froze
 
 
 class _GraphPickler(pickle.Pickler):
@@ -59,6 +62,10 @@ class StreamingDataset(IterableDataset):
         group_mode (GroupMode | str | None): ``"broadcast"`` (default with ``group``: the
             group's first rank loads, :class:`~sdsnodes.GroupLoader` broadcasts) or
             ``"replicate"`` (every rank of the group loads the same shard).
+        freeze_worker_heap (bool): in each DataLoader worker, before its graph is built, move
+            what the worker inherited from the training process into the garbage collector's
+            permanent generation (:func:`freeze_inherited_heap`; default True). False leaves
+            the collector as it is.
 
     State:
         ``{"epoch": int, "graph": <root node state>}`` per worker.
@@ -81,8 +88,10 @@ class StreamingDataset(IterableDataset):
         dp_rank: int | None = None,
         dp_world_size: int | None = None,
         group_mode: str | None = None,
+        freeze_worker_heap: bool = True,
     ) -> None:
         super().__init__()
+        self._freeze_worker_heap = bool(freeze_worker_heap)
         template = graph if isinstance(graph, BaseNode) else graph() if callable(graph) else None
         if not isinstance(template, BaseNode):
             raise TypeError(
@@ -113,6 +122,8 @@ class StreamingDataset(IterableDataset):
 
     def _build(self) -> BaseNode:
         if self._root is None:  # a private copy: the template stays un-started, safe to fork
+            if self._freeze_worker_heap and get_worker_info() is not None:
+                freeze_inherited_heap()
             # modules held by nodes (torchdata's ParallelMapper keeps `multiprocessing`) are shared
             memo = {
                 id(v): v
@@ -284,6 +295,29 @@ class StreamingDataset(IterableDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state["_template"] = pickle.loads(state["_template"])
         self.__dict__.update(state)
+
+
+def freeze_inherited_heap() -> bool:
+    """Move every object this process holds now into the garbage collector's permanent
+    generation (:func:`gc.freeze`), once per process; True when this call froze them.
+
+    For a DataLoader worker, before it builds its graph (what :class:`StreamingDataset` does
+    unless ``freeze_worker_heap=False``). A forked worker inherits the training process's heap
+    (torch, the model's modules, the index…) together with the collector's counters, so its
+    first full collection comes early and walks every inherited object, writing to each one's
+    header: CPU, and copies of the pages it touches (memory the processes shared). Frozen
+    objects are never walked. ``benchmarks/bench_worker_gc.py`` measures it. Objects made
+    later (the worker's graph and samples) are collected as usual; garbage cycles among the
+    inherited objects are not freed in the worker. This is CPython's own advice for a process
+    that forks without exec (the :func:`gc.freeze` documentation), applied in the child, where
+    it costs O(1): the collector's lists are spliced, no object is touched.
+    """
+    global _frozen_in
+    if _frozen_in == os.getpid():
+        return False
+    _frozen_in = os.getpid()
+    gc.freeze()
+    return True
 
 
 class _GraphIterator:
