@@ -18,6 +18,12 @@ _CACHE_COUNTERS = {
     "bytes_downloaded": "bytes downloaded into the cache",
     "evictions": "files evicted from the cache directory since the loader was made",
 }
+_COMPOSE_COUNTERS = {
+    "composed_objects": "small gs:// files fetched through a composed object",
+    "composed_groups": "composed objects fetched (GCS compose)",
+    "fallback_objects": "files of failed compose groups, fetched one by one",
+    "fallback_groups": "compose groups that failed and were fetched one by one",
+}
 _CACHE_GAUGES = {
     "hit_rate": "hits / (hits + misses)",
     "in_flight": "downloads running now",
@@ -58,7 +64,7 @@ def to_prometheus(stats: dict[str, Any], labels: dict[str, str] | None = None) -
     prometheus-client: counters ``sds_samples_total``, ``sds_wait_seconds_total``,
     ``sds_cache_hits_total``…, ``sds_skipped_total{reason}``, ``sds_node_items_total{node}``,
     ``sds_node_busy_seconds_total{node}``, ``sds_node_wait_seconds_total{node}``,
-    ``sds_decode_seconds_total{codec}``; gauges ``sds_cache_hit_rate``, ``sds_cache_bytes``….
+    ``sds_decode_seconds_total{codec}``, ``sds_compose_composed_objects_total``…; gauges ``sds_cache_hit_rate``, ``sds_cache_bytes``….
 
     Args:
         stats (dict): what :func:`sdsnodes.stats` returned.
@@ -98,6 +104,9 @@ def to_prometheus(stats: dict[str, Any], labels: dict[str, str] | None = None) -
         add(CounterMetricFamily, f"cache_{key}", doc, [([], cache.get(key))])
     for key, doc in _CACHE_GAUGES.items():
         add(GaugeMetricFamily, f"cache_{key}", doc, [([], cache.get(key))])
+    compose = stats.get("compose", {})
+    for key, doc in _COMPOSE_COUNTERS.items():
+        add(CounterMetricFamily, f"compose_{key}", doc, [([], compose.get(key))])
     skipped = [([r], n) for r, n in stats.get("skipped", {}).items()]
     add(CounterMetricFamily, "skipped", "samples skipped, by reason", skipped, "reason")
     nodes = stats.get("nodes", {})

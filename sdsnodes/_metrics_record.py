@@ -158,7 +158,8 @@ class Recorder:
     def snapshot(self) -> dict[str, Any]:
         """This process's counters: ``nodes`` {name: {items, busy_s, wait_s}}, ``samples``,
         ``skipped`` {reason: n}, ``decode_s`` / ``decoded`` {codec: seconds / calls} and
-        ``cache`` (``hits``, ``misses``, ``bytes_downloaded``, ``in_flight``)."""
+        ``cache`` (``hits``, ``misses``, ``bytes_downloaded``, ``in_flight``) and ``compose``
+        (the GCS compose counts of the downloaders, see ``FetchOptions.gcs_compose``)."""
         nodes = {name: c.as_dict() for name, c in self.nodes.items()}
         samples = sum(self.nodes[n].items for n in self.sample_nodes)
         skipped: dict[str, int] = {}
@@ -177,7 +178,15 @@ class Recorder:
             "decode_s": decode_s,
             "decoded": decoded,
             "cache": self._cache_counters(),
+            "compose": self._compose_counters(),
         }
+
+    def _compose_counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for node in self.downloaders:
+            for name, n in node.compose_counts.items():
+                out[name] = out.get(name, 0) + n
+        return out
 
     def _cache_counters(self) -> dict[str, int]:
         from sdsnodes.nodes._cache_ref import process_caches

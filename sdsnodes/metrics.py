@@ -183,8 +183,11 @@ def stats(loader_or_graph: Any, *, ledger: bool = True) -> dict[str, Any]:
         ``in_flight`` (downloads running now), ``evictions`` (in the cache directory since the
         loader was made, by any process), ``bytes``, ``pinned_files`` (the directory now),
         ``max_bytes`` (the budget, None: none)}; ``nodes`` {name: {``items``, ``busy_s``,
-        ``wait_s``}}; ``decode_s`` / ``decoded`` {codec class: seconds / calls}; ``workers``
-        (processes counted). Sizes in bytes, times in seconds.
+        ``wait_s``}}; ``decode_s`` / ``decoded`` {codec class: seconds / calls}; ``compose``
+        {``composed_groups``, ``composed_objects`` (small ``gs://`` files fetched through one
+        composed object), ``fallback_groups``, ``fallback_objects`` (groups whose compose
+        failed, fetched one by one)}: zeros unless ``FetchOptions(gcs_compose=...)``;
+        ``workers`` (processes counted). Sizes in bytes, times in seconds.
 
     Raises:
         ValueError: a graph that was not instrumented, or an object that is none of these.
@@ -235,6 +238,10 @@ def stats(loader_or_graph: Any, *, ledger: bool = True) -> dict[str, Any]:
         cache["bytes"] = sum(s["bytes"] for s in ledgers)
         cache["pinned_files"] = sum(s["pinned_files"] for s in ledgers)
     cache["max_bytes"] = max_bytes
+    from sdsnodes.nodes._gcs_compose import COMPOSE_COUNTS
+
+    compose = dict.fromkeys(COMPOSE_COUNTS, 0)
+    compose.update(total.pop("compose", {}))
     out = {
         "samples": int(total["samples"]),
         "batches": timer.batches if timer is not None else None,
@@ -246,6 +253,7 @@ def stats(loader_or_graph: Any, *, ledger: bool = True) -> dict[str, Any]:
         "nodes": total["nodes"],
         "decode_s": total["decode_s"],
         "decoded": total["decoded"],
+        "compose": compose,
         "workers": len(snapshots),
     }
     return out

@@ -14,6 +14,7 @@ import pytest
 from torchdata.nodes import Batcher, Loader, Mapper
 from utils import check_dataloader_resume, stateful_loader
 
+import sdsnodes
 from sdsnodes import (
     CacheOptions,
     CachingDownloader,
@@ -97,10 +98,17 @@ def test_compose_with_two_workers_gives_the_same_samples_and_cleans_up(
     runs = {}
     for name, compose in (("off", None), ("on", GcsComposeOptions(min_objects=4))):
         root, _ = graph(gcs_server, index, tmp_path / f"cache-{name}", compose)
-        batches = list(stateful_loader(StreamingDataset(root), num_workers=2))
+        loader = stateful_loader(StreamingDataset(root), num_workers=2)
+        batches = list(loader)
         runs[name] = by_key(batches)
         composed = max(int(c) for b in batches for c in b["composed"])
         assert composed > 0 if name == "on" else composed == -1
+        counted = sdsnodes.stats(loader, ledger=False)["compose"]  # both workers, summed
+        if name == "on":
+            assert composed <= counted["composed_objects"] <= len(blobs)
+            assert counted["composed_groups"] >= 1 and counted["fallback_objects"] == 0
+        else:
+            assert set(counted.values()) == {0}
     assert runs["on"] == runs["off"]  # same keys, same bytes
     assert sorted(runs["on"].values()) == sha(blobs)  # every object once
     assert temp_objects(gcs_server, bucket) == []

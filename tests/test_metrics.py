@@ -17,6 +17,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from sdsnodes import CacheOptions, StreamingDataset, build_image_graph
 from sdsnodes._metrics_board import SLOT_BYTES, MetricsBoard
 from sdsnodes.metrics import flat, instrument, postfix, stats, timed, to_prometheus
+from sdsnodes.nodes._gcs_compose import COMPOSE_COUNTS
 
 NUM_IMAGES = 8
 
@@ -70,6 +71,7 @@ def test_counts_equal_what_is_known_over_two_workers(two_epochs, remote_images):
     assert cache["evictions"] == 0 and cache["max_bytes"] == 10**9
     assert cache["in_flight"] == 0 and cache["pinned_files"] == 0
     assert s["skipped"] == {}
+    assert s["compose"] == dict.fromkeys(COMPOSE_COUNTS, 0)  # S3: no compose
     assert s["decoded"] == {"ImageTensor": 2 * NUM_IMAGES, "Text": 2 * NUM_IMAGES}
     assert s["decode_s"]["ImageTensor"] > 0
     assert s["nodes"]["CachingDownloader"]["items"] == 2 * NUM_IMAGES
@@ -94,6 +96,9 @@ def test_prometheus_text_parses_to_the_same_figures(two_epochs):
     assert samples[key] == pytest.approx(s["decode_s"]["ImageTensor"])
     node = ("sds_node_items_total", (("node", "Decoder"), rank))
     assert samples[node] == s["nodes"]["Decoder"]["items"]
+    composed = {**s, "compose": {**s["compose"], "composed_objects": 7}}
+    text = to_prometheus(composed, labels={"rank": "0"})
+    assert 'sds_compose_composed_objects_total{rank="0"} 7.0' in text
 
 
 def test_flat_dict_and_postfix(two_epochs):

@@ -58,6 +58,10 @@ class _Part(concurrent.futures.Future):
         return False  # settles once the group's coroutine ended, as storage's downloads do
 
 
+COMPOSE_COUNTS = ("composed_groups", "composed_objects", "fallback_groups", "fallback_objects")
+"""The names of :attr:`GcsComposer.counts` (and of ``sdsnodes.stats(...)["compose"]``)."""
+
+
 class GcsComposer:
     """Groups the downloads a :class:`CachingDownloader` starts and composes the groups that
     qualify; counts what it did in :attr:`counts`.
@@ -73,9 +77,7 @@ class GcsComposer:
 
     def __init__(self, options: GcsComposeOptions) -> None:
         self.options = options
-        self.counts = dict.fromkeys(
-            ("composed_groups", "composed_objects", "fallback_groups", "fallback_objects"), 0
-        )
+        self.counts = dict.fromkeys(COMPOSE_COUNTS, 0)
 
     def start(
         self,
