@@ -64,7 +64,8 @@ def to_prometheus(stats: dict[str, Any], labels: dict[str, str] | None = None) -
     prometheus-client: counters ``sds_samples_total``, ``sds_wait_seconds_total``,
     ``sds_cache_hits_total``…, ``sds_skipped_total{reason}``, ``sds_node_items_total{node}``,
     ``sds_node_busy_seconds_total{node}``, ``sds_node_wait_seconds_total{node}``,
-    ``sds_decode_seconds_total{codec}``, ``sds_compose_composed_objects_total``…; gauges ``sds_cache_hit_rate``, ``sds_cache_bytes``….
+    ``sds_decode_seconds_total{codec}``, ``sds_compose_composed_objects_total``…; gauges
+    ``sds_cache_hit_rate``, ``sds_cache_bytes``….
 
     Args:
         stats (dict): what :func:`sdsnodes.stats` returned.
