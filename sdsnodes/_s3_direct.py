@@ -24,6 +24,10 @@ proxy and ``~/.netrc`` up in a thread on every request (0.7 of the 1.8 client CP
 GET cost on moto), and a ``~/.netrc`` entry for the endpoint would add an ``Authorization``
 header the presigned URL does not want.
 
+The body is written as S3 stores it, as s3fs writes it: the GET asks for ``Accept-Encoding:
+identity`` and nothing is decompressed (an object stored with ``Content-Encoding: gzip`` is
+cached gzip-compressed, its listed size).
+
 What differs from s3fs's GET, and how it is kept safe: an answer other than 200 or 404 (a
 redirect to another region, a 400 or 403 from a signature the bucket refuses…) is fetched again
 through ``fs._get_file`` at once, and a bucket that answered 3xx/400/403 goes through s3fs from
@@ -245,7 +249,12 @@ def _session() -> Any:
             bundle = os.environ.get("AWS_CA_BUNDLE")
             context = ssl.create_default_context(cafile=bundle) if bundle else True
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=context)
-            session = aiohttp.ClientSession(connector=connector, trust_env=False)
+            # the stored bytes, as s3fs gets them: aiobotocore asks for `identity` and never
+            # decompresses (an object stored with Content-Encoding: gzip stays gzip)
+            session = aiohttp.ClientSession(
+                connector=connector, trust_env=False, auto_decompress=False,
+                headers={"Accept-Encoding": "identity"},
+            )  # fmt: skip
             _sessions[key] = (session, loop)
     return session
 

@@ -62,6 +62,20 @@ def test_same_bytes_as_s3fs_and_a_missing_object_is_file_not_found(s3_server, s3
         _get(url + ".missing", tmp_path / "none", options, retries=0)
 
 
+def test_an_object_stored_gzip_encoded_arrives_as_stored_like_s3fs(s3_server, s3_bucket, tmp_path):
+    # S3 serves the bytes it stores with their Content-Encoding; s3fs (aiobotocore) asks for
+    # `identity` and never decompresses, so the cached file must be the stored bytes here too
+    import gzip
+
+    bucket = s3_bucket.removeprefix("s3://")
+    stored = gzip.compress(DATA)
+    s3_server.fs().pipe(f"{bucket}/b.json.gz", stored, ContentEncoding="gzip")
+    url, options = f"s3://{bucket}/b.json.gz", s3_server.storage_options
+    assert _get(url, tmp_path / "direct", options, expected_size=len(stored)) == len(stored)
+    assert _get(url, tmp_path / "s3fs", options, s3_direct=False) == len(stored)
+    assert (tmp_path / "direct").read_bytes() == (tmp_path / "s3fs").read_bytes() == stored
+
+
 def test_retries_a_503_and_a_short_body_on_the_direct_path(
     s3_server, s3_bucket, s3_proxy, tmp_path
 ):
