@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,3 +71,12 @@ def test_video_quick_prints_the_table_with_ratios(tmp_path):
     assert "hand-written loop (1 process)" in rows
     assert "set_vital" not in done.stderr  # the known torchdata warning is silenced
     assert (tmp_path / "data" / "video-n16-3s-256x256" / "index.parquet").is_file()
+
+
+@pytest.mark.slow  # two fresh processes that import the peers' packages (~20 s): SDS_SLOW=1
+def test_worker_gc_quick_prints_both_settings(tmp_path):
+    done = run_benchmarks("worker_gc", "--quick", "--task", "local", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for setting in ("freeze_worker_heap=False *", "freeze_worker_heap=True (default)"):
+        assert setting in done.stdout
+    assert "full GC s (workers)" in done.stdout and "peak PSS MiB" in done.stdout
