@@ -51,10 +51,6 @@ from benchmarks.bench_image import cpu_seconds, make_images
 
 NAME = "worker_gc"
 DESCRIPTION = "forked workers' full collections: StreamingDataset(freeze_worker_heap) on vs off"
-HELD = (
-    "numpy", "torch", "torchdata.nodes", "torchdata.stateful_dataloader", "av", "PIL.Image",
-    "pyarrow.parquet", "sdsnodes", "webdataset", "litdata", "streaming",
-)  # fmt: skip
 SETTINGS = {"freeze_worker_heap=False": False, "freeze_worker_heap=True (default)": True}
 
 _full_gc_s: Any = None  # RawArray('d', 1): CPU seconds of full collections in the workers
@@ -93,15 +89,16 @@ def epoch(index: str, options: dict | None, workers: int, freeze: bool) -> int:
 
 def _first_epoch(index: str, options: dict | None, workers: int, freeze: bool, heap: int,
                  sender: Any) -> None:  # fmt: skip
-    """In a fresh (spawned) process, as a training script's first epoch: import :data:`HELD`,
-    hold ``heap`` more objects, then time one epoch; sends (samples, wall s, CPU s, workers'
-    full-collection CPU s, peak PSS MiB, objects tracked) or an error message."""
+    """In a fresh (spawned) process, as a training script's first epoch: import what
+    ``bench_peers`` imports (``_peers.PRELOAD``), hold ``heap`` more objects, then time one
+    epoch; sends (samples, wall s, CPU s, workers' full-collection CPU s, peak PSS MiB, objects
+    tracked) or an error message."""
     global _full_gc_s
-    from benchmarks._peers import PeakPss
+    from benchmarks._peers import PRELOAD, PeakPss
 
     multiprocessing.set_start_method("fork", force=True)  # the workers fork, as on Linux
     silence_known_warnings()
-    for name in HELD:
+    for name in PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:
