@@ -8,6 +8,7 @@ so the rows differ only by the library's plumbing (and sdsnodes' own codec).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import importlib
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -295,6 +296,8 @@ def run_epoch(
     return {"wall": wall, "first": first or wall, "cpu": cpu_s, "pss": pss.peak}
 
 
+T = TypeVar("T")
+
 # what every measuring process imports before timing (every loader needs some of it; a loader
 # pays for nothing it imports itself, and no loader for another's)
 PRELOAD = (
@@ -306,21 +309,29 @@ PRELOAD = (
 def run_isolated(
     make: Callable[[], Batches], count: int, shape: tuple[int, ...] = (3, SIZE, SIZE)
 ) -> dict[str, float]:
-    """:func:`run_epoch` in a fresh process (``spawn``), so its peak PSS and CPU are the
-    loader's own and not inflated by what the loaders measured before it left in this process
-    (the main-process heap grew by 200-300 MiB over a run, and forked workers inherit it).
-
-    The child imports :data:`PRELOAD` before timing and starts DataLoader workers as this
-    process would (fork on Linux). ``make`` must pickle (a ``functools.partial`` of a
-    module-level function).
+    """:func:`run_epoch` in a fresh process (:func:`in_fresh_process`), so its peak PSS and CPU
+    are the loader's own and not inflated by what the loaders measured before it left in this
+    process (the main-process heap grew by 200-300 MiB over a run, and forked workers inherit
+    it). ``make`` must pickle (a ``functools.partial`` of a module-level function).
 
     Raises:
         RuntimeError: the epoch failed in the child (its message), or the child died.
     """
+    return in_fresh_process(run_epoch, make, count, shape)
+
+
+def in_fresh_process(target: Callable[..., T], *args: Any) -> T:
+    """``target(*args)`` in a fresh process (``spawn``) that first imports :data:`PRELOAD` and
+    starts DataLoader workers as this process would (fork on Linux); its result, which must
+    pickle, as ``target`` and ``args`` must.
+
+    Raises:
+        RuntimeError: ``target`` raised in the child (its message), or the child died.
+    """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     method = multiprocessing.get_start_method()  # the workers' start method here (fork)
-    child = ctx.Process(target=_measure_in_child, args=(make, count, shape, method, sender))
+    child = ctx.Process(target=_run_in_child, args=(target, args, method, sender))
     child.start()
     sender.close()
     try:
@@ -329,14 +340,17 @@ def run_isolated(
         child.join()
         raise RuntimeError(f"the measuring process died (exit code {child.exitcode})") from None
     child.join()
-    if isinstance(result, str):
-        raise RuntimeError(f"in the measuring process: {result}")
+    if isinstance(result, _ChildError):
+        raise RuntimeError(f"in the measuring process: {result.message}")
     return result
 
 
-def _measure_in_child(
-    make: Callable[[], Batches], count: int, shape: tuple[int, ...], method: str, sender: Any
-) -> None:
+@dataclasses.dataclass
+class _ChildError:
+    message: str
+
+
+def _run_in_child(target: Callable, args: tuple, method: str, sender: Any) -> None:
     from benchmarks._common import silence_known_warnings
 
     multiprocessing.set_start_method(method, force=True)  # a spawned child would spawn workers
@@ -347,6 +361,6 @@ def _measure_in_child(
         except ImportError:  # a peer not installed: its loader fails on its own
             pass
     try:
-        sender.send(run_epoch(make, count, shape))
+        sender.send(target(*args))
     except Exception as error:  # noqa: BLE001 - reported by the parent
-        sender.send(f"{type(error).__name__}: {error}")
+        sender.send(_ChildError(f"{type(error).__name__}: {error}"))

@@ -1,24 +1,27 @@
-"""Forked DataLoader workers and the garbage collector: ``StreamingDataset(freeze_worker_heap=...)``.
+"""Forked DataLoader workers and the garbage collector: ``freeze_worker_heap`` on vs off.
 
 A forked worker inherits the training process's heap and the collector's counters, so its
 first full (generation 2) collection comes within its first batches and walks every inherited
 object, writing to each one's header: CPU, and copies of pages the processes shared. With
-``freeze_worker_heap=True`` (the default) each worker calls ``gc.freeze()`` before building its
-graph (:func:`sdsnodes.dataset.freeze_inherited_heap`); ``False`` is the baseline.
+``StreamingDataset(freeze_worker_heap=True)`` (the default) each worker calls ``gc.freeze()``
+before building its graph (:func:`sdsnodes.dataset.freeze_inherited_heap`); ``False`` is the
+baseline.
 
 The task is ``bench_peers``' S3 one (``--task s3``, the default): ``--num-images`` JPEGs
 (256x256) on a moto server on 127.0.0.1, read as raw ``s3://`` files into a fresh (cold) cache
 folder per epoch, → 224x224 crops with ``build_image_graph`` (its defaults), one shuffled epoch
 through ``StatefulDataLoader`` (``--num-workers`` forked workers, batches of 32). ``--task
 local`` reads the same JPEGs from local disk: its workers make almost no cyclic garbage, so
-they seldom collect at all, and the two settings should measure the same. Before timing, this process imports what a
-training script of the peers' benchmark holds (torch, torchdata, PyAV, Pillow, pyarrow,
-sdsnodes, and webdataset / litdata / streaming when installed) and ``--heap-objects`` more
-small objects (a model's modules, a vocabulary…). Every epoch is the first of a fresh (spawned) process, as
-a training script's first epoch, the two settings in turn. Reported per setting: samples/s, CPU ms per sample (this process and its reaped
-workers), the CPU seconds the workers spent in full collections (a ``gc.callbacks`` hook the
-workers inherit, summed into shared memory) and the peak PSS of the process tree
-(``/proc/*/smaps_rollup``, every 50 ms).
+they seldom collect at all, and the two settings should measure the same.
+
+Every epoch is the first of a fresh (spawned) process, as a training script's first epoch, the
+two settings in turn (``benchmarks._peers.in_fresh_process``): before timing, that process
+imports what the peers' benchmark imports (torch, torchdata, PyAV, Pillow, pyarrow, sdsnodes,
+and webdataset / litdata / streaming when installed) and holds ``--heap-objects`` more small
+objects (a model's modules, a vocabulary…). Reported per setting: samples/s, CPU ms per sample
+(that process and its reaped workers), the CPU seconds the workers spent in full collections (a
+``gc.callbacks`` hook the workers inherit, summed into shared memory) and the peak PSS of the
+process tree (``/proc/*/smaps_rollup``, every 50 ms).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import argparse
 import contextlib
 import functools
 import gc
-import importlib
 import multiprocessing
 import os
 import shutil
@@ -87,56 +89,24 @@ def epoch(index: str, options: dict | None, workers: int, freeze: bool) -> int:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _first_epoch(index: str, options: dict | None, workers: int, freeze: bool, heap: int,
-                 sender: Any) -> None:  # fmt: skip
-    """In a fresh (spawned) process, as a training script's first epoch: import what
-    ``bench_peers`` imports (``_peers.PRELOAD``), hold ``heap`` more objects, then time one
-    epoch; sends (samples, wall s, CPU s, workers' full-collection CPU s, peak PSS MiB, objects
-    tracked) or an error message."""
+def _first_epoch(index: str, options: dict | None, workers: int, freeze: bool, heap: int) -> tuple:
+    """Run in a fresh process (:func:`benchmarks._peers.in_fresh_process`, which imported what
+    ``bench_peers`` imports), as a training script's first epoch: hold ``heap`` more objects,
+    then time one epoch; (samples, wall s, CPU s, workers' full-collection CPU s, peak PSS MiB,
+    objects tracked)."""
     global _full_gc_s
-    from benchmarks._peers import PRELOAD, PeakPss
+    from benchmarks._peers import PeakPss
 
-    multiprocessing.set_start_method("fork", force=True)  # the workers fork, as on Linux
-    silence_known_warnings()
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
     held = [{"i": i} for i in range(heap)]
     _full_gc_s = multiprocessing.RawArray("d", 1)
     gc.callbacks.append(_count_full_collections)
     tracked = len(gc.get_objects())
-    try:
-        cpu0, start = cpu_seconds(), time.perf_counter()
-        with PeakPss() as peak:
-            got = epoch(index, options, workers, freeze)
-        wall, used = time.perf_counter() - start, cpu_seconds() - cpu0
-        sender.send((got, wall, used, _full_gc_s[0], peak.peak, tracked))
-    except Exception as error:  # noqa: BLE001 - reported by the parent
-        sender.send(f"{type(error).__name__}: {error}")
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    with PeakPss() as peak:
+        got = epoch(index, options, workers, freeze)
+    wall, used = time.perf_counter() - start, cpu_seconds() - cpu0
     del held
-
-
-def run_first_epoch(*args: Any) -> tuple:
-    """:func:`_first_epoch` in a spawned process; its result.
-
-    Raises:
-        SystemExit: the epoch failed, or the process died.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_first_epoch, args=(*args, sender))
-    child.start()
-    sender.close()
-    try:
-        result = receiver.recv()
-    except EOFError:
-        result = f"the measuring process died (exit code {child.exitcode})"
-    child.join()
-    if isinstance(result, str):
-        raise SystemExit(result)
-    return result
+    return got, wall, used, _full_gc_s[0], peak.peak, tracked
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,6 +151,8 @@ def _moto():
 
 
 def _measure(args: argparse.Namespace, count: int, index: str, options: dict | None) -> int:
+    from benchmarks._peers import in_fresh_process
+
     rows = {name: Result(name, unit="samples/s", baseline=not on) for name, on in SETTINGS.items()}
     cpu: dict[str, list[float]] = {name: [] for name in SETTINGS}
     full: dict[str, list[float]] = {name: [] for name in SETTINGS}
@@ -188,8 +160,8 @@ def _measure(args: argparse.Namespace, count: int, index: str, options: dict | N
     tracked = 0
     for r in range(repeats_of(args)):
         for name in in_turn(list(SETTINGS), r):
-            got, wall, used, gc_s, peak, tracked = run_first_epoch(
-                index, options, args.num_workers, SETTINGS[name], args.heap_objects
+            got, wall, used, gc_s, peak, tracked = in_fresh_process(
+                _first_epoch, index, options, args.num_workers, SETTINGS[name], args.heap_objects
             )
             if got != count:
                 raise SystemExit(f"{name}: {got} samples, expected {count}")
