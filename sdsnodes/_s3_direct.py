@@ -59,6 +59,9 @@ _PLAIN_CONFIG = {
 _FALLBACK_STATUSES = (301, 302, 307, 308, 400, 403)  # the bucket wants what s3fs does
 _EXPIRES_S = 900  # presigned URLs are used at once; 15 min covers a slow queue
 _CHUNK = 1 << 16
+DEFAULT_TIMEOUT_S = 300.0
+"""Seconds a GET may take when the caller gives no ``timeout`` (aiohttp's own default total):
+the session sets no timeout, so no timer is armed per request beside the caller's."""
 
 _sessions: dict[tuple[int, int], tuple[Any, Any]] = {}  # (pid, id(loop)) -> (session, loop)
 _slow_buckets: set[str] = set()  # buckets that go through s3fs
@@ -250,10 +253,12 @@ def _session() -> Any:
             context = ssl.create_default_context(cafile=bundle) if bundle else True
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=context)
             # the stored bytes, as s3fs gets them: aiobotocore asks for `identity` and never
-            # decompresses (an object stored with Content-Encoding: gzip stays gzip)
+            # decompresses (an object stored with Content-Encoding: gzip stays gzip); no timer
+            # per request: the caller bounds each GET (DEFAULT_TIMEOUT_S when it gives none)
+            unbounded = aiohttp.ClientTimeout(total=None, sock_connect=None)
             session = aiohttp.ClientSession(
                 connector=connector, trust_env=False, auto_decompress=False,
-                headers={"Accept-Encoding": "identity"},
+                headers={"Accept-Encoding": "identity"}, timeout=unbounded,
             )  # fmt: skip
             _sessions[key] = (session, loop)
     return session

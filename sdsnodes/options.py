@@ -30,6 +30,9 @@ from sdsnodes.errors import OnError
 from sdsnodes.index.filters import parse_filter
 from sdsnodes.sample import KEY
 
+DEFAULT_MAX_IN_FLIGHT = 8
+"""Samples a node fetches ahead and at once when ``FetchOptions.max_in_flight`` is None."""
+
 
 def _set(options: Any, name: str, value: Any) -> None:
     object.__setattr__(options, name, value)  # a frozen dataclass normalizing its own field
@@ -265,9 +268,12 @@ class FetchOptions:
         deadline_s (float | None): seconds after a file's (or block's) first attempt when no new
             attempt starts, > 0 (30.0): an outage shorter than it loses nothing. None: only
             ``retries`` bounds the attempts.
-        max_in_flight (int): samples fetched ahead of the consumer and at once, >= 1 (8). The
-            :class:`~sdsnodes.CachingDownloader`'s window; the files a
-            :class:`~sdsnodes.RangeReader` opens concurrently.
+        max_in_flight (int | None): samples fetched ahead of the consumer and at once, >= 1.
+            The :class:`~sdsnodes.CachingDownloader`'s window; the files a
+            :class:`~sdsnodes.RangeReader` opens concurrently. None (default): the node's or
+            preset's own, :data:`DEFAULT_MAX_IN_FLIGHT` (8), or ``IMAGE_MAX_IN_FLIGHT`` in
+            :func:`~sdsnodes.build_image_graph` (small files want more requests in flight),
+            also when other options are given (``FetchOptions(storage_options)``).
         gcs_compose (GcsComposeOptions | None): fetch small ``gs://`` objects by composing
             them into one temporary object (a write to the bucket; see
             :class:`~sdsnodes.GcsComposeOptions`); None (default): one GET per object.
@@ -284,7 +290,7 @@ class FetchOptions:
     retries: int = DEFAULT_RETRIES
     timeout: float | None = 60.0
     deadline_s: float | None = DEFAULT_DEADLINE_S
-    max_in_flight: int = 8
+    max_in_flight: int | None = None
     gcs_compose: GcsComposeOptions | None = None
     s3_direct: bool = True
 
@@ -308,14 +314,20 @@ class FetchOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"FetchOptions: {name}={value!r} must be None or > 0 (seconds)")
-        if (
-            isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int)
-            or self.max_in_flight < 1
-        ):  # fmt: skip
+        window = self.max_in_flight
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
             raise ValueError(
-                f"FetchOptions: max_in_flight={self.max_in_flight!r} must be an int >= 1 "
-                "(samples fetched ahead and at once)"
+                f"FetchOptions: max_in_flight={window!r} must be an int >= 1 (samples fetched "
+                "ahead and at once), or None for the node's or preset's default"
             )
+
+    def with_window(self, default: int) -> FetchOptions:
+        """These options, with ``max_in_flight`` set to ``default`` when it is None."""
+        if self.max_in_flight is not None:
+            return self
+        return dataclasses.replace(self, max_in_flight=default)
 
     @property
     def fetch_kwargs(self) -> dict[str, Any]:

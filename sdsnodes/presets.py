@@ -30,8 +30,11 @@ from sdsnodes.options import (
 )
 
 Src = str | os.PathLike | pa.Table
-IMAGE_FETCH = FetchOptions(max_in_flight=16)
-"""The image preset's fetch options: small files, so 16 samples in flight."""
+IMAGE_MAX_IN_FLIGHT = 32
+"""Samples the image preset fetches ahead and at once unless ``fetch.max_in_flight`` says:
+small files, each request short, so more of them in flight (``benchmarks/bench_peers.py``)."""
+IMAGE_FETCH = FetchOptions(max_in_flight=IMAGE_MAX_IN_FLIGHT)
+"""The image preset's default fetch options."""
 
 
 @renamed_keywords
@@ -157,8 +160,8 @@ def build_image_graph(
     """A graph yielding batches of images and captions.
 
     Args: as :func:`build_video_graph`, with ``image_column`` ("image") and ``size`` the output
-    (H, W) (256), ``batch_size`` 32 and 16 samples downloaded ahead (``fetch``:
-    :data:`IMAGE_FETCH`).
+    (H, W) (256), ``batch_size`` 32 and :data:`IMAGE_MAX_IN_FLIGHT` (32) samples downloaded
+    ahead, also when ``fetch`` leaves ``max_in_flight`` None.
 
     Returns:
         BaseNode: yields dicts with ``image`` uint8 [B, 3, H, W], ``caption`` list[str | None]
@@ -168,6 +171,7 @@ def build_image_graph(
         ValueError: a bad argument, or a column missing from the index.
     """
     codecs: dict[str, Codec] = {image_column: ImageTensor(size=square(size))}
+    fetch = (fetch or IMAGE_FETCH).with_window(IMAGE_MAX_IN_FLIGHT)
     columns = {image_column: "image_column"}
     add_caption(codecs, columns, caption_column)
     return assemble(

@@ -19,8 +19,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import fsspec
 import fsspec.asyn
@@ -28,10 +28,14 @@ from fsspec.core import split_protocol, strip_protocol
 
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
 from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES, Retrier
+from sdsnodes._s3_direct import DEFAULT_TIMEOUT_S as DIRECT_TIMEOUT_S
 from sdsnodes._s3_direct import getter as direct_getter
 from sdsnodes.errors import DownloadError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_TIMEOUT = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 LOCAL_PROTOCOLS = (None, "file", "local")
 _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
@@ -158,7 +162,8 @@ def fetch(
     def attempt() -> int:
         try:
             if direct is not None:
-                fsspec.asyn.sync(fs.loop, direct, path, os.fspath(dest), **kwargs)
+                limit = DIRECT_TIMEOUT_S if timeout is None else timeout
+                fsspec.asyn.sync(fs.loop, direct, path, os.fspath(dest), timeout=limit)
             elif getattr(fs, "async_impl", False):
                 fs.get_file(path, os.fspath(dest), **kwargs)
             else:  # through our own file object: some sync get_file leak it on errors (ftp)
@@ -323,12 +328,15 @@ async def _fetch_async(
     direct: bool,
 ) -> int:
     retrier = retry()  # the deadline counts from here
-    get = (direct_getter(fs) if direct else None) or fs._get_file
+    direct_get = direct_getter(fs) if direct else None
+    get = direct_get or fs._get_file
+    if timeout is None and direct_get is not None:
+        timeout = DIRECT_TIMEOUT_S  # the presigned GET's session sets no limit of its own
 
     async def attempt() -> int:
         if abandoned.is_set():
             return 0
-        await asyncio.wait_for(get(path, dest), timeout)
+        await within(get(path, dest), timeout)
         if abandoned.is_set():  # given up while the last bytes arrived
             remove_quietly(dest)
             return 0
@@ -346,6 +354,17 @@ async def _fetch_async(
             remove_quietly(dest)
             return 0  # nobody waits for it: an exception here would be logged as unretrieved
         raise
+
+
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """``await awaitable``, raising ``TimeoutError`` after ``timeout`` seconds (None: no limit).
+
+    ``asyncio.timeout`` where Python has it (3.11+): unlike ``asyncio.wait_for`` on 3.11 it runs
+    the coroutine in the caller's task instead of a new one, one task fewer per download."""
+    if _TIMEOUT is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, timeout)
+    async with _TIMEOUT(timeout):
+        return await awaitable
 
 
 def remove_quietly(path: str | os.PathLike) -> None:

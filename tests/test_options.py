@@ -27,6 +27,8 @@ from sdsnodes._synthetic import write_image
 from sdsnodes.cache import EvictionPolicy
 from sdsnodes.errors import OnError
 from sdsnodes.nodes.graph import iter_nodes, shutdown
+from sdsnodes.options import DEFAULT_MAX_IN_FLIGHT
+from sdsnodes.presets import IMAGE_MAX_IN_FLIGHT
 
 
 def node_of(graph, kind):
@@ -121,12 +123,34 @@ def test_old_preset_keywords_warn_and_build_the_same_graph(url_index, tmp_path):
 
 
 def test_an_old_keyword_keeps_the_presets_own_default_group(url_index, tmp_path):
-    # the image preset fetches 16 samples ahead; an old keyword of the group keeps that
+    # the image preset fetches IMAGE_MAX_IN_FLIGHT samples ahead; an old keyword keeps that
+    window = IMAGE_MAX_IN_FLIGHT
     with pytest.warns(DeprecationWarning, match="fetch=FetchOptions"):
         graph = build_image_graph(url_index, cache_dir=str(tmp_path), retries=2)
-    assert node_of(graph, CachingDownloader).fetch == FetchOptions(retries=2, max_in_flight=16)
+    assert node_of(graph, CachingDownloader).fetch == FetchOptions(retries=2, max_in_flight=window)
     default = build_image_graph(url_index, cache=CacheOptions(str(tmp_path)))
-    assert node_of(default, CachingDownloader).fetch.max_in_flight == 16
+    assert node_of(default, CachingDownloader).fetch.max_in_flight == window
+
+
+def test_a_window_left_unset_is_the_presets_or_the_nodes_own(url_index, tmp_path):
+    # FetchOptions(storage_options) for credentials must not cost the image preset its window
+    cache = CacheOptions(str(tmp_path))
+    assert IMAGE_MAX_IN_FLIGHT > DEFAULT_MAX_IN_FLIGHT
+    for fetch in (None, FetchOptions({"anon": True}), FetchOptions(retries=3)):
+        graph = build_image_graph(url_index, cache=cache, fetch=fetch)
+        assert node_of(graph, CachingDownloader).fetch.max_in_flight == IMAGE_MAX_IN_FLIGHT
+    mine = build_image_graph(url_index, cache=cache, fetch=FetchOptions(max_in_flight=3))
+    assert node_of(mine, CachingDownloader).fetch.max_in_flight == 3
+    video = build_video_graph(url_index, cache=cache, fetch=FetchOptions({"anon": True}),
+                              video_column="image", caption_column=None)  # fmt: skip
+    assert node_of(video, CachingDownloader).fetch.max_in_flight == DEFAULT_MAX_IN_FLIGHT
+    reader = IndexReader(pa.table({"v": ["http://127.0.0.1:1/a.mp4"]}))
+    node = CachingDownloader(reader, ["v"], cache=cache, fetch=FetchOptions(retries=1))
+    assert node.fetch == FetchOptions(retries=1, max_in_flight=DEFAULT_MAX_IN_FLIGHT)
+    assert FetchOptions().max_in_flight is None
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="max_in_flight=.* or None"):
+            FetchOptions(max_in_flight=bad)
 
 
 def test_old_node_keywords_warn_and_land_in_the_groups(tmp_path):
@@ -162,7 +186,8 @@ def test_an_old_keyword_beside_its_group_is_refused(tmp_path):
 def test_the_preset_hands_each_group_to_the_nodes_that_use_it(tmp_path, partial_reads):
     table = pa.table({"video": ["http://127.0.0.1:1/a.mp4"]})
     cache = CacheOptions(str(tmp_path), max_bytes=1 << 30, ttl=3600.0)
-    fetch, errors = FetchOptions(retries=2, deadline_s=5.0), ErrorOptions(max_error_rate=0.9)
+    fetch = FetchOptions(retries=2, deadline_s=5.0, max_in_flight=4)  # None: filled in, a copy
+    errors = ErrorOptions(max_error_rate=0.9)
     graph = build_video_graph(
         table, partial_reads=partial_reads, caption_column=None, cache=cache, fetch=fetch,
         errors=errors,

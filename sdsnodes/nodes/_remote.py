@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sdsnodes.errors import SdsError
-from sdsnodes.options import CacheOptions, FetchOptions
+from sdsnodes.options import DEFAULT_MAX_IN_FLIGHT, CacheOptions, FetchOptions
 from sdsnodes.storage import default_cache_dir, is_remote, local_path
 
 
@@ -23,15 +23,17 @@ def disk_full(error: BaseException) -> bool:
 def remote_settings(
     columns: Sequence[str], cache: CacheOptions | None, fetch: FetchOptions | None
 ) -> tuple[list[str], CacheOptions, FetchOptions, str]:
-    """The columns to fetch as a list, the groups (None: their defaults) and the cache directory
-    (``cache.cache_dir``, else ``$SDS_CACHE_DIR`` or ``~/.cache/sdsnodes``).
+    """The columns to fetch as a list, the groups (None: their defaults; ``fetch.max_in_flight``
+    None: ``DEFAULT_MAX_IN_FLIGHT``) and the cache directory (``cache.cache_dir``, else
+    ``$SDS_CACHE_DIR`` or ``~/.cache/sdsnodes``).
 
     Raises:
         ValueError: ``columns`` is a str or empty.
     """
     if isinstance(columns, str) or not columns:
         raise ValueError(f"{columns=} must be a non-empty list of column names")
-    cache, fetch = cache or CacheOptions(), fetch or FetchOptions()
+    cache = cache or CacheOptions()
+    fetch = (fetch or FetchOptions()).with_window(DEFAULT_MAX_IN_FLIGHT)
     return list(columns), cache, fetch, str(cache.cache_dir or default_cache_dir())
 
 
