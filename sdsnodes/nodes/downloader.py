@@ -132,6 +132,7 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         self._window: collections.deque[WindowEntry] = collections.deque()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._exhausted = False
+        self._to_claim = False  # the window may hold unclaimed files (new, or answered busy)
         self._state: dict[str, Any] | None = None
         self._abandoned = threading.Event()  # set when the window is dropped
         self._delivered = Delivered()  # files delivered and maybe still pinned downstream
@@ -184,7 +185,11 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
     @property
     def in_flight(self) -> int:
         """Downloads of this node running now (read by :func:`sdsnodes.stats`)."""
-        return sum(f.future is not None for entry in list(self._window) for f in entry.files)
+        return sum(
+            f.future is not None and not f.future.done()
+            for entry in list(self._window)
+            for f in entry.files
+        )
 
     def shutdown(self) -> None:
         """Cancel the downloads in flight, release the window's files, stop the threads."""
@@ -250,11 +255,15 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
                 out = dict(sample)
                 files = self._files_of(sample, out)
                 self._window.append(WindowEntry(sample, out, self.source.state_dict(), files))
+                self._to_claim = self._to_claim or bool(files)
         self._start()
 
     def _start(self) -> None:
         """Claim the unclaimed files of the window, in order, and start their downloads."""
+        if not self._to_claim:  # nothing new since every file was claimed: skip the walk
+            return
         todo = [(entry, f) for entry in self._window for f in entry.unclaimed()]
+        self._to_claim = False
         if not todo:
             return
         head = self._window[0]
@@ -268,7 +277,9 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
             for entry, f in todo:
                 if entry is head:
                     self._fail(entry, f, error)
+            self._to_claim = True  # the others are asked again
             return
+        self._to_claim = any(a in (NO_ROOM, BUSY) for a in answers)  # asked again next time
         waits = any(e is head and a == NO_ROOM for (e, _), a in zip(todo, answers))
         self._delivered.watch(waits, self.cache_dir, self.max_bytes)
         fresh = []
@@ -306,13 +317,16 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         return {} if self._composer is None else dict(self._composer.counts)
 
     def _wait(self, head: WindowEntry) -> None:
-        """Wait until a download of the window ended (or, when the head sample waits for a
-        file another downloader is fetching, at most ``BUSY_POLL_S``); take in what ended.
+        """Wait until a download of the head sample ended and take it in; when the head waits
+        for a file another downloader is fetching (or for room), wait until any download of
+        the window ended, at most ``BUSY_POLL_S``, and take in all that ended.
 
         Each download is recorded in the cache as soon as it ends (in the thread that ends it),
-        so its key's lock never waits for this node."""
-        pending = [f.future for entry in self._window for f in entry.files if f.future is not None]
+        so its key's lock never waits for this node, and the others of the window are taken in
+        when they reach the head: a wait costs the head's futures, not the window's."""
         polling = bool(head.unclaimed())
+        entries = list(self._window) if polling else [head]
+        pending = [f.future for entry in entries for f in entry.files if f.future is not None]
         if pending:
             concurrent.futures.wait(
                 pending,
@@ -321,7 +335,7 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
             )
         elif polling:
             time.sleep(BUSY_POLL_S)
-        for entry in list(self._window):
+        for entry in entries:
             for f in list(entry.files):
                 if f.future is None or not f.future.done():
                     continue
