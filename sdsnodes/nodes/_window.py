@@ -7,6 +7,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import errno
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -60,6 +61,13 @@ class WindowEntry:
 
     def unclaimed(self) -> list[WindowFile]:
         return [f for f in self.files if f.future is None and not f.pinned]
+
+
+def running(window: Iterable[WindowEntry]) -> int:
+    """Downloads of ``window`` not ended yet (ended ones wait there to reach the head)."""
+    return sum(
+        f.future is not None and not f.future.done() for entry in list(window) for f in entry.files
+    )
 
 
 def checksum_candidates(
@@ -220,6 +228,26 @@ def record(
         out.set_result(size)
     else:
         out.set_exception(error or FileNotFoundError(errno.ENOENT, "not written", claim.url))
+
+
+def release_window(cache: Cache, window: Iterable[WindowEntry]) -> None:
+    """Give a dropped window up: cancel its downloads, wait for them to end (at most
+    ``DROP_WAIT_S``), and release its claims and pins (a sync download still running releases
+    its own when it ends)."""
+    running = [f for entry in window for f in entry.files if f.future is not None]
+    for f in running:
+        f.download.cancel()
+    # a cancelled coroutine ends at its next await: wait, so nothing is written after this
+    concurrent.futures.wait([f.future for f in running], timeout=DROP_WAIT_S)
+    for entry in window:
+        for f in entry.files:
+            if f.future is None:
+                if f.pinned:
+                    cache.unpin(f.url)
+            elif f.future.done():
+                unpin_if_kept(cache, f.url, f.future)
+            else:
+                f.future.add_done_callback(functools.partial(unpin_if_kept, cache, f.url))
 
 
 def unpin_if_kept(cache: Cache, url: str, future: concurrent.futures.Future) -> None:

@@ -23,7 +23,6 @@ from sdsnodes.nodes._remote import RemoteErrors, disk_full, remote_settings, rem
 from sdsnodes.nodes._threads import register_live
 from sdsnodes.nodes._window import (
     BUSY_POLL_S,
-    DROP_WAIT_S,
     Delivered,
     WindowEntry,
     WindowFile,
@@ -31,7 +30,8 @@ from sdsnodes.nodes._window import (
     checksum_of,
     error_of,
     record,
-    unpin_if_kept,
+    release_window,
+    running,
 )
 from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions
 from sdsnodes.sample import CACHE_DIR, Sample, describe, url_key
@@ -185,11 +185,7 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
     @property
     def in_flight(self) -> int:
         """Downloads of this node running now (read by :func:`sdsnodes.stats`)."""
-        return sum(
-            f.future is not None and not f.future.done()
-            for entry in list(self._window)
-            for f in entry.files
-        )
+        return running(self._window)
 
     def shutdown(self) -> None:
         """Cancel the downloads in flight, release the window's files, stop the threads."""
@@ -368,23 +364,8 @@ class CachingDownloader(BaseNode[Sample], RemoteErrors):
         window, self._window = self._window, collections.deque()
         abandoned, self._abandoned = self._abandoned, threading.Event()
         abandoned.set()  # what still runs removes its file and downloads nothing more
-        if not window:
-            return
-        cache = self._cache()
-        running = [f for entry in window for f in entry.files if f.future is not None]
-        for f in running:
-            f.download.cancel()
-        # a cancelled coroutine ends at its next await: wait, so nothing is written after this
-        concurrent.futures.wait([f.future for f in running], timeout=DROP_WAIT_S)
-        for entry in window:
-            for f in entry.files:
-                if f.future is None:
-                    if f.pinned:
-                        cache.unpin(f.url)
-                elif f.future.done():
-                    unpin_if_kept(cache, f.url, f.future)
-                else:  # a sync download still running: released when it ends
-                    f.future.add_done_callback(functools.partial(unpin_if_kept, cache, f.url))
+        if window:
+            release_window(self._cache(), window)
 
     def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
         """The threads of sync filesystems' downloads (S3, GCS, HTTP need none)."""
