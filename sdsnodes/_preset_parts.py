@@ -32,13 +32,7 @@ from sdsnodes.nodes.range_reader import RangeReader
 from sdsnodes.nodes.select import Selector
 from sdsnodes.nodes.shuffler import Shuffler
 from sdsnodes.nodes.tar_member_reader import TarMemberReader, addresses_members
-from sdsnodes.options import (
-    DEFAULT_MAX_IN_FLIGHT,
-    CacheOptions,
-    ErrorOptions,
-    FetchOptions,
-    IndexOptions,
-)
+from sdsnodes.options import CacheOptions, ErrorOptions, FetchOptions, IndexOptions
 
 _NONE = {"caption_column": "None", "audio": "False", "latent_columns": "()"}
 _NONE["embedding_columns"] = "()"  # options that may name no column, and how
@@ -255,7 +249,7 @@ def assemble(
     if prefetch_factor < 0:
         raise ValueError(f"{prefetch_factor=} must be >= 0")
     cache = cache or CacheOptions()
-    fetch = (fetch or FetchOptions()).with_window(DEFAULT_MAX_IN_FLIGHT)
+    fetch = (fetch or FetchOptions()).with_window()
     index_cache_dir = None if cache.cache_dir is None else os.path.join(cache.cache_dir, "index")
     packed = packed_source(
         src, cache=cache, fetch=fetch, errors=errors, shuffle=shuffle, seed=seed, rank=rank,

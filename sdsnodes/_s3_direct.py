@@ -63,6 +63,13 @@ DEFAULT_TIMEOUT_S = 300.0
 """Seconds a GET may take when the caller gives no ``timeout`` (aiohttp's own default total):
 the session sets no timeout, so no timer is armed per request beside the caller's."""
 
+
+def time_limit(timeout: float | None) -> float:
+    """The seconds the caller must bound a GET of :func:`getter` by: ``timeout``, or
+    :data:`DEFAULT_TIMEOUT_S` when it is None (the session itself sets no limit)."""
+    return DEFAULT_TIMEOUT_S if timeout is None else timeout
+
+
 _sessions: dict[tuple[int, int], tuple[Any, Any]] = {}  # (pid, id(loop)) -> (session, loop)
 _slow_buckets: set[str] = set()  # buckets that go through s3fs
 _proxies: dict[tuple[str, str | None], tuple[Any, dict[str, str] | None]] = {}  # (scheme, host)

@@ -323,7 +323,7 @@ class FetchOptions:
                 "ahead and at once), or None for the node's or preset's default"
             )
 
-    def with_window(self, default: int) -> FetchOptions:
+    def with_window(self, default: int = DEFAULT_MAX_IN_FLIGHT) -> FetchOptions:
         """These options, with ``max_in_flight`` set to ``default`` when it is None."""
         if self.max_in_flight is not None:
             return self

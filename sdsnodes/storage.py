@@ -28,8 +28,8 @@ from fsspec.core import split_protocol, strip_protocol
 
 from sdsnodes._checksum import ChecksumMismatch, parse_checksum, verify
 from sdsnodes._retry import DEFAULT_DEADLINE_S, DEFAULT_RETRIES, Retrier
-from sdsnodes._s3_direct import DEFAULT_TIMEOUT_S as DIRECT_TIMEOUT_S
 from sdsnodes._s3_direct import getter as direct_getter
+from sdsnodes._s3_direct import time_limit as direct_time_limit
 from sdsnodes.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def fetch(
     def attempt() -> int:
         try:
             if direct is not None:
-                limit = DIRECT_TIMEOUT_S if timeout is None else timeout
+                limit = direct_time_limit(timeout)
                 fsspec.asyn.sync(fs.loop, direct, path, os.fspath(dest), timeout=limit)
             elif getattr(fs, "async_impl", False):
                 fs.get_file(path, os.fspath(dest), **kwargs)
@@ -330,8 +330,8 @@ async def _fetch_async(
     retrier = retry()  # the deadline counts from here
     direct_get = direct_getter(fs) if direct else None
     get = direct_get or fs._get_file
-    if timeout is None and direct_get is not None:
-        timeout = DIRECT_TIMEOUT_S  # the presigned GET's session sets no limit of its own
+    if direct_get is not None:
+        timeout = direct_time_limit(timeout)
 
     async def attempt() -> int:
         if abandoned.is_set():

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sdsnodes.errors import SdsError
-from sdsnodes.options import DEFAULT_MAX_IN_FLIGHT, CacheOptions, FetchOptions
+from sdsnodes.options import CacheOptions, FetchOptions
 from sdsnodes.storage import default_cache_dir, is_remote, local_path
 
 
@@ -33,7 +33,7 @@ def remote_settings(
     if isinstance(columns, str) or not columns:
         raise ValueError(f"{columns=} must be a non-empty list of column names")
     cache = cache or CacheOptions()
-    fetch = (fetch or FetchOptions()).with_window(DEFAULT_MAX_IN_FLIGHT)
+    fetch = (fetch or FetchOptions()).with_window()
     return list(columns), cache, fetch, str(cache.cache_dir or default_cache_dir())
 
 

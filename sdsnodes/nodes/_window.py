@@ -234,11 +234,11 @@ def release_window(cache: Cache, window: Iterable[WindowEntry]) -> None:
     """Give a dropped window up: cancel its downloads, wait for them to end (at most
     ``DROP_WAIT_S``), and release its claims and pins (a sync download still running releases
     its own when it ends)."""
-    running = [f for entry in window for f in entry.files if f.future is not None]
-    for f in running:
+    live = [f for entry in window for f in entry.files if f.future is not None]
+    for f in live:
         f.download.cancel()
     # a cancelled coroutine ends at its next await: wait, so nothing is written after this
-    concurrent.futures.wait([f.future for f in running], timeout=DROP_WAIT_S)
+    concurrent.futures.wait([f.future for f in live], timeout=DROP_WAIT_S)
     for entry in window:
         for f in entry.files:
             if f.future is None:
