@@ -318,6 +318,29 @@ def _live_for(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def test_a_release_does_not_wait_for_other_copies_of_the_lock(tmp_path, key_locks):
+    """A forked child holds copies of the parent's lock descriptors until its after-fork hook
+    closes them, and a loaded machine may run the parent first: the release must unlock the
+    description itself, not rely on the last copy being closed. A ``dup`` plays the slow child."""
+    root = tmp_path / "c"
+    cache, other = Cache(root), Cache(root)
+    (claim,) = cache.claim([(URL, 4)])
+    copies = [os.dup(fd) for fd in paths._HELD]
+    assert copies, "the claim holds no lock descriptor"
+    try:
+        claim.tmp.write_bytes(b"data")
+        assert cache.finish([(claim, None)]) == [4]
+        cache.discard(URL)
+        (again,) = other.claim([(URL, 4)])
+        assert isinstance(again, Claim), "a copy of the descriptor kept the released lock"
+        assert other.finish([(again, ValueError("not needed"))]) == [None]
+    finally:
+        for fd in copies:
+            os.close(fd)
+    cache.close()
+    other.close()
+
+
 def test_a_forked_child_does_not_keep_its_parents_key_lock(tmp_path, key_locks):
     """The child shares the parent's lock descriptions after a fork; it closes its copies, so
     the parent's release takes effect while the child still lives."""

@@ -153,9 +153,10 @@ def unlink(path: pathlib.Path) -> bool:
         return False
 
 
-def _range_lock(fd: int, key: str, wait: bool) -> bool:
-    """Lock ``key``'s byte of ``keys.lock`` through ``fd``; False when another holds it."""
-    arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, int(key[:15], 16), 1, 0)
+def _range_lock(fd: int, key: str, wait: bool, kind: int | None = None) -> bool:
+    """Lock ``key``'s byte of ``keys.lock`` through ``fd`` (``kind=fcntl.F_UNLCK`` unlocks it);
+    False when another holds it."""
+    arg = _FLOCK.pack(fcntl.F_WRLCK if kind is None else kind, os.SEEK_SET, int(key[:15], 16), 1, 0)
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
     except OSError as e:
@@ -218,7 +219,12 @@ def unlock_key(locks: pathlib.Path, key: str, held: int | filelock.BaseFileLock)
         unflock(locks / f"{key}.lock", held)
         return
     _HELD.discard(held)
-    os.close(held)  # releases the range: the lock belongs to this open file description
+    # Unlock before closing: a forked child keeps a copy of the description until its after-fork
+    # hook closes it, and closing this copy alone would leave the range locked until then.
+    try:
+        _range_lock(held, key, wait=False, kind=fcntl.F_UNLCK)
+    finally:
+        os.close(held)
 
 
 @contextlib.contextmanager
@@ -274,8 +280,7 @@ def flocked(path: pathlib.Path, *, remove: bool = False) -> Iterator[None]:
     finally:
         if remove:
             unlink(path)
-        _HELD.discard(fd)
-        os.close(fd)
+        _release_flock(fd)
 
 
 def try_flock(path: pathlib.Path) -> int | filelock.BaseFileLock | None:
@@ -326,8 +331,17 @@ def unflock(path: pathlib.Path, fd: int | filelock.BaseFileLock) -> None:
         fd.release()
         return
     unlink(path)
+    _release_flock(fd)
+
+
+def _release_flock(fd: int) -> None:
+    """Unlock and close a descriptor of :func:`flocked` or :func:`try_flock`. The explicit unlock
+    releases the lock even while a forked child still holds a copy of the description."""
     _HELD.discard(fd)
-    os.close(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def try_lock_shared(path: pathlib.Path) -> tuple[int, bool]:
