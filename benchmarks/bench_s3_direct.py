@@ -1,11 +1,13 @@
-"""S3 GETs through s3fs against presigned GETs through aiohttp (``FetchOptions(s3_direct=...)``,
-:mod:`sdsnodes._s3_direct`): client CPU per object, on moto (``tests/servers/s3.py``, loopback).
+"""S3 GETs through s3fs against presigned GETs through libcurl and through aiohttp
+(``FetchOptions(s3_direct=...)``, :mod:`sdsnodes._s3_direct`, :mod:`sdsnodes._curl`): client CPU
+per object, on moto (``tests/servers/s3.py``, loopback).
 
 ``--num-objects`` small JPEGs (``noise_jpegs``, ``--side`` px, default 128: about 20 KB) are
 uploaded once to a moto server started here. Each measure downloads all of them into a fresh,
 empty cache with ``IndexReader → CachingDownloader → Evictor`` in this process (no decoding),
 either through s3fs (``s3_direct=False``, *the baseline*) or by presigned GET
-(``s3_direct=True``, the default); plus one ``fs.cat(list)`` call for reference (fsspec's own
+(``s3_direct=True``, the default), sent by libcurl (the default where ``pycurl`` imports) or by
+aiohttp (``_s3_direct.TRANSPORT`` set for the measure); plus one ``fs.cat(list)`` call for reference (fsspec's own
 batch, bodies kept in memory). Reported per object: client CPU ms (this process, user +
 system), server CPU ms (moto's process) and objects/s; medians of ``--repeats``, in turn.
 
@@ -28,7 +30,9 @@ from benchmarks._common import Result, add_common_args, format_table, in_turn, r
 from benchmarks.bench_remote import import_servers, noise_jpegs
 
 NAME = "s3_direct"
-DESCRIPTION = "S3 GETs via s3fs vs presigned aiohttp GETs: client CPU per object, on moto"
+DESCRIPTION = (
+    "S3 GETs via s3fs vs presigned GETs (libcurl, aiohttp): client CPU per object, on moto"
+)
 
 
 def _cpu() -> float:
@@ -42,7 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pyarrow.parquet as pq
     from torchdata.nodes import Loader
 
-    from sdsnodes import CacheOptions, CachingDownloader, Evictor, FetchOptions, IndexReader
+    from sdsnodes import (
+        CacheOptions,
+        CachingDownloader,
+        Evictor,
+        FetchOptions,
+        IndexReader,
+        _curl,
+        _s3_direct,
+    )
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run s3_direct", description=__doc__)
     add_common_args(parser, repeats=3)
@@ -70,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         options = server.storage_options
 
-        def graph(direct: bool) -> int:
+        def graph(direct: bool, transport: str = "aiohttp") -> int:
+            _s3_direct.TRANSPORT = transport
             cache = tempfile.mkdtemp(dir=work)
             fetch = FetchOptions(storage_options=options, s3_direct=direct)
             node = CachingDownloader(IndexReader(index, storage_options=options), ["image"],
@@ -85,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         loaders = {
             "CachingDownloader, s3fs GETs": lambda: graph(False),
-            "CachingDownloader, presigned GETs": lambda: graph(True),
+            "CachingDownloader, presigned, aiohttp": lambda: graph(True, "aiohttp"),
+            **(
+                {"CachingDownloader, presigned, libcurl": lambda: graph(True, "curl")}
+                if _curl.AVAILABLE
+                else {}
+            ),
             "fs.cat(list), in memory": cat,
         }
         measures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in loaders}
@@ -98,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise RuntimeError(f"{name}: {n} objects, expected {count}")
                 measures[name].append((1e3 * client / n, 1e3 * srv / n, n / wall))
     shutil.rmtree(work, ignore_errors=True)
+    _s3_direct.TRANSPORT = "curl" if _curl.AVAILABLE else "aiohttp"
     base = "CachingDownloader, s3fs GETs"
     rows = [
         Result(

@@ -1,11 +1,12 @@
-"""S3 downloads through a presigned GET on one aiohttp connection pool per event loop.
+"""S3 downloads through a presigned GET on one connection pool per event loop.
 
 s3fs sends every GET through aiobotocore: building the request, signing it, botocore's event
 hooks and parsing the response. Presigning the same GET with the same client (its credentials,
-region, endpoint, addressing style and signature version) and sending it with aiohttp costs
-less (``benchmarks/bench_s3_direct.py`` measures it through the ``CachingDownloader`` against
-s3fs, on moto). :func:`getter` gives that path for the filesystems it suits; everything else
-keeps ``fs._get_file``.
+region, endpoint, addressing style and signature version) and sending it with libcurl
+(:mod:`sdsnodes._curl`, where ``pycurl`` imports: the ``s3`` extra installs it) or else aiohttp
+costs less (``benchmarks/bench_s3_direct.py`` measures it through the ``CachingDownloader``
+against s3fs, on moto). :func:`getter` gives that path for the filesystems it suits; everything
+else keeps ``fs._get_file``.
 
 Presigning: the client presigns a bucket's first key; from that URL a :class:`_BucketSigner`
 learns the bucket's address and the query signer botocore chose (``HmacV1QueryAuth`` or
@@ -34,7 +35,7 @@ through ``fs._get_file`` at once, and a bucket that answered 3xx/400/403 goes th
 then on, so s3fs's region redirects and typed errors still apply; 404 is ``FileNotFoundError``;
 5xx, 408 and 429 raise :class:`S3StatusError` (with the status and headers: the caller's
 retrier retries it, honouring ``Retry-After``); a body shorter than its ``Content-Length`` raises
-aiohttp's ``ClientPayloadError`` (retried). botocore's optional response checksum validation
+aiohttp's ``ClientPayloadError`` or a :class:`sdsnodes._curl.CurlError` (retried). botocore's optional response checksum validation
 (``x-amz-checksum-*``) is not run on this path; give ``checksum_columns`` to check content.
 """
 
@@ -52,6 +53,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
+from sdsnodes import _curl
+
 _PLAIN_CLIENT = {"endpoint_url", "region_name"}
 _PLAIN_CONFIG = {
     "max_pool_connections", "s3", "connect_timeout", "read_timeout", "signature_version",
@@ -59,6 +62,9 @@ _PLAIN_CONFIG = {
 _FALLBACK_STATUSES = (301, 302, 307, 308, 400, 403)  # the bucket wants what s3fs does
 _EXPIRES_S = 900  # presigned URLs are used at once; 15 min covers a slow queue
 _CHUNK = 1 << 16
+TRANSPORT = "curl" if _curl.AVAILABLE else "aiohttp"
+"""What sends the presigned GETs: ``"curl"`` (libcurl through ``pycurl``, 0.39-0.55 against
+0.79-0.88 client CPU ms per small GET on moto) where it imports, else ``"aiohttp"``."""
 DEFAULT_TIMEOUT_S = 300.0
 """Seconds a GET may take when the caller gives no ``timeout`` (aiohttp's own default total):
 the session sets no timeout, so no timer is armed per request beside the caller's."""
@@ -72,7 +78,7 @@ def time_limit(timeout: float | None) -> float:
 
 _sessions: dict[tuple[int, int], tuple[Any, Any]] = {}  # (pid, id(loop)) -> (session, loop)
 _slow_buckets: set[str] = set()  # buckets that go through s3fs
-_proxies: dict[tuple[str, str | None], tuple[Any, dict[str, str] | None]] = {}  # (scheme, host)
+_proxies: dict[tuple[str, str | None], _Route] = {}  # (scheme, host) -> how its GETs go
 _lock = threading.Lock()
 _signers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> {bucket: signer}
 
@@ -125,20 +131,31 @@ async def _get(fs: Any, bucket: str, key: str, dest: str) -> int | None:
     """GET ``bucket/key`` into ``dest``; the status when s3fs should try instead, else None."""
     url = await _presign(fs, bucket, key)
     name = f"s3://{bucket}/{key}"
-    proxy, proxy_headers = _proxy_for(url)
-    get = _session().get(url, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers)
+    route = _route_for(url)
+    if TRANSPORT == "curl":
+        answer = await _curl.get(url, dest, route.curl)  # a short body raises CurlError
+        return _triage(name, answer.status, answer.reason, answer.headers)
+    get = _session().get(url, allow_redirects=False, proxy=route.proxy, proxy_headers=route.headers)
     async with get as response:
-        status = response.status
-        if status == 404:
-            raise FileNotFoundError(errno.ENOENT, "no such object", name)
-        if status in _FALLBACK_STATUSES or (300 <= status < 400):
+        status = _triage(name, response.status, response.reason or "", response.headers)
+        if status is not None:
             return status
-        if status != 200:
-            raise S3StatusError(name, status, response.reason or "", response.headers)
         with open(dest, "wb") as out:  # a short body raises aiohttp's ClientPayloadError
             async for chunk in response.content.iter_chunked(_CHUNK):
                 out.write(chunk)
     return None
+
+
+def _triage(name: str, status: int, reason: str, headers: Any) -> int | None:
+    """None for a 200; the status when s3fs should try instead; else raise the status's error
+    (``FileNotFoundError`` for 404, :class:`S3StatusError` for the rest)."""
+    if status == 200:
+        return None
+    if status == 404:
+        raise FileNotFoundError(errno.ENOENT, "no such object", name)
+    if status in _FALLBACK_STATUSES or (300 <= status < 400):
+        return status
+    raise S3StatusError(name, status, reason, headers)
 
 
 async def _presign(fs: Any, bucket: str, key: str) -> str:
@@ -271,10 +288,24 @@ def _session() -> Any:
     return session
 
 
-def _proxy_for(url: str) -> tuple[Any, dict[str, str] | None]:
-    """(proxy URL or None, its ``Proxy-Authorization`` header or None) for ``url``'s scheme and
-    host, from ``HTTP(S)_PROXY`` / ``NO_PROXY`` (and ``~/.netrc`` for the proxy's credentials)
-    as aiohttp's ``trust_env`` finds them; looked up once per scheme and host."""
+class _Route:
+    """How the GETs of one scheme and host go: for aiohttp, the proxy and its
+    ``Proxy-Authorization`` header; for libcurl, the same as a :class:`sdsnodes._curl.Route`."""
+
+    __slots__ = ("proxy", "headers", "curl")
+
+    def __init__(self, proxy: Any, auth: Any) -> None:
+        self.proxy = proxy
+        self.headers = None if auth is None else {"Proxy-Authorization": auth.encode()}
+        login = None if auth is None else (auth.login, auth.password)
+        bundle = os.environ.get("AWS_CA_BUNDLE") or None
+        self.curl = _curl.Route(None if proxy is None else str(proxy), login, bundle)
+
+
+def _route_for(url: str) -> _Route:
+    """The route of ``url``'s scheme and host: the proxy from ``HTTP(S)_PROXY`` / ``NO_PROXY``
+    (and ``~/.netrc`` for the proxy's credentials) as aiohttp's ``trust_env`` finds them, and
+    the CA bundle of ``AWS_CA_BUNDLE``; looked up once per scheme and host."""
     parts = urlsplit(url)
     where = (parts.scheme, parts.hostname)
     found = _proxies.get(where)
@@ -286,8 +317,7 @@ def _proxy_for(url: str) -> tuple[Any, dict[str, str] | None]:
             proxy, auth = get_env_proxy_for_url(URL(url))
         except LookupError:  # no proxy, or NO_PROXY names the host
             proxy, auth = None, None
-        found = (proxy, None if auth is None else {"Proxy-Authorization": auth.encode()})
-        _proxies[where] = found
+        found = _proxies[where] = _Route(proxy, auth)
     return found
 
 

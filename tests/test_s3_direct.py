@@ -1,4 +1,4 @@
-"""S3 GETs by presigned URL through aiohttp (``sdsnodes._s3_direct``), against moto and the
+"""S3 GETs by presigned URL through libcurl and aiohttp (``sdsnodes._s3_direct``), against moto and the
 fault proxy in front of it: the same bytes, typed errors, retries, and s3fs where it must."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import s3fs
 
-from sdsnodes import _s3_direct
+from sdsnodes import _curl, _s3_direct
 from sdsnodes.storage import fetch_soon
 
 DATA = bytes(range(256)) * 300  # 76,800 bytes: several chunks
@@ -34,6 +34,15 @@ def test_only_plain_filesystems_go_direct(options, direct):
     assert (_s3_direct.getter(_fs(**options)) is not None) is direct
 
 
+@pytest.fixture(params=["curl", "aiohttp"])
+def transport(request, monkeypatch):
+    """Both senders of the presigned GET: libcurl (where pycurl imports) and aiohttp."""
+    if request.param == "curl" and not _curl.AVAILABLE:
+        pytest.skip("pycurl is not installed")
+    monkeypatch.setattr(_s3_direct, "TRANSPORT", request.param)
+    return request.param
+
+
 def _get(url, dest, options, **kwargs):
     return fetch_soon(url, dest, storage_options=options, **kwargs).result(timeout=60)
 
@@ -52,7 +61,9 @@ def _object(s3_server, s3_bucket, name="a.bin"):
     return f"s3://{bucket}/{name}"
 
 
-def test_same_bytes_as_s3fs_and_a_missing_object_is_file_not_found(s3_server, s3_bucket, tmp_path):
+def test_same_bytes_as_s3fs_and_a_missing_object_is_file_not_found(
+    s3_server, s3_bucket, tmp_path, transport
+):
     url = _object(s3_server, s3_bucket)
     options = s3_server.storage_options
     assert _get(url, tmp_path / "direct", options) == len(DATA)
@@ -62,7 +73,9 @@ def test_same_bytes_as_s3fs_and_a_missing_object_is_file_not_found(s3_server, s3
         _get(url + ".missing", tmp_path / "none", options, retries=0)
 
 
-def test_an_object_stored_gzip_encoded_arrives_as_stored_like_s3fs(s3_server, s3_bucket, tmp_path):
+def test_an_object_stored_gzip_encoded_arrives_as_stored_like_s3fs(
+    s3_server, s3_bucket, tmp_path, transport
+):
     # S3 serves the bytes it stores with their Content-Encoding; s3fs (aiobotocore) asks for
     # `identity` and never decompresses, so the cached file must be the stored bytes here too
     import gzip
@@ -77,7 +90,7 @@ def test_an_object_stored_gzip_encoded_arrives_as_stored_like_s3fs(s3_server, s3
 
 
 def test_retries_a_503_and_a_short_body_on_the_direct_path(
-    s3_server, s3_bucket, s3_proxy, tmp_path
+    s3_server, s3_bucket, s3_proxy, tmp_path, transport
 ):
     url = _object(s3_server, s3_bucket)
     options = s3_proxy.storage_options
@@ -92,7 +105,7 @@ def test_retries_a_503_and_a_short_body_on_the_direct_path(
 
 
 def test_a_refused_presigned_get_falls_back_to_s3fs_for_the_bucket(
-    s3_server, s3_bucket, s3_proxy, tmp_path
+    s3_server, s3_bucket, s3_proxy, tmp_path, transport
 ):
     """A 403 (say, a bucket policy that refuses query-string auth) is fetched again through
     s3fs at once, and the bucket goes through s3fs from then on."""
@@ -110,7 +123,7 @@ def test_a_refused_presigned_get_falls_back_to_s3fs_for_the_bucket(
 
 
 def test_a_proxy_in_the_environment_carries_the_presigned_get(
-    s3_server, s3_bucket, s3_proxy, tmp_path, monkeypatch
+    s3_server, s3_bucket, s3_proxy, tmp_path, monkeypatch, transport
 ):
     """``HTTP_PROXY`` is honoured (the fault proxy serves as a forward proxy: it forwards the
     absolute URL's path to moto), and ``NO_PROXY`` naming the host bypasses it again."""
