@@ -191,7 +191,9 @@ class _Driver:
     def _route(self, curl: Any, route: Route) -> None:
         if curl.route == route:
             return
+        # the route already applied HTTP(S)_PROXY / NO_PROXY: libcurl must not apply them again
         curl.setopt(pycurl.PROXY, route.proxy or "")  # "": no proxy, whatever the environment
+        curl.setopt(pycurl.NOPROXY, "")  # "": the proxy for every host, whatever NO_PROXY says
         login = route.proxy_login or ("", "")
         curl.setopt(pycurl.PROXYUSERNAME, login[0])
         curl.setopt(pycurl.PROXYPASSWORD, login[1])

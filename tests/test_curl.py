@@ -99,6 +99,8 @@ def test_a_proxy_carries_the_get_and_the_environment_is_ignored(
     url = served.url_for("a.bin")
     with FaultProxy(http_server.url) as proxy:
         monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a dead proxy: never used
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # nor does it keep the route's proxy away
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
         assert _run(_curl.get(url, str(tmp_path / "a"))).status == 200
         assert _run(_curl.get(url, str(tmp_path / "b"), _curl.Route(proxy.url))).status == 200
         # the proxy records a GET once it has sent the body: the client may be done before
