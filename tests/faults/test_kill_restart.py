@@ -332,14 +332,18 @@ def _kill_once(
 
 
 def _wait_group_gone(job: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    """Wait until no live process (zombies aside) of the job's process group remains, so that
-    the next start of the cache is a cold start."""
+    """Wait until no live process of the job's process group remains, so that the next start
+    of the cache is a cold start. A zombie counts as gone only once its other threads have
+    exited too: a killed multi-threaded process shows its leader as a zombie while the other
+    threads still tear down, holding the process's descriptors (and the cache's users lock)."""
     deadline = time.monotonic() + timeout_s
     while True:
         alive = []
         for proc in psutil.process_iter(["status"]):
             try:
-                if os.getpgid(proc.pid) == job.pid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                if os.getpgid(proc.pid) != job.pid:
+                    continue
+                if proc.info["status"] != psutil.STATUS_ZOMBIE or _threads_left(proc.pid) > 1:
                     alive.append(proc.pid)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 continue
@@ -347,6 +351,14 @@ def _wait_group_gone(job: subprocess.Popen, timeout_s: float = 30.0) -> None:
             return
         assert time.monotonic() < deadline, f"killed processes still alive: {alive}"
         time.sleep(0.01)
+
+
+def _threads_left(pid: int) -> int:
+    """How many threads of ``pid`` have not exited (0 once it is reaped)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
 
 
 def _kill_group(job: subprocess.Popen) -> None:
