@@ -163,8 +163,12 @@ class _Driver:
         curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
         curl.setopt(pycurl.HEADERFUNCTION, transfer.header)
         self._route(curl, route)
+        try:
+            self._multi.add_handle(curl)
+        except BaseException:
+            self._idle.append(curl)
+            raise
         self._transfers[curl] = transfer
-        self._multi.add_handle(curl)
         try:
             await transfer.future
             if transfer.error is not None:
