@@ -7,8 +7,9 @@ libcurl tells the driver which sockets to watch (``CURLMOPT_SOCKETFUNCTION``) an
 ``add_writer`` / ``call_later``) and calls ``socket_action`` when they fire: the event-driven
 pattern of libcurl's ``multi_socket`` API (its ``hiperfifo.c`` example; tornado's
 ``curl_httpclient`` drives its own loop the same way). HTTP parsing, the body copy and the pool
-run in C: a small presigned S3 GET costs 0.39-0.55 client CPU ms on moto against 0.79-0.88 ms
-through aiohttp (``benchmarks/bench_s3_direct.py``).
+run in C: through the ``CachingDownloader``, a small object from moto costs 2.11 client CPU ms
+against 2.40 when aiohttp sends the presigned GET (``benchmarks/bench_s3_direct.py``, 2,000
+objects of ~20 KB, medians of 5).
 
 Everything runs on the loop's thread: libcurl handles are not shared across threads. A forked
 child builds its own driver (the key is the pid and the loop) and never touches, nor frees, its

@@ -35,8 +35,9 @@ through ``fs._get_file`` at once, and a bucket that answered 3xx/400/403 goes th
 then on, so s3fs's region redirects and typed errors still apply; 404 is ``FileNotFoundError``;
 5xx, 408 and 429 raise :class:`S3StatusError` (with the status and headers: the caller's
 retrier retries it, honouring ``Retry-After``); a body shorter than its ``Content-Length`` raises
-aiohttp's ``ClientPayloadError`` or a :class:`sdsnodes._curl.CurlError` (retried). botocore's optional response checksum validation
-(``x-amz-checksum-*``) is not run on this path; give ``checksum_columns`` to check content.
+aiohttp's ``ClientPayloadError`` or a :class:`sdsnodes._curl.CurlError` (retried). botocore's
+optional response checksum validation (``x-amz-checksum-*``) is not run on this path; give
+``checksum_columns`` to check content.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ _FALLBACK_STATUSES = (301, 302, 307, 308, 400, 403)  # the bucket wants what s3f
 _EXPIRES_S = 900  # presigned URLs are used at once; 15 min covers a slow queue
 _CHUNK = 1 << 16
 TRANSPORT = "curl" if _curl.AVAILABLE else "aiohttp"
-"""What sends the presigned GETs: ``"curl"`` (libcurl through ``pycurl``, 0.39-0.55 against
-0.79-0.88 client CPU ms per small GET on moto) where it imports, else ``"aiohttp"``."""
+"""What sends the presigned GETs: ``"curl"`` (libcurl through ``pycurl``: 0.88x aiohttp's
+client CPU per small object through the downloader, ``bench_s3_direct``) where it imports, else
+``"aiohttp"``."""
 DEFAULT_TIMEOUT_S = 300.0
 """Seconds a GET may take when the caller gives no ``timeout`` (aiohttp's own default total):
 the session sets no timeout, so no timer is armed per request beside the caller's."""
