@@ -34,7 +34,7 @@ AVAILABLE = pycurl is not None
 """Whether ``pycurl`` imports here (the ``s3`` extra installs it)."""
 
 BUFFER_BYTES = 1 << 16  # libcurl's receive buffer: a 64 KiB body arrives in one write call
-_drivers: dict[tuple[int, int], _Driver] = {}  # (pid, id(loop)) -> driver; never freed (fork)
+_drivers: dict[tuple[int, int], _Driver] = {}  # (pid, id(loop)) -> driver; kept (fork: see above)
 _lock = threading.Lock()
 
 
@@ -91,9 +91,11 @@ async def get(url: str, dest: str, route: Route = Route()) -> Answer:
     loop = asyncio.get_running_loop()
     key = (os.getpid(), id(loop))
     driver = _drivers.get(key)
-    if driver is None:
+    if driver is None or driver._loop is not loop:  # a new loop may reuse a dead one's id
         with _lock:
-            driver = _drivers.setdefault(key, _Driver(loop))
+            driver = _drivers.get(key)
+            if driver is None or driver._loop is not loop:
+                driver = _drivers[key] = _Driver(loop)
     return await driver.get(url, dest, route)
 
 

@@ -9,6 +9,7 @@ import datetime
 import functools
 import http.server
 import multiprocessing
+import os
 import ssl
 import threading
 import time
@@ -84,6 +85,22 @@ def test_a_timeout_cancels_the_transfer_and_the_handle_serves_again(served, http
         loop.close()
     assert again.status == 200 and (tmp_path / "y").read_bytes() == DATA
     assert driver._transfers == {} and len(driver._idle) >= 1
+
+
+def test_a_new_loop_never_gets_the_driver_of_a_dead_loop_with_its_id(served, tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        stale = object.__new__(_curl._Driver)  # as left by a closed loop whose id was reused
+        stale._loop = asyncio.new_event_loop()
+        stale._loop.close()
+        _curl._drivers[(os.getpid(), id(loop))] = stale
+        answer = await _curl.get(served.url_for("a.bin"), str(tmp_path / "a"))
+        driver = _curl._drivers[(os.getpid(), id(loop))]
+        return answer, driver is not stale and driver._loop is loop
+
+    answer, replaced = _run(main())
+    assert answer.status == 200 and replaced
+    assert (tmp_path / "a").read_bytes() == DATA
 
 
 def test_a_write_error_is_raised_as_itself(served, tmp_path):
