@@ -273,8 +273,8 @@ def _session() -> Any:
     loop = asyncio.get_running_loop()
     key = (os.getpid(), id(loop))
     with _lock:
-        session = _sessions.get(key, (None, None))[0]
-        if session is None or session.closed:
+        session, owner = _sessions.get(key, (None, None))
+        if session is None or session.closed or owner is not loop:  # a dead loop's id reused
             bundle = os.environ.get("AWS_CA_BUNDLE")
             context = ssl.create_default_context(cafile=bundle) if bundle else True
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=context)
