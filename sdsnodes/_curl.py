@@ -91,10 +91,10 @@ async def get(url: str, dest: str, route: Route = Route()) -> Answer:
     loop = asyncio.get_running_loop()
     key = (os.getpid(), id(loop))
     driver = _drivers.get(key)
-    if driver is None or driver._loop is not loop:  # a new loop may reuse a dead one's id
+    if driver is None or driver.loop is not loop:  # a new loop may reuse a dead one's id
         with _lock:
             driver = _drivers.get(key)
-            if driver is None or driver._loop is not loop:
+            if driver is None or driver.loop is not loop:
                 driver = _drivers[key] = _Driver(loop)
     return await driver.get(url, dest, route)
 
@@ -148,7 +148,7 @@ class _Driver:
     """A ``CurlMulti`` driven by ``loop`` through libcurl's socket and timer callbacks."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
@@ -161,7 +161,7 @@ class _Driver:
 
     async def get(self, url: str, dest: str, route: Route) -> Answer:
         curl = self._idle.pop() if self._idle else self._new_handle()
-        transfer = _Transfer(curl, dest, self._loop.create_future())
+        transfer = _Transfer(curl, dest, self.loop.create_future())
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
         curl.setopt(pycurl.HEADERFUNCTION, transfer.header)
@@ -213,7 +213,7 @@ class _Driver:
 
     # libcurl's callbacks: they only tell the loop what to watch; socket_action runs from the loop
     def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
-        loop, old = self._loop, self._watched.get(fd, pycurl.POLL_NONE)
+        loop, old = self.loop, self._watched.get(fd, pycurl.POLL_NONE)
         new = pycurl.POLL_NONE if what == pycurl.POLL_REMOVE else what
         if old & pycurl.POLL_IN and not new & pycurl.POLL_IN:
             loop.remove_reader(fd)
@@ -233,7 +233,7 @@ class _Driver:
             self._timer.cancel()
             self._timer = None
         if ms >= 0:
-            self._timer = self._loop.call_later(ms / 1000, self._act, pycurl.SOCKET_TIMEOUT, 0)
+            self._timer = self.loop.call_later(ms / 1000, self._act, pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, event: int) -> None:
         if fd == pycurl.SOCKET_TIMEOUT:

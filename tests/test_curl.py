@@ -75,7 +75,7 @@ def test_a_timeout_cancels_the_transfer_and_the_handle_serves_again(served, http
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(_curl.get(served.url_for("a.bin"), str(tmp_path / "x")), 0.3)
         again = await _curl.get(served.url_for("a.bin"), str(tmp_path / "y"))
-        (driver,) = [d for (pid, _), d in _curl._drivers.items() if d._loop is loop]
+        (driver,) = [d for (pid, _), d in _curl._drivers.items() if d.loop is loop]
         return again, driver
 
     loop = asyncio.new_event_loop()
@@ -91,12 +91,12 @@ def test_a_new_loop_never_gets_the_driver_of_a_dead_loop_with_its_id(served, tmp
     async def main():
         loop = asyncio.get_running_loop()
         stale = object.__new__(_curl._Driver)  # as left by a closed loop whose id was reused
-        stale._loop = asyncio.new_event_loop()
-        stale._loop.close()
+        stale.loop = asyncio.new_event_loop()
+        stale.loop.close()
         _curl._drivers[(os.getpid(), id(loop))] = stale
         answer = await _curl.get(served.url_for("a.bin"), str(tmp_path / "a"))
         driver = _curl._drivers[(os.getpid(), id(loop))]
-        return answer, driver is not stale and driver._loop is loop
+        return answer, driver is not stale and driver.loop is loop
 
     answer, replaced = _run(main())
     assert answer.status == 200 and replaced
