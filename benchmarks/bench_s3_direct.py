@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         options = server.storage_options
 
+        default_transport = _s3_direct.TRANSPORT  # restored after the measures
+
         def graph(direct: bool, transport: str = "aiohttp") -> int:
             _s3_direct.TRANSPORT = transport
             cache = tempfile.mkdtemp(dir=work)
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise RuntimeError(f"{name}: {n} objects, expected {count}")
                 measures[name].append((1e3 * client / n, 1e3 * srv / n, n / wall))
     shutil.rmtree(work, ignore_errors=True)
-    _s3_direct.TRANSPORT = "curl" if _curl.AVAILABLE else "aiohttp"
+    _s3_direct.TRANSPORT = default_transport
     base = "CachingDownloader, s3fs GETs"
     rows = [
         Result(

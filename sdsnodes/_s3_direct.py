@@ -275,7 +275,7 @@ def _session() -> Any:
     with _lock:
         session, owner = _sessions.get(key, (None, None))
         if session is None or session.closed or owner is not loop:  # a dead loop's id reused
-            bundle = os.environ.get("AWS_CA_BUNDLE")
+            bundle = _ca_bundle()
             context = ssl.create_default_context(cafile=bundle) if bundle else True
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=context)
             # the stored bytes, as s3fs gets them: aiobotocore asks for `identity` and never
@@ -300,8 +300,13 @@ class _Route:
         self.proxy = proxy
         self.headers = None if auth is None else {"Proxy-Authorization": auth.encode()}
         login = None if auth is None else (auth.login, auth.password)
-        bundle = os.environ.get("AWS_CA_BUNDLE") or None
-        self.curl = _curl.Route(None if proxy is None else str(proxy), login, bundle)
+        self.curl = _curl.Route(None if proxy is None else str(proxy), login, _ca_bundle())
+
+
+def _ca_bundle() -> str | None:
+    """The CA certificates that verify TLS endpoints, as botocore finds them (``AWS_CA_BUNDLE``);
+    None: the system's."""
+    return os.environ.get("AWS_CA_BUNDLE") or None
 
 
 def _route_for(url: str) -> _Route:

@@ -153,10 +153,14 @@ def unlink(path: pathlib.Path) -> bool:
         return False
 
 
-def _range_lock(fd: int, key: str, wait: bool, kind: int | None = None) -> bool:
-    """Lock ``key``'s byte of ``keys.lock`` through ``fd`` (``kind=fcntl.F_UNLCK`` unlocks it);
-    False when another holds it."""
-    arg = _FLOCK.pack(fcntl.F_WRLCK if kind is None else kind, os.SEEK_SET, int(key[:15], 16), 1, 0)
+def _range_of(key: str, kind: int) -> bytes:
+    """The ``struct flock`` of ``key``'s byte of ``keys.lock`` (``kind``: F_WRLCK or F_UNLCK)."""
+    return _FLOCK.pack(kind, os.SEEK_SET, int(key[:15], 16), 1, 0)
+
+
+def _range_lock(fd: int, key: str, wait: bool) -> bool:
+    """Lock ``key``'s byte of ``keys.lock`` through ``fd``; False when another holds it."""
+    arg = _range_of(key, fcntl.F_WRLCK)
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
     except OSError as e:
@@ -222,7 +226,7 @@ def unlock_key(locks: pathlib.Path, key: str, held: int | filelock.BaseFileLock)
     # Unlock before closing: a forked child keeps a copy of the description until its after-fork
     # hook closes it, and closing this copy alone would leave the range locked until then.
     try:
-        _range_lock(held, key, wait=False, kind=fcntl.F_UNLCK)
+        fcntl.fcntl(held, fcntl.F_OFD_SETLK, _range_of(key, fcntl.F_UNLCK))
     finally:
         os.close(held)
 
