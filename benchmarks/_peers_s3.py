@@ -8,8 +8,11 @@ printed), called as a streaming user would: ``StreamingDataset(remote="s3://benc
 local=<a fresh folder per epoch>, shuffle=True)`` in a torch ``DataLoader`` (batch 32, 2
 workers), its boto3 client pointed at moto by ``S3_ENDPOINT_URL`` and the ``AWS_*`` credentials
 in the environment (streaming's documented variables). Every epoch starts with an empty cache
-folder (cold); streaming's sample ids are checked to cover the epoch exactly once, the other
-rows' counts against the number of images. Each row's note gives its ratio to the best peer
+folder (cold); the folders are kept until the task ends, under the bench data folder, not
+``/tmp`` (``_common.cold_cache_folder`` says why: on this VM's ext4 without a journal, a file
+created right after many deletions cost 0.3-0.9 ms of system CPU instead of 0.04). The system
+CPU per file created, in that folder and in ``/tmp``, is printed first (``create_cost``). Streaming's sample ids are
+checked to cover the epoch exactly once, the other rows' counts against the number of images. Each row's note gives its ratio to the best peer
 (the fastest of LitData, WebDataset and streaming).
 
 The bound: the moto server's CPU seconds per GET (``psutil``, the server process), measured with
@@ -33,7 +36,14 @@ import tempfile
 from argparse import Namespace
 from pathlib import Path
 
-from benchmarks._common import Result, format_table, in_turn, timed
+from benchmarks._common import (
+    Result,
+    cold_cache_folder,
+    create_cost,
+    format_table,
+    in_turn,
+    timed,
+)
 from benchmarks._peers import convert_mosaic
 from benchmarks.bench_image import measure
 from benchmarks.bench_pack import LIT_S3, PACKED_S3, WDS_S3, sds_epoch, upload_shards
@@ -72,12 +82,16 @@ def run_s3(args: Namespace, paths: list[str], repeats: int) -> list[Result]:
     os.environ.update(servers.s3.CLIENT_ENV)
     server = servers.s3.S3Server().start()
     os.environ["S3_ENDPOINT_URL"] = server.url  # mosaicml-streaming's boto3 endpoint
-    work = Path(tempfile.mkdtemp(prefix="sds-bench-peers-s3-"))
+    work = cold_cache_folder(args.dir, "peers-s3-")
+    tmp = Path(tempfile.mkdtemp(prefix="sds-bench-peers-s3-"))  # for create_cost only
     try:
+        print(f"kernel CPU ms per file created: {create_cost(work):.3f} in the work folder "
+              f"{work}, {create_cost(tmp):.3f} in {tmp.parent}", flush=True)  # fmt: skip
         return _run(args, paths, repeats, server, work, pa, pq)
     finally:
         server.close()
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
@@ -131,7 +145,7 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
             print(f"  repeat {r + 1}/{repeats}  {name}: {wall:.2f} s, {got} samples; CPU ms per "
                   f"sample: client {1000 * cpu / got:.2f}, server {1000 * served / got:.2f}",
                   flush=True)  # fmt: skip
-            shutil.rmtree(cache, ignore_errors=True)
+            # the cache folder stays until the task ends: see the module's docstring
     best = max((rows[p] for p in PEERS), key=lambda r: r.median)
     for row in rows.values():
         row.note = f"{row.note} {row.median / best.median:.2f}x the best peer ({best.name.split(' (')[0]})".strip()

@@ -4,7 +4,9 @@ per object, on moto (``tests/servers/s3.py``, loopback).
 
 ``--num-objects`` small JPEGs (``noise_jpegs``, ``--side`` px, default 128: about 20 KB) are
 uploaded once to a moto server started here. Each measure downloads all of them into a fresh,
-empty cache with ``IndexReader → CachingDownloader → Evictor`` in this process (no decoding),
+empty cache (kept until the run ends, under the bench data folder: see
+``_common.cold_cache_folder``) with ``IndexReader → CachingDownloader → Evictor`` in this
+process (no decoding),
 either through s3fs (``s3_direct=False``, *the baseline*) or by presigned GET
 (``s3_direct=True``, the default), sent by libcurl (the default where ``pycurl`` imports) or by
 aiohttp (``_s3_direct.TRANSPORT`` set for the measure); plus one ``fs.cat(list)`` call for reference (fsspec's own
@@ -25,8 +27,17 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from benchmarks._common import Result, add_common_args, format_table, in_turn, repeats_of
+from benchmarks._common import (
+    Result,
+    add_common_args,
+    cold_cache_folder,
+    create_cost,
+    format_table,
+    in_turn,
+    repeats_of,
+)
 from benchmarks.bench_remote import import_servers, noise_jpegs
 
 NAME = "s3_direct"
@@ -64,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = 100 if args.quick else args.num_objects
     servers = import_servers()
     os.environ.update(servers.s3.CLIENT_ENV)
-    work = tempfile.mkdtemp(prefix="sds-s3-direct-")
+    work = str(cold_cache_folder(args.dir, "s3-direct-"))  # each measure's cache kept to the end
+    print(f"system CPU ms per file created in {work}: {create_cost(Path(work)):.3f}", flush=True)
     with servers.s3.S3Server() as server:
         fs = server.fs()
         server.make_bucket("bench")
@@ -90,10 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fetch = FetchOptions(storage_options=options, s3_direct=direct)
             node = CachingDownloader(IndexReader(index, storage_options=options), ["image"],
                                      cache=CacheOptions(cache), fetch=fetch)  # fmt: skip
-            try:
-                return sum(1 for _ in Loader(Evictor(node)))
-            finally:
-                shutil.rmtree(cache, ignore_errors=True)
+            return sum(1 for _ in Loader(Evictor(node)))  # the cache stays until the end
 
         def cat() -> int:
             return len(server.fs().cat(urls))

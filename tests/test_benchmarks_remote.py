@@ -124,3 +124,14 @@ def test_disk_peak_quick_prints_peak_bound_and_ledger(tmp_path):
     bounds = [line for line in lines if line.startswith("bound (printed, not enforced)")]
     assert len(bounds) == 2
     assert all(re.search(r"worst repeat \d+\.\d{3} — (held|EXCEEDED)$", line) for line in bounds)
+
+
+def test_s3_direct_quick_keeps_its_caches_under_the_data_folder_until_the_end(tmp_path):
+    done = run_quick("s3_direct", tmp_path)
+    out = done.stdout
+    data = tmp_path / "data"
+    assert f"system CPU ms per file created in {data}{os.sep}s3-direct-" in out
+    for name in ("CachingDownloader, s3fs GETs", "CachingDownloader, presigned, aiohttp",
+                 "fs.cat(list), in memory"):  # fmt: skip
+        assert name in out
+    assert not list(data.glob("s3-direct-*"))  # the caches went with the run
