@@ -320,13 +320,20 @@ def run_isolated(
     return in_fresh_process(run_epoch, make, count, shape)
 
 
+CHILD_TIMEOUT_S = 600.0
+"""How long :func:`in_fresh_process` waits for its child's result before it kills the child's
+process tree (a loader that hangs: torchdata.nodes' process ``ParallelMapper`` once waited
+forever with its workers idle, 2026-12-05)."""
+
+
 def in_fresh_process(target: Callable[..., T], *args: Any) -> T:
     """``target(*args)`` in a fresh process (``spawn``) that first imports :data:`PRELOAD` and
     starts DataLoader workers as this process would (fork on Linux); its result, which must
     pickle, as ``target`` and ``args`` must.
 
     Raises:
-        RuntimeError: ``target`` raised in the child (its message), or the child died.
+        RuntimeError: ``target`` raised in the child (its message), the child died, or it gave
+            no result within :data:`CHILD_TIMEOUT_S` (it and its descendants are then killed).
     """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
@@ -334,6 +341,10 @@ def in_fresh_process(target: Callable[..., T], *args: Any) -> T:
     child = ctx.Process(target=_run_in_child, args=(target, args, method, sender))
     child.start()
     sender.close()
+    if not receiver.poll(CHILD_TIMEOUT_S):
+        _kill_tree(child.pid)
+        child.join()
+        raise RuntimeError(f"no result within {CHILD_TIMEOUT_S:.0f} s: the loader hung (killed)")
     try:
         result = receiver.recv()
     except EOFError:
@@ -343,6 +354,22 @@ def in_fresh_process(target: Callable[..., T], *args: Any) -> T:
     if isinstance(result, _ChildError):
         raise RuntimeError(f"in the measuring process: {result.message}")
     return result
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants (the loader's workers)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 @dataclasses.dataclass

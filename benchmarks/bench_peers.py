@@ -25,6 +25,7 @@ to cover the epoch exactly once. The conversions are timed apart (once). Data: `
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import os
 import sys
@@ -127,11 +128,11 @@ def summarize(rows: dict[str, dict[str, Result]], metrics: dict = METRICS) -> st
     out = []
     for key, (title, unit, higher) in metrics.items():
         results = list(rows[key].values())
-        peers = [r for r in results if r.name != OURS]
+        peers = [r for r in results if r.name != OURS and r.values] or results
         best = (max if higher else min)(peers, key=lambda r: r.median)
         for r in results:
             factor = r.median / best.median if best.median else float("nan")
-            r.note = f"{factor:.2f}x the best peer ({best.name})"
+            r.note = "; ".join(filter(None, [f"{factor:.2f}x the best peer ({best.name})", r.note]))
         direction = "higher" if higher else "lower"
         out.append(format_table(results, title=f"peers: {title} ({unit}, {direction} is better)"))
     return "\n\n".join(out)
@@ -159,14 +160,38 @@ def run_clips(args: argparse.Namespace, repeats: int) -> dict[str, dict[str, Res
         for key, (title, unit, _) in CLIP_METRICS.items()
     }
     shape = (_peers_clips.FRAMES, 3, _peers_clips.SIZE, _peers_clips.SIZE)
+    failed: collections.Counter = collections.Counter()
     for repeat in range(repeats):
         for name in in_turn(list(table), repeat):
-            m = _peers.run_isolated(table[name], count, shape)
+            m = _isolated(table[name], count, shape, name, repeat, repeats, failed)
+            if m is None:
+                continue
             rows["clip_rate"][name].values.append(count / m["wall"])
             rows["clip_pss"][name].values.append(m["pss"])
             print(f"  repeat {repeat + 1}/{repeats}  {name}: {m['wall']:.2f} s, peak PSS "
                   f"{m['pss']:.0f} MiB", flush=True)  # fmt: skip
+    _note_failures(rows, failed, repeats)
     return rows
+
+
+def _isolated(make, count, shape, name, repeat, repeats, failed) -> dict[str, float] | None:
+    """One epoch of ``name`` in a fresh process (``_peers.run_isolated``), or None when it failed
+    or hung: printed and counted in ``failed`` (the row's median is then over the repeats that
+    ran; a row with none reads nan)."""
+    try:
+        if shape is None:
+            return _peers.run_isolated(make, count)
+        return _peers.run_isolated(make, count, shape)
+    except RuntimeError as error:
+        print(f"  repeat {repeat + 1}/{repeats}  {name}: FAILED ({error})", flush=True)
+        failed[name] += 1
+        return None
+
+
+def _note_failures(rows, failed: collections.Counter, repeats: int) -> None:
+    for name, n in failed.items():
+        for group in rows.values():
+            group[name].note = f"{n} of {repeats} repeats failed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,9 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         key: {name: Result(name, unit=unit, group=title, baseline=name == BASE) for name in table}
         for key, (title, unit, _) in METRICS.items()
     }
+    failed: collections.Counter = collections.Counter()
     for repeat in range(repeats):
         for name in in_turn(list(table), repeat):
-            m = _peers.run_isolated(table[name], count)
+            m = _isolated(table[name], count, None, name, repeat, repeats, failed)
+            if m is None:
+                continue
             values = {"rate": count / m["wall"], "first": m["first"],
                       "cpu_ms": 1000 * m["cpu"] / count, "pss": m["pss"]}  # fmt: skip
             for key, value in values.items():
@@ -231,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{m['first']:.2f} s, {m['cpu']:.2f} CPU s, peak PSS {m['pss']:.0f} MiB",
                 flush=True,
             )
+    _note_failures(rows, failed, repeats)
     print()
     print(summarize(rows))
     if clip_rows:
