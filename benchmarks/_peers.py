@@ -344,7 +344,7 @@ def run_isolated(
     return in_fresh_process(run_epoch, make, count, shape)
 
 
-CHILD_TIMEOUT_S = 600.0
+CHILD_TIMEOUT_S = 300.0
 """How long :func:`in_fresh_process` waits for its child's result before it kills the child's
 process tree (a loader that hangs: torchdata.nodes' process ``ParallelMapper`` once waited
 forever with its workers idle, 2026-12-05)."""
