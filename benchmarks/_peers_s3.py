@@ -11,9 +11,10 @@ in the environment (streaming's documented variables). Every epoch starts with a
 folder (cold); the folders are kept until the task ends, under the bench data folder, not
 ``/tmp`` (``_common.cold_cache_folder`` says why: on this VM's ext4 without a journal, a file
 created right after many deletions cost 0.3-0.9 ms of system CPU instead of 0.04). The system
-CPU per file created, in that folder and in ``/tmp``, is printed first (``create_cost``). Streaming's sample ids are
-checked to cover the epoch exactly once, the other rows' counts against the number of images. Each row's note gives its ratio to the best peer
-(the fastest of LitData, WebDataset and streaming).
+CPU per file created, in that folder and in ``/tmp``, is printed first (``create_cost``).
+Streaming's sample ids are checked to cover the epoch exactly once, the other rows' counts
+against the number of images. Each row's note gives its ratio to the best peer (the fastest of
+LitData, WebDataset and streaming).
 
 The bound: the moto server's CPU seconds per GET (``psutil``, the server process), measured with
 one ``fs.cat`` of every raw object (s3fs keeps many requests in flight); ``os.cpu_count()``
@@ -85,7 +86,7 @@ def run_s3(args: Namespace, paths: list[str], repeats: int) -> list[Result]:
     work = cold_cache_folder(args.dir, "peers-s3-")
     tmp = Path(tempfile.mkdtemp(prefix="sds-bench-peers-s3-"))  # for create_cost only
     try:
-        print(f"kernel CPU ms per file created: {create_cost(work):.3f} in the work folder "
+        print(f"system CPU ms per file created: {create_cost(work):.3f} in the work folder "
               f"{work}, {create_cost(tmp):.3f} in {tmp.parent}", flush=True)  # fmt: skip
         return _run(args, paths, repeats, server, work, pa, pq)
     finally:

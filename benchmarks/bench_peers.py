@@ -174,13 +174,15 @@ def run_clips(args: argparse.Namespace, repeats: int) -> dict[str, dict[str, Res
     return rows
 
 
+IMAGE_SHAPE = (3, _peers.SIZE, _peers.SIZE)
+"""The shape of every image of a batch (``_peers.run_isolated`` checks it)."""
+
+
 def _isolated(make, count, shape, name, repeat, repeats, failed) -> dict[str, float] | None:
     """One epoch of ``name`` in a fresh process (``_peers.run_isolated``), or None when it failed
     or hung: printed and counted in ``failed`` (the row's median is then over the repeats that
     ran; a row with none reads nan)."""
     try:
-        if shape is None:
-            return _peers.run_isolated(make, count)
         return _peers.run_isolated(make, count, shape)
     except RuntimeError as error:
         print(f"  repeat {repeat + 1}/{repeats}  {name}: FAILED ({error})", flush=True)
@@ -247,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: collections.Counter = collections.Counter()
     for repeat in range(repeats):
         for name in in_turn(list(table), repeat):
-            m = _isolated(table[name], count, None, name, repeat, repeats, failed)
+            m = _isolated(table[name], count, IMAGE_SHAPE, name, repeat, repeats, failed)
             if m is None:
                 continue
             values = {"rate": count / m["wall"], "first": m["first"],

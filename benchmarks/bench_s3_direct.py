@@ -6,8 +6,7 @@ per object, on moto (``tests/servers/s3.py``, loopback).
 uploaded once to a moto server started here. Each measure downloads all of them into a fresh,
 empty cache (kept until the run ends, under the bench data folder: see
 ``_common.cold_cache_folder``) with ``IndexReader → CachingDownloader → Evictor`` in this
-process (no decoding),
-either through s3fs (``s3_direct=False``, *the baseline*) or by presigned GET
+process (no decoding), either through s3fs (``s3_direct=False``, *the baseline*) or by presigned GET
 (``s3_direct=True``, the default), sent by libcurl (the default where ``pycurl`` imports) or by
 aiohttp (``_s3_direct.TRANSPORT`` set for the measure); plus one ``fs.cat(list)`` call for reference (fsspec's own
 batch, bodies kept in memory). Reported per object: client CPU ms (this process, user +
