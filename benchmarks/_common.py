@@ -13,7 +13,9 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -71,17 +73,12 @@ def cold_cache_folder(data_dir: Path | None, prefix: str) -> Path:
     costs where the caches go."""
     root = Path(data_dir or default_data_dir())
     root.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
 
 def create_cost(folder: Path, count: int = 200, size: int = 20_000) -> float:
     """System CPU ms per file created and written with ``size`` bytes, in a new folder under
     ``folder`` (``count`` files, left for the caller to delete with ``folder``)."""
-    import resource
-    import tempfile
-
     probe = Path(tempfile.mkdtemp(prefix="create-cost-", dir=folder))
     body = b"x" * size
     before = resource.getrusage(resource.RUSAGE_SELF).ru_stime

@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -381,18 +382,12 @@ def in_fresh_process(target: Callable[..., T], *args: Any) -> T:
 
 
 def _kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and its descendants (the loader's workers)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
+    """SIGKILL ``pid`` and its descendants (the loader's workers), listed by :func:`tree_pids`
+    before any is killed (a killed parent's children would be reparented)."""
+    for p in tree_pids(pid):
         try:
-            proc.kill()
-        except psutil.NoSuchProcess:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
