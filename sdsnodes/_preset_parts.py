@@ -21,6 +21,7 @@ from sdsnodes._rotation_options import (  # rotation / decoded cache
 )
 from sdsnodes.codecs import AudioWaveform, Codec, Latent, Text, TextEmbedding
 from sdsnodes.codecs.text_files import text_file_codecs
+from sdsnodes.index.table import SMALL_POOL
 from sdsnodes.nodes._packed import packed_source
 from sdsnodes.nodes.collate import collate
 from sdsnodes.nodes.decoder import Decoder
@@ -62,10 +63,13 @@ def has_urls(reader: IndexReader, column: str) -> bool:
     values = reader.index.table.column(column)
     if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
         return False
+    pool = SMALL_POOL
     remote = pc.and_(
-        pc.match_substring(values, "://"), pc.invert(pc.starts_with(values, "file://"))
+        pc.match_substring(values, "://", memory_pool=pool),
+        pc.invert(pc.starts_with(values, "file://", memory_pool=pool), memory_pool=pool),
+        memory_pool=pool,
     )
-    return bool(pc.any(remote).as_py())
+    return bool(pc.any(remote, memory_pool=pool).as_py())
 
 
 def add_caption(

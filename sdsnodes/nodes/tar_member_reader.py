@@ -14,6 +14,7 @@ from torchdata.nodes import BaseNode
 
 from sdsnodes._retry import Retrier
 from sdsnodes.errors import DownloadError
+from sdsnodes.index.table import SMALL_POOL
 from sdsnodes.index.tar import parse_member
 from sdsnodes.nodes._cache_ref import open_cache
 from sdsnodes.nodes._remote import RemoteErrors, remote_settings
@@ -32,9 +33,13 @@ def addresses_members(table: pa.Table, column: str) -> bool:
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         return False
     for chunk in values.chunks:  # the first non-null value, found without copying the column
+        if chunk.null_count == 0 and len(chunk):
+            return parse_member(chunk[0].as_py()) is not None  # allocates nothing
         if chunk.null_count < len(chunk):
-            # indices_nonzero, not pc.index: its pa.scalar(True) imports pandas (0.4-0.5 s)
-            first = chunk[pc.indices_nonzero(chunk.is_valid())[0].as_py()].as_py()
+            # indices_nonzero, not pc.index: its pa.scalar(True) imports pandas (0.4-0.5 s);
+            # it allocates from the default pool whatever memory_pool says
+            valid = pc.is_valid(chunk, memory_pool=SMALL_POOL)
+            first = chunk[pc.indices_nonzero(valid)[0].as_py()].as_py()
             return parse_member(first) is not None
     return False
 
