@@ -23,7 +23,7 @@ from sdsnodes.codecs import AudioWaveform, Codec, Latent, Text, TextEmbedding
 from sdsnodes.codecs.text_files import text_file_codecs
 from sdsnodes.index.table import SMALL_POOL
 from sdsnodes.nodes._packed import packed_source
-from sdsnodes.nodes.collate import collate
+from sdsnodes.nodes.collate import SlotBatcher, collate
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
 from sdsnodes.nodes.evictor import Evictor
@@ -325,7 +325,9 @@ def assemble(
         node = rotate(node, rotation, cache=cache, seed=seed)
     if keep is not None:
         node = Mapper(node, functools.partial(_keep_columns, keep=frozenset(keep)))
-    node = Mapper(Batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
+    # codecs decode straight into the batch unless a node between holds samples back
+    batcher = Batcher if rotation is not None or decoded_cache is not None else SlotBatcher
+    node = Mapper(batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
     return Prefetcher(node, prefetch_factor) if prefetch_factor else node
 
 

@@ -41,8 +41,8 @@ ALLOWED_ATTRIBUTES = {
     ("sdsnodes/nodes/graph.py", "_shutdown"),
     # torch's own default_collate allocates a worker's batch in shared memory this way
     # (torch/utils/data/_utils/collate.py); the public share_memory_() would copy it once more.
-    ("sdsnodes/nodes/collate.py", "_typed_storage"),
-    ("sdsnodes/nodes/collate.py", "_new_shared"),
+    ("sdsnodes/codecs/_batch_slots.py", "_typed_storage"),
+    ("sdsnodes/codecs/_batch_slots.py", "_new_shared"),
 }
 """(module, attribute) pairs allowed to read a private attribute of another object."""
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdsnodes.codecs import _batch_slots
 from sdsnodes.codecs._av import av_open, rgb_frame, stream_seconds
 from sdsnodes.codecs._resize import (
     Size,
@@ -286,7 +287,8 @@ class VideoClip:
 
 
 class _Clip:
-    """A clip tensor uint8 [T, 3, H, W] filled one frame at a time (allocated at the first).
+    """A clip tensor uint8 [T, 3, H, W] filled one frame at a time (allocated at the first: the
+    batch's row when a SlotBatcher is filling one, :mod:`sdsnodes.codecs._batch_slots`).
 
     Frames are copied with ``np.copyto`` into the tensor's numpy view, not ``Tensor.copy_``: a
     strided HWC -> CHW copy through torch's intra-op thread pool cost 3.7-8 ms per 112x112
@@ -308,10 +310,13 @@ class _Clip:
     def append(self, frame: np.ndarray) -> None:
         """Copy ``frame`` (uint8 [H, W, 3], a view is fine) into the next slot."""
         if self.count == 0:
-            self.tensor = torch.empty(
-                (self.size, frame.shape[2], *frame.shape[:2]), dtype=torch.uint8
-            )
-            self.pixels = self.tensor.numpy()
+            shape = (self.size, frame.shape[2], *frame.shape[:2])
+            row = _batch_slots.claim(shape)  # the batch's row, under a SlotBatcher
+            if row is None:  # numpy's malloc, not torch's 64-byte posix_memalign (see below)
+                self.pixels = np.empty(shape, np.uint8)
+                self.tensor = torch.from_numpy(self.pixels)
+            else:
+                self.tensor, self.pixels = row, row.numpy()
         np.copyto(self.pixels[self.count], frame.transpose(2, 0, 1))
         self.count += 1
 

@@ -4,7 +4,7 @@ from torchdata.nodes import Batcher, Loader, Mapper, ParallelMapper, PinMemory
 
 from sdsnodes.nodes._schedule import MixStrategy, StopCriterion
 from sdsnodes.nodes.bucketing import AspectRatioBuckets, BucketBatcher, DurationBuckets
-from sdsnodes.nodes.collate import collate
+from sdsnodes.nodes.collate import SlotBatcher, collate
 from sdsnodes.nodes.decoded_cache import DecodedCache
 from sdsnodes.nodes.decoder import Decoder
 from sdsnodes.nodes.downloader import CachingDownloader
@@ -49,6 +49,7 @@ __all__ = [
     "ShardReader",
     "Shuffler",
     "Skip",
+    "SlotBatcher",
     "StopCriterion",
     "Stream",
     "StreamBatcher",

@@ -7,9 +7,41 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
+from torchdata.nodes import Batcher
 
+from sdsnodes.codecs import _batch_slots
 from sdsnodes.sample import Sample
+
+
+class SlotBatcher(Batcher):
+    """torchdata's ``Batcher`` (same arguments, same state) that lets codecs decode straight
+    into the batch.
+
+    Each sample of a batch is pulled with the batch's rows set for this thread
+    (:mod:`sdsnodes.codecs._batch_slots`): a codec that runs inline in the pull (``VideoClip``
+    under a Decoder with ``num_threads=0``) writes its output into row ``k`` of a tensor
+    ``[batch_size, ...]`` (shared memory in a DataLoader worker), and :func:`collate` returns
+    that tensor instead of stacking a copy. Use it only where no node between the codecs and
+    this batcher holds samples back: a held sample keeps its whole batch's memory alive.
+    """
+
+    def next(self) -> list[Any]:
+        slots = _batch_slots.BatchSlots(self.batch_size)
+        batch: list[Any] = []
+        try:
+            while len(batch) < self.batch_size:
+                slots.position = len(batch)
+                _batch_slots.filling(slots)
+                try:
+                    item = next(self.source)
+                except StopIteration:
+                    break
+                batch.append(item)
+        finally:
+            _batch_slots.filling(None)
+        if len(batch) == self.batch_size or (batch and not self.drop_last):
+            return batch
+        raise StopIteration()
 
 
 def collate(samples: Sequence[Sample]) -> dict[str, Any]:
@@ -66,7 +98,8 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
 
 
 def _stack(values: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack(values)``, contiguous, written once where it ends up.
+    """``torch.stack(values)``, contiguous, written once where it ends up: rows a codec decoded
+    into under a :class:`SlotBatcher` are returned as the batch they already are.
 
     In a DataLoader worker the output is allocated in shared memory, as torch's
     ``default_collate`` does, so sending the batch to the main process does not copy it again.
@@ -74,6 +107,9 @@ def _stack(values: list[torch.Tensor]) -> torch.Tensor:
     torch's intra-op thread pool, which on a busy 2-core machine made ``torch.stack`` of 8 clips
     (uint8 [8, 16, 3, 112, 112]) take about 80 ms instead of about 1 ms.
     """
+    gathered = _batch_slots.gather(values)
+    if gathered is not None:  # decoded into the batch already (SlotBatcher)
+        return gathered
     first = values[0]
     if (
         first.device.type != "cpu"
@@ -82,12 +118,7 @@ def _stack(values: list[torch.Tensor]) -> torch.Tensor:
         or any(v.requires_grad for v in values)
     ):
         return torch.stack(values).contiguous()
-    shape = (len(values), *first.shape)
-    if get_worker_info() is not None:  # torch's default_collate recipe
-        storage = first._typed_storage()._new_shared(len(values) * first.numel())
-        out = first.new(storage).resize_(shape)
-    else:
-        out = torch.empty(shape, dtype=first.dtype)
+    out = _batch_slots.allocate((len(values), *first.shape), first.dtype)
     try:
         np.stack([v.numpy() for v in values], out=out.numpy())
     except TypeError:  # a dtype numpy lacks (bfloat16…)

@@ -9,7 +9,7 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from sdsnodes._renamed import renamed_keywords
-from sdsnodes.codecs import Codec, Decoded
+from sdsnodes.codecs import Codec, Decoded, _batch_slots
 from sdsnodes.errors import DecodeError
 from sdsnodes.nodes._cache_ref import release
 from sdsnodes.nodes._threads import Skipped, ThreadMapNode
@@ -127,6 +127,7 @@ class Decoder(ThreadMapNode):
                     str(sample.get(url_key(source)) or source), f"column {source!r} is None"
                 )
             rng = LazyRng(self.seed, sample, i)
+            _batch_slots.decoding(column)  # the batch row it may write into is this column's
             try:
                 result = (
                     codec(value, rng, sample=out)
