@@ -328,7 +328,8 @@ def assemble(
     # codecs decode straight into the batch unless a node between holds samples back
     batcher = Batcher if rotation is not None or decoded_cache is not None else SlotBatcher
     node = Mapper(batcher(node, batch_size=batch_size, drop_last=drop_last), collate)
-    return Prefetcher(node, prefetch_factor) if prefetch_factor else node
+    # in DataLoader workers, the DataLoader's own prefetch_factor is enough (see Prefetcher)
+    return Prefetcher(node, prefetch_factor, in_workers=False) if prefetch_factor else node
 
 
 def _keep_columns(sample: dict, keep: frozenset[str]) -> dict:

@@ -95,9 +95,12 @@ def build_video_graph(
             (seed, epoch); the seed also seeds the Decoder's codecs.
         num_threads (int | None): the Decoder's threads; None (default): sized to the cores of
             each process that runs the graph (its CPUs over the DataLoader's workers, at most
-            8; inline, in the Prefetcher's thread, when that is one core or less, e.g. 2
-            workers on 2 cores); 0 decodes inline.
-        prefetch_factor (int): the Prefetcher's batches in the background (2; 0 for none).
+            8; inline, in the thread that pulls the batches, when that is one core or less,
+            e.g. 2 workers on 2 cores); 0 decodes inline.
+        prefetch_factor (int): the Prefetcher's batches, prepared in a thread of the training
+            process (2; 0 for none). In DataLoader workers the DataLoader's own
+            ``prefetch_factor`` does that, and the graph passes its batches through
+            (``Prefetcher(in_workers=False)``).
         drop_last (bool): the Batcher drops a last, smaller batch.
         rank (int | None), world_size (int | None): the IndexReader's distributed position.
         balance (bool): a packed dataset under ``world_size > 1``: every rank reads as many

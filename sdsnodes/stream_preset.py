@@ -103,7 +103,8 @@ def build_stream_graph(
         shuffle (bool), seed (int): a Shuffler over the streams, a new order each epoch.
         num_threads (int): the StreamBatcher's threads reading the rows' chunks side by side
             (4; 0: one after the other).
-        prefetch_factor (int): batches prepared in the background (2; 0 for none).
+        prefetch_factor (int): batches prepared in a thread of the training process (2; 0 for
+            none); none in DataLoader workers (``Prefetcher(in_workers=False)``).
         rank (int | None), world_size (int | None): the IndexReader's distributed position;
             each stream is read by one rank (``uneven="keep"``: no row repeated to even the
             shards, since the ranks' batch counts depend on their streams' lengths anyway).
@@ -155,4 +156,4 @@ def build_stream_graph(
         node = CachingDownloader(node, [column], cache=cache, fetch=fetch, errors=errors)
     node = StreamOpener(node, column, chunker)
     node = StreamBatcher(node, batch_size, pad=pad, errors=errors, num_threads=num_threads)
-    return Prefetcher(node, prefetch_factor) if prefetch_factor else node
+    return Prefetcher(node, prefetch_factor, in_workers=False) if prefetch_factor else node

@@ -33,8 +33,9 @@ def auto_threads() -> int:
     (``os.sched_getaffinity``) over the DataLoader's workers (1 outside a worker), at most
     :data:`MAX_AUTO_THREADS` (8); 0 (inline) when that share is one core or less.
 
-    Inline, the work runs in the thread that pulls it (in the presets, the Prefetcher's, which
-    overlaps it with the consumer): with 2 DataLoader workers on 2 cores, threads only add
+    Inline, the work runs in the thread that pulls it (in the presets, the Prefetcher's in the
+    training process, the worker's own in a DataLoader worker, where the DataLoader overlaps it
+    with the consumer): with 2 DataLoader workers on 2 cores, threads only add
     hand-offs (the two workers' CPU for 2,000 JPEGs: 3.1-3.5 s inline against 3.6-4.1 s with 4
     threads each; ``benchmarks/bench_peers.py``, images task).
     """
