@@ -23,6 +23,14 @@ class SlotBatcher(Batcher):
     ``[batch_size, ...]`` (shared memory in a DataLoader worker), and :func:`collate` returns
     that tensor instead of stacking a copy. Use it only where no node between the codecs and
     this batcher holds samples back: a held sample keeps its whole batch's memory alive.
+
+    Args:
+        source (BaseNode): the samples to batch.
+        batch_size (int): samples per batch.
+        drop_last (bool): drop a last, smaller batch (True, as torchdata's ``Batcher``).
+
+    State:
+        torchdata's ``Batcher``'s: ``{"source": <source state>}``.
     """
 
     def next(self) -> list[Any]:
