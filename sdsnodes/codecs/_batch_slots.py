@@ -118,7 +118,8 @@ def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     a DataLoader worker (torch's ``default_collate`` recipe, so sending the batch to the main
     process copies nothing), else malloc'ed through numpy: torch's CPU allocator asks glibc for
     64-byte-aligned memory (``posix_memalign``), whose freed chunks a tensor of the same size
-    cannot fill again (12-15 MiB of free heap per worker on the clip benchmark, docs/speed.md)."""
+    cannot fill again (12-15 MiB of free heap per worker on the clip benchmark, docs/speed.md).
+    Like any tensor from numpy, the result's storage cannot grow with ``resize_``."""
     if get_worker_info() is not None:
         numel = int(np.prod(shape))
         storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)

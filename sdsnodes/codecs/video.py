@@ -312,7 +312,7 @@ class _Clip:
         if self.count == 0:
             shape = (self.size, frame.shape[2], *frame.shape[:2])
             row = _batch_slots.claim(shape)  # the batch's row, under a SlotBatcher
-            if row is None:  # numpy's malloc, not torch's 64-byte posix_memalign (see below)
+            if row is None:  # numpy's malloc, not torch's posix_memalign (_batch_slots.allocate)
                 self.pixels = np.empty(shape, np.uint8)
                 self.tensor = torch.from_numpy(self.pixels)
             else:
