@@ -282,3 +282,19 @@ def test_building_a_graph_allocates_nothing_from_pyarrows_default_pool(video_ind
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "0"
     shutil.rmtree(cache)
+
+
+def test_clips_of_a_short_side_size_keep_their_own_memory(video_index, gathered):
+    """With an int size clips may differ in shape: a row would pin a batch that stays a list."""
+    from sdsnodes.codecs import VideoClip
+    from sdsnodes.nodes.collate import SlotBatcher
+    from sdsnodes.nodes.decoder import Decoder
+    from sdsnodes.nodes.index_reader import IndexReader
+
+    node = Decoder(IndexReader(video_index), {"video": VideoClip(4, fps=8, size=24)}, num_threads=0)
+    batches = list(Loader(Mapper(SlotBatcher(node, batch_size=4, drop_last=False), collate)))
+    assert sum(len(b["__key__"]) for b in batches) == 12
+    for batch in batches:
+        clips = batch["video"] if isinstance(batch["video"], list) else list(batch["video"])
+        assert all(not hasattr(c, "sds_batch_row") for c in clips)
+    assert gathered["gathered"] == 0

@@ -5,7 +5,8 @@ batch's B clips sit in the heap (or the decoding thread's arena) until they are 
 batch exists twice for a moment. With it, :class:`~sdsnodes.nodes.collate.SlotBatcher` pulls
 sample ``k`` of a batch with that batch's :class:`BatchSlots` set for its thread; a codec that
 decodes inline in that pull (a Decoder with ``num_threads=0``, the presets' default when the
-DataLoader's workers have a core each or less) asks :func:`claim` for the memory of its output
+DataLoader's workers have a core each or less) and whose outputs all have one shape (a
+``VideoClip`` with ``size=(H, W)``) asks :func:`claim` for the memory of its output
 and writes its frames there, and :func:`gather` gives collate the whole batch, which it returns
 without copying. In a DataLoader worker the rows are in shared memory, as collate's own output
 would be, so passing the batch to the main process copies nothing either.

@@ -246,7 +246,7 @@ class VideoClip:
         from av.video.reformatter import VideoReformatter
 
         reformatter = VideoReformatter()  # one per clip: its swscale context is reused per frame
-        picked = _Clip(len(targets))
+        picked = _Clip(len(targets), in_batch=isinstance(self.size, tuple))  # a fixed shape
         converted: tuple[Any, np.ndarray] | None = None  # the last frame converted, and its pixels
 
         def take(frame: Any) -> None:
@@ -288,7 +288,10 @@ class VideoClip:
 
 class _Clip:
     """A clip tensor uint8 [T, 3, H, W] filled one frame at a time (allocated at the first: the
-    batch's row when a SlotBatcher is filling one, :mod:`sdsnodes.codecs._batch_slots`).
+    batch's row when a SlotBatcher is filling one, :mod:`sdsnodes.codecs._batch_slots`, if
+    ``in_batch``: every clip of the codec has one shape, ``size`` being a pair. With an int or
+    None ``size`` clips differ in shape, the batch stays a list, and a row would keep its whole
+    batch's memory alive).
 
     Frames are copied with ``np.copyto`` into the tensor's numpy view, not ``Tensor.copy_``: a
     strided HWC -> CHW copy through torch's intra-op thread pool cost 3.7-8 ms per 112x112
@@ -297,10 +300,11 @@ class _Clip:
     thread, where the two cost about the same).
     """
 
-    __slots__ = ("count", "pixels", "size", "tensor")
+    __slots__ = ("count", "in_batch", "pixels", "size", "tensor")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, in_batch: bool = True) -> None:
         self.size, self.count = size, 0
+        self.in_batch = in_batch  # may take a batch row: every clip of the codec has one shape
         self.tensor: torch.Tensor = torch.empty(0, dtype=torch.uint8)
         self.pixels: np.ndarray = self.tensor.numpy()  # the same memory, [T, 3, H, W]
 
@@ -311,7 +315,7 @@ class _Clip:
         """Copy ``frame`` (uint8 [H, W, 3], a view is fine) into the next slot."""
         if self.count == 0:
             shape = (self.size, frame.shape[2], *frame.shape[:2])
-            row = _batch_slots.claim(shape)  # the batch's row, under a SlotBatcher
+            row = _batch_slots.claim(shape) if self.in_batch else None  # under a SlotBatcher
             if row is None:  # numpy's malloc, not torch's posix_memalign (_batch_slots.allocate)
                 self.pixels = np.empty(shape, np.uint8)
                 self.tensor = torch.from_numpy(self.pixels)
