@@ -89,15 +89,20 @@ def _graph(src, **kw):
     return build_video_graph(src, **args)
 
 
+GATHERED = [0]  # batches gathered in this process (and, forked with it, in a worker)
+
+
 @pytest.fixture
 def gathered(monkeypatch):
     """Counts the batches collate returned without copying (this process and forked workers)."""
     counts = {"gathered": 0, "copied": 0}
     real = _batch_slots.gather
+    GATHERED[0] = 0
 
     def spy(values):
         out = real(values)
         counts["gathered" if out is not None else "copied"] += 1
+        GATHERED[0] += out is not None  # what a forked worker's _Probe reads
         return out
 
     monkeypatch.setattr(_batch_slots, "gather", spy)
@@ -180,19 +185,7 @@ class _Probe:
         return batch
 
 
-GATHERED = [0]
-
-
-def test_in_dataloader_workers_batches_are_gathered_and_not_prefetched(video_index, monkeypatch):
-    real = _batch_slots.gather
-
-    def spy(values):
-        out = real(values)
-        GATHERED[0] += out is not None
-        return out
-
-    monkeypatch.setattr(_batch_slots, "gather", spy)  # forked workers inherit it
-
+def test_in_dataloader_workers_batches_are_gathered_and_not_prefetched(video_index, gathered):
     def build():
         return Mapper(_graph(video_index, num_threads=0, prefetch_factor=2, batch_size=3), _Probe())
 

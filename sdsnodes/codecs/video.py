@@ -302,7 +302,7 @@ class _Clip:
 
     __slots__ = ("count", "in_batch", "pixels", "size", "tensor")
 
-    def __init__(self, size: int, in_batch: bool = True) -> None:
+    def __init__(self, size: int, in_batch: bool = False) -> None:
         self.size, self.count = size, 0
         self.in_batch = in_batch  # may take a batch row: every clip of the codec has one shape
         self.tensor: torch.Tensor = torch.empty(0, dtype=torch.uint8)

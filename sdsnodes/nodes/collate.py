@@ -36,10 +36,10 @@ class SlotBatcher(Batcher):
     def next(self) -> list[Any]:
         slots = _batch_slots.BatchSlots(self.batch_size)
         batch: list[Any] = []
+        _batch_slots.filling(slots)
         try:
             while len(batch) < self.batch_size:
                 slots.position = len(batch)
-                _batch_slots.filling(slots)
                 try:
                     item = next(self.source)
                 except StopIteration:

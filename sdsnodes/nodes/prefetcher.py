@@ -58,7 +58,6 @@ class Prefetcher(_TorchdataPrefetcher):
             super().reset(initial_state)
             return
         BaseNode.reset(self, initial_state)  # torchdata's reset would start the thread
-        self._it = None  # whether a DataLoader worker does not change within a process
         if initial_state is None:
             self.source.reset(None)
             return

@@ -33,8 +33,8 @@ def addresses_members(table: pa.Table, column: str) -> bool:
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         return False
     for chunk in values.chunks:  # the first non-null value, found without copying the column
-        if chunk.null_count == 0 and len(chunk):
-            return parse_member(chunk[0].as_py()) is not None  # allocates nothing
+        if len(chunk) and chunk[0].is_valid:  # the usual case, which allocates nothing
+            return parse_member(chunk[0].as_py()) is not None
         if chunk.null_count < len(chunk):
             # indices_nonzero, not pc.index: its pa.scalar(True) imports pandas (0.4-0.5 s);
             # it allocates from the default pool whatever memory_pool says
