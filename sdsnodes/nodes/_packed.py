@@ -6,6 +6,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from sdsnodes.index.materialize import index_cache_root
 from sdsnodes.index.packed import is_packed, media_columns, shard_table
 from sdsnodes.nodes.index_reader import IndexReader
 from sdsnodes.nodes.shard_reader import ShardReader
@@ -27,6 +28,7 @@ def packed_source(
     index: IndexOptions | None = None,
     balance: bool = True,
     batch_size: int | None = None,
+    index_cache_dir: str | None = None,
 ) -> tuple[BaseNode, list[str], list[str]] | None:
     """The source stage of a preset over a packed dataset: IndexReader over the shard table
     (shards split over ranks and workers) → Shuffler (shard order per epoch, when ``shuffle``)
@@ -37,14 +39,15 @@ def packed_source(
     read once per epoch) and each ShardReader caps its epoch so that every rank reads as many
     rows, in whole batches of ``batch_size`` when given (:mod:`sdsnodes.nodes._packed_balance`);
     without it, shard counts are padded to equal (a few shards read twice) and ranks read
-    unequal rows.
+    unequal rows. The verdict of :func:`~sdsnodes.index.packed.is_packed` is kept in the index
+    cache (``index_cache_dir``, else ``<default cache>/index``), so a restart reads no footer.
 
     Raises:
         ValueError: ``index`` sets an option (filter, rename, max_rows, …): those shape an
             index's rows, and a packed dataset is read shard by shard.
     """
     options = (fetch or FetchOptions()).storage_options
-    if not is_packed(src, options):
+    if not is_packed(src, options, memo_dir=index_cache_root(index_cache_dir)):
         return None
     if index is not None and index != IndexOptions():
         raise ValueError(
