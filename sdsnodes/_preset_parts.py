@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
@@ -63,6 +64,8 @@ def has_urls(reader: IndexReader, column: str) -> bool:
     values = reader.index.table.column(column)
     if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
         return False
+    if not _may_hold_urls(values):
+        return False
     pool = SMALL_POOL
     remote = pc.and_(
         pc.match_substring(values, "://", memory_pool=pool),
@@ -70,6 +73,21 @@ def has_urls(reader: IndexReader, column: str) -> bool:
         memory_pool=pool,
     )
     return bool(pc.any(remote, memory_pool=pool).as_py())
+
+
+_SCHEME_MARK = re.compile(re.escape(b"://"))
+
+
+def _may_hold_urls(values: pa.ChunkedArray) -> bool:
+    """Whether the bytes of a string column hold ``://`` anywhere: False means no value is a
+    URL. Searches the chunks' data buffers in place (no copy, no compute kernel: the kernels'
+    code pages stay out of the training process and its workers); a True may be a match across
+    two values or in a buffer a chunk only slices, so the caller checks the values."""
+    for chunk in values.chunks:
+        data = chunk.buffers()[2]
+        if data is not None and _SCHEME_MARK.search(data):
+            return True
+    return False
 
 
 def add_caption(
@@ -258,6 +276,7 @@ def assemble(
     packed = packed_source(
         src, cache=cache, fetch=fetch, errors=errors, shuffle=shuffle, seed=seed, rank=rank,
         world_size=world_size, index=index, balance=balance, batch_size=batch_size,
+        index_cache_dir=index_cache_dir,
     )  # fmt: skip
     if packed is not None:  # parquet shards with media bytes: a ShardReader, no downloads
         node, present, media = packed
