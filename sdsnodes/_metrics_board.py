@@ -25,10 +25,14 @@ logger = logging.getLogger(__name__)
 SLOTS = 64
 """Workers whose counters the board holds (worker ids 0..63; more are not counted)."""
 SLOT_BYTES = 8192
-"""Bytes of one slot: a 16-byte header (sequence, length) and the snapshot as JSON."""
+"""Bytes of one slot: the snapshot as JSON."""
 PUBLISH_EVERY_S = 0.05
 """A worker writes its slot at most this often (and when its iteration ends)."""
 _HEADER = struct.Struct("<QQ")  # sequence (odd while writing), length of the JSON
+_DATA_AT = 4096
+"""Where the slots begin: the headers of all slots come first, in one page. Only that page is
+zeroed; a slot's pages are touched when its worker writes (about 20 KiB for two workers, where a
+zeroed board was 512 KiB of shared memory)."""
 
 
 def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
@@ -42,13 +46,14 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 
 class MetricsBoard:
-    """Shared memory for the snapshots of up to :data:`SLOTS` workers (512 KiB, made once).
+    """Shared memory for the snapshots of up to :data:`SLOTS` workers (516 KiB of address space,
+    made once; a page per slot header and the pages its worker writes are touched).
 
     Picklable into spawned workers while they start (as ``multiprocessing.RawArray``).
     """
 
     def __init__(self) -> None:
-        self._buffer = multiprocessing.RawArray(ctypes.c_char, SLOTS * SLOT_BYTES)
+        self._buffer = _shared_buffer(_DATA_AT + SLOTS * SLOT_BYTES)
         self._warned = False
 
     def write(self, slot: int, snapshot: dict[str, Any]) -> None:
@@ -61,27 +66,27 @@ class MetricsBoard:
                 )
             return
         data = json.dumps(snapshot, separators=(",", ":")).encode()
-        if len(data) > SLOT_BYTES - _HEADER.size:  # a huge graph: keep the totals
+        if len(data) > SLOT_BYTES:  # a huge graph: keep the totals
             small = {k: v for k, v in snapshot.items() if k not in ("nodes", "decode_s", "decoded")}
             data = json.dumps(small, separators=(",", ":")).encode()
         view = memoryview(self._buffer).cast("B")
-        base = slot * SLOT_BYTES
-        seq = _HEADER.unpack_from(view, base)[0]
-        _HEADER.pack_into(view, base, seq + 1, 0)  # odd: a write in progress
-        view[base + _HEADER.size : base + _HEADER.size + len(data)] = data
-        _HEADER.pack_into(view, base, seq + 2, len(data))
+        header, base = slot * _HEADER.size, _DATA_AT + slot * SLOT_BYTES
+        seq = _HEADER.unpack_from(view, header)[0]
+        _HEADER.pack_into(view, header, seq + 1, 0)  # odd: a write in progress
+        view[base : base + len(data)] = data
+        _HEADER.pack_into(view, header, seq + 2, len(data))
 
     def read_slot(self, slot: int) -> dict[str, Any] | None:
         """The snapshot in ``slot``, or None if it never was written."""
         view = memoryview(self._buffer).cast("B")
-        base = slot * SLOT_BYTES
+        header, base = slot * _HEADER.size, _DATA_AT + slot * SLOT_BYTES
         for _ in range(1000):
-            seq, length = _HEADER.unpack_from(view, base)
+            seq, length = _HEADER.unpack_from(view, header)
             if seq == 0:
                 return None
             if seq % 2 == 0:
-                data = bytes(view[base + _HEADER.size : base + _HEADER.size + length])
-                if _HEADER.unpack_from(view, base)[0] == seq:
+                data = bytes(view[base : base + length])
+                if _HEADER.unpack_from(view, header)[0] == seq:
                     return json.loads(data)
             time.sleep(0.0001)
         return None  # a writer stopped mid-write (killed): nothing trustworthy there
@@ -89,6 +94,22 @@ class MetricsBoard:
     def read(self) -> list[dict[str, Any]]:
         """Every written slot's snapshot, by worker id."""
         return [s for s in (self.read_slot(i) for i in range(SLOTS)) if s is not None]
+
+
+def _shared_buffer(size: int) -> ctypes.Array:
+    """``size`` bytes of shared memory from :mod:`multiprocessing`'s heap (inherited by forked
+    workers, pickled into spawned ones as a ``RawArray`` is), with only the first page (the
+    headers) zeroed. ``RawArray`` zeroes every byte, which makes every page resident; the heap
+    may hand out a block used before, so the headers are zeroed and a slot's bytes are read
+    only up to the length its header gives."""
+    from multiprocessing import sharedctypes
+
+    make = getattr(sharedctypes, "_new_value", None)  # RawArray less its memset (CPython)
+    if make is None:
+        return multiprocessing.RawArray(ctypes.c_char, size)
+    buffer = make(ctypes.c_char * size)
+    ctypes.memset(ctypes.addressof(buffer), 0, _DATA_AT)
+    return buffer
 
 
 class Publisher:

@@ -164,3 +164,56 @@ def test_board_slots():
     huge = {"samples": 1, "nodes": {f"N{i}": {"items": i} for i in range(SLOT_BYTES)}}
     board.write(0, huge)  # too big for a slot: the totals are kept
     assert board.read_slot(0) == {"samples": 1}
+
+
+def test_a_board_on_a_reused_block_holds_no_old_slot():
+    """The multiprocessing heap hands a freed block out again: a new board over a dirty block
+    reads empty, as only its headers are zeroed."""
+    import gc
+    import multiprocessing.heap
+
+    dirty = MetricsBoard()
+    for slot in range(64):
+        dirty.write(slot, {"samples": slot})
+    del dirty
+    gc.collect()
+    boards = [MetricsBoard() for _ in range(3)]  # one of them lands on the freed block
+    assert all(b.read() == [] for b in boards)
+    boards[1].write(5, {"samples": 1})
+    assert boards[1].read() == [{"samples": 1}] and boards[0].read() == boards[2].read() == []
+    assert multiprocessing.heap.BufferWrapper._heap is not None
+
+
+_RESIDENT = """
+import ctypes, json
+from sdsnodes._metrics_board import MetricsBoard
+board = MetricsBoard()
+start = ctypes.addressof(board._buffer)
+def resident_kib():
+    found = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):
+            low, high = (int(x, 16) for x in head[0].split("-"))
+            found = low <= start < high
+        elif found and head[0] == "Rss:":
+            return int(head[1])
+before = resident_kib()
+board.write(1, {"samples": 3})
+print(json.dumps([before, resident_kib(), board.read()]))
+"""
+
+
+def test_a_board_keeps_resident_only_the_pages_written():
+    """In a fresh process: the board's headers page, then one page more for a written slot,
+    of its 516 KiB (a zeroed board made all of it resident in the training process)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _RESIDENT], capture_output=True, text=True, check=True, timeout=120
+    )
+    before, after, read = json.loads(out.stdout)
+    assert read == [{"samples": 3}]
+    assert before <= 8 and after <= before + 8, (before, after)
