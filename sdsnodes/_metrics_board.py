@@ -31,8 +31,8 @@ PUBLISH_EVERY_S = 0.05
 _HEADER = struct.Struct("<QQ")  # sequence (odd while writing), length of the JSON
 _DATA_AT = 4096
 """Where the slots begin: the headers of all slots come first, in one page. Only that page is
-zeroed; a slot's pages are touched when its worker writes (about 20 KiB for two workers, where a
-zeroed board was 512 KiB of shared memory)."""
+zeroed; a slot's pages are touched when its worker writes (a page or two per worker, where the
+whole zeroed board was resident: 512 KiB of shared memory)."""
 
 
 def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 class MetricsBoard:
     """Shared memory for the snapshots of up to :data:`SLOTS` workers (516 KiB of address space,
-    made once; a page per slot header and the pages its worker writes are touched).
+    made once; resident: the headers' page and the pages the workers wrote).
 
     Picklable into spawned workers while they start (as ``multiprocessing.RawArray``).
     """

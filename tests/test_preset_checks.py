@@ -21,7 +21,7 @@ from sdsnodes.nodes.index_reader import IndexReader
         ([[None, None]], False),
     ],
 )
-def test_has_urls_agrees_with_the_values(tmp_path, chunks, urls):
+def test_has_urls_agrees_with_the_values(chunks, urls):
     column = pa.chunked_array(chunks, type=pa.string())
     reader = IndexReader(pa.table({"video": column}))
     assert has_urls(reader, "video") is urls
