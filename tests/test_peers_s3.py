@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks._peers_s3 import get_bound
+from benchmarks._peers_s3 import get_bound, get_ceiling
 from tests.test_benchmarks_remote import ROOT
 
 
@@ -19,6 +19,17 @@ def test_bound_is_server_cpu_per_get_over_the_cores(s3_server):
     ms_per_get, bound = get_bound(s3_server, keys)
     assert ms_per_get > 0
     assert bound == pytest.approx((os.cpu_count() or 1) * 1000 / ms_per_get)
+
+
+def test_ceiling_downloads_every_key_through_our_get_path(s3_server, tmp_path):
+    fs = s3_server.fs()
+    bucket = s3_server.make_bucket("sds-peers-s3-ceiling")
+    keys = [f"{bucket}/k{i}" for i in range(100)]  # more than the 64 kept in flight
+    fs.pipe({key: bytes([i % 256]) * (1000 + i) for i, key in enumerate(keys)})
+    rate, cores = get_ceiling(s3_server, keys, tmp_path / "got")
+    assert rate > 0 and cores > 0
+    for i in range(len(keys)):
+        assert (tmp_path / "got" / str(i)).read_bytes() == bytes([i % 256]) * (1000 + i)
 
 
 @pytest.mark.slow  # a benchmark smoke run (~1 min): SDS_SLOW=1
@@ -34,4 +45,6 @@ def test_peers_s3_quick_prints_every_reader_and_the_bound(tmp_path):
                  "mosaicml-streaming (its MDS shards, s3://)", "sdsnodes packed shards (s3://)",
                  "sdsnodes (raw files, s3://)"):  # fmt: skip
         assert name in out
-    assert "x the bound" in out and "delivered" not in out  # every reader gave every sample
+    assert (
+        "x the bound" in out and "x the ceiling" in out and "delivered" not in out
+    )  # every reader gave every sample
