@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,16 +18,15 @@ from sdsnodes.pack import pack
 
 @pytest.fixture
 def footers_read(monkeypatch):
-    """The URLs whose parquet footer ``is_packed`` opened (not the index conversion's)."""
+    """The paths whose parquet footer the packed module read (not the index conversion's)."""
     opened: list[str] = []
-    real = pq.ParquetFile
+    real = packed_module._metadata
 
-    def counting(source, *args, **kwargs):
-        if sys._getframe(1).f_globals["__name__"] == packed_module.__name__:
-            opened.append(getattr(source, "path", None) or str(source))
-        return real(source, *args, **kwargs)
+    def counting(fs, path):
+        opened.append(path)
+        return real(fs, path)
 
-    monkeypatch.setattr(packed_module.pq, "ParquetFile", counting)
+    monkeypatch.setattr(packed_module, "_metadata", counting)
     return opened
 
 
