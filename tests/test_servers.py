@@ -17,7 +17,7 @@ import pytest
 from servers import ServerProcess, ServerStartError
 from servers.gcs import GCSServer
 from servers.http import HTTPServer
-from servers.s3 import S3Server
+from servers.s3 import ForkedS3Server, S3Server
 
 DATA = random.Random(0).randbytes(300_000)  # fixed: pytest-xdist workers collect the same ids
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -136,6 +136,45 @@ def test_restart_keeps_port_s3_loses_data(s3_server: S3Server, s3_bucket: str) -
     s3_server.restart()
     assert s3_server.port == port
     assert s3_server.fs().ls("") == []  # moto keeps everything in memory
+
+
+def test_forked_s3_server_serves_one_port_from_every_process() -> None:
+    import psutil
+
+    def cpu(pid: int) -> float:
+        return sum(psutil.Process(pid).cpu_times()[:2])
+
+    blobs = {f"forked/{i}.bin": os.urandom(1000 + i) for i in range(40)}
+    with ForkedS3Server(processes=2) as server:
+        server.make_bucket("forked")
+        server.fs().pipe(blobs)  # uploaded before the split: every process gets a copy
+        assert server.pids == [server.pid]
+        server.split()
+        pids = server.pids
+        assert len(pids) == 2
+        before = {pid: cpu(pid) for pid in pids}
+        for _ in range(30):  # moto closes every connection: each GET is accepted anew
+            assert server.fs().cat(list(blobs)) == blobs
+            if all(cpu(pid) - before[pid] > 0.05 for pid in pids):
+                break
+        else:
+            pytest.fail(f"not every process served GETs: {[cpu(p) - before[p] for p in pids]}")
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 10  # the child gets SIGKILL when the first process ends
+    while alive(pids[1]):
+        assert time.monotonic() < deadline, "the forked process outlived the server"
+        time.sleep(0.05)
+
+
+def test_forked_s3_server_needs_a_process() -> None:
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        ForkedS3Server(processes=0)
 
 
 # ------------------------------------------------------------------------------------ HTTP
