@@ -69,8 +69,10 @@ def cold_cache_folder(data_dir: Path | None, prefix: str) -> Path:
     many deletions in a block group, each file created there costs 0.3-0.9 ms of system CPU
     (measured 2026-12-05) instead of 0.04: the caller keeps each measure's cache until the end
     of the run (deleting 2,000 files before the next measure charged it for them), and ``/tmp``
-    is shared with every other job of the machine. :func:`create_cost` prints what a creation
-    costs where the caches go."""
+    is shared with every other job of the machine. A run started within six minutes of another
+    run's end pays for that run's deletions too (2026-12-05: 2.6-2.9 client CPU ms per raw S3
+    image instead of 2.0-2.2, a fifth of it in ``recently_deleted``, by ``perf``).
+    :func:`create_cost` prints what a creation costs where the caches go."""
     root = Path(data_dir or default_data_dir())
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))

@@ -37,7 +37,8 @@ def s3_lines(path: Path | None = None) -> list[str]:
         "## From S3",
         "",
         f"{intro} Run {host['date'][:16].replace('T', ' ')}, {host['cpus']} CPUs shared with "
-        f"other jobs: {config.get('num_images') or 2000} JPEGs, {config['num_workers']} "
+        f"other jobs, moto forked into {config.get('moto_processes', 1)} process(es) once the "
+        f"data was uploaded: {config.get('num_images') or 2000} JPEGs, {config['num_workers']} "
         f"workers, batches of {config['batch_size']}, medians of {config['repeats']} runs "
         "(order alternating). Each peer reads its own shards uploaded to the same bucket "
         "(mosaicml-streaming through boto3 with `S3_ENDPOINT_URL`, WebDataset over presigned "

@@ -28,10 +28,16 @@ against the same cores. Bytes per epoch: the size of the objects each system rea
 
 The ceiling, printed beside the bound: the GET/s of sdsnodes' own GET path when one process
 does nothing else (no cache, no decoding, 64 in flight), and the cores moto used meanwhile.
-moto is one Python process: its GIL holds it near one core (0.85-0.97 measured on 2026-12-05,
-under ``fs.cat`` and under our GETs alike), so the bound, which divides all the cores by the
-CPU per GET, is not a rate this server reaches; the ceiling is the most any client gets from
-it with our requests (430 GET/s that day, against a bound of 470-507).
+
+The server's processes (``--moto-processes``, default ``os.cpu_count()``): ``python -m
+moto.server`` is one Python process, and its GIL holds it near one core (0.85-0.97 measured on
+2026-12-05, under ``fs.cat`` and under our GETs alike), so the bound, which divides all the
+cores by the CPU per GET, was not a rate that server could reach: the ceiling was 389-461 GET/s
+against bounds of 467-519. So once every system's data is uploaded the server is forked into
+that many processes on one port (``servers.s3.ForkedS3Server``: the same moto application in
+the same werkzeug server, each process with a copy of the data, read-only from then on), and
+the bound, the ceiling and every loader's epochs are measured on it; its CPU is the sum over
+the processes. ``--moto-processes 1`` gives the one-process server of the runs before.
 """
 
 from __future__ import annotations
@@ -68,10 +74,12 @@ PREFIXES = {LIT: "bench/lit", WDS: "bench/tars", MDS: "bench/mds", PACKED: "benc
 
 
 def server_cpu(server) -> float:
-    """CPU seconds (user + system) the moto server process has used."""
+    """CPU seconds (user + system) the moto server has used: its process and, once a
+    ``ForkedS3Server`` has split, the processes it forked."""
     import psutil
 
-    return sum(psutil.Process(server.pid).cpu_times()[:2])
+    process = psutil.Process(server.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in (process, *process.children()))
 
 
 def get_bound(server, keys: list[str]) -> tuple[float, float]:
@@ -82,6 +90,10 @@ def get_bound(server, keys: list[str]) -> tuple[float, float]:
     per_get = (server_cpu(server) - before) / len(keys)
     return 1000 * per_get, (os.cpu_count() or 1) / per_get
 
+
+SLOW_CREATE_MS = 0.1
+"""System CPU ms per file created above which the run warns (0.02-0.04 normally, 0.3-0.9 right
+after thousands of deletions nearby on ext4 without a journal)."""
 
 CEILING_IN_FLIGHT = 64
 """GETs :func:`get_ceiling` keeps in flight (twice a preset's window per worker)."""
@@ -115,13 +127,23 @@ def run_s3(args: Namespace, paths: list[str], repeats: int) -> list[Result]:
 
     servers = import_servers()
     os.environ.update(servers.s3.CLIENT_ENV)
-    server = servers.s3.S3Server().start()
+    processes = getattr(args, "moto_processes", 1)
+    if processes > 1:
+        server = servers.s3.ForkedS3Server(processes).start()  # split after the uploads
+    else:
+        server = servers.s3.S3Server().start()
     os.environ["S3_ENDPOINT_URL"] = server.url  # mosaicml-streaming's boto3 endpoint
     work = cold_cache_folder(args.dir, "peers-s3-")
     tmp = Path(tempfile.mkdtemp(prefix="sds-bench-peers-s3-"))  # for create_cost only
     try:
-        print(f"system CPU ms per file created: {create_cost(work):.3f} in the work folder "
+        cost = create_cost(work)
+        print(f"system CPU ms per file created: {cost:.3f} in the work folder "
               f"{work}, {create_cost(tmp):.3f} in {tmp.parent}", flush=True)  # fmt: skip
+        if cost > SLOW_CREATE_MS:
+            print(f"warning: creating a file costs {cost:.2f} ms of system CPU in {work.parent}, "
+                  "as after many deletions on ext4 without a journal (a previous run's caches?): "
+                  "the raw files' figures will be low; they are fair six minutes after the "
+                  "deletions (see _common.cold_cache_folder)", flush=True)  # fmt: skip
         return _run(args, paths, repeats, server, work, pa, pq)
     finally:
         server.close()
@@ -148,6 +170,9 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
     mds_s, mds_dir = timed(lambda: convert_mosaic(paths, work / "mds"))
     fs.put(mds_dir + "/", "bench/mds/", recursive=True)
     print(f"conversion s (timed apart): mosaicml-streaming MDSWriter {mds_s:.2f}", flush=True)
+    processes = getattr(server, "processes", 1)
+    if processes > 1:
+        server.split()  # every object is uploaded; from here on the server is read-only
     bounds, ceilings = [], []  # measured before each round: moto's cost moves with the machine
 
     def measure_bound() -> None:
@@ -155,7 +180,8 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
         bounds.append(bound)
         ceiling, cores = get_ceiling(server, keys, work / f"ceiling-{len(ceilings)}")
         ceilings.append(ceiling)
-        print(f"s3: moto on 127.0.0.1; server CPU {ms_per_get:.2f} ms per GET ({count} in "
+        print(f"s3: moto on 127.0.0.1 in {processes} process(es); server CPU {ms_per_get:.2f} "
+              f"ms per GET ({count} in "
               f"flight) -> bound {bound:.0f} GET/s on {os.cpu_count()} CPUs (one GET per raw "
               f"image); ceiling {ceiling:.0f} GET/s (sdsnodes' GETs alone, "
               f"{CEILING_IN_FLIGHT} in flight, no decoding; the server used {cores:.2f} cores); "

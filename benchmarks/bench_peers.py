@@ -76,6 +76,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--num-videos", type=int, default=None, help="3 s H.264 videos (96; 8 with --quick)")
     add("--task", default="images,clips", help="comma-separated: images, clips, s3 (images,clips)")
     add("--only", default="", help="comma-separated loader names to run (default: all)")
+    add(
+        "--moto-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="s3 task: the moto server's processes once everything is uploaded, forked onto one "
+        "port, so that it can use the cores the bound counts (os.cpu_count()); 1: one process, "
+        "as python -m moto.server, which its GIL holds near one core",
+    )
     add("--plot", action="store_true", help="write docs/img/peers_*.png and docs/comparison.md")
     add(
         "--from-json",

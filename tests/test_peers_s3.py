@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
+from servers.s3 import ForkedS3Server
 
-from benchmarks._peers_s3 import get_bound, get_ceiling
+from benchmarks._peers_s3 import get_bound, get_ceiling, server_cpu
 from tests.test_benchmarks_remote import ROOT
 
 
@@ -32,6 +34,21 @@ def test_ceiling_downloads_every_key_through_our_get_path(s3_server, tmp_path):
         assert (tmp_path / "got" / str(i)).read_bytes() == bytes([i % 256]) * (1000 + i)
 
 
+def test_server_cpu_counts_every_process_of_a_split_server():
+    keys = [f"sds-peers-s3-forked/k{i}" for i in range(40)]
+    with ForkedS3Server(processes=2) as server:
+        server.make_bucket("sds-peers-s3-forked")
+        server.fs().pipe({key: b"x" * 1000 for key in keys})
+        server.split()
+        for _ in range(30):  # until the forked process has served a share of the GETs
+            ms_per_get, _ = get_bound(server, keys)
+            each = [sum(psutil.Process(pid).cpu_times()[:2]) for pid in server.pids]
+            if min(each) > 0.05:
+                break
+        assert len(each) == 2 and min(each) > 0.05 and ms_per_get > 0
+        assert server_cpu(server) == pytest.approx(sum(each), abs=0.02)
+
+
 @pytest.mark.slow  # a benchmark smoke run (~1 min): SDS_SLOW=1
 def test_peers_s3_quick_prints_every_reader_and_the_bound(tmp_path):
     done = subprocess.run(
@@ -48,3 +65,4 @@ def test_peers_s3_quick_prints_every_reader_and_the_bound(tmp_path):
     assert (
         "x the bound" in out and "x the ceiling" in out and "delivered" not in out
     )  # every reader gave every sample
+    assert f"in {os.cpu_count()} process(es)" in out  # moto split onto the cores by default
