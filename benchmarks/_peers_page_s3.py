@@ -24,7 +24,8 @@ def s3_lines(path: Path | None = None) -> list[str]:
     path = Path(path) if path else RESULTS_DIR / f"{BENCHMARK}.json"
     intro = (
         "The same images from S3 (moto on 127.0.0.1, cold cache: a fresh cache folder every "
-        "epoch): `python -m benchmarks.bench_peers --task s3`."
+        "epoch, kept until the run ends under the bench data folder): "
+        "`python -m benchmarks.bench_peers --task s3`."
     )
     if not path.exists():
         return [intro + " Its figures are in the `peers` section of `benchmarks/README.md`."]
