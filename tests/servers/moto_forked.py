@@ -41,11 +41,11 @@ SPLIT_SIGNAL = signal.SIGUSR1
 _PR_SET_PDEATHSIG = 1
 
 
-def _serve(app, host: str, port: int, listener: socket.socket, on_split=None) -> None:
+def _serve(app, host: str, port: int, listener: socket.socket, splits: bool = False) -> None:
     from werkzeug.serving import ThreadedWSGIServer
 
     server = ThreadedWSGIServer(host, port, app, fd=listener.fileno())  # a dup of the socket
-    if on_split is not None:
+    if splits:  # SIGUSR1 ends this serving loop
         # shutdown() waits for serve_forever to return, so it cannot run in the handler's thread
         signal.signal(
             SPLIT_SIGNAL, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     app = DomainDispatcherApplication(create_backend_app)
     app.debug = True  # as moto.server sets it
     listener = socket.create_server((host, port), backlog=128)  # werkzeug's LISTEN_QUEUE
-    _serve(app, host, port, listener, on_split=True)
+    _serve(app, host, port, listener, splits=True)
     signal.signal(SPLIT_SIGNAL, signal.SIG_IGN)  # a second split is a no-op
     _wait_for_request_threads()
     parent = os.getpid()
