@@ -37,7 +37,7 @@ against bounds of 467-519. So once every system's data is uploaded the server is
 that many processes on one port (``servers.s3.ForkedS3Server``: the same moto application in
 the same werkzeug server, each process with a copy of the data, read-only from then on), and
 the bound, the ceiling and every loader's epochs are measured on it; its CPU is the sum over
-the processes. ``--moto-processes 1`` gives the one-process server of the runs before.
+the processes. ``--moto-processes 1`` serves from one process, as the runs before did.
 """
 
 from __future__ import annotations
@@ -127,11 +127,7 @@ def run_s3(args: Namespace, paths: list[str], repeats: int) -> list[Result]:
 
     servers = import_servers()
     os.environ.update(servers.s3.CLIENT_ENV)
-    processes = getattr(args, "moto_processes", 1)
-    if processes > 1:
-        server = servers.s3.ForkedS3Server(processes).start()  # split after the uploads
-    else:
-        server = servers.s3.S3Server().start()
+    server = servers.s3.ForkedS3Server(args.moto_processes).start()  # split after the uploads
     os.environ["S3_ENDPOINT_URL"] = server.url  # mosaicml-streaming's boto3 endpoint
     work = cold_cache_folder(args.dir, "peers-s3-")
     tmp = Path(tempfile.mkdtemp(prefix="sds-bench-peers-s3-"))  # for create_cost only
@@ -170,9 +166,7 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
     mds_s, mds_dir = timed(lambda: convert_mosaic(paths, work / "mds"))
     fs.put(mds_dir + "/", "bench/mds/", recursive=True)
     print(f"conversion s (timed apart): mosaicml-streaming MDSWriter {mds_s:.2f}", flush=True)
-    processes = getattr(server, "processes", 1)
-    if processes > 1:
-        server.split()  # every object is uploaded; from here on the server is read-only
+    server.split()  # every object is uploaded; from here on the server is read-only
     bounds, ceilings = [], []  # measured before each round: moto's cost moves with the machine
 
     def measure_bound() -> None:
@@ -180,7 +174,7 @@ def _run(args, paths, repeats, server, work, pa, pq) -> list[Result]:
         bounds.append(bound)
         ceiling, cores = get_ceiling(server, keys, work / f"ceiling-{len(ceilings)}")
         ceilings.append(ceiling)
-        print(f"s3: moto on 127.0.0.1 in {processes} process(es); server CPU {ms_per_get:.2f} "
+        print(f"s3: moto on 127.0.0.1 in {server.processes} process(es); server CPU {ms_per_get:.2f} "
               f"ms per GET ({count} in "
               f"flight) -> bound {bound:.0f} GET/s on {os.cpu_count()} CPUs (one GET per raw "
               f"image); ceiling {ceiling:.0f} GET/s (sdsnodes' GETs alone, "

@@ -82,7 +82,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.cpu_count() or 1,
         help="s3 task: the moto server's processes once everything is uploaded, forked onto one "
         "port, so that it can use the cores the bound counts (os.cpu_count()); 1: one process, "
-        "as python -m moto.server, which its GIL holds near one core",
+        "the same server as python -m moto.server, which its GIL holds near one core",
     )
     add("--plot", action="store_true", help="write docs/img/peers_*.png and docs/comparison.md")
     add(
